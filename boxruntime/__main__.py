@@ -1,0 +1,5 @@
+import sys
+
+from boxruntime.cli import main
+
+sys.exit(main())

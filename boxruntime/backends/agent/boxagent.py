@@ -1,0 +1,613 @@
+#!/usr/bin/env python3
+"""boxruntime in-sandbox agent: runs commands for the daemon, inside the sandbox.
+
+Stdlib only, Python >= 3.8; mounted read-only into every sandbox and run as its init process.
+It listens on a unix socket (in a directory the daemon bind-mounts from the host), so the
+daemon pays one framed request per command instead of a ``docker exec``.
+
+Wire format, both ways: ``>II`` (header length, body length), a JSON header, raw body bytes.
+Requests carry ``op``; events carry ``ev``. Every process has a daemon-chosen string ``id``.
+
+As PID 1 it reaps every zombie (``wait4(-1)``, which also yields each command's CPU time and
+peak RSS), forwards SIGTERM/SIGINT to its children, and kills a command's whole process group
+and session when its timeout expires.
+"""
+
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+VERSION = 1
+HEADER = struct.Struct(">II")
+MAX_HEADER = 1 << 20
+MAX_BODY = 32 << 20
+READ_CHUNK = 65536
+SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
+EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
+PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output waits to be sent
+RESUME_BELOW = 1 << 20
+DETACHED_BACKLOG = 1 << 20  # output kept for a process whose daemon connection dropped
+MAX_STDIN_BACKLOG = 64 << 20
+SHELL = "/bin/sh"
+
+
+def now():
+    return time.monotonic()
+
+
+def set_nonblocking(fd):
+    os.set_blocking(fd, False)
+
+
+def oom_kills():
+    """The sandbox cgroup's OOM-kill counter (v2 or v1), or None where it cannot be read."""
+    for path, key in (
+        ("/sys/fs/cgroup/memory.events", "oom_kill"),
+        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+    ):
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def session_members(sid):
+    """Pids whose session id is ``sid`` (processes that left the group but not the session)."""
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state ppid pgrp session ...
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+class Conn:
+    def __init__(self, agent, sock):
+        self.agent = agent
+        self.sock = sock
+        self.rbuf = bytearray()
+        self.wbuf = bytearray()
+        self.closed = False
+        sock.setblocking(False)
+
+    def send(self, header, body=b""):
+        if self.closed:
+            return
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        self.wbuf += HEADER.pack(len(raw), len(body))
+        self.wbuf += raw
+        if body:
+            self.wbuf += body
+        self.flush()
+
+    def flush(self):
+        while self.wbuf and not self.closed:
+            try:
+                sent = self.sock.send(self.wbuf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.agent.drop_conn(self)
+                return
+            del self.wbuf[:sent]
+        self.agent.update_conn_interest(self)
+        if len(self.wbuf) < RESUME_BELOW:
+            self.agent.resume_paused(self)
+
+    def on_event(self, mask):
+        if mask & selectors.EVENT_WRITE:
+            self.flush()
+        if mask & selectors.EVENT_READ and not self.closed:
+            try:
+                data = self.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.agent.drop_conn(self)
+                return
+            self.rbuf += data
+            self.parse()
+
+    def parse(self):
+        while len(self.rbuf) >= HEADER.size:
+            hlen, blen = HEADER.unpack_from(self.rbuf)
+            if hlen > MAX_HEADER or blen > MAX_BODY:
+                self.agent.drop_conn(self)
+                return
+            total = HEADER.size + hlen + blen
+            if len(self.rbuf) < total:
+                return
+            try:
+                header = json.loads(bytes(self.rbuf[HEADER.size : HEADER.size + hlen]))
+            except ValueError:
+                header = None
+            body = bytes(self.rbuf[HEADER.size + hlen : total])
+            del self.rbuf[:total]
+            if isinstance(header, dict):
+                self.agent.handle(self, header, body)
+
+
+class Proc:
+    """One spawned command or long-lived process."""
+
+    def __init__(self, pid, popen, conn, header):
+        self.id = header["id"]
+        self.pid = pid
+        self.popen = popen
+        self.conn = conn
+        self.keep = bool(header.get("keep_on_disconnect"))
+        self.cap = header.get("output_cap")  # bytes forwarded per stream; None = all
+        self.totals = [0, 0]
+        self.forwarded = [0, 0]
+        self.started = now()
+        timeout = header.get("timeout")
+        self.deadline = self.started + float(timeout) if timeout else None
+        self.timed_out = False
+        self.cancelled = False
+        self.status = None
+        self.rusage = None
+        self.exited_at = None
+        self.pipes = {}  # fd -> stream number (1 stdout, 2 stderr)
+        self.stdin_fd = None
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.stdin_waiting = False
+        self.exit_queued = False
+        self.paused = False
+        self.backlog = []
+        self.backlog_bytes = 0
+        self.backlog_dropped = 0
+        self.oom_before = oom_kills()
+
+
+class Agent:
+    def __init__(self, socket_path):
+        self.socket_path = socket_path
+        self.sel = selectors.DefaultSelector()
+        self.conns = set()
+        self.procs = {}  # id -> Proc
+        self.by_pid = {}  # pid -> Proc
+        self.stopping = False
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
+
+    # ── lifecycle ────────────────────────────────────────────────────────
+
+    def listen(self):
+        directory = os.path.dirname(self.socket_path)
+        tmp = os.path.join(directory, ".agent.%d.sock" % os.getpid())
+        for path in (tmp, self.socket_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(tmp)
+        server.listen(16)
+        # Appear under the final name only once listening, so a connect never races the bind.
+        os.rename(tmp, self.socket_path)
+        server.setblocking(False)
+        self.sel.register(server, selectors.EVENT_READ, self.on_accept)
+        self.server = server
+
+    def on_accept(self, _mask):
+        try:
+            sock, _ = self.server.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        conn = Conn(self, sock)
+        self.conns.add(conn)
+        self.sel.register(sock, selectors.EVENT_READ, conn.on_event)
+        detached = [p.id for p in self.procs.values() if p.conn is None]
+        conn.send({"ev": "hello", "version": VERSION, "pid": os.getpid(), "detached": detached})
+
+    def drop_conn(self, conn):
+        if conn.closed:
+            return
+        conn.closed = True
+        self.conns.discard(conn)
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+        for proc in list(self.procs.values()):
+            if proc.conn is conn:
+                proc.conn = None
+                if not proc.keep:  # nobody will read an exec's result: end it
+                    proc.cancelled = True
+                    self.kill_tree(proc, signal.SIGKILL)
+                elif proc.paused:
+                    self.set_paused(proc, False)
+
+    def update_conn_interest(self, conn):
+        if conn.closed:
+            return
+        mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.wbuf else 0)
+        try:
+            self.sel.modify(conn.sock, mask, conn.on_event)
+        except (KeyError, ValueError):
+            pass
+
+    def run(self):
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self.on_stop_signal)
+        wake_r, wake_w = os.pipe()
+        set_nonblocking(wake_r)
+        set_nonblocking(wake_w)
+        signal.set_wakeup_fd(wake_w)
+        self.sel.register(wake_r, selectors.EVENT_READ, lambda _m: self.drain_wakeup(wake_r))
+        self.listen()
+        while not (self.stopping and not self.procs):
+            self.sel_once()
+        sys.exit(0)
+
+    def on_stop_signal(self, signum, _frame):
+        self.stopping = True
+        for proc in list(self.procs.values()):
+            self.kill_tree(proc, signal.SIGTERM)
+
+    def drain_wakeup(self, fd):
+        try:
+            while os.read(fd, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def sel_once(self):
+        timeout = self.next_timeout()
+        for key, mask in self.sel.select(timeout):
+            key.data(mask)
+        self.reap()
+        self.check_times()
+
+    def next_timeout(self):
+        moments = []
+        for proc in self.procs.values():
+            if proc.deadline is not None and not proc.timed_out:
+                moments.append(proc.deadline)
+            if proc.exited_at is not None and proc.pipes:
+                moments.append(proc.exited_at + EXIT_GRACE_SEC)
+        if not moments:
+            return 1.0  # a periodic wake-up also catches a SIGCHLD lost to a race
+        return max(0.0, min(moments) - now())
+
+    # ── requests ─────────────────────────────────────────────────────────
+
+    def handle(self, conn, header, body):
+        op = header.get("op")
+        handler = getattr(self, "op_" + str(op), None)
+        if handler is None:
+            conn.send({"ev": "error", "id": header.get("id"), "error": "unknown op %r" % op})
+            return
+        try:
+            handler(conn, header, body)
+        except Exception as exc:  # a bad request must never take the agent down
+            conn.send({"ev": "error", "id": header.get("id"), "error": "%s: %s" % (type(exc).__name__, exc)})
+
+    def op_ping(self, conn, header, _body):
+        conn.send({"ev": "pong", "id": header.get("id"), "procs": len(self.procs)})
+
+    def op_spawn(self, conn, header, body):
+        pid_key = header["id"]
+        if pid_key in self.procs:
+            raise ValueError("process id %r already in use" % pid_key)
+        cwd = header.get("cwd") or "/"
+        if header.get("make_cwd", True):
+            try:
+                os.makedirs(cwd, exist_ok=True)
+            except OSError as exc:
+                conn.send({"ev": "failed", "id": pid_key, "error": "workdir %s cannot be created: %s" % (cwd, exc.strerror)})
+                return
+        if not os.path.isdir(cwd):
+            conn.send({"ev": "failed", "id": pid_key, "error": "workdir %s is not a directory" % cwd})
+            return
+        env = dict(self.base_env)
+        env.update(header.get("env") or {})
+        argv, pass_fds, script_fd = self.command_argv(header, body)
+        try:
+            popen = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE if header.get("stdin") else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            conn.send({"ev": "failed", "id": pid_key, "error": "cannot start %s: %s" % (argv[0], exc.strerror)})
+            return
+        finally:
+            if script_fd is not None:
+                os.close(script_fd)
+        proc = Proc(popen.pid, popen, conn, header)
+        self.procs[pid_key] = proc
+        self.by_pid[popen.pid] = proc
+        for stream, pipe in ((1, popen.stdout), (2, popen.stderr)):
+            fd = pipe.fileno()
+            set_nonblocking(fd)
+            proc.pipes[fd] = stream
+            self.sel.register(fd, selectors.EVENT_READ, self.pipe_reader(proc, fd))
+        if popen.stdin is not None:
+            proc.stdin_fd = popen.stdin.fileno()
+            set_nonblocking(proc.stdin_fd)
+        conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
+
+    def command_argv(self, header, body):
+        """argv for the request; a long shell script goes through a memfd, not argv."""
+        if header.get("argv"):
+            return [str(a) for a in header["argv"]], (), None
+        if len(body) <= SCRIPT_INLINE_MAX:
+            return [SHELL, "-c", body.decode("utf-8", "surrogateescape")], (), None
+        fd = os.memfd_create("boxagent-script", 0)
+        os.write(fd, body)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return [SHELL, "/proc/self/fd/%d" % fd], (fd,), fd
+
+    def op_stdin(self, conn, header, body):
+        proc = self.procs.get(header["id"])
+        if proc is None or proc.stdin_fd is None:
+            return
+        if len(proc.stdin_buf) + len(body) > MAX_STDIN_BACKLOG:
+            conn.send({"ev": "error", "id": proc.id, "error": "stdin backlog full"})
+            return
+        proc.stdin_buf += body
+        if header.get("eof"):
+            proc.stdin_eof = True
+        self.write_stdin(proc)
+
+    def write_stdin(self, proc, _mask=None):
+        fd = proc.stdin_fd
+        if fd is None:
+            return
+        # Non-blocking: a process that does not read its stdin must never stall the agent.
+        while proc.stdin_buf:
+            try:
+                written = os.write(fd, proc.stdin_buf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                proc.stdin_buf.clear()
+                proc.stdin_eof = True
+                break
+            del proc.stdin_buf[:written]
+        waiting = bool(proc.stdin_buf)
+        if waiting != proc.stdin_waiting:
+            proc.stdin_waiting = waiting
+            if waiting:
+                self.sel.register(fd, selectors.EVENT_WRITE, lambda m: self.write_stdin(proc, m))
+            else:
+                self.sel.unregister(fd)
+        if proc.stdin_eof and not proc.stdin_buf:
+            self.close_stdin(proc)
+
+    def close_stdin(self, proc):
+        if proc.stdin_fd is None:
+            return
+        if proc.stdin_waiting:
+            self.sel.unregister(proc.stdin_fd)
+            proc.stdin_waiting = False
+        proc.stdin_fd = None
+        try:
+            proc.popen.stdin.close()
+        except OSError:
+            pass
+
+    def op_signal(self, conn, header, _body):
+        proc = self.procs.get(header["id"])
+        if proc is not None:
+            sig = int(header.get("signal", signal.SIGTERM))
+            if header.get("cancel"):
+                proc.cancelled = True
+            self.kill_tree(proc, sig)
+
+    def op_attach(self, conn, header, _body):
+        proc = self.procs.get(header["id"])
+        if proc is None:
+            conn.send({"ev": "failed", "id": header["id"], "error": "no such process"})
+            return
+        proc.conn = conn
+        backlog, proc.backlog, proc.backlog_bytes = proc.backlog, [], 0
+        conn.send({"ev": "attached", "id": proc.id, "dropped": proc.backlog_dropped})
+        for frame_header, frame_body in backlog:
+            conn.send(frame_header, frame_body)
+        if proc.status is not None and not proc.pipes:
+            self.finish(proc)  # already reported through the backlog if it was queued
+
+    # ── processes ────────────────────────────────────────────────────────
+
+    def pipe_reader(self, proc, fd):
+        def on_readable(_mask):
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.close_pipe(proc, fd)
+                return
+            stream = proc.pipes.get(fd)
+            if stream is None:
+                return
+            index = stream - 1
+            proc.totals[index] += len(data)
+            if proc.cap is not None:
+                room = proc.cap - proc.forwarded[index]
+                if room <= 0:
+                    return  # drained and counted, not forwarded
+                data = data[:room]
+            proc.forwarded[index] += len(data)
+            self.emit(proc, {"ev": "out", "id": proc.id, "s": stream}, data)
+
+        return on_readable
+
+    def emit(self, proc, header, body=b""):
+        conn = proc.conn
+        if conn is not None and not conn.closed:
+            conn.send(header, body)
+            if len(conn.wbuf) > PAUSE_ABOVE and not proc.paused:
+                self.set_paused(proc, True)
+            return
+        proc.backlog.append((header, body))
+        proc.backlog_bytes += len(body)
+        while proc.backlog_bytes > DETACHED_BACKLOG and len(proc.backlog) > 1:
+            _, old = proc.backlog.pop(0)
+            proc.backlog_bytes -= len(old)
+            proc.backlog_dropped += len(old)
+
+    def set_paused(self, proc, paused):
+        proc.paused = paused
+        for fd in proc.pipes:
+            try:
+                if paused:
+                    self.sel.unregister(fd)
+                else:
+                    self.sel.register(fd, selectors.EVENT_READ, self.pipe_reader(proc, fd))
+            except (KeyError, ValueError):
+                pass
+
+    def resume_paused(self, conn):
+        for proc in self.procs.values():
+            if proc.paused and proc.conn is conn:
+                self.set_paused(proc, False)
+
+    def close_pipe(self, proc, fd):
+        if proc.pipes.pop(fd, None) is None:
+            return
+        try:
+            self.sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        os.close(fd)
+        if proc.status is not None and not proc.pipes:
+            self.finish(proc)
+
+    def kill_tree(self, proc, sig):
+        targets = set(session_members(proc.pid))
+        if proc.status is None:
+            targets.add(proc.pid)
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            pass
+        for pid in targets:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+    def reap(self):
+        while True:
+            try:
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.by_pid.pop(pid, None)
+            if proc is None:
+                continue  # an orphan reparented to us; reaping it is all it needs
+            proc.status = status
+            proc.rusage = rusage
+            proc.exited_at = now()
+            proc.popen.returncode = status  # keep Popen from waiting on a reaped pid
+            if not proc.pipes:
+                self.finish(proc)
+
+    def check_times(self):
+        t = now()
+        for proc in list(self.procs.values()):
+            if proc.deadline is not None and not proc.timed_out and t >= proc.deadline:
+                proc.timed_out = True
+                self.kill_tree(proc, signal.SIGKILL)
+            if proc.exited_at is not None and proc.pipes and t >= proc.exited_at + EXIT_GRACE_SEC:
+                # The main process is gone; background children still hold its pipes.
+                for fd in list(proc.pipes):
+                    self.close_pipe(proc, fd)
+
+    def finish(self, proc):
+        if proc.conn is None and proc.keep:
+            # Nobody to tell yet: queue the exit behind the output for the next attach.
+            if not proc.exit_queued:
+                proc.exit_queued = True
+                self.emit(proc, self.exit_event(proc))
+            return
+        if self.procs.pop(proc.id, None) is None:
+            return
+        self.close_stdin(proc)
+        if proc.conn is not None and not proc.exit_queued:
+            proc.conn.send(self.exit_event(proc))
+
+    def exit_event(self, proc):
+        status = proc.status
+        code = None
+        sig = None
+        if os.WIFEXITED(status):
+            code = os.WEXITSTATUS(status)
+            reason = "exit"
+        else:
+            sig = os.WTERMSIG(status)
+            code = 128 + sig
+            reason = "signal"
+            after = oom_kills()
+            if sig == signal.SIGKILL and after is not None and proc.oom_before is not None and after > proc.oom_before:
+                reason = "oom"
+        if proc.timed_out:
+            reason = "timeout"
+        elif proc.cancelled:
+            reason = "cancelled"
+        ru = proc.rusage
+        return {
+            "ev": "exit",
+            "id": proc.id,
+            "code": code,
+            "signal": sig,
+            "reason": reason,
+            "wall_ms": int((proc.exited_at - proc.started) * 1000),
+            "cpu_ms": int((ru.ru_utime + ru.ru_stime) * 1000),
+            "peak_rss_kb": int(ru.ru_maxrss),
+            "totals": proc.totals,
+            "detached_dropped": proc.backlog_dropped,
+        }
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write("usage: boxagent.py SOCKET_PATH\n")
+        return 2
+    os.umask(0o022)
+    Agent(argv[1]).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

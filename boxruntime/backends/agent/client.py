@@ -1,0 +1,392 @@
+"""Host side of the in-sandbox agent: one multiplexed unix-socket connection per sandbox.
+
+The agent runs inside the sandbox, so everything it sends is untrusted input: frames are size
+checked and events type checked, and anything malformed drops the connection (the next call
+reconnects) rather than reaching the daemon's logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from boxruntime.errors import BoxSandboxError, BoxValidationError
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct(">II")
+MAX_HEADER = 1 << 20
+MAX_BODY = 32 << 20
+AGENT_SOCKET_NAME = "agent.sock"
+# Time the daemon allows past a command's own timeout for the agent to report the kill.
+REPORT_GRACE_SEC = 10.0
+_MAX_UNIX_PATH = 100
+
+
+class AgentLostError(BoxSandboxError):
+    """The connection to the sandbox's agent broke; the sandbox may still be alive."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    """What to run in the sandbox. ``script`` runs under /bin/sh; ``argv`` runs directly."""
+
+    cwd: str
+    env: dict[str, str]
+    script: str | None = None
+    argv: list[str] | None = None
+    timeout: float | None = None
+    output_cap: int | None = None
+    stdin: bool = False
+    keep_on_disconnect: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CommandExit:
+    code: int | None
+    signal: int | None
+    reason: str  # exit | signal | timeout | oom | cancelled
+    wall_ms: int
+    cpu_ms: int
+    peak_rss_kb: int
+    stdout_total: int
+    stderr_total: int
+
+
+@dataclass(slots=True)
+class Output:
+    stream: int  # 1 stdout, 2 stderr
+    data: bytes
+
+
+@dataclass(slots=True)
+class CompletedCommand:
+    exit: CommandExit
+    stdout: bytes
+    stderr: bytes
+
+
+Event = Output | CommandExit
+
+
+def _int(header: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = header.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"agent event field {key!r} is not an integer")
+    return value
+
+
+def _parse_exit(header: dict[str, Any]) -> CommandExit:
+    code = header.get("code")
+    sig = header.get("signal")
+    totals = header.get("totals")
+    if code is not None and not isinstance(code, int):
+        raise ValueError("agent exit code is not an integer")
+    if sig is not None and not isinstance(sig, int):
+        raise ValueError("agent exit signal is not an integer")
+    if not (isinstance(totals, list) and len(totals) == 2 and all(isinstance(t, int) for t in totals)):
+        raise ValueError("agent exit totals malformed")
+    reason = header.get("reason")
+    if reason not in ("exit", "signal", "timeout", "oom", "cancelled"):
+        raise ValueError("agent exit reason unknown")
+    return CommandExit(
+        code=code,
+        signal=sig,
+        reason=reason,
+        wall_ms=_int(header, "wall_ms", 0),
+        cpu_ms=_int(header, "cpu_ms", 0),
+        peak_rss_kb=_int(header, "peak_rss_kb", 0),
+        stdout_total=totals[0],
+        stderr_total=totals[1],
+    )
+
+
+class AgentProcess:
+    """A process running under the agent: its events, and the means to feed or signal it."""
+
+    def __init__(self, client: AgentClient, proc_id: str, keep: bool) -> None:
+        self._client = client
+        self.id = proc_id
+        self.keep = keep
+        self.pid: int | None = None
+        self.exit: CommandExit | None = None
+        self._events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self._started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        # Callers that never await started() must not leave "exception never retrieved" noise.
+        self._started.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+
+    def _deliver(self, event: Event | BaseException) -> None:
+        if isinstance(event, CommandExit):
+            self.exit = event
+        self._events.put_nowait(event)
+
+    def _fail_start(self, exc: BaseException) -> None:
+        if not self._started.done():
+            self._started.set_exception(exc)
+        self._events.put_nowait(exc)
+
+    async def started(self) -> int:
+        return await self._started
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Output as it comes, ending with the CommandExit."""
+        while True:
+            event = await self._events.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, CommandExit):
+                return
+
+    async def write(self, data: bytes, eof: bool = False) -> None:
+        await self._client._send({"op": "stdin", "id": self.id, "eof": eof}, data)
+
+    async def signal(self, sig: int = signal.SIGTERM, cancel: bool = False) -> None:
+        await self._client._send({"op": "signal", "id": self.id, "signal": int(sig), "cancel": cancel})
+
+    def kill_soon(self) -> None:
+        """Best-effort SIGKILL without awaiting: usable while the caller is being cancelled."""
+        self._client._send_nowait({"op": "signal", "id": self.id, "signal": int(signal.SIGKILL), "cancel": True})
+
+
+class AgentClient:
+    """One connection to one sandbox's agent; reconnects on demand after a loss."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, socket_dir: Path, name: str) -> None:
+        self.socket_dir = socket_dir
+        self.name = name
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._read_task: asyncio.Task[None] | None = None
+        self._procs: dict[str, AgentProcess] = {}
+        self._pings: dict[str, asyncio.Future[None]] = {}
+        self._connect_lock = asyncio.Lock()
+        self._dir_fd: int | None = None
+        self.reconnects = 0
+
+    # ── connection ───────────────────────────────────────────────────────
+
+    def _socket_path(self) -> str:
+        path = str(self.socket_dir / AGENT_SOCKET_NAME)
+        if len(path) <= _MAX_UNIX_PATH:
+            return path
+        # sun_path holds ~108 bytes; reach a deep socket through a directory descriptor.
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.socket_dir, os.O_PATH | os.O_DIRECTORY)
+        return f"/proc/self/fd/{self._dir_fd}/{AGENT_SOCKET_NAME}"
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def connect(self, timeout: float = 30.0, alive: Callable[[], bool] | None = None) -> None:
+        """Connect, waiting up to ``timeout`` for the agent to start listening."""
+        async with self._connect_lock:
+            if self.connected:
+                return
+            deadline = time.monotonic() + timeout
+            delay = 0.002
+            while True:
+                try:
+                    reader, writer = await asyncio.open_unix_connection(
+                        self._socket_path(), limit=MAX_BODY + MAX_HEADER
+                    )
+                    break
+                except (FileNotFoundError, ConnectionRefusedError) as exc:
+                    if time.monotonic() >= deadline or (alive is not None and not alive()):
+                        raise BoxSandboxError(
+                            f"sandbox agent for {self.name} is not answering on {self.socket_dir}: {exc}"
+                        ) from exc
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                hello = await self._read_frame(reader)
+            except ValueError:
+                hello = None
+            if hello is None or hello[0].get("ev") != "hello":
+                writer.close()
+                raise BoxSandboxError(f"sandbox agent for {self.name} sent no greeting")
+            if self._read_task is not None:
+                self.reconnects += 1
+            self._reader, self._writer = reader, writer
+            self._read_task = asyncio.create_task(self._read_loop(reader), name=f"agent-{self.name}")
+            for proc in self._procs.values():
+                if proc.keep:  # long-lived processes survive; collect what they wrote meanwhile
+                    self._send_nowait({"op": "attach", "id": proc.id})
+
+    async def close(self) -> None:
+        task, self._read_task = self._read_task, None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._fail_all(AgentLostError(f"sandbox {self.name} closed"), include_kept=True)
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    async def _read_frame(
+        self, reader: asyncio.StreamReader
+    ) -> tuple[dict[str, Any], bytes] | None:
+        try:
+            head = await reader.readexactly(HEADER.size)
+            hlen, blen = HEADER.unpack(head)
+            if hlen > MAX_HEADER or blen > MAX_BODY:
+                raise ValueError(f"agent frame too large ({hlen}+{blen} bytes)")
+            raw = await reader.readexactly(hlen + blen)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            return None
+        header = json.loads(raw[:hlen])
+        if not isinstance(header, dict):
+            raise ValueError("agent frame header is not an object")
+        return header, raw[hlen:]
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                frame = await self._read_frame(reader)
+                if frame is None:
+                    break
+                self._on_frame(*frame)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("agent %s: protocol error, dropping the connection: %s", self.name, exc)
+        finally:
+            if self._reader is reader:
+                if self._writer is not None:
+                    self._writer.close()
+                self._reader = self._writer = None
+                self._fail_all(AgentLostError(f"connection to sandbox agent {self.name} lost"))
+
+    def _fail_all(self, exc: AgentLostError, include_kept: bool = False) -> None:
+        for proc_id, proc in list(self._procs.items()):
+            if proc.keep and not include_kept:
+                continue  # re-attached on the next connect
+            self._procs.pop(proc_id, None)
+            proc._fail_start(exc)
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pings.clear()
+
+    def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
+        ev = header.get("ev")
+        proc_id = header.get("id")
+        if ev == "pong":
+            fut = self._pings.pop(str(proc_id), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        proc = self._procs.get(proc_id) if isinstance(proc_id, str) else None
+        if proc is None:
+            return  # stale or unknown process; harmless
+        if ev == "out":
+            stream = _int(header, "s")
+            if stream not in (1, 2):
+                raise ValueError("agent output stream unknown")
+            proc._deliver(Output(stream, body))
+        elif ev == "started":
+            proc.pid = _int(header, "pid")
+            if not proc._started.done():
+                proc._started.set_result(proc.pid)
+        elif ev == "exit":
+            self._procs.pop(proc.id, None)
+            proc._deliver(_parse_exit(header))
+        elif ev in ("failed", "error"):
+            message = str(header.get("error", "unknown agent error"))[:2000]
+            if not proc._started.done() or ev == "failed":
+                self._procs.pop(proc.id, None)
+                proc._fail_start(BoxValidationError(message))
+            else:
+                log.warning("agent %s: process %s: %s", self.name, proc.id, message)
+
+    async def _send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        self._send_nowait(header, body)
+        if self._writer is not None and len(body) > 65536:
+            await self._writer.drain()
+
+    def _send_nowait(self, header: dict[str, Any], body: bytes = b"") -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise AgentLostError(f"not connected to sandbox agent {self.name}")
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        writer.write(HEADER.pack(len(raw), len(body)) + raw + body)
+
+    # ── operations ───────────────────────────────────────────────────────
+
+    async def ping(self, timeout: float = 5.0) -> None:
+        token = f"p{next(self._ids)}"
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[token] = fut
+        try:
+            await self._send({"op": "ping", "id": token})
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pings.pop(token, None)
+
+    async def spawn(self, req: CommandRequest) -> AgentProcess:
+        proc_id = f"c{next(self._ids)}"
+        proc = AgentProcess(self, proc_id, keep=req.keep_on_disconnect)
+        self._procs[proc_id] = proc
+        header: dict[str, Any] = {
+            "op": "spawn",
+            "id": proc_id,
+            "cwd": req.cwd,
+            "env": req.env,
+            "timeout": req.timeout,
+            "output_cap": req.output_cap,
+            "stdin": req.stdin,
+            "keep_on_disconnect": req.keep_on_disconnect,
+        }
+        if req.argv is not None:
+            header["argv"] = req.argv
+        body = (req.script or "").encode("utf-8", "surrogateescape")
+        try:
+            await self._send(header, body)
+        except BaseException:
+            self._procs.pop(proc_id, None)
+            raise
+        return proc
+
+    async def run(
+        self, req: CommandRequest, on_output: Callable[[Output], None] | None = None
+    ) -> CompletedCommand:
+        """Run to completion, collecting (at most ``output_cap`` bytes of) each stream."""
+        proc = await self.spawn(req)
+        out = bytearray()
+        err = bytearray()
+        limit = None if req.timeout is None else req.timeout + REPORT_GRACE_SEC
+        try:
+            async with asyncio.timeout(limit):
+                async for event in proc.events():
+                    if isinstance(event, Output):
+                        (out if event.stream == 1 else err).extend(event.data)
+                        if on_output is not None:
+                            on_output(event)
+                    else:
+                        return CompletedCommand(event, bytes(out), bytes(err))
+        except TimeoutError:
+            raise BoxSandboxError(
+                f"sandbox agent {self.name} did not report the end of a command "
+                f"{REPORT_GRACE_SEC:g} s after its timeout"
+            ) from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(BoxSandboxError):
+                proc.kill_soon()  # nobody wants the result any more: stop the command
+            raise
+        raise AgentLostError(f"sandbox agent {self.name} ended the command without a result")

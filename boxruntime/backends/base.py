@@ -1,0 +1,186 @@
+"""The one small interface every sandbox backend implements.
+
+Backends hold no session registry (the runtime does); they turn a checked spec into a running
+sandbox and back. Backends whose sandboxes run the in-sandbox agent share ``AgentSandbox``.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from boxruntime.backends.agent.client import (
+    AgentClient,
+    AgentProcess,
+    CommandExit,
+    CommandRequest,
+    CompletedCommand,
+    Output,
+)
+from boxruntime.config import Settings
+from boxruntime.errors import BoxSandboxError
+from boxruntime.models import BackendInfo, BoxSpec
+
+AGENT_SOURCE = Path(__file__).parent / "agent" / "boxagent.py"
+AGENT_PATH_IN_SANDBOX = "/opt/boxruntime/boxagent.py"
+AGENT_DIR_IN_SANDBOX = "/run/boxruntime"
+SANDBOX_HOME = "/tmp"
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class SandboxHandle:
+    """A running sandbox as the runtime sees it."""
+
+    backend: str
+    sandbox_id: str  # container name, jail directory, E2B sandbox id ...
+    key: str  # the sanitised session key
+    agent: AgentClient | None = None
+    resolved_image: str | None = None
+    workspace_quota_enforced: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    private_workspace: Path | None = None
+    state_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRequest:
+    script: str
+    workdir: str
+    env: dict[str, str]
+    timeout: float
+    output_cap: int
+
+
+class Backend(abc.ABC):
+    name: str
+
+    def __init__(self, settings: Settings, instance_id: str) -> None:
+        self.settings = settings
+        self.instance_id = instance_id
+
+    @abc.abstractmethod
+    async def probe(self) -> BackendInfo:
+        """Is this backend usable here, and if not, why (and what to install)."""
+
+    @abc.abstractmethod
+    async def start(self, spec: BoxSpec, key: str) -> SandboxHandle:
+        """Create and start a sandbox for ``spec``; mounts were already checked by the caller."""
+
+    @abc.abstractmethod
+    async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand: ...
+
+    @abc.abstractmethod
+    def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]: ...
+
+    @abc.abstractmethod
+    async def stop(self, handle: SandboxHandle, keep_workspace: bool = False) -> None:
+        """Remove the sandbox (and, unless ``keep_workspace``, its private workspace).
+
+        Never raises for a sandbox that is already gone.
+        """
+
+    @abc.abstractmethod
+    async def alive(self, handle: SandboxHandle) -> bool: ...
+
+    async def spawn(self, handle: SandboxHandle, req: CommandRequest) -> AgentProcess:
+        raise BoxSandboxError(f"{self.name} backend does not support managed processes")
+
+    async def cleanup_orphans(self) -> list[str]:
+        """Remove sandboxes left by dead daemons of this data dir; returns their ids."""
+        return []
+
+    async def remove_own(self) -> list[str]:
+        """Remove every sandbox of this daemon instance, registered or not (at exit)."""
+        return []
+
+    async def close(self) -> None:
+        """Release backend resources after every sandbox was stopped."""
+
+
+def installed_agent(data_dir: Path) -> Path:
+    """The agent script, copied into the data dir so sandboxes can mount it from there.
+
+    A containerised daemon shares its data dir with the engine at the same path; its own
+    package directory is not visible to the engine, so the mount source must live here.
+    """
+    source = AGENT_SOURCE.read_bytes()
+    digest = hashlib.sha256(source).hexdigest()[:12]
+    target = data_dir / "agent" / f"boxagent-{digest}.py"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(source)
+        tmp.chmod(0o644)
+        tmp.replace(target)
+    return target
+
+
+class AgentSandbox(Backend):
+    """Shared behaviour of backends whose sandboxes run the agent (Docker, nsjail)."""
+
+    def agent_of(self, handle: SandboxHandle) -> AgentClient:
+        if handle.agent is None:
+            raise BoxSandboxError(f"sandbox {handle.sandbox_id} has no agent")
+        return handle.agent
+
+    def command(self, req: ExecRequest) -> CommandRequest:
+        env = {"HOME": SANDBOX_HOME, "PATH": SANDBOX_PATH, "LANG": "C.UTF-8", **req.env}
+        return CommandRequest(
+            cwd=req.workdir, env=env, script=req.script, timeout=req.timeout, output_cap=req.output_cap
+        )
+
+    async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
+        agent = self.agent_of(handle)
+        await self._ensure_connected(handle, agent)
+        return await agent.run(self.command(req))
+
+    async def exec_stream(
+        self, handle: SandboxHandle, req: ExecRequest
+    ) -> AsyncIterator[Output | CommandExit]:
+        agent = self.agent_of(handle)
+        await self._ensure_connected(handle, agent)
+        proc = await agent.spawn(self.command(req))
+        finished = False
+        try:
+            async for event in proc.events():
+                yield event
+            finished = True
+        finally:
+            if not finished:
+                with contextlib.suppress(BoxSandboxError):
+                    proc.kill_soon()
+
+    async def spawn(self, handle: SandboxHandle, req: CommandRequest) -> AgentProcess:
+        agent = self.agent_of(handle)
+        await self._ensure_connected(handle, agent)
+        return await agent.spawn(req)
+
+    async def _ensure_connected(self, handle: SandboxHandle, agent: AgentClient) -> None:
+        if not agent.connected:
+            # A lost connection is re-established; the sandbox and its processes live on.
+            await agent.connect(timeout=5.0)
+
+    async def alive(self, handle: SandboxHandle) -> bool:
+        agent = handle.agent
+        if agent is None:
+            return False
+        try:
+            await self._ensure_connected(handle, agent)
+            await agent.ping(timeout=5.0)
+            return True
+        except (BoxSandboxError, TimeoutError, OSError):
+            return False
+
+
+def remove_tree(path: Path | None) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)

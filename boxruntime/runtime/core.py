@@ -1,0 +1,190 @@
+"""BoxRuntime: settings, the selected backend, sessions and exec, behind one object.
+
+The server and the stdio loop each hold one; handlers translate actions into its methods.
+"""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from boxruntime.backends.agent.client import CommandExit, CompletedCommand, Output
+from boxruntime.backends.base import Backend, ExecRequest
+from boxruntime.backends.selection import select_backend
+from boxruntime.config import Settings, apply_box_config
+from boxruntime.errors import BoxBackendUnavailableError, BoxRuntimeUnavailableError, BoxValidationError
+from boxruntime.instance import InstanceLock
+from boxruntime.models import (
+    OUTPUT_CAP_BYTES,
+    BackendInfo,
+    BoxSpec,
+    ExecResult,
+    OutputChunk,
+    RuntimeStatus,
+    SessionInfo,
+    StreamedResult,
+)
+from boxruntime.runtime.results import exec_result
+from boxruntime.runtime.sessions import Session, SessionManager
+
+log = logging.getLogger(__name__)
+
+
+class BoxRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance = InstanceLock(settings.data_dir)
+        self.instance_id = self.instance.instance_id
+        self._backend: Backend | None = None
+        self._backend_info: BackendInfo | None = None
+        self._backend_lock = anyio.Lock()
+        self._closing = False
+        self.sessions = SessionManager(
+            self.backend,
+            max_sessions=lambda: self.settings.max_sessions,
+            ttl_sec=lambda: self.settings.session_ttl_sec,
+        )
+
+    # ── lifecycle ────────────────────────────────────────────────────────
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.instance.acquire()
+        try:
+            backend = await self.backend()
+        except BoxBackendUnavailableError as exc:
+            log.warning("%s", exc)  # serve anyway: box_init may select another backend
+            return
+        removed = await backend.cleanup_orphans()
+        if removed:
+            log.info("removed %d sandboxes left by dead daemons: %s", len(removed), ", ".join(removed))
+
+    async def run_background(self) -> None:
+        """The reaper; runs until cancelled by the owner of the runtime."""
+        await self.sessions.run_reaper(lambda: float(min(30, self.settings.session_ttl_sec)))
+
+    async def close(self) -> None:
+        """Remove every sandbox this daemon created, then release the backend."""
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            await self.sessions.remove_all(include_persistent=True, keep_workspaces=True)
+            if self._backend is not None:
+                leftovers = await self._backend.remove_own()
+                if leftovers:
+                    log.info("removed unregistered sandboxes: %s", ", ".join(leftovers))
+                await self._backend.close()
+                self._backend = None
+            self.instance.release()
+
+    # ── backend ──────────────────────────────────────────────────────────
+
+    async def backend(self) -> Backend:
+        if self._closing:
+            raise BoxRuntimeUnavailableError("Box runtime is shutting down")
+        async with self._backend_lock:
+            if self._backend is None:
+                self._backend, self._backend_info = await select_backend(self.settings, self.instance_id)
+            return self._backend
+
+    async def backend_info(self) -> BackendInfo:
+        try:
+            backend = await self.backend()
+        except BoxBackendUnavailableError as exc:
+            return BackendInfo(name=None, available=False, reason=str(exc))
+        info = await backend.probe()
+        self._backend_info = info
+        return info
+
+    async def init(self, config: dict[str, Any]) -> None:
+        apply_box_config(self.settings, config)
+        if len(self.sessions) == 0:
+            async with self._backend_lock:
+                if self._backend is not None and len(self.sessions) == 0:
+                    await self._backend.close()
+                    self._backend = None  # selected again on next use, as LangBot does
+
+    async def status(self) -> RuntimeStatus:
+        return RuntimeStatus(
+            backend=await self.backend_info(),
+            active_sessions=len(self.sessions),
+            managed_processes=0,
+            session_ttl_sec=self.settings.session_ttl_sec,
+            max_sessions=self.settings.max_sessions,
+        )
+
+    # ── sessions ─────────────────────────────────────────────────────────
+
+    async def create_session(self, spec: BoxSpec) -> SessionInfo:
+        async with self.sessions.lease(spec) as session:
+            return session.info()
+
+    def get_session(self, session_id: str) -> Session:
+        return self.sessions.get(session_id)
+
+    def list_sessions(self) -> list[SessionInfo]:
+        return [s.info() for s in self.sessions.sessions()]
+
+    async def delete_session(self, session_id: str) -> None:
+        await self.sessions.delete(session_id)
+
+    async def shutdown_sessions(self) -> list[str]:
+        """LangBot's ``box_shutdown``: drop non-persistent sessions; the daemon keeps running."""
+        return await self.sessions.remove_all(include_persistent=False, keep_workspaces=False)
+
+    # ── exec ─────────────────────────────────────────────────────────────
+
+    @staticmethod
+    def _request(spec: BoxSpec) -> ExecRequest:
+        if not spec.cmd:
+            raise BoxValidationError("cmd must not be empty")
+        return ExecRequest(
+            script=spec.cmd,
+            workdir=spec.workdir,
+            env=spec.env,
+            timeout=float(spec.timeout_sec),
+            output_cap=OUTPUT_CAP_BYTES,
+        )
+
+    async def exec(self, spec: BoxSpec) -> ExecResult:
+        req = self._request(spec)
+        async with self.sessions.lease(spec) as session:
+            done = await session.backend.exec(session.handle, req)
+        return exec_result(spec.session_id, session.handle.backend, done, req.timeout, req.output_cap)
+
+    async def exec_stream(self, spec: BoxSpec) -> AsyncIterator[dict[str, Any]]:
+        """Output chunks as they are produced, then the result (``box_exec_stream``)."""
+        req = self._request(spec)
+        decoders = {1: _ChunkText(), 2: _ChunkText()}
+        collected: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        async with self.sessions.lease(spec) as session:
+            async for event in session.backend.exec_stream(session.handle, req):
+                if isinstance(event, Output):
+                    collected[event.stream].extend(event.data)
+                    text, encoding = decoders[event.stream].convert(event.data)
+                    stream = "stdout" if event.stream == 1 else "stderr"
+                    yield OutputChunk(stream=stream, data=text, encoding=encoding).model_dump(mode="json")
+                elif isinstance(event, CommandExit):
+                    done = CompletedCommand(event, bytes(collected[1]), bytes(collected[2]))
+                    result = exec_result(spec.session_id, session.handle.backend, done, req.timeout, req.output_cap)
+                    yield StreamedResult(result=result).model_dump(mode="json")
+
+
+class _ChunkText:
+    """UTF-8 text where the bytes allow it (characters split across chunks are held back),
+    base64 for whatever is not text."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+
+    def convert(self, data: bytes) -> tuple[str, str]:
+        try:
+            return self._decoder.decode(data), "utf-8"
+        except UnicodeDecodeError:
+            pending, _ = self._decoder.getstate()
+            self._decoder.reset()
+            return base64.b64encode(pending + data).decode("ascii"), "base64"

@@ -1,0 +1,252 @@
+"""The session registry: get-or-create with the compatibility check, per-id locks, the TTL
+reaper, capacity, delete and shutdown (reference §D.3, without the anchor's defects).
+
+- One lock per session id serialises create/delete/reuse of that id; different ids never wait
+  for each other and no lock is held across another id's backend call (seed S7).
+- An exec timeout kills the command, never the session (§G.8).
+- ``max_sessions`` counts live sessions plus creations in flight (seed S3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from boxruntime.backends.base import Backend, SandboxHandle
+from boxruntime.errors import (
+    BoxCapacityExceededError,
+    BoxSessionConflictError,
+    BoxSessionNotFoundError,
+)
+from boxruntime.ids import safe_key
+from boxruntime.models import SESSION_IDENTITY_FIELDS, BoxSpec, SessionInfo, SessionStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Session:
+    spec: BoxSpec  # the spec it was created with: the identity later requests must match
+    backend: Backend
+    handle: SandboxHandle
+    created_at: dt.datetime = field(default_factory=utcnow)
+    last_used_at: dt.datetime = field(default_factory=utcnow)
+    active: int = 0  # execs and other leases in progress; a leased session is never reaped
+    closing: bool = False
+    keepalive: list[Callable[[], bool]] = field(default_factory=list)
+
+    @property
+    def session_id(self) -> str:
+        return self.spec.session_id
+
+    def touch(self) -> None:
+        self.last_used_at = utcnow()
+
+    def busy(self) -> bool:
+        return self.active > 0 or any(check() for check in self.keepalive)
+
+    def info(self) -> SessionInfo:
+        spec = self.spec
+        status = SessionStatus.CLOSING if self.closing else (
+            SessionStatus.RUNNING if self.active else SessionStatus.IDLE
+        )
+        return SessionInfo(
+            session_id=spec.session_id,
+            backend_name=self.handle.backend,
+            backend_session_id=self.handle.sandbox_id,
+            image=spec.image,
+            network=spec.network,
+            host_path=spec.host_path,
+            host_path_mode=spec.host_path_mode,
+            mount_path=spec.mount_path,
+            persistent=spec.persistent,
+            cpus=spec.cpus,
+            memory_mb=spec.memory_mb,
+            pids_limit=spec.pids_limit,
+            read_only_rootfs=spec.read_only_rootfs,
+            workspace_quota_mb=spec.workspace_quota_mb,
+            created_at=self.created_at,
+            last_used_at=self.last_used_at,
+            status=status,
+            extra_mounts=spec.active_extra_mounts(),
+            resolved_image=self.handle.resolved_image,
+            workspace_quota_enforced=self.handle.workspace_quota_enforced,
+            notes=list(self.handle.notes),
+        )
+
+
+def _conflict(existing: BoxSpec, requested: BoxSpec) -> str | None:
+    for name in SESSION_IDENTITY_FIELDS:
+        if getattr(existing, name) != getattr(requested, name):
+            value: Any = getattr(existing, name)
+            shown = value.value if hasattr(value, "value") else value
+            return f"{name}={shown}"
+    # Mounts are fixed when the sandbox is made; a reused session would silently lack new ones.
+    if existing.active_extra_mounts() != requested.active_extra_mounts():
+        return "a different set of extra_mounts (mounts are fixed when a session is created)"
+    return None
+
+
+class _IdLocks:
+    """A lock per id, dropped again when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (anyio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+BackendProvider = Callable[[], Awaitable[Backend]]
+
+
+class SessionManager:
+    def __init__(self, backend: BackendProvider, max_sessions: Callable[[], int], ttl_sec: Callable[[], int]) -> None:
+        self._backend = backend
+        self._max_sessions = max_sessions
+        self._ttl_sec = ttl_sec
+        self._sessions: dict[str, Session] = {}
+        self._locks = _IdLocks()
+        self._creating = 0
+        self.on_remove: list[Callable[[Session], Awaitable[None]]] = []
+
+    # ── queries ──────────────────────────────────────────────────────────
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def get(self, session_id: str) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None or session.closing:
+            raise BoxSessionNotFoundError(f"session {session_id} not found")
+        return session
+
+    # ── create / reuse ───────────────────────────────────────────────────
+
+    async def get_or_create(self, spec: BoxSpec) -> Session:
+        async with self._locks.hold(spec.session_id):
+            session = self._sessions.get(spec.session_id)
+            if session is not None:
+                conflict = _conflict(session.spec, spec)
+                if conflict is not None:
+                    raise BoxSessionConflictError(
+                        f"Box session {spec.session_id} already exists with {conflict}"
+                    )
+                if await session.backend.alive(session.handle):
+                    session.touch()
+                    return session
+                log.warning("session %s: sandbox is gone, recreating it", spec.session_id)
+                await self._remove(session, keep_workspace=True)
+            return await self._create(spec)
+
+    async def _create(self, spec: BoxSpec) -> Session:
+        limit = self._max_sessions()
+        if len(self._sessions) + self._creating >= limit:
+            raise BoxCapacityExceededError(f"Box session capacity reached ({limit})")
+        self._creating += 1
+        try:
+            backend = await self._backend()
+            handle = await backend.start(spec, safe_key(spec.session_id))
+        finally:
+            self._creating -= 1
+        session = Session(spec=spec.model_copy(update={"cmd": ""}), backend=backend, handle=handle)
+        self._sessions[spec.session_id] = session
+        log.info("session %s created (%s %s)", spec.session_id, handle.backend, handle.sandbox_id)
+        return session
+
+    @contextlib.asynccontextmanager
+    async def lease(self, spec: BoxSpec) -> AsyncIterator[Session]:
+        """The session for ``spec``, protected from the reaper while the caller uses it."""
+        session = await self.get_or_create(spec)
+        session.active += 1
+        try:
+            yield session
+        finally:
+            session.active -= 1
+            session.touch()
+
+    # ── removal ──────────────────────────────────────────────────────────
+
+    async def delete(self, session_id: str) -> None:
+        async with self._locks.hold(session_id):
+            session = self.get(session_id)
+            await self._remove(session, keep_workspace=False)
+
+    async def _remove(self, session: Session, keep_workspace: bool) -> None:
+        session.closing = True
+        if self._sessions.get(session.session_id) is session:
+            del self._sessions[session.session_id]
+        with anyio.CancelScope(shield=True):  # a half-removed sandbox would leak
+            for hook in self.on_remove:
+                try:
+                    await hook(session)
+                except Exception:
+                    log.exception("session %s: cleanup hook failed", session.session_id)
+            try:
+                await session.backend.stop(session.handle, keep_workspace=keep_workspace)
+            except Exception:
+                log.exception("session %s: removing the sandbox failed", session.session_id)
+        log.info("session %s removed", session.session_id)
+
+    async def reap_expired(self) -> list[str]:
+        """Remove idle, non-persistent sessions unused for longer than the TTL."""
+        cutoff = utcnow() - dt.timedelta(seconds=self._ttl_sec())
+        expired = [
+            s for s in self._sessions.values()
+            if not s.spec.persistent and not s.busy() and s.last_used_at < cutoff
+        ]
+        reaped = []
+        for session in expired:
+            async with self._locks.hold(session.session_id):
+                # Re-check under the lock: it may have been used or removed meanwhile.
+                if self._sessions.get(session.session_id) is not session or session.busy():
+                    continue
+                if session.last_used_at >= cutoff:
+                    continue
+                await self._remove(session, keep_workspace=False)
+                reaped.append(session.session_id)
+        return reaped
+
+    async def run_reaper(self, interval: Callable[[], float]) -> None:
+        while True:
+            await anyio.sleep(interval())
+            try:
+                reaped = await self.reap_expired()
+            except Exception:
+                log.exception("session reaper failed")
+                continue
+            if reaped:
+                log.info("reaped idle sessions: %s", ", ".join(reaped))
+
+    async def remove_all(self, include_persistent: bool, keep_workspaces: bool) -> list[str]:
+        targets = [s for s in self._sessions.values() if include_persistent or not s.spec.persistent]
+
+        async def remove(session: Session) -> None:
+            async with self._locks.hold(session.session_id):
+                if self._sessions.get(session.session_id) is session:
+                    await self._remove(session, keep_workspace=keep_workspaces)
+
+        async with anyio.create_task_group() as tg:
+            for session in targets:
+                tg.start_soon(remove, session)
+        return [s.session_id for s in targets]

@@ -1,0 +1,183 @@
+"""The daemon's HTTP side: ``/rpc/ws`` (action RPC), ``/healthz``, ``/readyz``; and both ways of
+serving (WebSocket, stdio) until told to stop.
+
+Every WebSocket route checks the token *before* the upgrade when one is configured, and a
+daemon never listens on a non-loopback address without one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import weakref
+from collections.abc import Awaitable, Callable
+
+import anyio
+from aiohttp import web
+
+from boxruntime.config import Settings
+from boxruntime.handlers import BoxActions
+from boxruntime.protocol import MAX_MESSAGE_BYTES, Peer, StreamConnection, WebSocketConnection
+from boxruntime.runtime.core import BoxRuntime
+
+log = logging.getLogger(__name__)
+
+TOKEN_HEADER = "X-LangBot-Box-Control-Token"
+RUNTIME_KEY = web.AppKey("runtime", BoxRuntime)
+SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
+
+
+class StartupRefused(Exception):
+    """The daemon will not start with this configuration; the message says why and what to do."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_policy(settings: Settings) -> None:
+    if not is_loopback(settings.host) and settings.token is None:
+        raise StartupRefused(
+            f"refusing to listen on {settings.host} without a token: anyone who can reach the port "
+            "could run code. Set BOXRUNTIME_TOKEN (at least 32 characters) or bind 127.0.0.1."
+        )
+
+
+def presented_token(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return request.headers.get(TOKEN_HEADER)
+
+
+def authorized(request: web.Request, token: str | None) -> bool:
+    if token is None:
+        return True
+    offered = presented_token(request)
+    # compare_digest on bytes of possibly different lengths still takes constant time per byte.
+    return offered is not None and hmac.compare_digest(offered.encode(), token.encode())
+
+
+def require_auth(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if not authorized(request, request.app[RUNTIME_KEY].settings.token):
+            log.warning("refused %s from %s: bad or missing token", request.path, request.remote)
+            raise web.HTTPUnauthorized(text="Unauthorized")
+        return await handler(request)
+
+    return checked
+
+
+async def rpc_ws(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME_KEY]
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False)
+    await ws.prepare(request)
+    request.app[SOCKETS_KEY].add(ws)
+    peer = Peer(WebSocketConnection(ws), BoxActions(runtime).table(), name=f"ws:{request.remote}")
+    log.info("control connection from %s", request.remote)
+    try:
+        await peer.run()
+    finally:
+        if not ws.closed:
+            await ws.close()
+        log.info("control connection from %s closed", request.remote)
+    return ws
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    return web.json_response({"live": True, "sessions": len(runtime.sessions)})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    info = await request.app[RUNTIME_KEY].backend_info()
+    body = {"ready": info.available, "backend": info.model_dump(mode="json")}
+    return web.json_response(body, status=200 if info.available else 503)
+
+
+def create_app(runtime: BoxRuntime) -> web.Application:
+    app = web.Application()
+    app[RUNTIME_KEY] = runtime
+    app[SOCKETS_KEY] = weakref.WeakSet()
+    app.router.add_get("/rpc/ws", require_auth(rpc_ws))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def _until_signalled() -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            return
+
+
+async def serve_websocket(settings: Settings) -> None:
+    check_bind_policy(settings)
+    runtime = BoxRuntime(settings)
+    await runtime.start()
+    app = create_app(runtime)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info(
+            "boxruntime listening on ws://%s:%d/rpc/ws (backend=%s, auth=%s)",
+            settings.host, settings.port, settings.backend, "token" if settings.token else "none (loopback only)",
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runtime.run_background)
+            await _until_signalled()
+            tg.cancel_scope.cancel()
+        for ws in list(app[SOCKETS_KEY]):
+            await ws.close(code=1001, message=b"Box runtime shutting down")
+    finally:
+        await runner.cleanup()
+        await runtime.close()
+
+
+async def _stdio_connection() -> StreamConnection:
+    """Protocol frames on the original stdout; everything else that writes to fd 1 (a stray
+    print, a child process) lands on stderr instead of corrupting the stream."""
+    loop = asyncio.get_running_loop()
+    protocol_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, proto = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, protocol_out)
+    writer = asyncio.StreamWriter(transport, proto, None, loop)
+    return StreamConnection(reader, writer)
+
+
+async def serve_stdio(settings: Settings) -> None:
+    runtime = BoxRuntime(settings)
+    await runtime.start()
+    try:
+        connection = await _stdio_connection()
+        peer = Peer(connection, BoxActions(runtime).table(), name="stdio")
+        log.info("boxruntime serving action RPC on stdio (backend=%s)", settings.backend)
+
+        async def until_eof_then_stop(tg: anyio.abc.TaskGroup) -> None:
+            await peer.run()
+            log.info("stdin closed, shutting down")
+            tg.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runtime.run_background)
+            tg.start_soon(until_eof_then_stop, tg)
+            await _until_signalled()
+            tg.cancel_scope.cancel()
+    finally:
+        await runtime.close()
