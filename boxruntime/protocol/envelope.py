@@ -91,9 +91,7 @@ def request(seq_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"seq_id": seq_id, "action": action, "data": data}
 
 
-def success(
-    seq_id: int, data: dict[str, Any], chunk_status: ChunkStatus = "continue"
-) -> dict[str, Any]:
+def success(seq_id: int, data: dict[str, Any], chunk_status: ChunkStatus = "continue") -> dict[str, Any]:
     # Every one-shot response carries "continue"; only a stream's terminator says "end".
     return {
         "seq_id": seq_id,

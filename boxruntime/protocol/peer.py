@@ -9,6 +9,7 @@ goes away, in-flight handlers are cancelled and pending calls fail with
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -102,9 +103,7 @@ class Peer:
                     elif isinstance(message, Request):
                         self._dispatch(tg, message)
                     elif isinstance(message, BadRequest):
-                        tg.start_soon(
-                            self._send_error, message.seq_id, BoxValidationError(message.reason)
-                        )
+                        tg.start_soon(self._send_error, message.seq_id, BoxValidationError(message.reason))
                 # The peer is gone: nobody can receive what in-flight handlers would answer.
                 tg.cancel_scope.cancel()
         finally:
@@ -118,16 +117,12 @@ class Peer:
         if waiter is None:
             log.debug("%s: response for unknown seq_id %s dropped", self.name, response.seq_id)
             return
-        try:
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             waiter.send_nowait(response)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
 
     def _dispatch(self, tg: anyio.abc.TaskGroup, req: Request) -> None:
         if self._inflight >= self._max_inflight and req.action not in _ALWAYS_SERVED:
-            busy = BoxCapacityExceededError(
-                f"Runtime connection is busy (max {self._max_inflight} concurrent actions)"
-            )
+            busy = BoxCapacityExceededError(f"Runtime connection is busy (max {self._max_inflight} concurrent actions)")
             tg.start_soon(self._send_error, req.seq_id, busy)
             return
         self._inflight += 1
@@ -156,19 +151,15 @@ class Peer:
             self._inflight -= 1
 
     async def _send_error(self, seq_id: int, exc: BaseException) -> None:
-        try:
+        with contextlib.suppress(ConnectionClosedError):
             await self._send(failure(seq_id, error_message(exc)))
-        except ConnectionClosedError:
-            pass
 
     async def _send(self, message: Payload) -> None:
         try:
             await self._conn.send(encode(message))
         except ValueError as exc:  # too large for the wire: say so instead of going silent
             if message.get("code") == 0:
-                await self._conn.send(
-                    encode(failure(message["seq_id"], error_message(BoxError(str(exc)))))
-                )
+                await self._conn.send(encode(failure(message["seq_id"], error_message(BoxError(str(exc))))))
             else:
                 raise
 
@@ -201,7 +192,7 @@ class Peer:
             with anyio.fail_after(timeout):
                 response = await receive.receive()
         except TimeoutError:
-            raise ActionCallTimeoutError(f"Action {action} call timed out after {timeout:g} s")
+            raise ActionCallTimeoutError(f"Action {action} call timed out after {timeout:g} s") from None
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise ConnectionClosedError(f"connection closed while calling {action}") from None
         finally:
@@ -210,9 +201,7 @@ class Peer:
             raise error_from_message(response.message)
         return response.data
 
-    async def call_stream(
-        self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT
-    ) -> AsyncIterator[Payload]:
+    async def call_stream(self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[Payload]:
         """Yield each streamed chunk; ``timeout`` bounds the wait for every next message."""
         seq_id, send, receive = self._open_call()
         try:
@@ -226,7 +215,7 @@ class Peer:
                     return
                 yield response.data
         except TimeoutError:
-            raise ActionCallTimeoutError(f"Action {action} stream stalled for {timeout:g} s")
+            raise ActionCallTimeoutError(f"Action {action} stream stalled for {timeout:g} s") from None
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise ConnectionClosedError(f"connection closed while streaming {action}") from None
         finally:

@@ -9,7 +9,7 @@ import base64
 import codecs
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
@@ -166,8 +166,9 @@ class BoxRuntime:
                 if isinstance(event, Output):
                     collected[event.stream].extend(event.data)
                     text, encoding = decoders[event.stream].convert(event.data)
-                    stream = "stdout" if event.stream == 1 else "stderr"
-                    yield OutputChunk(stream=stream, data=text, encoding=encoding).model_dump(mode="json")
+                    name: Literal["stdout", "stderr"] = "stdout" if event.stream == 1 else "stderr"
+                    chunk = OutputChunk(stream=name, data=text, encoding=encoding)
+                    yield chunk.model_dump(mode="json")
                 elif isinstance(event, CommandExit):
                     done = CompletedCommand(event, bytes(collected[1]), bytes(collected[2]))
                     result = exec_result(spec.session_id, session.handle.backend, done, req.timeout, req.output_cap)
@@ -181,7 +182,7 @@ class _ChunkText:
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
 
-    def convert(self, data: bytes) -> tuple[str, str]:
+    def convert(self, data: bytes) -> tuple[str, Literal["utf-8", "base64"]]:
         try:
             return self._decoder.decode(data), "utf-8"
         except UnicodeDecodeError:

@@ -19,9 +19,7 @@ def clipped_text(kept: bytes, total: int, cap: int) -> str:
     return text
 
 
-def exec_result(
-    session_id: str, backend: str, done: CompletedCommand, timeout_sec: float, cap: int
-) -> ExecResult:
+def exec_result(session_id: str, backend: str, done: CompletedCommand, timeout_sec: float, cap: int) -> ExecResult:
     exit = done.exit
     reason = EndReason(exit.reason)
     timed_out = reason == EndReason.TIMEOUT

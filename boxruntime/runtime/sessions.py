@@ -53,8 +53,8 @@ class Session:
 
     def info(self) -> SessionInfo:
         spec = self.spec
-        status = SessionStatus.CLOSING if self.closing else (
-            SessionStatus.RUNNING if self.active else SessionStatus.IDLE
+        status = (
+            SessionStatus.CLOSING if self.closing else (SessionStatus.RUNNING if self.active else SessionStatus.IDLE)
         )
         return SessionInfo(
             session_id=spec.session_id,
@@ -149,9 +149,7 @@ class SessionManager:
             if session is not None:
                 conflict = _conflict(session.spec, spec)
                 if conflict is not None:
-                    raise BoxSessionConflictError(
-                        f"Box session {spec.session_id} already exists with {conflict}"
-                    )
+                    raise BoxSessionConflictError(f"Box session {spec.session_id} already exists with {conflict}")
                 if await session.backend.alive(session.handle):
                     session.touch()
                     return session
@@ -212,8 +210,7 @@ class SessionManager:
         """Remove idle, non-persistent sessions unused for longer than the TTL."""
         cutoff = utcnow() - dt.timedelta(seconds=self._ttl_sec())
         expired = [
-            s for s in self._sessions.values()
-            if not s.spec.persistent and not s.busy() and s.last_used_at < cutoff
+            s for s in self._sessions.values() if not s.spec.persistent and not s.busy() and s.last_used_at < cutoff
         ]
         reaped = []
         for session in expired:

@@ -322,7 +322,9 @@ class Agent:
             try:
                 os.makedirs(cwd, exist_ok=True)
             except OSError as exc:
-                conn.send({"ev": "failed", "id": pid_key, "error": "workdir %s cannot be created: %s" % (cwd, exc.strerror)})
+                conn.send(
+                    {"ev": "failed", "id": pid_key, "error": "workdir %s cannot be created: %s" % (cwd, exc.strerror)}
+                )
                 return
         if not os.path.isdir(cwd):
             conn.send({"ev": "failed", "id": pid_key, "error": "workdir %s is not a directory" % cwd})

@@ -241,9 +241,7 @@ class AgentClient:
             os.close(self._dir_fd)
             self._dir_fd = None
 
-    async def _read_frame(
-        self, reader: asyncio.StreamReader
-    ) -> tuple[dict[str, Any], bytes] | None:
+    async def _read_frame(self, reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes] | None:
         try:
             head = await reader.readexactly(HEADER.size)
             hlen, blen = HEADER.unpack(head)
@@ -363,9 +361,7 @@ class AgentClient:
             raise
         return proc
 
-    async def run(
-        self, req: CommandRequest, on_output: Callable[[Output], None] | None = None
-    ) -> CompletedCommand:
+    async def run(self, req: CommandRequest, on_output: Callable[[Output], None] | None = None) -> CompletedCommand:
         """Run to completion, collecting (at most ``output_cap`` bytes of) each stream."""
         proc = await self.spawn(req)
         out = bytearray()

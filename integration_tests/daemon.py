@@ -1,0 +1,144 @@
+"""Start the real daemon as a process, as users do, and talk to it as a client would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import anyio
+import docker
+
+from boxruntime.protocol import Peer, WebSocketConnection
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def daemon_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BOXRUNTIME_", "LANGBOT_BOX_"))}
+    env["BOXRUNTIME_DATA_DIR"] = str(data_dir)
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Daemon:
+    """A ``boxruntime serve`` process on a free loopback port."""
+
+    data_dir: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    token: str | None = None
+    host: str = "127.0.0.1"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.host}:{self.port}/rpc/ws"
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"daemon did not stop within {timeout}s:\n{self.log()[-3000:]}") from None
+        return int(self.proc.returncode)
+
+    def instance_id(self) -> str:
+        """The instance id from the daemon's lock file (one running instance per data dir here)."""
+        locks = list((self.data_dir / "instances").glob("*.lock"))
+        assert len(locks) == 1, locks
+        return locks[0].stem
+
+
+def start_daemon(
+    data_dir: Path,
+    *args: str,
+    token: str | None = None,
+    env: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    wait: bool = True,
+) -> Daemon:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log_path = data_dir.parent / f"daemon-{port}.log"
+    extra = dict(env or {})
+    if token:
+        extra["BOXRUNTIME_TOKEN"] = token
+    argv = [sys.executable, "-m", "boxruntime", "serve", "--host", host, "--port", str(port), *args]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=daemon_env(data_dir, **extra), cwd=ROOT)
+    daemon = Daemon(data_dir, port, proc, log_path, token, host)
+    if wait:
+        wait_ready(daemon)
+    return daemon
+
+
+def wait_ready(daemon: Daemon, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.proc.poll() is not None:
+            raise AssertionError(f"daemon exited with {daemon.proc.returncode}:\n{daemon.log()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection((daemon.host, daemon.port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"daemon did not listen within {timeout}s:\n{daemon.log()[-3000:]}")
+
+
+@contextlib.asynccontextmanager
+async def connect(daemon: Daemon, headers: dict[str, str] | None = None) -> AsyncIterator[Peer]:
+    """Our own Peer over a real WebSocket to the daemon."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            daemon.url, headers=daemon.headers() if headers is None else headers, max_msg_size=16 << 20
+        ) as ws,
+    ):
+        peer = Peer(WebSocketConnection(ws), name="test-client")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.run)
+            try:
+                yield peer
+            finally:
+                tg.cancel_scope.cancel()
+
+
+def containers_of(data_dir: Path, instance: str | None = None) -> list[str]:
+    client = docker.from_env()
+    labels = ["boxruntime.managed=true", f"boxruntime.data_dir={data_dir.resolve()}"]
+    if instance:
+        labels.append(f"boxruntime.instance={instance}")
+    try:
+        return [c.name for c in client.containers.list(all=True, filters={"label": labels})]
+    finally:
+        client.close()
