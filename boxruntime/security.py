@@ -7,6 +7,7 @@ only had the denylist, missed ``/`` and skipped extra mounts (reference §D.11, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -92,14 +93,20 @@ def resolve_mounts(spec: BoxSpec, roots: Sequence[Path]) -> tuple[ResolvedMount 
     return workspace, extras
 
 
-def prepare_host_dirs(mounts: Iterable[ResolvedMount]) -> None:
-    """Create missing read-write mount sources (as LangBot 0.7 does); read-only ones must exist."""
+def prepare_host_dirs(mounts: Iterable[ResolvedMount], uid: int, gid: int) -> list[str]:
+    """Create missing read-write mount sources (as LangBot 0.7 does), owned by the sandbox user;
+    read-only ones must exist. Returns the directories it created."""
+    created = []
     for mount in mounts:
         if os.path.exists(mount.host_path):
             continue
         if mount.read_only:
             raise BoxValidationError(f"read-only mount source {mount.host_path} does not exist")
         os.makedirs(mount.host_path, exist_ok=True)
+        with contextlib.suppress(PermissionError):
+            os.chown(mount.host_path, uid, gid)
+        created.append(mount.host_path)
+    return created
 
 
 # Hardening that every Docker sandbox gets, whatever the request says.

@@ -37,7 +37,13 @@ from boxruntime.config import Settings
 from boxruntime.errors import BoxBackendUnavailableError, BoxImageNotFoundError, BoxSandboxError
 from boxruntime.instance import instance_alive
 from boxruntime.models import LANGBOT_DEFAULT_IMAGE, BackendInfo, BoxSpec, NetworkMode
-from boxruntime.security import CONTAINER_CAP_DROP, CONTAINER_SECURITY_OPT, ResolvedMount, resolve_mounts
+from boxruntime.security import (
+    CONTAINER_CAP_DROP,
+    CONTAINER_SECURITY_OPT,
+    ResolvedMount,
+    prepare_host_dirs,
+    resolve_mounts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +143,12 @@ class DockerBackend(AgentSandbox):
 
     async def start(self, spec: BoxSpec, key: str) -> SandboxHandle:
         workspace_mount, extra_mounts = resolve_mounts(spec, self.settings.mount_roots())
+        host_mounts = [m for m in (workspace_mount, *extra_mounts) if m is not None]
+        prepare_host_dirs(host_mounts, self.settings.sandbox_uid, self.settings.sandbox_gid)
         image = await self._call(self._resolve_image, spec.image)
         state = self._state_dir(key)
         agent_dir = state / "agent"
         agent_dir.mkdir(parents=True, exist_ok=True)
-        uid, gid = self.settings.sandbox_uid, self.settings.sandbox_gid
-        _hand_over(agent_dir, uid, gid)
         handle = SandboxHandle(
             backend=self.name,
             sandbox_id=f"boxruntime-{self.instance_id}-{key}",
@@ -150,6 +156,8 @@ class DockerBackend(AgentSandbox):
             resolved_image=image,
             state_dir=state,
         )
+        uid, gid = sandbox_identity(self.settings, workspace_mount, handle.notes)
+        _hand_over(agent_dir, uid, gid)
         mounts = [
             Mount(AGENT_PATH_IN_SANDBOX, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
             Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
@@ -157,7 +165,8 @@ class DockerBackend(AgentSandbox):
         mounts += self._workspace_mounts(spec, key, workspace_mount, handle)
         mounts += [Mount(m.mount_path, m.host_path, type="bind", read_only=m.read_only) for m in extra_mounts]
         try:
-            container = await self._call(self._run_container, spec, key, image, mounts, handle.sandbox_id)
+            user = f"{uid}:{gid}"
+            container = await self._call(self._run_container, spec, key, image, mounts, handle.sandbox_id, user)
             handle.extra["container_id"] = container.id
             handle.agent = AgentClient(agent_dir, handle.sandbox_id)
             await self._wait_for_agent(handle, container)
@@ -194,7 +203,9 @@ class DockerBackend(AgentSandbox):
             handle.notes.append(f"workspace is a {quota} MB loop-mounted ext4 image (kernel-enforced)")
         return [Mount(spec.mount_path, str(ws.path), type="bind")]
 
-    def _run_container(self, spec: BoxSpec, key: str, image: str, mounts: list[Mount], name: str) -> Container:
+    def _run_container(
+        self, spec: BoxSpec, key: str, image: str, mounts: list[Mount], name: str, user: str
+    ) -> Container:
         engine = self._engine()
         kwargs: dict[str, Any] = {}
         if self.settings.docker_cpu_limit_enabled:
@@ -213,7 +224,7 @@ class DockerBackend(AgentSandbox):
                     LABEL_SESSION: spec.session_id,
                     LABEL_KEY: key,
                 },
-                user=self.settings.sandbox_user,
+                user=user,
                 working_dir="/",
                 environment={"HOME": SANDBOX_HOME, "LANG": "C.UTF-8"},
                 network_mode="none" if spec.network == NetworkMode.OFF else "bridge",
@@ -331,3 +342,23 @@ def _tail_logs(container: Container) -> str:
         return raw.decode("utf-8", "replace").strip()[-1500:]
     except docker.errors.APIError:
         return ""
+
+
+def sandbox_identity(settings: Settings, workspace: ResolvedMount | None, notes: list[str]) -> tuple[int, int]:
+    """The uid:gid the sandbox runs as: the configured non-root user, or the owner of a writable
+    host workspace when that owner is not root, so files keep their owner on both sides."""
+    uid, gid = settings.sandbox_uid, settings.sandbox_gid
+    if workspace is None or workspace.read_only:
+        return uid, gid
+    st = os.stat(workspace.host_path)
+    if st.st_uid != 0:
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            notes.append(f"sandbox runs as {st.st_uid}:{st.st_gid}, the owner of host_path {workspace.host_path}")
+        return st.st_uid, st.st_gid
+    writable = bool(st.st_mode & 0o002) or (st.st_gid == gid and st.st_mode & 0o020)
+    if not writable:
+        notes.append(
+            f"host_path {workspace.host_path} is owned by root and not writable by the sandbox user "
+            f"{uid}:{gid}; the sandbox can read it but not write it (chown {uid}:{gid} it to allow writes)"
+        )
+    return uid, gid

@@ -173,6 +173,7 @@ class Proc:
         self.rusage = None
         self.exited_at = None
         self.pipes = {}  # fd -> stream number (1 stdout, 2 stderr)
+        self.files = {}  # fd -> the Popen file object that owns it (closing it closes the fd once)
         self.stdin_fd = None
         self.stdin_buf = bytearray()
         self.stdin_eof = False
@@ -357,6 +358,7 @@ class Agent:
             fd = pipe.fileno()
             set_nonblocking(fd)
             proc.pipes[fd] = stream
+            proc.files[fd] = pipe
             self.sel.register(fd, selectors.EVENT_READ, self.pipe_reader(proc, fd))
         if popen.stdin is not None:
             proc.stdin_fd = popen.stdin.fileno()
@@ -509,7 +511,9 @@ class Agent:
             self.sel.unregister(fd)
         except (KeyError, ValueError):
             pass
-        os.close(fd)
+        # Never os.close() here: Popen's file object would close the number again later, by
+        # then possibly another process's pipe.
+        proc.files.pop(fd).close()
         if proc.status is not None and not proc.pipes:
             self.finish(proc)
 
@@ -573,16 +577,16 @@ class Agent:
         status = proc.status
         code = None
         sig = None
+        after = oom_kills()
+        # The OOM killer usually hits a child of the shell, which then exits 128+9 itself.
+        oom = after is not None and proc.oom_before is not None and after > proc.oom_before
         if os.WIFEXITED(status):
             code = os.WEXITSTATUS(status)
-            reason = "exit"
+            reason = "oom" if oom and code == 128 + signal.SIGKILL else "exit"
         else:
             sig = os.WTERMSIG(status)
             code = 128 + sig
-            reason = "signal"
-            after = oom_kills()
-            if sig == signal.SIGKILL and after is not None and proc.oom_before is not None and after > proc.oom_before:
-                reason = "oom"
+            reason = "oom" if oom and sig == signal.SIGKILL else "signal"
         if proc.timed_out:
             reason = "timeout"
         elif proc.cancelled:
