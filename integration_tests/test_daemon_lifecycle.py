@@ -148,13 +148,14 @@ async def test_daemons_sharing_an_engine_never_remove_each_others_containers(
     assert containers_of(shared) == [] and containers_of(other) == []
 
 
-async def test_stdio_daemon_exits_on_eof_and_removes_its_sandboxes(
-    docker_engine: docker.DockerClient, data_dir: Path
+def test_stdio_daemon_exits_on_eof_and_removes_its_sandboxes(
+    docker_engine: docker.DockerClient, data_dir: Path, tmp_path: Path
 ) -> None:
     argv = [sys.executable, "-m", "boxruntime", "serve", "--stdio", "--backend", "docker"]
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=daemon_env(data_dir), cwd=ROOT
-    )
+    with (tmp_path / "stdio.log").open("wb") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=daemon_env(data_dir), cwd=ROOT
+        )
     request = {"seq_id": 1, "action": "box_exec", "data": {"session_id": "io", "cmd": "echo via-stdio"}}
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write((json.dumps(request) + "\n").encode())

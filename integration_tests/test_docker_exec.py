@@ -76,7 +76,7 @@ async def test_sandbox_is_hardened(daemon: Daemon) -> None:
 
 async def test_network_is_off_unless_asked(daemon: Daemon) -> None:
     probe = (
-        "python3 -c \"import socket; s=socket.socket(); s.settimeout(3)\n"
+        'python3 -c "import socket; s=socket.socket(); s.settimeout(3)\n'
         "try:\n s.connect(('192.0.2.1', 80)); print('connected')\n"
         "except OSError as e: print('refused', e.errno)\""
     )
@@ -101,9 +101,9 @@ async def test_timeout_kills_the_tree_and_keeps_the_session(daemon: Daemon) -> N
 
 async def test_pid_limit_stops_a_fork_flood(daemon: Daemon) -> None:
     flood = (
-        "python3 -c \"import os, time\nn = 0\nwhile n < 500:\n"
+        'python3 -c "import os, time\nn = 0\nwhile n < 500:\n'
         " try:\n  pid = os.fork()\n except OSError:\n  break\n"
-        " if pid == 0:\n  time.sleep(3); os._exit(0)\n n += 1\nprint(n)\""
+        ' if pid == 0:\n  time.sleep(3); os._exit(0)\n n += 1\nprint(n)"'
     )
     async with connect(daemon) as peer:
         forks = int((await run(peer, flood, session="flood", pids_limit=40))["stdout"])
