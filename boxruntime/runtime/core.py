@@ -104,7 +104,9 @@ class BoxRuntime:
         apply_box_config(self.settings, config)
         if len(self.sessions) == 0:
             async with self._backend_lock:
-                if self._backend is not None and len(self.sessions) == 0:
+                # A creation in flight already holds the backend: closing it now would strand it.
+                idle = len(self.sessions) == 0 and self.sessions.creating == 0
+                if self._backend is not None and idle:
                     await self._backend.close()
                     self._backend = None  # selected again on next use, as LangBot does
 
@@ -121,7 +123,8 @@ class BoxRuntime:
 
     async def create_session(self, spec: BoxSpec) -> SessionInfo:
         async with self.sessions.lease(spec) as session:
-            return session.info()
+            pass
+        return session.info()  # after the lease: a fresh session is idle, not running
 
     def get_session(self, session_id: str) -> Session:
         return self.sessions.get(session_id)

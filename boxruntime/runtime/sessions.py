@@ -81,6 +81,10 @@ class Session:
         )
 
 
+def _mount_set(spec: BoxSpec) -> set[tuple[str, str, str]]:
+    return {(m.host_path, m.mount_path, m.mode.value) for m in spec.active_extra_mounts()}
+
+
 def _conflict(existing: BoxSpec, requested: BoxSpec) -> str | None:
     for name in SESSION_IDENTITY_FIELDS:
         if getattr(existing, name) != getattr(requested, name):
@@ -88,7 +92,7 @@ def _conflict(existing: BoxSpec, requested: BoxSpec) -> str | None:
             shown = value.value if hasattr(value, "value") else value
             return f"{name}={shown}"
     # Mounts are fixed when the sandbox is made; a reused session would silently lack new ones.
-    if existing.active_extra_mounts() != requested.active_extra_mounts():
+    if _mount_set(existing) != _mount_set(requested):
         return "a different set of extra_mounts (mounts are fixed when a session is created)"
     return None
 
@@ -125,12 +129,17 @@ class SessionManager:
         self._sessions: dict[str, Session] = {}
         self._locks = _IdLocks()
         self._creating = 0
+        self._closing = 0  # removals still tearing their sandbox down count against capacity
         self.on_remove: list[Callable[[Session], Awaitable[None]]] = []
 
     # ── queries ──────────────────────────────────────────────────────────
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    @property
+    def creating(self) -> int:
+        return self._creating
 
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
@@ -159,7 +168,7 @@ class SessionManager:
 
     async def _create(self, spec: BoxSpec) -> Session:
         limit = self._max_sessions()
-        if len(self._sessions) + self._creating >= limit:
+        if len(self._sessions) + self._creating + self._closing >= limit:
             raise BoxCapacityExceededError(f"Box session capacity reached ({limit})")
         self._creating += 1
         try:
@@ -194,6 +203,7 @@ class SessionManager:
         session.closing = True
         if self._sessions.get(session.session_id) is session:
             del self._sessions[session.session_id]
+        self._closing += 1
         with anyio.CancelScope(shield=True):  # a half-removed sandbox would leak
             for hook in self.on_remove:
                 try:
@@ -204,6 +214,8 @@ class SessionManager:
                 await session.backend.stop(session.handle, keep_workspace=keep_workspace)
             except Exception:
                 log.exception("session %s: removing the sandbox failed", session.session_id)
+            finally:
+                self._closing -= 1
         log.info("session %s removed", session.session_id)
 
     async def reap_expired(self) -> list[str]:
