@@ -182,7 +182,10 @@ def apply_box_config(settings: Settings, config: dict[str, Any]) -> list[str]:
                     updates[f"e2b_{name}"] = str(value[name])
         elif key == "limits" and isinstance(value, dict):
             if "max_sessions" in value:
-                updates["max_sessions"] = value["max_sessions"]
+                limit = value["max_sessions"]
+                if isinstance(limit, bool) or not isinstance(limit, int):
+                    raise BoxValidationError("box.limits.max_sessions must be an integer")
+                updates["max_sessions"] = limit
             ignored += [f"limits.{k}" for k in value if k != "max_sessions"]
         else:
             ignored.append(key)

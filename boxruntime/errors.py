@@ -98,6 +98,8 @@ _WIRE_ERRORS: tuple[type[BoxError], ...] = (
     BoxAuthError,
     BoxActionNotFoundError,
     ActionCallTimeoutError,
+    ConnectionClosedError,
+    ActionCallError,
 )
 
 

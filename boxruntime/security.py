@@ -84,7 +84,9 @@ def resolve_mounts(spec: BoxSpec, roots: Sequence[Path]) -> tuple[ResolvedMount 
         workspace = ResolvedMount(real, spec.mount_path, spec.host_path_mode == HostMountMode.READ_ONLY)
     extras: list[ResolvedMount] = []
     targets = {spec.mount_path}
-    for index, mount in enumerate(spec.active_extra_mounts()):
+    for index, mount in enumerate(spec.extra_mounts):
+        if mount.mode == HostMountMode.NONE:
+            continue
         real = check_host_path(mount.host_path, roots, f"extra_mounts[{index}].host_path")
         if mount.mount_path in targets:
             raise BoxValidationError(f"extra_mounts[{index}].mount_path {mount.mount_path} is used twice")

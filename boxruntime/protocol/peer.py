@@ -57,6 +57,13 @@ async def _ping(_: Payload) -> Payload:
     return {}
 
 
+class _PeerGone(Exception):
+    """Our own connection closed while answering: nobody is left to tell.
+
+    Distinct from a ConnectionClosedError a handler raises about some *other* connection,
+    which must still be answered."""
+
+
 class Peer:
     def __init__(
         self,
@@ -141,7 +148,7 @@ class Peer:
             else:
                 assert inspect.isawaitable(result)
                 await self._send(success(req.seq_id, await result))
-        except ConnectionClosedError:
+        except _PeerGone:
             log.debug("%s: peer gone before %s was answered", self.name, req.action)
         except Exception as exc:
             if not isinstance(exc, BoxError):
@@ -151,17 +158,19 @@ class Peer:
             self._inflight -= 1
 
     async def _send_error(self, seq_id: int, exc: BaseException) -> None:
-        with contextlib.suppress(ConnectionClosedError):
+        with contextlib.suppress(_PeerGone):
             await self._send(failure(seq_id, error_message(exc)))
 
     async def _send(self, message: Payload) -> None:
         try:
-            await self._conn.send(encode(message))
-        except ValueError as exc:  # too large for the wire: say so instead of going silent
-            if message.get("code") == 0:
+            try:
+                await self._conn.send(encode(message))
+            except ValueError as exc:  # too large for the wire: say so instead of going silent
+                if message.get("code") != 0:
+                    raise
                 await self._conn.send(encode(failure(message["seq_id"], error_message(BoxError(str(exc))))))
-            else:
-                raise
+        except ConnectionClosedError as exc:
+            raise _PeerGone(str(exc)) from exc
 
     # ── calling the other side ────────────────────────────────────────────
 

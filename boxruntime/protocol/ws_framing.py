@@ -16,6 +16,10 @@ from boxruntime.protocol.envelope import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
+# LangBot 0.5 cuts a large message into slices of exactly this many bytes; only the last slice
+# of a split is shorter, so a slice of this size is never a message of its own.
+LANGBOT_05_SLICE_BYTES = 64 * 1024
+
 
 def _parse_object(text: str) -> dict[str, Any] | None:
     try:
@@ -51,8 +55,9 @@ class MessageJoiner:
         self._size = len(text.encode("utf-8"))
 
     def _continue(self, text: str) -> list[dict[str, Any]]:
+        size = len(text.encode("utf-8"))
         self._parts.append(text)
-        self._size += len(text.encode("utf-8"))
+        self._size += size
         # A JSON object always ends with "}", so only then is a parse attempt worth its cost;
         # this keeps joining 256 slices of a 16 MiB message linear, not quadratic.
         if text.rstrip().endswith("}"):
@@ -65,8 +70,9 @@ class MessageJoiner:
             self._reset()
             self._drop(f"split message over {self._max_bytes} bytes")
             return []
-        # A slice that is a whole message on its own means the buffered text was junk.
-        alone = _parse_object(text) if text.lstrip().startswith("{") else None
+        # A short slice that is a whole message on its own means the buffered text was junk.
+        could_stand_alone = size != LANGBOT_05_SLICE_BYTES and text.lstrip().startswith("{")
+        alone = _parse_object(text) if could_stand_alone else None
         if alone is not None:
             self._reset()
             self._drop("unfinished split message")
