@@ -103,6 +103,16 @@ _WIRE_ERRORS: tuple[type[BoxError], ...] = (
 )
 
 
+def wire_name(exc: BaseException) -> str:
+    """The class name a client will recognise: internal subclasses (e.g. an agent's refusal,
+    a BoxValidationError) go over the wire as their nearest public ancestor."""
+    if isinstance(exc, BoxError):
+        for cls in type(exc).__mro__:
+            if cls in _WIRE_ERRORS or cls is BoxError:
+                return cls.__name__
+    return type(exc).__name__
+
+
 def error_from_message(message: str) -> BoxError:
     """Rebuild the typed error from a ``"<ClassName>: text"`` wire message.
 

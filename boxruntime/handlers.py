@@ -11,7 +11,15 @@ from typing import Any, TypeVar
 import pydantic
 
 from boxruntime.errors import BoxValidationError
-from boxruntime.models import BoxSpec, SessionIdRequest
+from boxruntime.models import (
+    BoxSpec,
+    FsListRequest,
+    FsReadRequest,
+    FsRemoveRequest,
+    FsRequest,
+    FsWriteRequest,
+    SessionIdRequest,
+)
 from boxruntime.protocol import ActionHandler, Payload
 from boxruntime.runtime.core import BoxRuntime
 
@@ -48,6 +56,11 @@ class BoxActions:
             "box_get_sessions": self.get_sessions,
             "box_delete_session": self.delete_session,
             "box_shutdown": self.shutdown,
+            "box_fs_read": self.fs_read,
+            "box_fs_write": self.fs_write,
+            "box_fs_list": self.fs_list,
+            "box_fs_stat": self.fs_stat,
+            "box_fs_remove": self.fs_remove,
         }
 
     async def init(self, data: Payload) -> Payload:
@@ -85,3 +98,18 @@ class BoxActions:
     async def shutdown(self, _: Payload) -> Payload:
         await self.runtime.shutdown_sessions()
         return {}
+
+    async def fs_read(self, data: Payload) -> Payload:
+        return dump(await self.runtime.files.read(parse(FsReadRequest, data)))
+
+    async def fs_write(self, data: Payload) -> Payload:
+        return dump(await self.runtime.files.write(parse(FsWriteRequest, data)))
+
+    async def fs_list(self, data: Payload) -> Payload:
+        return dump(await self.runtime.files.list(parse(FsListRequest, data)))
+
+    async def fs_stat(self, data: Payload) -> Payload:
+        return dump(await self.runtime.files.stat(parse(FsRequest, data)))
+
+    async def fs_remove(self, data: Payload) -> Payload:
+        return dump(await self.runtime.files.remove(parse(FsRemoveRequest, data)))

@@ -28,8 +28,9 @@ from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BackendInfo, BoxSpec
 
-AGENT_SOURCE = Path(__file__).parent / "agent" / "boxagent.py"
-AGENT_PATH_IN_SANDBOX = "/opt/boxruntime/boxagent.py"
+AGENT_SOURCES = Path(__file__).parent / "agent" / "sandbox"
+AGENT_DIR_OF_SCRIPTS = "/opt/boxruntime"
+AGENT_PATH_IN_SANDBOX = f"{AGENT_DIR_OF_SCRIPTS}/boxagent.py"
 AGENT_DIR_IN_SANDBOX = "/run/boxruntime"
 SANDBOX_HOME = "/tmp"
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -94,6 +95,12 @@ class Backend(abc.ABC):
     async def spawn(self, handle: SandboxHandle, req: CommandRequest) -> AgentProcess:
         raise BoxSandboxError(f"{self.name} backend does not support managed processes")
 
+    async def file_op(
+        self, handle: SandboxHandle, op: str, fields: dict[str, Any], body: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        """One file operation inside the sandbox (read, write, list, stat, remove)."""
+        raise BoxSandboxError(f"{self.name} backend does not support file operations")
+
     async def cleanup_orphans(self) -> list[str]:
         """Remove sandboxes left by dead daemons of this data dir; returns their ids."""
         return []
@@ -107,20 +114,26 @@ class Backend(abc.ABC):
 
 
 def installed_agent(data_dir: Path) -> Path:
-    """The agent script, copied into the data dir so sandboxes can mount it from there.
+    """The agent's scripts, copied into the data dir so sandboxes can mount them from there.
 
     A containerised daemon shares its data dir with the engine at the same path; its own
-    package directory is not visible to the engine, so the mount source must live here.
+    package directory is not visible to the engine, so the mount source must live here. The
+    directory name carries a digest of the scripts: a new version never mixes with an old one.
     """
-    source = AGENT_SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:12]
-    target = data_dir / "agent" / f"boxagent-{digest}.py"
+    sources = sorted(AGENT_SOURCES.glob("*.py"))
+    digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()[:12]
+    target = data_dir / "agent" / digest
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(source)
-        tmp.chmod(0o644)
-        tmp.replace(target)
+        staging = data_dir / "agent" / f".{digest}.{os.getpid()}"
+        staging.mkdir(parents=True, exist_ok=True)
+        for source in sources:
+            (staging / source.name).write_bytes(source.read_bytes())
+            (staging / source.name).chmod(0o644)
+        staging.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:  # another daemon installed the same version first
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -161,6 +174,13 @@ class AgentSandbox(Backend):
         agent = self.agent_of(handle)
         await self._ensure_connected(handle, agent)
         return await agent.spawn(req)
+
+    async def file_op(
+        self, handle: SandboxHandle, op: str, fields: dict[str, Any], body: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        agent = self.agent_of(handle)
+        await self._ensure_connected(handle, agent)
+        return await agent.request("fs", {**fields, "fs": op}, body)
 
     async def _ensure_connected(self, handle: SandboxHandle, agent: AgentClient) -> None:
         if not agent.connected:

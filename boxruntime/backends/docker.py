@@ -27,6 +27,7 @@ from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.base import (
     AGENT_DIR_IN_SANDBOX,
+    AGENT_DIR_OF_SCRIPTS,
     AGENT_PATH_IN_SANDBOX,
     SANDBOX_HOME,
     AgentSandbox,
@@ -159,7 +160,7 @@ class DockerBackend(AgentSandbox):
         uid, gid = sandbox_identity(self.settings, workspace_mount, handle.notes)
         _hand_over(agent_dir, uid, gid)
         mounts = [
-            Mount(AGENT_PATH_IN_SANDBOX, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
+            Mount(AGENT_DIR_OF_SCRIPTS, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
             Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
         ]
         mounts += self._workspace_mounts(spec, key, workspace_mount, handle)

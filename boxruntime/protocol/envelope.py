@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from boxruntime.errors import BoxError
+from boxruntime.errors import BoxError, wire_name
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_ERROR_CHARS = 4096
@@ -109,11 +109,12 @@ def failure(seq_id: int, message: str) -> dict[str, Any]:
 def error_message(exc: BaseException) -> str:
     """``"<ClassName>: text"``, cut to 4096 characters of text like LangBot 0.7."""
     text = str(exc)
+    name = wire_name(exc)
     if isinstance(exc, BoxError):
         # A BoxError rebuilt from a wire message already starts with its class name.
-        prefix = f"{type(exc).__name__}: "
+        prefix = f"{name}: "
         if text.startswith(prefix):
             text = text[len(prefix) :]
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + ERROR_TRUNCATION_MARKER
-    return f"{type(exc).__name__}: {text}"
+    return f"{name}: {text}"

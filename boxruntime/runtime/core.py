@@ -29,6 +29,7 @@ from boxruntime.models import (
     SessionInfo,
     StreamedResult,
 )
+from boxruntime.runtime.files import SessionFiles
 from boxruntime.runtime.results import exec_result
 from boxruntime.runtime.sessions import Session, SessionManager
 
@@ -49,6 +50,7 @@ class BoxRuntime:
             max_sessions=lambda: self.settings.max_sessions,
             ttl_sec=lambda: self.settings.session_ttl_sec,
         )
+        self.files = SessionFiles(self.sessions)
 
     # ── lifecycle ────────────────────────────────────────────────────────
 

@@ -192,6 +192,17 @@ class SessionManager:
             session.active -= 1
             session.touch()
 
+    @contextlib.asynccontextmanager
+    async def lease_existing(self, session_id: str) -> AsyncIterator[Session]:
+        """An existing session, protected from the reaper while the caller uses it."""
+        session = self.get(session_id)
+        session.active += 1
+        try:
+            yield session
+        finally:
+            session.active -= 1
+            session.touch()
+
     # ── removal ──────────────────────────────────────────────────────────
 
     async def delete(self, session_id: str) -> None:

@@ -38,6 +38,14 @@ class AgentLostError(BoxSandboxError):
     """The connection to the sandbox's agent broke; the sandbox may still be alive."""
 
 
+class AgentOpError(BoxValidationError):
+    """The agent refused or failed a request/reply operation; ``code`` is an errno name."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(frozen=True, slots=True)
 class CommandRequest:
     """What to run in the sandbox. ``script`` runs under /bin/sh; ``argv`` runs directly."""
@@ -172,7 +180,7 @@ class AgentClient:
         self._writer: asyncio.StreamWriter | None = None
         self._read_task: asyncio.Task[None] | None = None
         self._procs: dict[str, AgentProcess] = {}
-        self._pings: dict[str, asyncio.Future[None]] = {}
+        self._replies: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self._connect_lock = asyncio.Lock()
         self._dir_fd: int | None = None
         self.reconnects = 0
@@ -277,18 +285,18 @@ class AgentClient:
                 continue  # re-attached on the next connect
             self._procs.pop(proc_id, None)
             proc._fail_start(exc)
-        for fut in self._pings.values():
+        for fut in self._replies.values():
             if not fut.done():
                 fut.set_exception(exc)
-        self._pings.clear()
+        self._replies.clear()
 
     def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
         ev = header.get("ev")
         proc_id = header.get("id")
-        if ev == "pong":
-            fut = self._pings.pop(str(proc_id), None)
+        if ev == "reply":
+            fut = self._replies.pop(str(proc_id), None)
             if fut is not None and not fut.done():
-                fut.set_result(None)
+                fut.set_result((header, body))
             return
         proc = self._procs.get(proc_id) if isinstance(proc_id, str) else None
         if proc is None:
@@ -327,15 +335,24 @@ class AgentClient:
 
     # ── operations ───────────────────────────────────────────────────────
 
-    async def ping(self, timeout: float = 5.0) -> None:
-        token = f"p{next(self._ids)}"
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pings[token] = fut
+    async def request(
+        self, op: str, fields: dict[str, Any], body: bytes = b"", timeout: float = 30.0
+    ) -> tuple[dict[str, Any], bytes]:
+        """One request/reply exchange (ping, file operations); errors come back as AgentOpError."""
+        token = f"r{next(self._ids)}"
+        fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
+        self._replies[token] = fut
         try:
-            await self._send({"op": "ping", "id": token})
-            await asyncio.wait_for(fut, timeout)
+            await self._send({**fields, "op": op, "id": token}, body)
+            header, data = await asyncio.wait_for(fut, timeout)
         finally:
-            self._pings.pop(token, None)
+            self._replies.pop(token, None)
+        if "error" in header:
+            raise AgentOpError(str(header["error"])[:2000], str(header.get("code", "EINVAL")))
+        return header, data
+
+    async def ping(self, timeout: float = 5.0) -> None:
+        await self.request("ping", {}, timeout=timeout)
 
     async def spawn(self, req: CommandRequest) -> AgentProcess:
         proc_id = f"c{next(self._ids)}"

@@ -23,7 +23,9 @@ import subprocess
 import sys
 import time
 
-VERSION = 1
+import boxagent_fs
+
+VERSION = 2
 HEADER = struct.Struct(">II")
 MAX_HEADER = 1 << 20
 MAX_BODY = 32 << 20
@@ -34,6 +36,7 @@ PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output w
 RESUME_BELOW = 1 << 20
 DETACHED_BACKLOG = 1 << 20  # output kept for a process whose daemon connection dropped
 MAX_STDIN_BACKLOG = 64 << 20
+FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 SHELL = "/bin/sh"
 
 
@@ -312,7 +315,22 @@ class Agent:
             conn.send({"ev": "error", "id": header.get("id"), "error": "%s: %s" % (type(exc).__name__, exc)})
 
     def op_ping(self, conn, header, _body):
-        conn.send({"ev": "pong", "id": header.get("id"), "procs": len(self.procs)})
+        conn.send({"ev": "reply", "id": header.get("id"), "procs": len(self.procs)})
+
+    def op_fs(self, conn, header, body):
+        """Request/reply file operations; small and local, so they run inline."""
+        operation = boxagent_fs.OPERATIONS.get(header.get("fs"))
+        roots = header.get("roots") or ["/"]
+        try:
+            if operation is None:
+                raise boxagent_fs.FsError("unknown file operation %r" % header.get("fs"))
+            reply, data = operation(header, body, roots, FS_MAX_BYTES)
+        except boxagent_fs.FsError as exc:
+            conn.send({"ev": "reply", "id": header.get("id"), "error": str(exc), "code": exc.code})
+            return
+        reply["ev"] = "reply"
+        reply["id"] = header.get("id")
+        conn.send(reply, data)
 
     def op_spawn(self, conn, header, body):
         pid_key = header["id"]
