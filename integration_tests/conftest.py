@@ -53,3 +53,16 @@ def daemon(docker_engine: docker.DockerClient, data_dir: Path) -> Iterator[Daemo
         proc.stop()
         leftovers = containers_of(data_dir)
         assert leftovers == [], f"daemon left containers behind: {leftovers}"
+
+
+@pytest.fixture
+def nsjail_daemon(data_dir: Path) -> Iterator[Daemon]:
+    """A WebSocket daemon on the nsjail backend; on teardown no jail may be left running."""
+    from integration_tests.daemon import jails_of
+
+    proc = start_daemon(data_dir, "--backend", "nsjail")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        assert jails_of(data_dir) == [], "daemon left jails behind"

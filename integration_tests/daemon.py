@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,3 +142,34 @@ def containers_of(data_dir: Path, instance: str | None = None) -> list[str]:
         return [c.name for c in client.containers.list(all=True, filters={"label": labels})]
     finally:
         client.close()
+
+
+def jails_of(data_dir: Path) -> list[int]:
+    """Pids of live nsjail processes serving sessions of the daemon(s) on ``data_dir``."""
+    marker = str(data_dir.resolve()).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        argv = cmdline.split(b"\0")
+        if argv and argv[0].endswith(b"nsjail") and marker in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def sandboxes_of(backend: str, data_dir: Path) -> list[str]:
+    """The live sandboxes a backend keeps for ``data_dir``: containers, or jail processes."""
+    if backend == "docker":
+        return containers_of(data_dir)
+    return [str(pid) for pid in jails_of(data_dir)]
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> None:
+    """Poll OS state (another process's exit, files it removes) that offers nothing to await."""
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - there is no event for another process's state
+            await anyio.sleep(interval)

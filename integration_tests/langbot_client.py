@@ -41,7 +41,11 @@ CONNECT_TIMEOUT = 120.0
 # How long a daemon may take to exit by itself once stdin is closed (it removes its containers).
 EXIT_TIMEOUT = 120.0
 
-STDIO_ARGS = ["-m", "boxruntime", "serve", "--stdio", "--backend", "docker"]
+
+def stdio_args(backend: str) -> list[str]:
+    """Docker is asked for by name; nsjail is reached the way LangBot would: the daemon starts on
+    ``local`` and the client's ``box_init {"backend": "nsjail"}`` selects it."""
+    return ["-m", "boxruntime", "serve", "--stdio", "--backend", "docker" if backend == "docker" else "local"]
 
 
 @dataclass
@@ -52,6 +56,7 @@ class LangBotLink:
     handler: Handler
     client: ActionRPCBoxClient
     process: asyncio.subprocess.Process | None = None
+    backend: str = "docker"  # which sandbox backend the daemon behind this link serves
     exit_code: int | None = field(default=None, init=False)
 
     def new_client(self) -> ActionRPCBoxClient:
@@ -135,7 +140,7 @@ async def over_websocket_with_headers(url: str, headers: dict[str, str]) -> Asyn
 
 
 @contextlib.asynccontextmanager
-async def over_stdio(data_dir: Path, cwd: Path) -> AsyncIterator[LangBotLink]:
+async def over_stdio(data_dir: Path, cwd: Path, backend: str = "docker") -> AsyncIterator[LangBotLink]:
     """LangBot 0.5's own StdioClientController spawning ``boxruntime serve --stdio``.
 
     On exit stdin is closed (what LangBot does when it goes away) and the daemon is given
@@ -143,7 +148,7 @@ async def over_stdio(data_dir: Path, cwd: Path) -> AsyncIterator[LangBotLink]:
     or None if it had to be killed.
     """
     controller = StdioClientController(
-        command=sys.executable, args=STDIO_ARGS, env=daemon_env(data_dir), working_dir=str(cwd)
+        command=sys.executable, args=stdio_args(backend), env=daemon_env(data_dir), working_dir=str(cwd)
     )
     handed: list[Connection] = []
 

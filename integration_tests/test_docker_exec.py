@@ -71,6 +71,8 @@ async def test_sandbox_is_hardened(daemon: Daemon) -> None:
         for target in ("/usr/x", "/etc/x", "/x"):
             result = await run(peer, f"touch {target}")
             assert result["exit_code"] != 0 and "Read-only file system" in result["stderr"], result
+        for target in ("/run/boxruntime/x", "/opt/boxruntime/x", "/dev/x"):
+            assert (await run(peer, f"touch {target}"))["exit_code"] != 0, target
         assert (await run(peer, "touch /workspace/ok /tmp/ok && echo yes"))["stdout"] == "yes"
 
 

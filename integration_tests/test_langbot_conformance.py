@@ -19,7 +19,7 @@ import hashlib
 import random
 import secrets
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import docker
@@ -41,12 +41,13 @@ from langbot_plugin.box.models import (
 )
 from langbot_plugin.entities.io.errors import ActionCallError
 
-from integration_tests.daemon import Daemon, containers_of, start_daemon
+from integration_tests.daemon import Daemon, containers_of, sandboxes_of, start_daemon
 from integration_tests.langbot_client import LangBotLink, over_stdio, over_websocket, over_websocket_with_headers
 
 pytestmark = [pytest.mark.langbot, pytest.mark.docker, pytest.mark.anyio]
 
 TRANSPORTS = ["ws", "stdio"]
+BACKENDS = ["docker", "nsjail"]
 # The keys LangBot's BoxSessionInfo reads (reference §C.4); our extensions may come on top.
 SESSION_INFO_KEYS = set(BoxSessionInfo.model_fields)
 
@@ -68,19 +69,30 @@ def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def ws_url(transport: str, request: pytest.FixtureRequest, docker_engine: docker.DockerClient) -> str | None:
-    """The URL of a token-less loopback WebSocket daemon (``daemon`` fixture) for ``ws``."""
+def ws_url(transport: str, backend: str, data_dir: Path, docker_engine: docker.DockerClient) -> Iterator[str | None]:
+    """The URL of a token-less loopback WebSocket daemon for ``ws``; it must leave nothing behind."""
     if transport != "ws":
-        return None
-    daemon: Daemon = request.getfixturevalue("daemon")
-    return daemon.url
+        yield None
+        return
+    daemon = start_daemon(data_dir, "--backend", "docker" if backend == "docker" else "local")
+    try:
+        yield daemon.url
+    finally:
+        daemon.stop()
+        assert sandboxes_of(backend, data_dir) == []
 
 
 @pytest.fixture
 async def langbot(
     anyio_backend: str,
     transport: str,
+    backend: str,
     ws_url: str | None,
     data_dir: Path,
     langbot_cwd: Path,
@@ -88,14 +100,20 @@ async def langbot(
 ) -> AsyncIterator[LangBotLink]:
     if ws_url is not None:
         async with over_websocket(ws_url) as link:
+            link.backend = backend
+            if backend != "docker":
+                await link.client.init({"backend": backend})  # what LangBot sends on connect
             yield link
         return
-    async with over_stdio(data_dir, langbot_cwd) as link:
+    async with over_stdio(data_dir, langbot_cwd, backend) as link:
+        link.backend = backend
+        if backend != "docker":
+            await link.client.init({"backend": backend})
         yield link
     # Closing stdin is all LangBot does when it goes away: the daemon must exit on its own
-    # and take its containers with it.
+    # and take its sandboxes with it.
     assert link.exit_code == 0, f"stdio daemon exit status after stdin EOF: {link.exit_code}"
-    assert containers_of(data_dir) == []
+    assert sandboxes_of(backend, data_dir) == []
 
 
 def spec(session_id: str, cmd: str = "", **fields: object) -> BoxSpec:
@@ -111,11 +129,11 @@ async def test_initialize_backend_info_and_status(langbot: LangBotLink, data_dir
     await client.initialize()  # box_health; raises BoxRuntimeUnavailableError when unhealthy
 
     info = await client.get_backend_info()
-    assert info["name"] == "docker"
+    assert info["name"] == langbot.backend
     assert info["available"] is True
 
     status = await client.get_status()
-    assert status["backend"]["name"] == "docker"
+    assert status["backend"]["name"] == langbot.backend
     assert status["backend"]["available"] is True
     assert status["active_sessions"] == 0
     assert status["managed_processes"] == 0
@@ -123,15 +141,15 @@ async def test_initialize_backend_info_and_status(langbot: LangBotLink, data_dir
     assert await client.get_sessions() == []
 
     # The box_init payload LangBot sends on connect when its box config is not empty.
-    await client.init({"backend": "docker"})
-    assert (await client.get_backend_info())["name"] == "docker"
+    await client.init({"backend": langbot.backend})
+    assert (await client.get_backend_info())["name"] == langbot.backend
 
     # A session counts once it exists.
     result = await client.execute(spec("status-probe", "true"))
     assert result.ok
     status = await client.get_status()
     assert status["active_sessions"] == 1
-    assert len(containers_of(data_dir)) == 1
+    assert len(sandboxes_of(langbot.backend, data_dir)) == 1
 
 
 # ── exec ─────────────────────────────────────────────────────────────────
@@ -143,7 +161,7 @@ async def test_execute_exit_codes_streams_env_and_workdir(langbot: LangBotLink) 
     ok = await client.execute(spec("exec", "echo hello"))
     assert isinstance(ok, BoxExecutionResult)
     assert ok.session_id == "exec"
-    assert ok.backend_name == "docker"
+    assert ok.backend_name == langbot.backend
     assert ok.status == BoxExecutionStatus.COMPLETED
     assert ok.exit_code == 0 and ok.ok
     assert ok.stdout == "hello"
@@ -234,7 +252,7 @@ async def test_session_payloads(langbot: LangBotLink, data_dir: Path) -> None:
     assert set(created) >= SESSION_INFO_KEYS
     parsed = BoxSessionInfo.model_validate(created)
     assert parsed.session_id == "sess-a"
-    assert parsed.backend_name == "docker"
+    assert parsed.backend_name == langbot.backend
     assert parsed.backend_session_id
     assert parsed.image == "rockchin/langbot-sandbox:latest"  # what LangBot asked for
     assert parsed.network.value == "off"
@@ -258,18 +276,18 @@ async def test_session_payloads(langbot: LangBotLink, data_dir: Path) -> None:
     assert sorted(s["session_id"] for s in sessions) == ["sess-a", "sess-b"]
     for item in sessions:
         BoxSessionInfo.model_validate(item)
-    assert len(containers_of(data_dir)) == 2
+    assert len(sandboxes_of(langbot.backend, data_dir)) == 2
 
     assert await client.delete_session("sess-a") is None  # their client returns nothing
     assert [s["session_id"] for s in await client.get_sessions()] == ["sess-b"]
-    assert len(containers_of(data_dir)) == 1
+    assert len(sandboxes_of(langbot.backend, data_dir)) == 1
     with pytest.raises(BoxSessionNotFoundError):
         await client.get_session("sess-a")
     # The raw payload of a delete, as the wire carries it.
     deleted = await langbot.call(LangBotToBoxAction.DELETE_SESSION, {"session_id": "sess-b"})
     assert deleted == {"deleted": "sess-b"}
     assert await client.get_sessions() == []
-    assert containers_of(data_dir) == []
+    assert sandboxes_of(langbot.backend, data_dir) == []
 
 
 # ── errors arrive as LangBot's own types ─────────────────────────────────
@@ -344,7 +362,7 @@ async def test_shutdown(langbot: LangBotLink, data_dir: Path) -> None:
     client = langbot.client
     assert (await client.execute(spec("ephemeral", "true"))).ok
     assert (await client.execute(spec("kept", "echo k > /workspace/k.txt", persistent=True))).ok
-    assert len(containers_of(data_dir)) == 2
+    assert len(sandboxes_of(langbot.backend, data_dir)) == 2
 
     await client.shutdown()  # box_shutdown; their client swallows errors, so check the effects
     with pytest.raises(BoxRuntimeUnavailableError):
@@ -354,7 +372,7 @@ async def test_shutdown(langbot: LangBotLink, data_dir: Path) -> None:
     after = langbot.new_client()
     sessions = await after.get_sessions()
     assert [s["session_id"] for s in sessions] == ["kept"]
-    assert len(containers_of(data_dir)) == 1
+    assert len(sandboxes_of(langbot.backend, data_dir)) == 1
     assert (await after.execute(spec("kept", "cat /workspace/k.txt", persistent=True))).stdout == "k"
     fresh = await after.execute(spec("ephemeral", "echo new"))
     assert fresh.ok and fresh.stdout == "new"

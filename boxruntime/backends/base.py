@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import (
     AgentClient,
     AgentProcess,
@@ -24,8 +25,10 @@ from boxruntime.backends.agent.client import (
     CompletedCommand,
     Output,
 )
+from boxruntime.backends.workspace import WorkspacePlan
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError
+from boxruntime.instance import instance_alive
 from boxruntime.models import BackendInfo, BoxSpec
 
 AGENT_SOURCES = Path(__file__).parent / "agent" / "sandbox"
@@ -50,6 +53,11 @@ class SandboxHandle:
     private_workspace: Path | None = None
     state_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def adopt_workspace(self, plan: WorkspacePlan) -> None:
+        self.private_workspace = plan.private
+        self.workspace_quota_enforced = plan.quota_enforced
+        self.notes.extend(plan.notes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +147,43 @@ def installed_agent(data_dir: Path) -> Path:
 
 class AgentSandbox(Backend):
     """Shared behaviour of backends whose sandboxes run the agent (Docker, nsjail)."""
+
+    def state_dir(self, key: str) -> Path:
+        """Per-session host state of this daemon instance (agent socket dir, jail files)."""
+        return self.settings.data_dir / "sessions" / self.instance_id / key
+
+    def agent_dir(self, handle: SandboxHandle, uid: int, gid: int) -> Path:
+        """The agent's socket directory, handed to the sandbox user and nobody else."""
+        assert handle.state_dir is not None
+        directory = handle.state_dir / "agent"
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chown(directory, uid, gid)
+            directory.chmod(0o700)
+        except PermissionError:
+            directory.chmod(0o777)
+        return directory
+
+    @staticmethod
+    def seal_agent_dir(directory: Path) -> None:
+        """Once the agent listens, take its directory back: the sandbox keeps the socket but can
+        no longer write next to it (the only writable places left are workspace and /tmp)."""
+        if os.geteuid() == 0:
+            os.chown(directory, 0, 0)
+            directory.chmod(0o755)
+
+    def remove_dead_instances_state(self) -> list[str]:
+        """Session state left by daemons of this data dir that are no longer running."""
+        root = self.settings.data_dir / "sessions"
+        removed = []
+        for directory in root.iterdir() if root.is_dir() else []:
+            if directory.name != self.instance_id and not instance_alive(self.settings.data_dir, directory.name):
+                for session in directory.iterdir():
+                    # Its loop-mounted workspaces stay mounted after a crash; the files are kept.
+                    workspaces.release(self.settings.data_dir, session.name, remove=False)
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory.name)
+        return removed
 
     def agent_of(self, handle: SandboxHandle) -> AgentClient:
         if handle.agent is None:

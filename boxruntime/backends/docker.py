@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -41,7 +40,6 @@ from boxruntime.models import LANGBOT_DEFAULT_IMAGE, BackendInfo, BoxSpec, Netwo
 from boxruntime.security import (
     CONTAINER_CAP_DROP,
     CONTAINER_SECURITY_OPT,
-    ResolvedMount,
     prepare_host_dirs,
     resolve_mounts,
 )
@@ -139,31 +137,31 @@ class DockerBackend(AgentSandbox):
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
-    def _state_dir(self, key: str) -> Path:
-        return self.settings.data_dir / "sessions" / self.instance_id / key
-
     async def start(self, spec: BoxSpec, key: str) -> SandboxHandle:
         workspace_mount, extra_mounts = resolve_mounts(spec, self.settings.mount_roots())
         host_mounts = [m for m in (workspace_mount, *extra_mounts) if m is not None]
         prepare_host_dirs(host_mounts, self.settings.sandbox_uid, self.settings.sandbox_gid)
         image = await self._call(self._resolve_image, spec.image)
-        state = self._state_dir(key)
-        agent_dir = state / "agent"
-        agent_dir.mkdir(parents=True, exist_ok=True)
         handle = SandboxHandle(
             backend=self.name,
             sandbox_id=f"boxruntime-{self.instance_id}-{key}",
             key=key,
             resolved_image=image,
-            state_dir=state,
+            state_dir=self.state_dir(key),
         )
-        uid, gid = sandbox_identity(self.settings, workspace_mount, handle.notes)
-        _hand_over(agent_dir, uid, gid)
+        uid, gid = workspaces.sandbox_identity(self.settings, workspace_mount, handle.notes)
+        agent_dir = self.agent_dir(handle, uid, gid)
+        ws = workspaces.plan(self.settings.data_dir, spec, key, workspace_mount, uid, gid)
+        handle.adopt_workspace(ws)
         mounts = [
             Mount(AGENT_DIR_OF_SCRIPTS, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
             Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
         ]
-        mounts += self._workspace_mounts(spec, key, workspace_mount, handle)
+        if ws.host is not None:
+            mounts.append(Mount(ws.mount_path, ws.host.host_path, type="bind", read_only=ws.host.read_only))
+        else:
+            size = ws.tmpfs_mb * 1024 * 1024
+            mounts.append(Mount(ws.mount_path, None, type="tmpfs", tmpfs_size=size, tmpfs_mode=0o1777))
         mounts += [Mount(m.mount_path, m.host_path, type="bind", read_only=m.read_only) for m in extra_mounts]
         try:
             user = f"{uid}:{gid}"
@@ -171,38 +169,12 @@ class DockerBackend(AgentSandbox):
             handle.extra["container_id"] = container.id
             handle.agent = AgentClient(agent_dir, handle.sandbox_id)
             await self._wait_for_agent(handle, container)
+            self.seal_agent_dir(agent_dir)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.stop(handle, keep_workspace=True)
             raise
         return handle
-
-    def _workspace_mounts(
-        self, spec: BoxSpec, key: str, host_mount: ResolvedMount | None, handle: SandboxHandle
-    ) -> list[Mount]:
-        quota = spec.workspace_quota_mb
-        if host_mount is not None:
-            if quota > 0:
-                handle.workspace_quota_enforced = False
-                handle.notes.append(
-                    f"workspace_quota_mb={quota} is not enforced: the workspace is the host "
-                    f"directory {host_mount.host_path}, which has no size limit of its own"
-                )
-            return [Mount(host_mount.mount_path, host_mount.host_path, type="bind", read_only=host_mount.read_only)]
-        if quota > 0 and not workspaces.loop_quota_supported():
-            handle.workspace_quota_enforced = True
-            handle.notes.append(
-                f"workspace is a {quota} MB tmpfs (kernel-enforced; held in memory, so it also "
-                "counts towards memory_mb, and its files end with the session)"
-            )
-            return [Mount(spec.mount_path, None, type="tmpfs", tmpfs_size=quota * 1024 * 1024, tmpfs_mode=0o1777)]
-        uid, gid = self.settings.sandbox_uid, self.settings.sandbox_gid
-        ws = workspaces.prepare(self.settings.data_dir, key, quota, uid, gid)
-        handle.private_workspace = ws.path
-        if quota > 0:
-            handle.workspace_quota_enforced = True
-            handle.notes.append(f"workspace is a {quota} MB loop-mounted ext4 image (kernel-enforced)")
-        return [Mount(spec.mount_path, str(ws.path), type="bind")]
 
     def _run_container(
         self, spec: BoxSpec, key: str, image: str, mounts: list[Mount], name: str, user: str
@@ -302,12 +274,9 @@ class DockerBackend(AgentSandbox):
             owner = container.labels.get(LABEL_INSTANCE, "")
             if owner == self.instance_id or instance_alive(self.settings.data_dir, owner):
                 continue
-            key = container.labels.get(LABEL_KEY, "")
             self._remove_container(container.name)
-            if key:
-                workspaces.release(self.settings.data_dir, key, remove=False)
-            shutil.rmtree(self.settings.data_dir / "sessions" / owner, ignore_errors=True)
             removed.append(container.name)
+        self.remove_dead_instances_state()
         return removed
 
     async def remove_own(self) -> list[str]:
@@ -329,37 +298,9 @@ class DockerBackend(AgentSandbox):
             self._client = None
 
 
-def _hand_over(path: Path, uid: int, gid: int) -> None:
-    try:
-        os.chown(path, uid, gid)
-        path.chmod(0o700)
-    except PermissionError:
-        path.chmod(0o777)
-
-
 def _tail_logs(container: Container) -> str:
     try:
         raw: bytes = container.logs(tail=20)
         return raw.decode("utf-8", "replace").strip()[-1500:]
     except docker.errors.APIError:
         return ""
-
-
-def sandbox_identity(settings: Settings, workspace: ResolvedMount | None, notes: list[str]) -> tuple[int, int]:
-    """The uid:gid the sandbox runs as: the configured non-root user, or the owner of a writable
-    host workspace when that owner is not root, so files keep their owner on both sides."""
-    uid, gid = settings.sandbox_uid, settings.sandbox_gid
-    if workspace is None or workspace.read_only:
-        return uid, gid
-    st = os.stat(workspace.host_path)
-    if st.st_uid != 0:
-        if (st.st_uid, st.st_gid) != (uid, gid):
-            notes.append(f"sandbox runs as {st.st_uid}:{st.st_gid}, the owner of host_path {workspace.host_path}")
-        return st.st_uid, st.st_gid
-    writable = bool(st.st_mode & 0o002) or (st.st_gid == gid and st.st_mode & 0o020)
-    if not writable:
-        notes.append(
-            f"host_path {workspace.host_path} is owned by root and not writable by the sandbox user "
-            f"{uid}:{gid}; the sandbox can read it but not write it (chown {uid}:{gid} it to allow writes)"
-        )
-    return uid, gid

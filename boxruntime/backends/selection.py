@@ -23,6 +23,10 @@ def make_backend(name: str, settings: Settings, instance_id: str) -> Backend:
         from boxruntime.backends.docker import DockerBackend
 
         return DockerBackend(settings, instance_id)
+    if name == "nsjail":
+        from boxruntime.backends.nsjail import NsjailBackend
+
+        return NsjailBackend(settings, instance_id)
     raise BoxBackendUnavailableError(f"the {name} backend is not part of this build yet")
 
 

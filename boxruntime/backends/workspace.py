@@ -13,10 +13,13 @@ import logging
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError
+from boxruntime.models import BoxSpec
+from boxruntime.security import ResolvedMount
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +93,66 @@ def _run(argv: list[str]) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
         raise BoxSandboxError(f"{argv[0]} failed: {result.stderr.strip()[:300]}")
+
+
+@dataclass
+class WorkspacePlan:
+    """How a session's workspace is provided, decided the same way for every backend."""
+
+    mount_path: str
+    host: ResolvedMount | None = None  # a host directory bound at mount_path
+    tmpfs_mb: int = 0  # when host is None: a tmpfs of this size at mount_path
+    private: Path | None = None  # our own directory (its files persist between daemons)
+    quota_enforced: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(
+    data_dir: Path, spec: BoxSpec, key: str, host_mount: ResolvedMount | None, uid: int, gid: int
+) -> WorkspacePlan:
+    quota = spec.workspace_quota_mb
+    result = WorkspacePlan(spec.mount_path)
+    if host_mount is not None:
+        result.host = host_mount
+        if quota > 0:
+            result.quota_enforced = False
+            result.notes.append(
+                f"workspace_quota_mb={quota} is not enforced: the workspace is the host "
+                f"directory {host_mount.host_path}, which has no size limit of its own"
+            )
+        return result
+    if quota > 0 and not loop_quota_supported():
+        result.tmpfs_mb = quota
+        result.quota_enforced = True
+        result.notes.append(
+            f"workspace is a {quota} MB tmpfs (kernel-enforced; held in memory, so it also "
+            "counts towards memory_mb, and its files end with the session)"
+        )
+        return result
+    ws = prepare(data_dir, key, quota, uid, gid)
+    result.private = ws.path
+    result.host = ResolvedMount(str(ws.path), spec.mount_path, read_only=False)
+    if quota > 0:
+        result.quota_enforced = True
+        result.notes.append(f"workspace is a {quota} MB loop-mounted ext4 image (kernel-enforced)")
+    return result
+
+
+def sandbox_identity(settings: Settings, workspace: ResolvedMount | None, notes: list[str]) -> tuple[int, int]:
+    """The uid:gid the sandbox runs as: the configured non-root user, or the owner of a writable
+    host workspace when that owner is not root, so files keep their owner on both sides."""
+    uid, gid = settings.sandbox_uid, settings.sandbox_gid
+    if workspace is None or workspace.read_only:
+        return uid, gid
+    st = os.stat(workspace.host_path)
+    if st.st_uid != 0:
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            notes.append(f"sandbox runs as {st.st_uid}:{st.st_gid}, the owner of host_path {workspace.host_path}")
+        return st.st_uid, st.st_gid
+    writable = bool(st.st_mode & 0o002) or (st.st_gid == gid and st.st_mode & 0o020)
+    if not writable:
+        notes.append(
+            f"host_path {workspace.host_path} is owned by root and not writable by the sandbox user "
+            f"{uid}:{gid}; the sandbox can read it but not write it (chown {uid}:{gid} it to allow writes)"
+        )
+    return uid, gid
