@@ -96,9 +96,13 @@ class Settings(pydantic.BaseModel):
         return int(self.sandbox_user.split(":")[1])
 
     def mount_roots(self) -> list[Path]:
-        """Every root under which a host path may be mounted, data dir first."""
-        roots = [self.data_dir, *self.allowed_mount_roots]
-        return list(dict.fromkeys(roots))
+        """Every root under which a host path may be mounted: the data dir, the skills root (so
+        skills can be mounted into sessions), and the configured roots."""
+        roots: list[Path] = []
+        for root in (self.data_dir, self.skills_dir, *self.allowed_mount_roots):
+            if not any(root == kept or kept in root.parents for kept in roots):
+                roots.append(root)  # a root inside one already listed adds nothing
+        return roots
 
     @property
     def skills_dir(self) -> Path:

@@ -6,11 +6,7 @@ Names and payloads are LangBot 0.5.0a2's (reference §B.1); ``box_exec_stream`` 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
 
-import pydantic
-
-from boxruntime.errors import BoxValidationError
 from boxruntime.models import (
     BoxSpec,
     FsListRequest,
@@ -20,31 +16,22 @@ from boxruntime.models import (
     FsWriteRequest,
     SessionIdRequest,
 )
+from boxruntime.payloads import dump, parse
 from boxruntime.protocol import ActionHandler, Payload
 from boxruntime.runtime.core import BoxRuntime
-
-M = TypeVar("M", bound=pydantic.BaseModel)
-
-
-def parse(model: type[M], data: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise BoxValidationError(str(exc)) from None
-
-
-def dump(model: pydantic.BaseModel) -> Payload:
-    return model.model_dump(mode="json")
+from boxruntime.skills.actions import SkillActions
 
 
 class BoxActions:
     """The actions a daemon serves on every control connection."""
 
-    def __init__(self, runtime: BoxRuntime) -> None:
+    def __init__(self, runtime: BoxRuntime, skills: SkillActions) -> None:
         self.runtime = runtime
+        self.skills = skills
 
     def table(self) -> dict[str, ActionHandler]:
         return {
+            **self.skills.table(),
             "box_init": self.init,
             "box_health": self.health,
             "box_status": self.status,

@@ -23,11 +23,14 @@ from boxruntime.config import Settings
 from boxruntime.handlers import BoxActions
 from boxruntime.protocol import MAX_MESSAGE_BYTES, Peer, StreamConnection, WebSocketConnection
 from boxruntime.runtime.core import BoxRuntime
+from boxruntime.skills.actions import SkillActions
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-LangBot-Box-Control-Token"
 RUNTIME_KEY = web.AppKey("runtime", BoxRuntime)
+SKILLS_KEY = web.AppKey("skills", SkillActions)
+SKILL_CLEANUP_INTERVAL_SEC = 60.0
 SOCKETS_KEY = web.AppKey("sockets", set[web.WebSocketResponse])
 
 
@@ -85,7 +88,8 @@ async def rpc_ws(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
-    peer = Peer(WebSocketConnection(ws), BoxActions(runtime).table(), name=f"ws:{request.remote}")
+    actions = BoxActions(runtime, request.app[SKILLS_KEY]).table()
+    peer = Peer(WebSocketConnection(ws), actions, name=f"ws:{request.remote}")
     log.info("control connection from %s", request.remote)
     try:
         await peer.run()
@@ -108,9 +112,28 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if info.available else 503)
 
 
-def create_app(runtime: BoxRuntime) -> web.Application:
+def skill_actions(settings: Settings) -> SkillActions:
+    """One per daemon: uploads must outlive a connection (LangBot may reconnect mid-upload)."""
+    return SkillActions(lambda: settings.skills_dir, settings.data_dir / "uploads")
+
+
+async def run_daemon_tasks(runtime: BoxRuntime, skills: SkillActions) -> None:
+    """Everything a daemon does in the background; runs until its owner cancels it."""
+
+    async def clean_skill_uploads() -> None:
+        while True:
+            await anyio.sleep(SKILL_CLEANUP_INTERVAL_SEC)
+            skills.cleanup()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(runtime.run_background)
+        tg.start_soon(clean_skill_uploads)
+
+
+def create_app(runtime: BoxRuntime, skills: SkillActions) -> web.Application:
     app = web.Application()
     app[RUNTIME_KEY] = runtime
+    app[SKILLS_KEY] = skills
     app[SOCKETS_KEY] = set()
     app.router.add_get("/rpc/ws", require_auth(rpc_ws))
     app.router.add_get("/healthz", healthz)
@@ -129,7 +152,8 @@ async def serve_websocket(settings: Settings) -> None:
     check_bind_policy(settings)
     runtime = BoxRuntime(settings)
     await runtime.start()
-    app = create_app(runtime)
+    skills = skill_actions(settings)
+    app = create_app(runtime, skills)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
@@ -143,7 +167,7 @@ async def serve_websocket(settings: Settings) -> None:
             "token" if settings.token else "none (loopback only)",
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(runtime.run_background)
+            tg.start_soon(run_daemon_tasks, runtime, skills)
             await _until_signalled()
             tg.cancel_scope.cancel()
         sockets: set[web.WebSocketResponse] = app[SOCKETS_KEY]
@@ -173,7 +197,8 @@ async def serve_stdio(settings: Settings) -> None:
     await runtime.start()
     try:
         connection = await _stdio_connection()
-        peer = Peer(connection, BoxActions(runtime).table(), name="stdio")
+        skills = skill_actions(settings)
+        peer = Peer(connection, BoxActions(runtime, skills).table(), name="stdio")
         log.info("boxruntime serving action RPC on stdio (backend=%s)", settings.backend)
 
         async def until_eof_then_stop(tg: anyio.abc.TaskGroup) -> None:
@@ -182,7 +207,7 @@ async def serve_stdio(settings: Settings) -> None:
             tg.cancel_scope.cancel()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(runtime.run_background)
+            tg.start_soon(run_daemon_tasks, runtime, skills)
             tg.start_soon(until_eof_then_stop, tg)
             await _until_signalled()
             tg.cancel_scope.cancel()

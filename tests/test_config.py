@@ -172,7 +172,9 @@ def test_local_allowed_mount_roots_as_list_and_as_comma_string(clean_env: Path) 
     assert s.allowed_mount_roots == [Path("/srv/a"), clean_env / "rel" / "b"]
     apply_box_config(s, {"local": {"allowed_mount_roots": "/srv/c, rel/d ,"}})
     assert s.allowed_mount_roots == [Path("/srv/c"), clean_env / "rel" / "d"]
-    assert s.mount_roots() == [clean_env / "data", Path("/srv/c"), clean_env / "rel" / "d"]
+    # The skills root (under host_root here) is mountable too, so skills reach sessions.
+    skills = Path("/srv/box/skills")
+    assert s.mount_roots() == [clean_env / "data", skills, Path("/srv/c"), clean_env / "rel" / "d"]
 
 
 def test_limits_max_sessions_and_other_limits_ignored() -> None:

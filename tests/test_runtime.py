@@ -26,6 +26,7 @@ from boxruntime.ids import safe_key
 from boxruntime.models import OUTPUT_CAP_BYTES, BackendInfo
 from boxruntime.protocol import ActionHandler
 from boxruntime.runtime.core import BoxRuntime
+from boxruntime.server import skill_actions
 from tests.fakes import CHUNK, FakeBackend, Scripted
 
 pytestmark = pytest.mark.anyio
@@ -63,7 +64,7 @@ class Box:
     def __init__(self, runtime: BoxRuntime, selector: Selector) -> None:
         self.runtime = runtime
         self.selector = selector
-        self.actions: dict[str, ActionHandler] = BoxActions(runtime).table()
+        self.actions: dict[str, ActionHandler] = BoxActions(runtime, skill_actions(runtime.settings)).table()
 
     @property
     def fake(self) -> FakeBackend:

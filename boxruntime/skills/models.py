@@ -1,0 +1,237 @@
+"""Payload models of the skill actions: what LangBot 0.5.0a2 sends and reads (reference §B.1, §D.14).
+
+Requests ignore unknown keys and accept ``None`` where LangBot's server falls back to a default
+(it reads them with ``data.get(key) or default``). Responses carry LangBot's fields plus ours
+(``digest``, ``frontmatter``, ``file_count``, ``total_bytes``), which LangBot's client ignores.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any
+
+import pydantic
+
+# LangBot 0.7's rule for upload keys; LangBot 0.5's keys (``<sha256[:16]>-<uuid hex>.zip``) match it.
+FILE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+# The most entries one box_list_skill_files answer may carry, whatever max_entries asks for.
+MAX_LISTED_ENTRIES = 10_000
+
+
+def check_file_key(value: str) -> str:
+    if not FILE_KEY_PATTERN.fullmatch(value) or ".." in value:
+        raise ValueError("file_key must be 1-255 characters of letters, digits, '.', '_' or '-', without '..'")
+    return value
+
+
+def _none_as(default: Any) -> pydantic.BeforeValidator:
+    """A before-validator that turns an explicit null into ``default`` (LangBot's ``or default``)."""
+
+    def convert(value: Any) -> Any:
+        return default if value is None else value
+
+    return pydantic.BeforeValidator(convert)
+
+
+NullAsEmpty = Annotated[str, _none_as("")]
+NullAsDot = Annotated[str, _none_as(".")]
+NullAsZipName = Annotated[str, _none_as("skill.zip")]
+NullAsFalse = Annotated[bool, _none_as(False)]
+NullAsNoPaths = Annotated[list[str], _none_as([])]
+
+
+class _Request(pydantic.BaseModel):
+    # LangBot str()s what it is given, so a number where a string belongs is not an error.
+    model_config = pydantic.ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+
+
+# ── the skill itself ─────────────────────────────────────────────────────
+
+
+class Skill(pydantic.BaseModel):
+    """A skill package: LangBot's eight public fields, then ours."""
+
+    name: str
+    display_name: str
+    description: str
+    instructions: str
+    package_root: str
+    entry_file: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    # Extensions: what exactly is installed, and how big it is.
+    digest: str
+    frontmatter: dict[str, Any] = pydantic.Field(default_factory=dict)
+    file_count: int
+    total_bytes: int
+
+    @pydantic.field_serializer("created_at", "updated_at")
+    def _iso(self, value: dt.datetime) -> str:
+        # LangBot writes datetime.isoformat(): "+00:00", where pydantic would write "Z".
+        return value.isoformat()
+
+
+class SkillPreview(Skill):
+    """A skill found in an uploaded zip; ``package_root`` is where it would be installed."""
+
+    source_path: str
+
+
+class SkillRef(pydantic.BaseModel):
+    name: str
+
+
+class SkillFileEntry(pydantic.BaseModel):
+    path: str
+    name: str
+    is_dir: bool
+    size: int | None
+
+
+# ── responses ────────────────────────────────────────────────────────────
+
+
+class SkillList(pydantic.BaseModel):
+    skills: list[Skill]
+
+
+class SkillPreviewList(pydantic.BaseModel):
+    skills: list[SkillPreview]
+
+
+class SkillResult(pydantic.BaseModel):
+    skill: Skill | None
+
+
+class SkillDeleted(pydantic.BaseModel):
+    deleted: str
+
+
+class SkillFileListing(pydantic.BaseModel):
+    skill: SkillRef
+    base_path: str
+    entries: list[SkillFileEntry]
+    truncated: bool
+
+
+class SkillFileContent(pydantic.BaseModel):
+    skill: SkillRef
+    path: str
+    content: str
+
+
+class SkillFileWritten(pydantic.BaseModel):
+    skill: SkillRef
+    path: str
+    bytes_written: int
+
+
+class ChunkReceipt(pydantic.BaseModel):
+    """LangBot answers ``{}``; the counters are ours and LangBot ignores them."""
+
+    received_bytes: int
+    complete: bool
+
+
+# ── requests ─────────────────────────────────────────────────────────────
+
+
+class SkillFields(_Request):
+    """``box_create_skill``'s ``skill``. A field left out (or null) is filled from the package."""
+
+    name: str = ""
+    display_name: str | None = None
+    description: str | None = None
+    instructions: str | None = None
+    package_root: str | None = None
+
+
+class SkillUpdate(_Request):
+    """``box_update_skill``'s ``skill``; ``model_fields_set`` tells "left out" from "set to null"."""
+
+    name: str | None = None
+    display_name: str | None = None
+    description: str | None = None
+    instructions: str | None = None
+    package_root: str | None = None
+
+
+class SkillNameRequest(_Request):
+    name: str
+
+
+class CreateSkillRequest(_Request):
+    skill: SkillFields
+
+
+class UpdateSkillRequest(_Request):
+    name: str
+    skill: SkillUpdate
+
+
+class ScanSkillRequest(_Request):
+    path: str
+
+
+class ListSkillFilesRequest(_Request):
+    name: str
+    path: NullAsDot = "."
+    include_hidden: NullAsFalse = False
+    max_entries: int = 200
+
+    @pydantic.field_validator("max_entries")
+    @classmethod
+    def _bounded(cls, value: int) -> int:
+        # LangBot takes any int (0 still lists one entry); a huge one must not list a whole disk.
+        return min(max(value, 1), MAX_LISTED_ENTRIES)
+
+
+class ReadSkillFileRequest(_Request):
+    name: str
+    path: str
+
+
+class WriteSkillFileRequest(_Request):
+    name: str
+    path: str
+    content: str = ""
+
+
+class PreviewSkillZipRequest(_Request):
+    file_key: str
+    filename: NullAsZipName = "skill.zip"
+    source_subdir: NullAsEmpty = ""
+    target_suffix: NullAsEmpty = "upload"
+
+    @pydantic.field_validator("file_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        return check_file_key(value)
+
+
+class InstallSkillZipRequest(PreviewSkillZipRequest):
+    source_paths: NullAsNoPaths = pydantic.Field(default_factory=list)
+    source_path: NullAsEmpty = ""
+
+
+class FileChunk(_Request):
+    """One ``__file_chunk`` (reference §A.7). Sizes are checked by the upload store."""
+
+    file_key: str
+    file_length: int | None = None
+    chunk_base64: str
+    chunk_index: int = pydantic.Field(ge=0)
+    chunk_amount: int = pydantic.Field(ge=1)
+    chunk_size: int | None = None
+
+    @pydantic.field_validator("file_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        return check_file_key(value)
+
+    @pydantic.model_validator(mode="after")
+    def _index_in_range(self) -> FileChunk:
+        if self.chunk_index >= self.chunk_amount:
+            raise ValueError(f"chunk_index {self.chunk_index} is out of range for chunk_amount {self.chunk_amount}")
+        return self
