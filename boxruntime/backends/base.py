@@ -233,11 +233,16 @@ class AgentSandbox(Backend):
             await agent.connect(timeout=5.0)
 
     async def alive(self, handle: SandboxHandle) -> bool:
+        """A connected agent is alive: its socket reaches EOF the moment the agent or the whole
+        sandbox dies, so no round trip is needed on the exec path. A lost connection is tried
+        again, and the agent must then answer a ping."""
         agent = handle.agent
         if agent is None:
             return False
+        if agent.connected:
+            return True
         try:
-            await self._ensure_connected(handle, agent)
+            await agent.connect(timeout=5.0)
             await agent.ping(timeout=5.0)
             return True
         except (BoxSandboxError, TimeoutError, OSError):
