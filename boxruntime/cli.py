@@ -11,6 +11,7 @@ import anyio
 import pydantic
 
 from boxruntime import __version__
+from boxruntime.cli_client import add_client_commands
 from boxruntime.config import BACKEND_NAMES, Settings, load_settings
 
 
@@ -40,7 +41,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
-        anyio.run(serve_stdio if args.stdio else serve_websocket, settings)
+        if args.stdio:
+            # The port, when given, is the managed-process relay's (as with `lbp box -s`).
+            anyio.run(serve_stdio, settings, args.port or 0)
+        else:
+            anyio.run(serve_websocket, settings)
     except StartupRefused as exc:
         print(f"boxruntime: {exc}", file=sys.stderr)
         return 2
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="which backends work here, and why not")
     _common(doctor)
     doctor.set_defaults(func=cmd_doctor)
+
+    add_client_commands(sub)  # exec, sessions, status
     return parser
 
 

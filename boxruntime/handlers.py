@@ -14,7 +14,10 @@ from boxruntime.models import (
     FsRemoveRequest,
     FsRequest,
     FsWriteRequest,
+    ProcessRef,
+    RelayInfo,
     SessionIdRequest,
+    StartProcessRequest,
 )
 from boxruntime.payloads import dump, parse
 from boxruntime.protocol import ActionHandler, Payload
@@ -25,9 +28,10 @@ from boxruntime.skills.actions import SkillActions
 class BoxActions:
     """The actions a daemon serves on every control connection."""
 
-    def __init__(self, runtime: BoxRuntime, skills: SkillActions) -> None:
+    def __init__(self, runtime: BoxRuntime, skills: SkillActions, relay: RelayInfo | None = None) -> None:
         self.runtime = runtime
         self.skills = skills
+        self.relay = relay or RelayInfo(base_url=None)
 
     def table(self) -> dict[str, ActionHandler]:
         return {
@@ -43,6 +47,10 @@ class BoxActions:
             "box_get_sessions": self.get_sessions,
             "box_delete_session": self.delete_session,
             "box_shutdown": self.shutdown,
+            "box_start_managed_process": self.start_process,
+            "box_get_managed_process": self.get_process,
+            "box_stop_managed_process": self.stop_process,
+            "box_relay_info": self.relay_info,
             "box_fs_read": self.fs_read,
             "box_fs_write": self.fs_write,
             "box_fs_list": self.fs_list,
@@ -72,7 +80,7 @@ class BoxActions:
 
     async def get_session(self, data: Payload) -> Payload:
         ref = parse(SessionIdRequest, data)
-        return dump(self.runtime.get_session(ref.session_id).info())
+        return self.runtime.get_session(ref.session_id).payload()
 
     async def get_sessions(self, _: Payload) -> Payload:
         return {"sessions": [dump(info) for info in self.runtime.list_sessions()]}
@@ -100,3 +108,19 @@ class BoxActions:
 
     async def fs_remove(self, data: Payload) -> Payload:
         return dump(await self.runtime.files.remove(parse(FsRemoveRequest, data)))
+
+    async def start_process(self, data: Payload) -> Payload:
+        req = parse(StartProcessRequest, data)
+        return dump(await self.runtime.processes.start(req.session_id, req.spec))
+
+    async def get_process(self, data: Payload) -> Payload:
+        ref = parse(ProcessRef, data)
+        return dump(self.runtime.processes.get(ref.session_id, ref.process_id).info())
+
+    async def stop_process(self, data: Payload) -> Payload:
+        ref = parse(ProcessRef, data)
+        await self.runtime.processes.stop(ref.session_id, ref.process_id)
+        return {"stopped": ref.process_id}
+
+    async def relay_info(self, _: Payload) -> Payload:
+        return dump(self.relay)

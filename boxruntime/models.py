@@ -284,6 +284,17 @@ class SessionInfo(pydantic.BaseModel):
     notes: list[str] = pydantic.Field(default_factory=list)
 
 
+class SessionDetails(SessionInfo):
+    """``box_get_session``: the session, plus its managed processes when it has any."""
+
+    managed_processes: dict[str, ManagedProcessInfo] | None = None
+    managed_process: ManagedProcessInfo | None = None  # LangBot's "default" process
+
+    def payload(self) -> dict[str, Any]:
+        absent = {k for k in ("managed_processes", "managed_process") if getattr(self, k) is None}
+        return self.model_dump(mode="json", exclude=absent)
+
+
 class ExecResult(pydantic.BaseModel):
     """LangBot's BoxExecutionResult, plus per-command accounting."""
 
@@ -506,3 +517,18 @@ class FsStatResult(pydantic.BaseModel):
 class FsRemoveResult(pydantic.BaseModel):
     removed: str
     type: FileType
+
+
+SessionDetails.model_rebuild()
+
+
+class StartProcessRequest(SessionIdRequest):
+    spec: ManagedProcessSpec
+
+
+class RelayInfo(pydantic.BaseModel):
+    """Where relay clients connect: ``base_url`` is None when it is the control endpoint itself."""
+
+    base_url: str | None
+    token: str | None = None  # only for a relay the daemon secured itself (stdio mode)
+    path_template: str = "/v1/sessions/{session_id}/managed-process/{process_id}/ws"

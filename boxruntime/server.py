@@ -12,6 +12,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -21,7 +22,9 @@ from aiohttp import web
 
 from boxruntime.config import Settings
 from boxruntime.handlers import BoxActions
+from boxruntime.models import RelayInfo
 from boxruntime.protocol import MAX_MESSAGE_BYTES, Peer, StreamConnection, WebSocketConnection
+from boxruntime.relay import RELAY_PATHS, relay_ws
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.skills.actions import SkillActions
 
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 TOKEN_HEADER = "X-LangBot-Box-Control-Token"
 RUNTIME_KEY = web.AppKey("runtime", BoxRuntime)
 SKILLS_KEY = web.AppKey("skills", SkillActions)
+TOKEN_KEY = web.AppKey("token", str)  # "" when no token is required
 SKILL_CLEANUP_INTERVAL_SEC = 60.0
 SOCKETS_KEY = web.AppKey("sockets", set[web.WebSocketResponse])
 
@@ -75,7 +79,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def require_auth(handler: Handler) -> Handler:
     async def checked(request: web.Request) -> web.StreamResponse:
-        if not authorized(request, request.app[RUNTIME_KEY].settings.token):
+        if not authorized(request, request.app[TOKEN_KEY] or None):
             log.warning("refused %s from %s: bad or missing token", request.path, request.remote)
             raise web.HTTPUnauthorized(text="Unauthorized")
         return await handler(request)
@@ -88,7 +92,7 @@ async def rpc_ws(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
-    actions = BoxActions(runtime, request.app[SKILLS_KEY]).table()
+    actions = BoxActions(runtime, request.app[SKILLS_KEY]).table()  # relay on this same endpoint
     peer = Peer(WebSocketConnection(ws), actions, name=f"ws:{request.remote}")
     log.info("control connection from %s", request.remote)
     try:
@@ -130,12 +134,22 @@ async def run_daemon_tasks(runtime: BoxRuntime, skills: SkillActions) -> None:
         tg.start_soon(clean_skill_uploads)
 
 
-def create_app(runtime: BoxRuntime, skills: SkillActions) -> web.Application:
+async def relay(request: web.Request) -> web.StreamResponse:
+    sockets: set[web.WebSocketResponse] = request.app[SOCKETS_KEY]
+    return await relay_ws(request, request.app[RUNTIME_KEY], sockets)
+
+
+def create_app(runtime: BoxRuntime, skills: SkillActions, token: str | None, control: bool = True) -> web.Application:
+    """The HTTP side. ``control=False`` (stdio mode) serves only the relay and health routes."""
     app = web.Application()
     app[RUNTIME_KEY] = runtime
     app[SKILLS_KEY] = skills
+    app[TOKEN_KEY] = token or ""
     app[SOCKETS_KEY] = set()
-    app.router.add_get("/rpc/ws", require_auth(rpc_ws))
+    if control:
+        app.router.add_get("/rpc/ws", require_auth(rpc_ws))
+    for path in RELAY_PATHS:
+        app.router.add_get(path, require_auth(relay))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
@@ -153,7 +167,7 @@ async def serve_websocket(settings: Settings) -> None:
     runtime = BoxRuntime(settings)
     await runtime.start()
     skills = skill_actions(settings)
-    app = create_app(runtime, skills)
+    app = create_app(runtime, skills, settings.token)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
@@ -192,14 +206,24 @@ async def _stdio_connection() -> StreamConnection:
     return StreamConnection(reader, writer)
 
 
-async def serve_stdio(settings: Settings) -> None:
+async def serve_stdio(settings: Settings, relay_port: int = 0) -> None:
+    """Action RPC on stdin/stdout. The relay for managed processes needs a socket: it listens on
+    loopback (``relay_port``, or a free port) behind the configured token or one made up now,
+    and ``box_relay_info`` tells the client where."""
     runtime = BoxRuntime(settings)
     await runtime.start()
+    skills = skill_actions(settings)
+    token = settings.token or secrets.token_urlsafe(32)
+    runner = web.AppRunner(create_app(runtime, skills, token, control=False), handle_signals=False)
+    await runner.setup()
     try:
+        site = web.TCPSite(runner, "127.0.0.1", relay_port)
+        await site.start()
+        port = runner.addresses[0][1]
+        relay_info = RelayInfo(base_url=f"http://127.0.0.1:{port}", token=token)
         connection = await _stdio_connection()
-        skills = skill_actions(settings)
-        peer = Peer(connection, BoxActions(runtime, skills).table(), name="stdio")
-        log.info("boxruntime serving action RPC on stdio (backend=%s)", settings.backend)
+        peer = Peer(connection, BoxActions(runtime, skills, relay_info).table(), name="stdio")
+        log.info("boxruntime serving action RPC on stdio (backend=%s, relay on port %d)", settings.backend, port)
 
         async def until_eof_then_stop(tg: anyio.abc.TaskGroup) -> None:
             await peer.run()
@@ -212,4 +236,5 @@ async def serve_stdio(settings: Settings) -> None:
             await _until_signalled()
             tg.cancel_scope.cancel()
     finally:
+        await runner.cleanup()
         await runtime.close()

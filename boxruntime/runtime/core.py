@@ -26,12 +26,14 @@ from boxruntime.models import (
     ExecResult,
     OutputChunk,
     RuntimeStatus,
+    SessionDetails,
     SessionInfo,
     StreamedResult,
 )
 from boxruntime.runtime.files import SessionFiles
+from boxruntime.runtime.processes import ProcessManager
 from boxruntime.runtime.results import exec_result
-from boxruntime.runtime.sessions import Session, SessionManager
+from boxruntime.runtime.sessions import SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class BoxRuntime:
             ttl_sec=lambda: self.settings.session_ttl_sec,
         )
         self.files = SessionFiles(self.sessions)
+        self.processes = ProcessManager(self.sessions)
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
@@ -75,6 +78,7 @@ class BoxRuntime:
         self._closing = True
         with anyio.CancelScope(shield=True):
             await self.sessions.remove_all(include_persistent=True, keep_workspaces=True)
+            await self.processes.close()
             if self._backend is not None:
                 leftovers = await self._backend.remove_own()
                 if leftovers:
@@ -116,7 +120,7 @@ class BoxRuntime:
         return RuntimeStatus(
             backend=await self.backend_info(),
             active_sessions=len(self.sessions),
-            managed_processes=0,
+            managed_processes=self.processes.running_count(),
             session_ttl_sec=self.settings.session_ttl_sec,
             max_sessions=self.settings.max_sessions,
         )
@@ -128,8 +132,14 @@ class BoxRuntime:
             pass
         return session.info()  # after the lease: a fresh session is idle, not running
 
-    def get_session(self, session_id: str) -> Session:
-        return self.sessions.get(session_id)
+    def get_session(self, session_id: str) -> SessionDetails:
+        session = self.sessions.get(session_id)
+        details = SessionDetails(**session.info().model_dump())
+        if session.processes:
+            details.managed_processes = {pid: p.info() for pid, p in session.processes.items()}
+            if "default" in session.processes:
+                details.managed_process = session.processes["default"].info()
+        return details
 
     def list_sessions(self) -> list[SessionInfo]:
         return [s.info() for s in self.sessions.sessions()]

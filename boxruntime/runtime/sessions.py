@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -26,6 +26,9 @@ from boxruntime.errors import (
 )
 from boxruntime.ids import safe_key
 from boxruntime.models import SESSION_IDENTITY_FIELDS, BoxSpec, SessionInfo, SessionStatus, utcnow
+
+if TYPE_CHECKING:
+    from boxruntime.runtime.processes import ManagedProcess
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class Session:
     active: int = 0  # execs and other leases in progress; a leased session is never reaped
     closing: bool = False
     keepalive: list[Callable[[], bool]] = field(default_factory=list)
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
 
     @property
     def session_id(self) -> str:
@@ -49,7 +53,12 @@ class Session:
         self.last_used_at = utcnow()
 
     def busy(self) -> bool:
-        return self.active > 0 or any(check() for check in self.keepalive)
+        """In use: an exec or lease in progress, a running managed process, or a keepalive."""
+        return (
+            self.active > 0
+            or any(p.running for p in self.processes.values())
+            or any(check() for check in self.keepalive)
+        )
 
     def info(self) -> SessionInfo:
         spec = self.spec

@@ -1,0 +1,96 @@
+"""The managed-process stdio relay: ``/v1/sessions/{sid}/managed-process[/{pid}]/ws``.
+
+Subprotocol ``mcp``. Each stdout line is one text message (lines up to 16 MiB; LangBot 0.5
+broke on lines over 64 KiB, 0.7 sent raw chunks); each incoming text message is written to
+stdin as one line. One client at a time: a new client takes over from an old one (which gets
+close code 4000), so a client reconnecting after a network drop is never locked out by its
+own stale socket. Detaching never kills the process; output produced meanwhile is replayed.
+Errors before the upgrade are HTTP 400 JSON, like LangBot's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import aiohttp
+import anyio
+from aiohttp import web
+
+from boxruntime.errors import (
+    BoxError,
+    BoxManagedProcessConflictError,
+    BoxManagedProcessNotFoundError,
+    BoxSessionNotFoundError,
+    wire_name,
+)
+from boxruntime.protocol import MAX_MESSAGE_BYTES
+from boxruntime.runtime.core import BoxRuntime
+from boxruntime.runtime.processes import ClientReplaced, ManagedProcess, relay_lines
+
+log = logging.getLogger(__name__)
+
+RELAY_PATHS = (
+    "/v1/sessions/{session_id}/managed-process/{process_id}/ws",
+    "/v1/sessions/{session_id}/managed-process/ws",
+)
+CLOSE_REPLACED = 4000
+
+
+def _error(exc: BoxError) -> web.Response:
+    body = {"error": {"code": wire_name(exc), "message": str(exc)}}
+    return web.json_response(body, status=400)
+
+
+def find_running(runtime: BoxRuntime, session_id: str, process_id: str) -> ManagedProcess:
+    process = runtime.processes.get(session_id, process_id)
+    if not process.running:
+        raise BoxManagedProcessConflictError(f"managed process {process_id} in session {session_id} is not running")
+    return process
+
+
+async def relay_ws(
+    request: web.Request, runtime: BoxRuntime, sockets: set[web.WebSocketResponse]
+) -> web.StreamResponse:
+    session_id = request.match_info["session_id"]
+    process_id = request.match_info.get("process_id", "default")
+    try:
+        process = find_running(runtime, session_id, process_id)
+    except (BoxSessionNotFoundError, BoxManagedProcessNotFoundError, BoxManagedProcessConflictError) as exc:
+        return _error(exc)
+    ws = web.WebSocketResponse(protocols=("mcp",), max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30, compress=False)
+    await ws.prepare(request)
+    sockets.add(ws)  # closed with the daemon
+    attachment = process.attach()
+    log.info("relay attached to %s/%s from %s", session_id, process_id, request.remote)
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def to_client() -> None:
+                try:
+                    async for line in relay_lines(attachment):
+                        await ws.send_str(line)
+                    await ws.close(code=aiohttp.WSCloseCode.OK, message=b"process exited")
+                except ClientReplaced:
+                    await ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer client")
+                except ConnectionError:
+                    pass
+                tg.cancel_scope.cancel()
+
+            async def to_process() -> None:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        await process.write_line(msg.data)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(to_client)
+            tg.start_soon(to_process)
+    except BoxManagedProcessConflictError:
+        pass  # the process exited while a message was on its way in
+    finally:
+        sockets.discard(ws)
+        process.detach(attachment)
+        with contextlib.suppress(ConnectionError):
+            await ws.close()
+        log.info("relay detached from %s/%s", session_id, process_id)
+    return ws
