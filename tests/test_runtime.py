@@ -359,7 +359,7 @@ async def test_init_during_a_creation_does_not_close_its_backend(box: Box) -> No
         await box.call("box_init", {"backend": "docker"})
         gate.set()
 
-    session = box.runtime.get_session("s1")
+    session = box.runtime.sessions.get("s1")
     assert session.backend is first
     assert not first.closed, "box_init closed the backend a session was being created on"
 
@@ -446,7 +446,7 @@ async def test_exec_stream_timeout_and_clipping(box: Box) -> None:
     assert (result["status"], result["exit_code"]) == ("timed_out", None)
     assert result["stderr"] == "Command timed out after 2 seconds."
     assert result["stdout"].endswith(CLIP_MARKER.format(7))
-    assert box.runtime.get_session("s1").handle.sandbox_id in box.fake.live
+    assert box.runtime.sessions.get("s1").handle.sandbox_id in box.fake.live
 
 
 async def test_exec_stream_requires_a_command(box: Box) -> None:
