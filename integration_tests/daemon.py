@@ -33,6 +33,8 @@ def daemon_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BOXRUNTIME_", "LANGBOT_BOX_"))}
     env["BOXRUNTIME_DATA_DIR"] = str(data_dir)
     env["PYTHONPATH"] = str(ROOT)
+    # Tests count sandboxes exactly; the warm pool has its own tests and turns itself back on.
+    env["BOXRUNTIME_POOL_SIZE"] = "0"
     env.update(extra)
     return env
 

@@ -109,6 +109,18 @@ class Backend(abc.ABC):
         """One file operation inside the sandbox (read, write, list, stat, remove)."""
         raise BoxSandboxError(f"{self.name} backend does not support file operations")
 
+    def adopt(self, handle: SandboxHandle, key: str) -> bool:
+        """Make a pooled sandbox the sandbox of session ``key``; False if it cannot be."""
+        if handle.private_workspace is None:
+            handle.key = key
+            return True
+        moved = workspaces.adopt(self.settings.data_dir, handle.key, key)
+        if moved is None:
+            return False
+        handle.key = key
+        handle.private_workspace = moved
+        return True
+
     async def cleanup_orphans(self) -> list[str]:
         """Remove sandboxes left by dead daemons of this data dir; returns their ids."""
         return []

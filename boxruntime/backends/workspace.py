@@ -76,6 +76,20 @@ def prepare(data_dir: Path, key: str, quota_mb: int, uid: int, gid: int) -> Work
     return Workspace(files, "loop-ext4")
 
 
+def adopt(data_dir: Path, from_key: str, to_key: str) -> Path | None:
+    """Give the workspace of ``from_key`` to ``to_key`` (a pooled sandbox becoming a session's).
+
+    None when ``to_key`` already has a workspace on disk: its files must not be shadowed. The
+    rename is safe while the sandbox runs: its bind mount holds the directory, not the name.
+    """
+    root = workspaces_root(data_dir)
+    target = root / to_key
+    if target.exists():
+        return None
+    (root / from_key).rename(target)
+    return target / "files"
+
+
 def release(data_dir: Path, key: str, remove: bool) -> None:
     """Unmount the workspace of ``key``; delete its files when ``remove``."""
     base = workspaces_root(data_dir) / key

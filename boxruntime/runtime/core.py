@@ -31,6 +31,7 @@ from boxruntime.models import (
     StreamedResult,
 )
 from boxruntime.runtime.files import SessionFiles
+from boxruntime.runtime.pool import WarmPool
 from boxruntime.runtime.processes import ProcessManager
 from boxruntime.runtime.results import exec_result
 from boxruntime.runtime.sessions import SessionManager
@@ -47,10 +48,12 @@ class BoxRuntime:
         self._backend_info: BackendInfo | None = None
         self._backend_lock = anyio.Lock()
         self._closing = False
+        self.pool = WarmPool(self.backend, settings)
         self.sessions = SessionManager(
             self.backend,
             max_sessions=lambda: self.settings.max_sessions,
             ttl_sec=lambda: self.settings.session_ttl_sec,
+            pool=self.pool,
         )
         self.files = SessionFiles(self.sessions)
         self.processes = ProcessManager(self.sessions)
@@ -70,8 +73,10 @@ class BoxRuntime:
             log.info("removed %d sandboxes left by dead daemons: %s", len(removed), ", ".join(removed))
 
     async def run_background(self) -> None:
-        """The reaper; runs until cancelled by the owner of the runtime."""
-        await self.sessions.run_reaper(lambda: float(min(30, self.settings.session_ttl_sec)))
+        """The reaper and the warm pool; run until cancelled by the owner of the runtime."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.sessions.run_reaper, lambda: float(min(30, self.settings.session_ttl_sec)))
+            tg.start_soon(self.pool.run)
 
     async def close(self) -> None:
         """Remove every sandbox this daemon created, then release the backend."""
@@ -79,6 +84,7 @@ class BoxRuntime:
         with anyio.CancelScope(shield=True):
             await self.sessions.remove_all(include_persistent=True, keep_workspaces=True)
             await self.processes.close()
+            await self.pool.drain()
             if self._backend is not None:
                 leftovers = await self._backend.remove_own()
                 if leftovers:
@@ -113,6 +119,7 @@ class BoxRuntime:
                 # A creation in flight already holds the backend: closing it now would strand it.
                 idle = len(self.sessions) == 0 and self.sessions.creating == 0
                 if self._backend is not None and idle:
+                    await self.pool.drain()
                     await self._backend.close()
                     self._backend = None  # selected again on next use, as LangBot does
 
@@ -123,6 +130,7 @@ class BoxRuntime:
             managed_processes=self.processes.running_count(),
             session_ttl_sec=self.settings.session_ttl_sec,
             max_sessions=self.settings.max_sessions,
+            pool=self.pool.status(),
         )
 
     # ── sessions ─────────────────────────────────────────────────────────

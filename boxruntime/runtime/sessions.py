@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -130,9 +130,20 @@ class _IdLocks:
 BackendProvider = Callable[[], Awaitable[Backend]]
 
 
+class SandboxPool(Protocol):
+    async def take(self, backend: Backend, spec: BoxSpec, key: str) -> SandboxHandle | None: ...
+
+
 class SessionManager:
-    def __init__(self, backend: BackendProvider, max_sessions: Callable[[], int], ttl_sec: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        backend: BackendProvider,
+        max_sessions: Callable[[], int],
+        ttl_sec: Callable[[], int],
+        pool: SandboxPool | None = None,
+    ) -> None:
         self._backend = backend
+        self._pool = pool
         self._max_sessions = max_sessions
         self._ttl_sec = ttl_sec
         self._sessions: dict[str, Session] = {}
@@ -182,7 +193,10 @@ class SessionManager:
         self._creating += 1
         try:
             backend = await self._backend()
-            handle = await backend.start(spec, safe_key(spec.session_id))
+            key = safe_key(spec.session_id)
+            handle = await self._pool.take(backend, spec, key) if self._pool is not None else None
+            if handle is None:
+                handle = await backend.start(spec, key)
         finally:
             self._creating -= 1
         session = Session(spec=spec.model_copy(update={"cmd": ""}), backend=backend, handle=handle)

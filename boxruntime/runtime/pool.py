@@ -1,0 +1,116 @@
+"""Warm pool: sandboxes made ahead of time for the default spec, handed to new sessions.
+
+A new session whose spec a pooled sandbox satisfies (default resources, network off, no host
+mounts, no quota, the default image) gets one at once and the pool refills in the background;
+any other spec gets a fresh sandbox. A pooled sandbox's private workspace is renamed to the
+session's on hand-out, so it is indistinguishable from one made for that session; a session
+whose workspace already exists on disk (files kept from an earlier daemon) is a deliberate
+miss, so those files are found again. Pooled sandboxes are ordinary sandboxes of this daemon:
+labelled, and removed at shutdown like the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+import anyio
+
+from boxruntime.backends.base import Backend, SandboxHandle
+from boxruntime.config import Settings
+from boxruntime.errors import BoxError
+from boxruntime.models import LANGBOT_DEFAULT_IMAGE, SESSION_IDENTITY_FIELDS, BoxSpec, PoolStatus
+from boxruntime.runtime.sessions import BackendProvider
+
+log = logging.getLogger(__name__)
+
+REFILL_RETRY_SEC = 30.0
+
+
+@dataclass
+class _Pooled:
+    backend: Backend
+    handle: SandboxHandle
+
+
+class WarmPool:
+    def __init__(self, backend: BackendProvider, settings: Settings) -> None:
+        self._backend = backend
+        self._settings = settings
+        self._ready: list[_Pooled] = []
+        self._filling = 0
+        self._wake = anyio.Event()
+        self.hits = 0
+        self.misses = 0
+
+    @property
+    def size(self) -> int:
+        return self._settings.pool_size
+
+    def status(self) -> PoolStatus:
+        return PoolStatus(size=self.size, ready=len(self._ready), hits=self.hits, misses=self.misses)
+
+    def template(self) -> BoxSpec:
+        return BoxSpec(session_id="warm-pool", image=self._settings.default_image)
+
+    def serves(self, backend: Backend, spec: BoxSpec) -> bool:
+        template = self.template()
+        for name in SESSION_IDENTITY_FIELDS:
+            if name in ("image", "persistent"):
+                continue  # persistence is the session's, not the sandbox's
+            if getattr(spec, name) != getattr(template, name):
+                return False
+        if spec.active_extra_mounts():
+            return False
+        # nsjail ignores images; LangBot's default name means our default image.
+        return backend.name == "nsjail" or spec.image in (self._settings.default_image, LANGBOT_DEFAULT_IMAGE)
+
+    async def take(self, backend: Backend, spec: BoxSpec, key: str) -> SandboxHandle | None:
+        """A ready sandbox for ``spec`` as session ``key``, or None (a miss)."""
+        if self.size <= 0:
+            return None
+        entry = next((e for e in self._ready if e.backend is backend), None)
+        if entry is None or not self.serves(backend, spec) or not backend.adopt(entry.handle, key):
+            self.misses += 1
+            self._wake.set()
+            return None
+        self._ready.remove(entry)
+        self.hits += 1
+        self._wake.set()
+        return entry.handle
+
+    async def run(self) -> None:
+        """Keep ``size`` sandboxes ready; runs until its owner cancels it."""
+        while True:
+            try:
+                await self._fill()
+            except BoxError as exc:
+                log.warning("warm pool could not make a sandbox, retrying in %.0f s: %s", REFILL_RETRY_SEC, exc)
+                with anyio.move_on_after(REFILL_RETRY_SEC):
+                    await self._wait()
+                continue
+            await self._wait()
+
+    async def _wait(self) -> None:
+        await self._wake.wait()
+        self._wake = anyio.Event()
+
+    async def _fill(self) -> None:
+        while len(self._ready) + self._filling < self.size:
+            backend = await self._backend()
+            self._filling += 1
+            try:
+                handle = await backend.start(self.template(), f"pool-{secrets.token_hex(6)}")
+            finally:
+                self._filling -= 1
+            self._ready.append(_Pooled(backend, handle))
+            log.info("warm pool: %d/%d ready", len(self._ready), self.size)
+
+    async def drain(self) -> None:
+        """Remove every pooled sandbox (backend reselected, or daemon exit)."""
+        ready, self._ready = self._ready, []
+        with anyio.CancelScope(shield=True):
+            for entry in ready:
+                await entry.backend.stop(entry.handle)
+        self._wake.set()  # refill, from whichever backend is selected next

@@ -1,0 +1,95 @@
+"""The warm pool on real sandboxes: hits, misses, refill, and cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from boxruntime.ids import safe_key
+from boxruntime.protocol import Peer
+from integration_tests.daemon import Daemon, connect, sandboxes_of, start_daemon
+
+pytestmark = [pytest.mark.anyio]
+
+
+@pytest.fixture(params=["docker", "nsjail"])
+def pooled(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
+    backend = str(request.param)
+    if backend == "docker":
+        request.getfixturevalue("docker_engine")
+    daemon = start_daemon(data_dir, "--backend", backend, env={"BOXRUNTIME_POOL_SIZE": "2"})
+    daemon.extra["backend"] = backend
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        assert sandboxes_of(backend, data_dir) == [], "pool sandboxes left behind"
+
+
+async def pool(peer: Peer) -> dict[str, Any]:
+    return dict((await peer.call("box_status", {}))["pool"])
+
+
+async def wait_ready(peer: Peer, ready: int) -> None:
+    status: dict[str, Any] = {}
+
+    async def check() -> bool:
+        status.update(await pool(peer))
+        return bool(status["ready"] == ready)
+
+    for _ in range(600):
+        if await check():
+            return
+        await anyio.sleep(0.1)
+    raise AssertionError(f"pool never reached {ready} ready sandboxes: {status}")
+
+
+async def test_hit_miss_and_refill(pooled: Daemon) -> None:
+    backend = pooled.extra["backend"]
+    async with connect(pooled) as peer:
+        await wait_ready(peer, 2)
+        assert len(sandboxes_of(backend, pooled.data_dir)) == 2
+        hit = await peer.call("box_exec", {"session_id": "fast", "cmd": "echo from the pool > f; cat f"}, timeout=60)
+        assert hit["stdout"] == "from the pool"
+        info = await peer.call("box_get_session", {"session_id": "fast"})
+        assert "-pool-" in info["backend_session_id"]
+        assert (await pool(peer))["hits"] == 1
+        # The workspace now belongs to the session: on disk under the session's own key.
+        assert (pooled.data_dir / "workspaces" / safe_key("fast") / "files" / "f").read_text() == "from the pool\n"
+        await wait_ready(peer, 2)  # refilled
+        assert len(sandboxes_of(backend, pooled.data_dir)) == 3
+
+        miss = await peer.call("box_exec", {"session_id": "small", "cmd": "echo fresh", "memory_mb": 256}, timeout=60)
+        assert miss["stdout"] == "fresh"
+        status = await pool(peer)
+        assert (status["hits"], status["misses"], status["ready"]) == (1, 1, 2)
+        small = await peer.call("box_get_session", {"session_id": "small"})
+        assert "-pool-" not in small["backend_session_id"]
+
+
+async def test_kept_workspace_is_never_shadowed_by_a_pooled_one(data_dir: Path, request: pytest.FixtureRequest) -> None:
+    request.getfixturevalue("docker_engine")
+    first = start_daemon(data_dir, "--backend", "docker")
+    try:
+        async with connect(first) as peer:
+            await peer.call(
+                "box_exec", {"session_id": "kept", "cmd": "echo old > note", "persistent": True}, timeout=60
+            )
+    finally:
+        first.stop()  # containers go, the workspace's files stay
+    second = start_daemon(data_dir, "--backend", "docker", env={"BOXRUNTIME_POOL_SIZE": "1"})
+    try:
+        async with connect(second) as peer:
+            await wait_ready(peer, 1)
+            again = await peer.call(
+                "box_exec", {"session_id": "kept", "cmd": "cat note", "persistent": True}, timeout=60
+            )
+            assert again["stdout"] == "old"
+            assert (await pool(peer))["misses"] == 1
+    finally:
+        second.stop()
+    assert sandboxes_of("docker", data_dir) == []
