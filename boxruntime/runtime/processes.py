@@ -213,6 +213,7 @@ def process_request(spec: ManagedProcessSpec) -> CommandRequest:
         env=env,
         argv=[spec.command, *spec.args],
         stdin=True,
+        notify_started=True,
         keep_on_disconnect=True,  # survives a lost agent connection, output kept by the agent
     )
 

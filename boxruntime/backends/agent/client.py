@@ -58,6 +58,7 @@ class CommandRequest:
     output_cap: int | None = None
     stdin: bool = False
     keep_on_disconnect: bool = False
+    notify_started: bool = False  # the agent reports the pid (a frame execs do without)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +369,7 @@ class AgentClient:
             "output_cap": req.output_cap,
             "stdin": req.stdin,
             "keep_on_disconnect": req.keep_on_disconnect,
+            "notify_started": req.notify_started,
         }
         if req.argv is not None:
             header["argv"] = req.argv

@@ -24,6 +24,7 @@ import sys
 import time
 
 import boxagent_fs
+import boxagent_spare
 
 VERSION = 2
 HEADER = struct.Struct(">II")
@@ -104,7 +105,8 @@ class Conn:
         self.wbuf += raw
         if body:
             self.wbuf += body
-        self.flush()
+        # Written once per loop iteration: the frames of one command often leave together.
+        self.agent.dirty.add(self)
 
     def flush(self):
         while self.wbuf and not self.closed:
@@ -186,7 +188,6 @@ class Proc:
         self.backlog = []
         self.backlog_bytes = 0
         self.backlog_dropped = 0
-        self.oom_before = oom_kills()
 
 
 class Agent:
@@ -198,6 +199,9 @@ class Agent:
         self.by_pid = {}  # pid -> Proc
         self.stopping = False
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
+        self.dirty = set()  # connections with frames waiting to be written
+        self.spare = None  # a shell started ahead of time for the next command
+        self.oom_seen = oom_kills()
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
@@ -273,6 +277,9 @@ class Agent:
 
     def on_stop_signal(self, signum, _frame):
         self.stopping = True
+        if self.spare is not None:
+            self.spare.discard()
+            self.spare = None
         for proc in list(self.procs.values()):
             self.kill_tree(proc, signal.SIGTERM)
 
@@ -289,6 +296,20 @@ class Agent:
             key.data(mask)
         self.reap()
         self.check_times()
+        self.flush_all()
+        if self.spare is None and not self.stopping and not any(c.wbuf for c in self.conns):
+            self.make_spare()  # idle: pay for the next command's shell now
+
+    def flush_all(self):
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            conn.flush()
+
+    def make_spare(self):
+        try:
+            self.spare = boxagent_spare.SpareShell(self.base_env)
+        except OSError:
+            self.spare = None
 
     def next_timeout(self):
         moments = []
@@ -348,27 +369,14 @@ class Agent:
         if not os.path.isdir(cwd):
             conn.send({"ev": "failed", "id": pid_key, "error": "workdir %s is not a directory" % cwd})
             return
-        env = dict(self.base_env)
-        env.update(header.get("env") or {})
-        argv, pass_fds, script_fd = self.command_argv(header, body)
-        try:
-            popen = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.PIPE if header.get("stdin") else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=pass_fds,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            conn.send({"ev": "failed", "id": pid_key, "error": "cannot start %s: %s" % (argv[0], exc.strerror)})
-            return
-        finally:
-            if script_fd is not None:
-                os.close(script_fd)
+        script = self.spare.script_for(header, body) if self.spare is not None else None
+        if script is not None:
+            popen = self.spare.hand_over(script)
+            self.spare = None
+        else:
+            popen = self.fresh_spawn(conn, header, body, cwd)
+            if popen is None:
+                return
         proc = Proc(popen.pid, popen, conn, header)
         self.procs[pid_key] = proc
         self.by_pid[popen.pid] = proc
@@ -381,7 +389,31 @@ class Agent:
         if popen.stdin is not None:
             proc.stdin_fd = popen.stdin.fileno()
             set_nonblocking(proc.stdin_fd)
-        conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
+        if header.get("notify_started"):
+            conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
+
+    def fresh_spawn(self, conn, header, body, cwd):
+        env = dict(self.base_env)
+        env.update(header.get("env") or {})
+        argv, pass_fds, script_fd = self.command_argv(header, body)
+        try:
+            return subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE if header.get("stdin") else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=pass_fds,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            conn.send({"ev": "failed", "id": header["id"], "error": "cannot start %s: %s" % (argv[0], exc.strerror)})
+            return None
+        finally:
+            if script_fd is not None:
+                os.close(script_fd)
 
     def command_argv(self, header, body):
         """argv for the request; a long shell script goes through a memfd, not argv."""
@@ -559,6 +591,9 @@ class Agent:
                 return
             proc = self.by_pid.pop(pid, None)
             if proc is None:
+                if self.spare is not None and pid == self.spare.pid:
+                    self.spare.discard()  # died before it was used; another is made when idle
+                    self.spare = None
                 continue  # an orphan reparented to us; reaping it is all it needs
             proc.status = status
             proc.rusage = rusage
@@ -595,16 +630,19 @@ class Agent:
         status = proc.status
         code = None
         sig = None
-        after = oom_kills()
-        # The OOM killer usually hits a child of the shell, which then exits 128+9 itself.
-        oom = after is not None and proc.oom_before is not None and after > proc.oom_before
         if os.WIFEXITED(status):
             code = os.WEXITSTATUS(status)
-            reason = "oom" if oom and code == 128 + signal.SIGKILL else "exit"
+            reason = "exit"
         else:
             sig = os.WTERMSIG(status)
             code = 128 + sig
-            reason = "oom" if oom and sig == signal.SIGKILL else "signal"
+            reason = "signal"
+        # The OOM killer usually hits a child of the shell, which then exits 128+9 itself. The
+        # counter is only read for such exits: it costs a file read, and most commands succeed.
+        if code == 128 + signal.SIGKILL:
+            seen, self.oom_seen = self.oom_seen, oom_kills()
+            if self.oom_seen is not None and seen is not None and self.oom_seen > seen:
+                reason = "oom"
         if proc.timed_out:
             reason = "timeout"
         elif proc.cancelled:
