@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -34,7 +36,7 @@ from integration_tests.container_fixtures import (
     remote_box,
     wait_for_daemon,
 )
-from integration_tests.daemon import containers_of
+from integration_tests.daemon import containers_of, free_port
 
 # Fixtures: the containerised daemon, and pytest-docker's own pointed at deploy/. Bound here
 # rather than in conftest.py so that they override pytest-docker's defaults in this module only.
@@ -234,3 +236,40 @@ async def test_a_crashed_daemon_is_restarted_and_clears_its_orphans(
         assert stack.sandboxes() == []
     finally:
         stack.remove_sandboxes()  # a failed run's leftovers; the assertions above judge
+
+
+def test_a_data_dir_at_another_path_is_refused_clearly(
+    daemon_image: str, docker_engine: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Bind sources are resolved by the engine on the host: a data dir mounted elsewhere would
+    only fail at the first session. The daemon says so up front instead (readyz 503)."""
+    host_dir = tmp_path / "elsewhere"
+    host_dir.mkdir()
+    port = free_port()
+    container = docker_engine.containers.run(
+        daemon_image,
+        detach=True,
+        environment={"BOXRUNTIME_TOKEN": "z" * 40, "BOXRUNTIME_POOL_SIZE": "0"},
+        volumes={
+            "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+            str(host_dir): {"bind": "/var/lib/boxruntime", "mode": "rw"},
+        },
+        ports={"5410/tcp": ("127.0.0.1", port)},
+        labels={"boxruntime.test": "wrong-path"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        body: dict[str, object] | None = None
+        while time.monotonic() < deadline:
+            body = healthz(f"http://127.0.0.1:{port}")
+            if body is not None:
+                break
+            time.sleep(0.2)
+        assert body is not None, container.logs().decode(errors="replace")[-2000:]
+        with pytest.raises(urllib.error.HTTPError) as unready:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=30)
+        assert unready.value.code == 503
+        reason = unready.value.read().decode()
+        assert "not the host's at the same path" in reason and "-v /var/lib/boxruntime:/var/lib/boxruntime" in reason
+    finally:
+        container.remove(force=True)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -93,6 +95,7 @@ class DockerBackend(AgentSandbox):
     async def probe(self) -> BackendInfo:
         try:
             await self._call(self._engine)
+            await self._call(self._check_same_path_data_dir)
         except BoxBackendUnavailableError as exc:
             return BackendInfo(name=self.name, available=False, reason=str(exc))
         limits = {
@@ -110,6 +113,27 @@ class DockerBackend(AgentSandbox):
             + "); not enforceable on host_path mounts",
         }
         return BackendInfo(name=self.name, available=True, enforced_limits=limits)
+
+    def _check_same_path_data_dir(self) -> None:
+        """A daemon in a container hands the engine bind sources from its data dir; the engine
+        resolves them on the host, so the data dir must be the host's, at the same path."""
+        if not Path("/.dockerenv").exists():
+            return
+        try:
+            me = self._engine().containers.get(socket.gethostname())
+        except docker.errors.APIError:
+            return  # not one of this engine's containers (or hostname set): nothing to compare
+        data_dir = str(self.settings.data_dir.resolve())
+        for mount in me.attrs.get("Mounts", []):
+            destination = mount.get("Destination", "")
+            if mount.get("Source") == destination and (
+                data_dir == destination or data_dir.startswith(destination.rstrip("/") + "/")
+            ):
+                return
+        raise BoxBackendUnavailableError(
+            f"this daemon runs in a container whose data dir {data_dir} is not the host's at the same "
+            f"path; sandboxes' bind mounts would fail. Mount it as -v {data_dir}:{data_dir}"
+        )
 
     # ── images ───────────────────────────────────────────────────────────
 
