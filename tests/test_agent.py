@@ -1,0 +1,237 @@
+"""The in-sandbox agent's protocol, against a real agent process (run here on the host).
+
+No sandbox is needed to test what the agent does with processes and its connection; the
+integration tests run the same agent inside Docker and nsjail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from boxruntime.backends.agent.client import (
+    AgentClient,
+    AgentLostError,
+    CommandExit,
+    CommandRequest,
+    Output,
+)
+from boxruntime.backends.base import AGENT_SOURCES
+from boxruntime.errors import BoxValidationError
+
+pytestmark = pytest.mark.anyio
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def agent_dir(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "agent"
+    directory.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, str(AGENT_SOURCES / "boxagent.py"), str(directory / "agent.sock")],
+        start_new_session=True,
+    )
+    try:
+        yield directory
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+async def agent(agent_dir: Path) -> AsyncIterator[AgentClient]:
+    client = AgentClient(agent_dir, "test")
+    await client.connect(timeout=30)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def cmd(script: str, **fields: object) -> CommandRequest:
+    return CommandRequest(cwd="/tmp", env={"PATH": "/usr/bin:/bin"}, script=script, **fields)  # type: ignore[arg-type]
+
+
+def pids_alive(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes().replace(b"\0", b" "):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+async def test_exit_codes_streams_env_cwd_and_quoting(agent: AgentClient, tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "QUOTED": 'it\'s "fine" $HOME `x`', "EMPTY": ""}
+    for _ in range(3):  # the first may use the spare shell, the next ones a fresh one or a new spare
+        done = await agent.run(
+            CommandRequest(
+                cwd=str(tmp_path / "new" / "dir"), env=env, script='pwd; printf %s "$QUOTED"; echo e >&2; exit 7'
+            )
+        )
+        assert done.exit.code == 7 and done.exit.reason == "exit"
+        assert done.stdout == f'{tmp_path}/new/dir\nit\'s "fine" $HOME `x`'.encode()
+        assert done.stderr == b"e\n"
+    with pytest.raises(BoxValidationError, match="cannot be created"):
+        await agent.run(CommandRequest(cwd="/proc/no/such", env={}, script="echo never"))
+
+
+async def test_binary_output_and_long_scripts(agent: AgentClient) -> None:
+    done = await agent.run(cmd("printf '\\000\\377\\001'"))
+    assert done.stdout == b"\x00\xff\x01"
+    script = "echo " + "y" * 300_000 + " | wc -c"  # over 128 KiB: goes through a memfd, not argv
+    assert (await agent.run(cmd(script))).stdout.strip() == b"300001"
+
+
+async def test_ten_megabytes_are_clipped_but_counted(agent: AgentClient) -> None:
+    done = await agent.run(cmd("head -c 10485760 /dev/zero", output_cap=MIB))
+    assert len(done.stdout) == MIB and done.exit.stdout_total == 10 * MIB and done.exit.code == 0
+
+
+async def test_timeout_kills_the_whole_tree(agent: AgentClient) -> None:
+    marker = f"sleep 4{os.getpid() % 1000}1"
+    # A background child, a child that left the process group (but not the session), the command.
+    script = f"{marker} & (set -m; {marker} & wait) & {marker}"
+    started = asyncio.create_task(agent.run(cmd(script, timeout=1.5)))
+    for _ in range(100):
+        if len(pids_alive(marker)) == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert len(pids_alive(marker)) == 3
+    done = await started
+    assert done.exit.reason == "timeout"
+    deadline = time.monotonic() + 5
+    while pids_alive(marker) and time.monotonic() < deadline:  # noqa: ASYNC110 - other processes' state
+        await asyncio.sleep(0.05)
+    assert pids_alive(marker) == []
+
+
+async def test_background_children_outlive_the_command_but_not_a_timeout(agent: AgentClient) -> None:
+    marker = f"sleep 5{os.getpid() % 1000}2"
+    done = await agent.run(cmd(f"{marker} > /dev/null 2>&1 & echo started"))
+    assert done.stdout == b"started\n" and done.exit.code == 0  # returns without waiting for it
+    assert len(pids_alive(marker)) == 1
+    for pid in pids_alive(marker):
+        os.kill(pid, signal.SIGKILL)
+
+
+async def test_fifty_concurrent_commands(agent: AgentClient) -> None:
+    results = await asyncio.gather(*(agent.run(cmd(f"sleep 0.3; echo {i}")) for i in range(50)))
+    assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(50)]
+
+
+async def test_accounting(agent: AgentClient) -> None:
+    alloc = await agent.run(cmd("python3 -c 'b = bytearray(200 * 1024 * 1024); b[::4096] = b\"x\" * len(b[::4096])'"))
+    assert alloc.exit.code == 0 and alloc.exit.peak_rss_kb >= 200 * 1024
+    idle = await agent.run(cmd("sleep 0.5"))
+    assert idle.exit.cpu_ms < 100 and idle.exit.wall_ms >= 450
+    busy = await agent.run(
+        cmd("python3 -c 'import time; t = time.process_time(); exec(\"while time.process_time() - t < 0.3: pass\")'")
+    )
+    assert busy.exit.cpu_ms >= 250
+
+
+async def test_a_cancelled_caller_kills_its_command(agent: AgentClient) -> None:
+    marker = f"sleep 6{os.getpid() % 1000}3"
+    task = asyncio.create_task(agent.run(cmd(marker)))
+    for _ in range(100):
+        if pids_alive(marker):
+            break
+        await asyncio.sleep(0.02)
+    assert pids_alive(marker)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if not pids_alive(marker):
+            break
+        await asyncio.sleep(0.02)
+    assert pids_alive(marker) == []
+
+
+async def test_connection_loss_kills_execs_keeps_processes_and_replays_their_output(agent_dir: Path) -> None:
+    client = AgentClient(agent_dir, "lossy")
+    await client.connect(timeout=30)
+    exec_marker = f"sleep 7{os.getpid() % 1000}4"
+    running = asyncio.create_task(client.run(cmd(exec_marker)))
+    server = await client.spawn(
+        CommandRequest(
+            cwd="/tmp",
+            env={"PATH": "/usr/bin:/bin"},
+            argv=["sh", "-c", 'while read line; do echo "got $line"; done'],
+            stdin=True,
+            keep_on_disconnect=True,
+            notify_started=True,
+        )
+    )
+    await server.started()
+    await server.write(b"one\n")
+    events = server.events()
+    first = await anext(events)
+    assert isinstance(first, Output) and first.data == b"got one\n"
+
+    assert client._writer is not None
+    client._writer.transport.abort()  # the connection drops (daemon restart, broken pipe ...)
+    with pytest.raises(AgentLostError):
+        await running  # nobody is left to read an exec: the agent kills it
+    await client.connect(timeout=30)  # reconnect: the kept process is re-attached
+    await server.write(b"two\n")
+    second = await anext(events)
+    assert isinstance(second, Output) and second.data == b"got two\n"
+    await server.write(b"", eof=True)
+    end = await anext(events)
+    assert isinstance(end, CommandExit) and end.code == 0
+    for _ in range(100):
+        if not pids_alive(exec_marker):
+            break
+        await asyncio.sleep(0.02)
+    assert pids_alive(exec_marker) == []
+    assert client.reconnects == 1
+    await client.close()
+
+
+async def test_output_of_a_detached_process_is_kept(agent_dir: Path) -> None:
+    client = AgentClient(agent_dir, "detached")
+    await client.connect(timeout=30)
+    proc = await client.spawn(
+        CommandRequest(
+            cwd="/tmp",
+            env={"PATH": "/usr/bin:/bin"},
+            argv=["sh", "-c", "sleep 0.3; echo while-away"],
+            keep_on_disconnect=True,
+        )
+    )
+    assert client._writer is not None
+    client._writer.transport.abort()
+    await asyncio.sleep(0.6)  # the process writes and exits while nobody is connected
+    await client.connect(timeout=30)
+    seen = [event async for event in proc.events()]
+    assert isinstance(seen[0], Output) and seen[0].data == b"while-away\n"
+    assert isinstance(seen[-1], CommandExit) and seen[-1].code == 0
+    await client.close()
+
+
+async def test_malformed_frames_do_not_hurt_the_agent(agent: AgentClient, agent_dir: Path) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(agent_dir / "agent.sock"))
+    await reader.readexactly(8)  # the hello's header lengths; the rest is not needed
+    writer.write(b"\x00\x00\x00\x05\x00\x00\x00\x00nope!" + b"\xff" * 64)
+    writer.write(b"\x7f\xff\xff\xff\x00\x00\x00\x00")  # an absurd header length: connection dropped
+    await writer.drain()
+    writer.close()
+    assert (await agent.run(cmd("echo still fine"))).stdout == b"still fine\n"
