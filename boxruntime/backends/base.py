@@ -199,7 +199,10 @@ class AgentSandbox(Backend):
 
     def agent_of(self, handle: SandboxHandle) -> AgentClient:
         if handle.agent is None:
-            raise BoxSandboxError(f"sandbox {handle.sandbox_id} has no agent")
+            raise BoxSandboxError(
+                f"sandbox {handle.sandbox_id} has no agent (its image has no python3): "
+                "file operations and managed processes need python3 in the image"
+            )
         return handle.agent
 
     def command(self, req: ExecRequest) -> CommandRequest:

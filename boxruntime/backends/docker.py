@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,14 +24,16 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
+from boxruntime.backends import engine_exec
 from boxruntime.backends import workspace as workspaces
-from boxruntime.backends.agent.client import AgentClient
+from boxruntime.backends.agent.client import AgentClient, CommandExit, CompletedCommand, Output
 from boxruntime.backends.base import (
     AGENT_DIR_IN_SANDBOX,
     AGENT_DIR_OF_SCRIPTS,
     AGENT_PATH_IN_SANDBOX,
     SANDBOX_HOME,
     AgentSandbox,
+    ExecRequest,
     SandboxHandle,
     installed_agent,
 )
@@ -56,6 +58,16 @@ LABEL_DATA_DIR = "boxruntime.data_dir"
 LABEL_SESSION = "boxruntime.session_id"
 LABEL_KEY = "boxruntime.session_key"
 AGENT_START_TIMEOUT = 30.0
+ENGINE_EXEC_GRACE_SEC = 30.0
+NO_PYTHON_MARKER = "boxruntime: no python3 in this image"
+# PID 1 of every sandbox: the agent where the image has python3, else a quiet placeholder and
+# commands go through the Engine API. $1 is the agent script, $2 its socket.
+INIT_SCRIPT = f"""
+if command -v python3 >/dev/null 2>&1; then exec python3 "$1" "$2"; fi
+echo "{NO_PYTHON_MARKER}; commands go through the Engine API" >&2
+trap 'exit 0' TERM INT
+while :; do sleep 3600 & wait $!; done
+"""
 PULL_HINT = (
     "build the default image with `boxruntime image build`, or `docker pull {image}` "
     "where a registry is reachable (e.g. python:3.12-slim)"
@@ -210,8 +222,8 @@ class DockerBackend(AgentSandbox):
         try:
             return engine.containers.run(
                 image,
-                entrypoint=["python3", AGENT_PATH_IN_SANDBOX, f"{AGENT_DIR_IN_SANDBOX}/agent.sock"],
-                command=[],
+                entrypoint=["/bin/sh", "-c", INIT_SCRIPT, "boxruntime-init"],
+                command=[AGENT_PATH_IN_SANDBOX, f"{AGENT_DIR_IN_SANDBOX}/agent.sock"],
                 name=name,
                 detach=True,
                 labels={
@@ -240,29 +252,53 @@ class DockerBackend(AgentSandbox):
             raise BoxSandboxError(f"docker could not start the sandbox: {exc.explanation or exc}") from exc
 
     async def _wait_for_agent(self, handle: SandboxHandle, container: Container) -> None:
+        """Connect to the agent; or, in an image without python3, switch to Engine-API exec."""
         agent = handle.agent
         assert agent is not None
-        last_check = [time.monotonic()]
-
-        def running() -> bool:
-            # Poll the engine at most twice a second while waiting for the socket.
-            if time.monotonic() - last_check[0] < 0.5:
-                return True
-            last_check[0] = time.monotonic()
+        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        while True:
             try:
-                container.reload()
-            except docker.errors.NotFound:
-                return False
-            return bool(container.status in ("created", "running"))
+                await agent.connect(timeout=0.5)
+                return
+            except BoxSandboxError:
+                pass
+            state, logs = await self._call(_state_and_logs, container)
+            if NO_PYTHON_MARKER in logs:
+                await agent.close()
+                handle.agent = None
+                handle.extra["engine_exec"] = True
+                handle.notes.append(
+                    f"image {handle.resolved_image} has no python3: commands run through the Engine API "
+                    "(slower; no CPU/memory accounting, no streaming, no file operations or managed processes)"
+                )
+                return
+            if state not in ("created", "running") or time.monotonic() > deadline:
+                raise BoxSandboxError(f"the sandbox did not start in image {handle.resolved_image}: {logs or state}")
 
-        try:
-            await agent.connect(timeout=AGENT_START_TIMEOUT, alive=running)
-        except BoxSandboxError as exc:
-            logs = await self._call(_tail_logs, container)
-            raise BoxSandboxError(
-                f"the sandbox agent did not start in image {handle.resolved_image} "
-                f"(it needs python3 on PATH): {logs or exc}"
-            ) from exc
+    async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
+        if not handle.extra.get("engine_exec"):
+            return await super().exec(handle, req)
+        env = self.command(req).env
+        container_id = handle.extra["container_id"]
+        with anyio.fail_after(req.timeout + ENGINE_EXEC_GRACE_SEC):
+            return await self._call(lambda: engine_exec.run(self._engine().api, container_id, req, env))
+
+    async def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]:
+        if not handle.extra.get("engine_exec"):
+            async for event in super().exec_stream(handle, req):
+                yield event
+            return
+        done = await self.exec(handle, req)  # no streaming through the Engine API: all at once
+        for stream, data in ((1, done.stdout), (2, done.stderr)):
+            if data:
+                yield Output(stream, data)
+        yield done.exit
+
+    async def alive(self, handle: SandboxHandle) -> bool:
+        if not handle.extra.get("engine_exec"):
+            return await super().alive(handle)
+        state, _ = await self._call(_state_and_logs, self._engine().containers.get(handle.sandbox_id))
+        return state == "running"
 
     async def stop(self, handle: SandboxHandle, keep_workspace: bool = False) -> None:
         if handle.agent is not None:
@@ -322,9 +358,12 @@ class DockerBackend(AgentSandbox):
             self._client = None
 
 
-def _tail_logs(container: Container) -> str:
+def _state_and_logs(container: Container) -> tuple[str, str]:
     try:
+        container.reload()
         raw: bytes = container.logs(tail=20)
-        return raw.decode("utf-8", "replace").strip()[-1500:]
-    except docker.errors.APIError:
-        return ""
+    except docker.errors.NotFound:
+        return "removed", ""
+    except docker.errors.APIError as exc:
+        return "unknown", str(exc)
+    return str(container.status), raw.decode("utf-8", "replace").strip()[-1500:]

@@ -67,8 +67,8 @@ class CommandExit:
     signal: int | None
     reason: str  # exit | signal | timeout | oom | cancelled
     wall_ms: int
-    cpu_ms: int
-    peak_rss_kb: int
+    cpu_ms: int | None  # None where the sandbox cannot measure it (Engine-API exec)
+    peak_rss_kb: int | None
     stdout_total: int
     stderr_total: int
 
