@@ -95,6 +95,19 @@ def resolve_mounts(spec: BoxSpec, roots: Sequence[Path]) -> tuple[ResolvedMount 
     return workspace, extras
 
 
+SKILLS_DIR_NAME = ".skills"
+
+
+def skill_name(spec: BoxSpec, mount: ResolvedMount, skills_dir: Path) -> str | None:
+    """The skill a mount provides, if it is one: a read-only package from the skills root at
+    ``<workspace>/.skills/<name>``; else None."""
+    prefix = f"{spec.mount_path.rstrip('/')}/{SKILLS_DIR_NAME}/"
+    name = mount.mount_path[len(prefix) :] if mount.mount_path.startswith(prefix) else ""
+    if mount.read_only and name and "/" not in name and _inside(mount.host_path, os.path.realpath(skills_dir)):
+        return name
+    return None
+
+
 def prepare_host_dirs(mounts: Iterable[ResolvedMount], uid: int, gid: int) -> list[str]:
     """Create missing read-write mount sources (as LangBot 0.7 does), owned by the sandbox user;
     read-only ones must exist. Returns the directories it created."""

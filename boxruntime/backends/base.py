@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boxruntime.backends import host_mounts
 from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import (
     AgentClient,
@@ -27,7 +28,7 @@ from boxruntime.backends.agent.client import (
 )
 from boxruntime.backends.workspace import WorkspacePlan
 from boxruntime.config import Settings
-from boxruntime.errors import BoxSandboxError
+from boxruntime.errors import BoxSandboxError, BoxSessionConflictError
 from boxruntime.instance import instance_alive
 from boxruntime.models import BackendInfo, BoxSpec
 
@@ -108,6 +109,15 @@ class Backend(abc.ABC):
     ) -> tuple[dict[str, Any], bytes]:
         """One file operation inside the sandbox (read, write, list, stat, remove)."""
         raise BoxSandboxError(f"{self.name} backend does not support file operations")
+
+    async def extend_mounts(self, handle: SandboxHandle, current: BoxSpec, requested: BoxSpec) -> BoxSpec:
+        """A live session asked for other extra mounts: add what can be added and return the
+        session's new spec, or refuse with a conflict that says why."""
+        raise BoxSessionConflictError(
+            f"Box session {current.session_id} already exists with a different set of extra_mounts: the "
+            f"{self.name} backend cannot change the mounts of a running session; delete the session or "
+            "request the mounts it was created with"
+        )
 
     def adopt(self, handle: SandboxHandle, key: str) -> bool:
         """Make a pooled sandbox the sandbox of session ``key``; False if it cannot be."""
@@ -193,7 +203,7 @@ class AgentSandbox(Backend):
                 for session in directory.iterdir():
                     # Its loop-mounted workspaces stay mounted after a crash; the files are kept.
                     workspaces.release(self.settings.data_dir, session.name, remove=False)
-                shutil.rmtree(directory, ignore_errors=True)
+                host_mounts.remove_tree(directory)
                 removed.append(directory.name)
         return removed
 
@@ -262,8 +272,3 @@ class AgentSandbox(Backend):
             return True
         except (BoxSandboxError, TimeoutError, OSError):
             return False
-
-
-def remove_tree(path: Path | None) -> None:
-    if path is not None:
-        shutil.rmtree(path, ignore_errors=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import anyio
 
+from boxruntime.backends import host_mounts
 from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import AgentClient, CompletedCommand
 from boxruntime.backends.base import AgentSandbox, ExecRequest, SandboxHandle, installed_agent
@@ -241,7 +242,7 @@ class NsjailBackend(AgentSandbox):
                 await process.wait()
         workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
         if handle.state_dir is not None:
-            shutil.rmtree(handle.state_dir, ignore_errors=True)
+            host_mounts.remove_tree(handle.state_dir)
 
     async def alive(self, handle: SandboxHandle) -> bool:
         process: asyncio.subprocess.Process | None = handle.extra.get("process")

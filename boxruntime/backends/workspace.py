@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from boxruntime.backends import host_mounts
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BoxSpec
@@ -100,7 +101,7 @@ def release(data_dir: Path, key: str, remove: bool) -> None:
         except BoxSandboxError:
             _run(["umount", "-l", str(files)])  # busy: detach now, the kernel frees it later
     if remove:
-        shutil.rmtree(base, ignore_errors=True)
+        host_mounts.remove_tree(base)
 
 
 def _run(argv: list[str]) -> None:

@@ -100,9 +100,6 @@ def _conflict(existing: BoxSpec, requested: BoxSpec) -> str | None:
             value: Any = getattr(existing, name)
             shown = value.value if hasattr(value, "value") else value
             return f"{name}={shown}"
-    # Mounts are fixed when the sandbox is made; a reused session would silently lack new ones.
-    if _mount_set(existing) != _mount_set(requested):
-        return "a different set of extra_mounts (mounts are fixed when a session is created)"
     return None
 
 
@@ -179,6 +176,9 @@ class SessionManager:
                 conflict = _conflict(session.spec, spec)
                 if conflict is not None:
                     raise BoxSessionConflictError(f"Box session {spec.session_id} already exists with {conflict}")
+                # A reused session must never silently lack mounts the request asked for.
+                if _mount_set(session.spec) != _mount_set(spec):
+                    session.spec = await session.backend.extend_mounts(session.handle, session.spec, spec)
                 if await session.backend.alive(session.handle):
                     session.touch()
                     return session
