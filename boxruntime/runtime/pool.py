@@ -85,8 +85,11 @@ class WarmPool:
         while True:
             try:
                 await self._fill()
-            except BoxError as exc:
-                log.warning("warm pool could not make a sandbox, retrying in %.0f s: %s", REFILL_RETRY_SEC, exc)
+            except Exception as exc:  # a refill failure must never take the daemon down
+                if isinstance(exc, BoxError):
+                    log.warning("warm pool could not make a sandbox, retrying in %.0f s: %s", REFILL_RETRY_SEC, exc)
+                else:
+                    log.exception("warm pool refill failed unexpectedly; retrying in %.0f s", REFILL_RETRY_SEC)
                 with anyio.move_on_after(REFILL_RETRY_SEC):
                     await self._wait()
                 continue
