@@ -24,6 +24,7 @@ from boxruntime.backends.agent.client import (
     CommandExit,
     CommandRequest,
     CompletedCommand,
+    HandedPipes,
     Output,
 )
 from boxruntime.backends.workspace import WorkspacePlan
@@ -102,6 +103,10 @@ class Backend(abc.ABC):
     async def alive(self, handle: SandboxHandle) -> bool: ...
 
     async def spawn(self, handle: SandboxHandle, req: CommandRequest) -> AgentProcess:
+        raise BoxSandboxError(f"{self.name} backend does not support managed processes")
+
+    async def take_pipes(self, handle: SandboxHandle, proc: AgentProcess) -> HandedPipes:
+        """The stdio pipes of a process spawned with ``handoff``, now the daemon's."""
         raise BoxSandboxError(f"{self.name} backend does not support managed processes")
 
     async def file_op(
@@ -244,6 +249,9 @@ class AgentSandbox(Backend):
         agent = self.agent_of(handle)
         await self._ensure_connected(handle, agent)
         return await agent.spawn(req)
+
+    async def take_pipes(self, handle: SandboxHandle, proc: AgentProcess) -> HandedPipes:
+        return await self.agent_of(handle).take_fds(proc)
 
     async def file_op(
         self, handle: SandboxHandle, op: str, fields: dict[str, Any], body: bytes = b""

@@ -29,6 +29,7 @@ from boxruntime.errors import (
     BoxSandboxError,
 )
 from boxruntime.models import ManagedProcessInfo, ManagedProcessSpec, ManagedProcessStatus, utcnow
+from boxruntime.runtime.pipes import READ_SIZE, ProcessPipes
 from boxruntime.runtime.sessions import Session, SessionManager
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ STDERR_PREVIEW_CHARS = 4000
 MAX_LINE_BYTES = 16 * 1024 * 1024
 STOP_GRACE_SEC = 5.0
 MAX_EXITED_PER_SESSION = 64
+EXIT_DRAIN_SEC = 1.0
 
 
 class ClientReplaced(Exception):
@@ -59,6 +61,7 @@ class ManagedProcess:
     session_id: str
     spec: ManagedProcessSpec
     proc: AgentProcess
+    pipes: ProcessPipes
     started_at: dt.datetime = field(default_factory=utcnow)
     exited_at: dt.datetime | None = None
     exit_code: int | None = None
@@ -138,19 +141,45 @@ class ManagedProcess:
             self.attachment.send.close()  # the client reads what is left, then its relay ends
 
     async def pump(self) -> None:
-        """Read the process's events until it exits (runs as a task owned by the manager)."""
+        """Read stdout and stderr straight from the pipes until the process exits (a task owned
+        by the manager). Output still in the pipes after the exit is drained briefly; children
+        that keep the pipes open past that do not hold the exit up."""
+        drained = anyio.Event()
+
+        async def read_stdout() -> None:
+            while data := await self.pipes.stdout.read(READ_SIZE):
+                for line in self._lines(data):
+                    await self._deliver(line)
+
+        async def read_stderr() -> None:
+            while data := await self.pipes.stderr.read(READ_SIZE):
+                self._stderr(data)
+
+        async def read_all() -> None:
+            async with anyio.create_task_group() as readers:
+                readers.start_soon(read_stdout)
+                readers.start_soon(read_stderr)
+            drained.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_all)
+                exit = await self._wait_for_exit()
+                with anyio.move_on_after(EXIT_DRAIN_SEC):
+                    await drained.wait()
+                tg.cancel_scope.cancel()
+            await self._exit(exit)
+        finally:
+            self.pipes.close()
+
+    async def _wait_for_exit(self) -> CommandExit:
         try:
             async for event in self.proc.events():
                 if isinstance(event, CommandExit):
-                    await self._exit(event)
-                elif event.stream == 1:
-                    for line in self._lines(event.data):
-                        await self._deliver(line)
-                else:
-                    self._stderr(event.data)
+                    return event
         except BoxSandboxError as exc:  # the sandbox went away under the process
             self._stderr(f"\n[boxruntime: {exc}]".encode())
-            await self._exit(CommandExit(None, None, "signal", 0, 0, 0, 0, 0))
+        return CommandExit(None, None, "signal", 0, None, None, 0, 0)
 
     # ── relay side ───────────────────────────────────────────────────────
 
@@ -185,17 +214,21 @@ class ManagedProcess:
                 self.replay_bytes += len(line.encode("utf-8"))
 
     async def write_line(self, text: str) -> None:
+        not_running = BoxManagedProcessConflictError(f"managed process {self.spec.process_id} is not running")
         if not self.running:
-            raise BoxManagedProcessConflictError(f"managed process {self.spec.process_id} is not running")
-        await self.proc.write(text.encode("utf-8") + b"\n")
+            raise not_running
+        try:
+            await self.pipes.write(text.encode("utf-8") + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            raise not_running from None
 
     # ── stopping ─────────────────────────────────────────────────────────
 
     async def stop(self) -> None:
         if not self.running:
             return
+        self.pipes.close_stdin()
         with contextlib.suppress(BoxSandboxError):
-            await self.proc.write(b"", eof=True)
             await self.proc.signal(signal.SIGTERM)
         with anyio.move_on_after(STOP_GRACE_SEC):
             await self.exited.wait()
@@ -214,6 +247,7 @@ def process_request(spec: ManagedProcessSpec) -> CommandRequest:
         argv=[spec.command, *spec.args],
         stdin=True,
         notify_started=True,
+        handoff=True,
         keep_on_disconnect=True,  # survives a lost agent connection, output kept by the agent
     )
 
@@ -245,7 +279,8 @@ class ProcessManager:
                 await previous.stop()  # same process_id replaces
             proc = await session.backend.spawn(session.handle, process_request(spec))
             await proc.started()
-            process = ManagedProcess(session_id=session_id, spec=spec, proc=proc)
+            pipes = await ProcessPipes.open(await session.backend.take_pipes(session.handle, proc))
+            process = ManagedProcess(session_id=session_id, spec=spec, proc=proc, pipes=pipes)
             session.processes[spec.process_id] = process
             self._forget_old_exits(session)
             task = asyncio.create_task(self._pump(session, process), name=f"mp-{session_id}-{spec.process_id}")

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
@@ -59,6 +60,7 @@ class CommandRequest:
     stdin: bool = False
     keep_on_disconnect: bool = False
     notify_started: bool = False  # the agent reports the pid (a frame execs do without)
+    handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,39 @@ class CompletedCommand:
 
 
 Event = Output | CommandExit
+
+
+@dataclass(frozen=True, slots=True)
+class HandedPipes:
+    """File descriptors of a process's stdio, now owned by the daemon."""
+
+    stdin: int | None
+    stdout: int
+    stderr: int
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ValueError("agent closed the connection mid-frame")
+        data += chunk
+    return data
+
+
+def _frame_size(data: bytes) -> int:
+    if len(data) < HEADER.size:
+        raise ValueError("short frame from the agent")
+    hlen, blen = HEADER.unpack_from(data)
+    if hlen > MAX_HEADER or blen > MAX_BODY:
+        raise ValueError("agent frame too large")
+    return int(HEADER.size + hlen + blen)
+
+
+def _read_frame_blocking(sock: socket.socket) -> bytes:
+    head = _read_exactly(sock, HEADER.size)
+    return head + _read_exactly(sock, _frame_size(head) - HEADER.size)
 
 
 def _int(header: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -356,6 +391,41 @@ class AgentClient:
     async def ping(self, timeout: float = 5.0) -> None:
         await self.request("ping", {}, timeout=timeout)
 
+    async def take_fds(self, proc: AgentProcess, timeout: float = 10.0) -> HandedPipes:
+        """The pipes of a process spawned with ``handoff``, passed over the socket (SCM_RIGHTS).
+
+        A connection of its own, blocking, in a thread: asyncio streams cannot receive file
+        descriptors, and the main connection stays free for other commands meanwhile.
+        """
+        path = self._socket_path()
+        token = f"f{next(self._ids)}"
+
+        def fetch() -> tuple[dict[str, Any], list[int]]:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(path)
+                _read_frame_blocking(sock)  # the greeting, read exactly: fds come with the reply only
+                raw = json.dumps({"op": "take_fds", "id": token, "target": proc.id}).encode()
+                sock.sendall(HEADER.pack(len(raw), 0) + raw)
+                data, fds, _, _ = socket.recv_fds(sock, 65536, 3)
+                data += _read_exactly(sock, _frame_size(data) - len(data))
+                header = json.loads(data[HEADER.size : _frame_size(data)])
+                if not isinstance(header, dict):
+                    raise ValueError("agent reply is not an object")
+                return header, fds
+
+        try:
+            header, fds = await asyncio.to_thread(fetch)
+        except (OSError, ValueError) as exc:
+            raise AgentLostError(f"could not take the pipes of a process in {self.name}: {exc}") from exc
+        if "error" in header or len(fds) != (3 if header.get("stdin") else 2):
+            for fd in fds:
+                os.close(fd)
+            raise BoxSandboxError(f"sandbox agent {self.name} did not hand over the pipes: {header.get('error')}")
+        if header.get("stdin"):
+            return HandedPipes(fds[0], fds[1], fds[2])
+        return HandedPipes(None, fds[0], fds[1])
+
     async def spawn(self, req: CommandRequest) -> AgentProcess:
         proc_id = f"c{next(self._ids)}"
         proc = AgentProcess(self, proc_id, keep=req.keep_on_disconnect)
@@ -370,6 +440,7 @@ class AgentClient:
             "stdin": req.stdin,
             "keep_on_disconnect": req.keep_on_disconnect,
             "notify_started": req.notify_started,
+            "handoff": req.handoff,
         }
         if req.argv is not None:
             header["argv"] = req.argv

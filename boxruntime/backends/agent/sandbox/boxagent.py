@@ -13,6 +13,7 @@ peak RSS), forwards SIGTERM/SIGINT to its children, and kills a command's whole 
 and session when its timeout expires.
 """
 
+import array
 import json
 import os
 import selectors
@@ -108,6 +109,22 @@ class Conn:
         # Written once per loop iteration: the frames of one command often leave together.
         self.agent.dirty.add(self)
 
+    def send_fds(self, header, fds):
+        """One frame carrying file descriptors; written at once, after anything queued."""
+        self.send(header)
+        self.sock.setblocking(True)
+        try:
+            frame = bytes(self.wbuf)
+            self.wbuf.clear()
+            sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            if sent < len(frame):
+                self.sock.sendall(frame[sent:])
+        except OSError:
+            self.agent.drop_conn(self)
+        finally:
+            if not self.closed:
+                self.sock.setblocking(False)
+
     def flush(self):
         while self.wbuf and not self.closed:
             try:
@@ -180,6 +197,7 @@ class Proc:
         self.pipes = {}  # fd -> stream number (1 stdout, 2 stderr)
         self.files = {}  # fd -> the Popen file object that owns it (closing it closes the fd once)
         self.stdin_fd = None
+        self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
         self.stdin_buf = bytearray()
         self.stdin_eof = False
         self.stdin_waiting = False
@@ -380,15 +398,20 @@ class Agent:
         proc = Proc(popen.pid, popen, conn, header)
         self.procs[pid_key] = proc
         self.by_pid[popen.pid] = proc
-        for stream, pipe in ((1, popen.stdout), (2, popen.stderr)):
-            fd = pipe.fileno()
-            set_nonblocking(fd)
-            proc.pipes[fd] = stream
-            proc.files[fd] = pipe
-            self.sel.register(fd, selectors.EVENT_READ, self.pipe_reader(proc, fd))
-        if popen.stdin is not None:
-            proc.stdin_fd = popen.stdin.fileno()
-            set_nonblocking(proc.stdin_fd)
+        if header.get("handoff"):
+            # The daemon takes the pipes themselves (op take_fds): its data need not pass
+            # through this process. The agent still reaps, signals and reports the exit.
+            proc.handoff = [popen.stdin, popen.stdout, popen.stderr]
+        else:
+            for stream, pipe in ((1, popen.stdout), (2, popen.stderr)):
+                fd = pipe.fileno()
+                set_nonblocking(fd)
+                proc.pipes[fd] = stream
+                proc.files[fd] = pipe
+                self.sel.register(fd, selectors.EVENT_READ, self.pipe_reader(proc, fd))
+            if popen.stdin is not None:
+                proc.stdin_fd = popen.stdin.fileno()
+                set_nonblocking(proc.stdin_fd)
         if header.get("notify_started"):
             conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
 
@@ -425,6 +448,21 @@ class Agent:
         os.write(fd, body)
         os.lseek(fd, 0, os.SEEK_SET)
         return [SHELL, "/proc/self/fd/%d" % fd], (fd,), fd
+
+    def op_take_fds(self, conn, header, _body):
+        """Pass a handed-off process's stdin, stdout and stderr to the daemon (SCM_RIGHTS)."""
+        proc = self.procs.get(header.get("target"))
+        if proc is None or not proc.handoff:
+            conn.send({"ev": "reply", "id": header.get("id"), "error": "no pipes to hand over"})
+            return
+        files, proc.handoff = proc.handoff, None
+        fds = [f.fileno() for f in files if f is not None]
+        conn.send_fds({"ev": "reply", "id": header.get("id"), "stdin": files[0] is not None}, fds)
+        for f in files:
+            if f is not None:
+                f.close()  # the daemon holds its own copies now
+        if proc.status is not None:
+            self.finish(proc)
 
     def op_stdin(self, conn, header, body):
         proc = self.procs.get(header["id"])
@@ -614,6 +652,8 @@ class Agent:
                     self.close_pipe(proc, fd)
 
     def finish(self, proc):
+        if proc.handoff is not None:
+            return  # exited before the daemon took its pipes: report it once they are taken
         if proc.conn is None and proc.keep:
             # Nobody to tell yet: queue the exit behind the output for the next attach.
             if not proc.exit_queued:
