@@ -11,7 +11,6 @@ import anyio
 import pydantic
 
 from boxruntime import __version__
-from boxruntime.cli_client import add_client_commands
 from boxruntime.config import BACKEND_NAMES, Settings, load_settings
 
 
@@ -124,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
     _common(doctor)
     doctor.set_defaults(func=cmd_doctor)
 
-    add_client_commands(sub)  # exec, sessions, status
     return parser
 
 
