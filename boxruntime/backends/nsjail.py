@@ -201,6 +201,8 @@ class NsjailBackend(AgentSandbox):
         self.seal_agent_dir(agent_dir)
         jailed = _children(process.pid)
         handle.extra["jail_pid"] = jailed[0] if jailed else None
+        if jailed:
+            handle.extra["oom_seen"] = self._cgroup_support().oom_kills(jailed[0])
 
     @staticmethod
     def _log_tail(path: Path) -> str:
@@ -211,15 +213,16 @@ class NsjailBackend(AgentSandbox):
         return " | ".join(line for line in lines[-8:] if "[E]" in line or "[F]" in line or "[W]" in line)
 
     async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
-        jail_pid: int | None = handle.extra.get("jail_pid")
-        cgroups = self._cgroup_support()
-        before = cgroups.oom_kills(jail_pid) if jail_pid else None
         done = await super().exec(handle, req)
-        # The jail cannot see its own cgroup; the host reads the OOM counter instead.
+        # The jail cannot see its own cgroup, so the host reads the OOM counter -- only for a
+        # command that was killed, against the value seen at the previous kill (or the start).
         killed = done.exit.code == 128 + signal.SIGKILL and done.exit.reason in ("exit", "signal")
-        if jail_pid and before is not None and killed:
-            after = cgroups.oom_kills(jail_pid)
-            if after is not None and after > before:
+        jail_pid: int | None = handle.extra.get("jail_pid")
+        if killed and jail_pid:
+            seen: int | None = handle.extra.get("oom_seen")
+            now = self._cgroup_support().oom_kills(jail_pid)
+            handle.extra["oom_seen"] = now
+            if now is not None and seen is not None and now > seen:
                 done = CompletedCommand(replace(done.exit, reason="oom"), done.stdout, done.stderr)
         return done
 
