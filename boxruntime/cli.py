@@ -11,6 +11,7 @@ import anyio
 import pydantic
 
 from boxruntime import __version__
+from boxruntime.cli_client import add_client_commands
 from boxruntime.config import BACKEND_NAMES, Settings, load_settings
 
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(doctor)
     doctor.set_defaults(func=cmd_doctor)
 
+    add_client_commands(sub)  # exec, sessions, status
     return parser
 
 
