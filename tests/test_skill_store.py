@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from boxruntime.errors import BoxValidationError
+from boxruntime.models import Skill, SkillFields, SkillUpdate
 from boxruntime.skills import frontmatter
 from boxruntime.skills.fileio import resolve_inside
 from boxruntime.skills.manifest import build_manifest
-from boxruntime.skills.models import Skill, SkillFields, SkillUpdate
 from boxruntime.skills.package import STAGING_PREFIX
 from boxruntime.skills.store import SkillStore
 from tests.test_skill_archive import build_zip, skill_md, zip_with_duplicates

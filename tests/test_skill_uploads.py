@@ -18,9 +18,9 @@ import pytest
 from langbot_plugin.box.actions import LangBotToBoxAction
 
 from boxruntime.errors import BoxCapacityExceededError, BoxValidationError
+from boxruntime.models import FileChunk
 from boxruntime.protocol import ActionHandler
 from boxruntime.skills.actions import SkillActions
-from boxruntime.skills.models import FileChunk
 from boxruntime.skills.uploads import STAGED_SUFFIX, UploadLimits, UploadStore
 from tests.test_skill_archive import build_zip, skill_md
 

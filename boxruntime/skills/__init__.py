@@ -5,10 +5,10 @@ holds the semantics; ``archive`` makes uploaded zips safe; ``manifest`` names ea
 a content digest; ``uploads`` stages chunked uploads.
 """
 
+from boxruntime.models import Skill, SkillPreview
 from boxruntime.skills.actions import SkillActions
 from boxruntime.skills.archive import ZipLimits
 from boxruntime.skills.manifest import ManifestLimits
-from boxruntime.skills.models import Skill, SkillPreview
 from boxruntime.skills.store import SkillStore
 from boxruntime.skills.uploads import UploadLimits, UploadStore
 

@@ -22,9 +22,7 @@ from pathlib import Path
 import anyio
 
 from boxruntime.errors import BoxError, BoxValidationError
-from boxruntime.payloads import dump, parse
-from boxruntime.protocol import ActionHandler, Payload
-from boxruntime.skills.models import (
+from boxruntime.models import (
     CreateSkillRequest,
     FileChunk,
     InstallSkillZipRequest,
@@ -40,6 +38,8 @@ from boxruntime.skills.models import (
     UpdateSkillRequest,
     WriteSkillFileRequest,
 )
+from boxruntime.payloads import dump, parse
+from boxruntime.protocol import ActionHandler, Payload
 from boxruntime.skills.store import SkillStore
 from boxruntime.skills.uploads import UploadStore
 

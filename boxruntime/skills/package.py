@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from boxruntime.errors import BoxValidationError
+from boxruntime.models import Skill
 from boxruntime.skills import frontmatter
 from boxruntime.skills.fileio import read_regular_file
 from boxruntime.skills.manifest import HashCache, Manifest, ManifestLimits, build_manifest
-from boxruntime.skills.models import Skill
 
 ENTRY_FILES = ("SKILL.md", "skill.md")
 # The store's own work directories inside the skills root; never skills, never listed.

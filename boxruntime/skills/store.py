@@ -29,6 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from boxruntime.errors import BoxValidationError
+from boxruntime.models import (
+    Skill,
+    SkillFields,
+    SkillFileContent,
+    SkillFileEntry,
+    SkillFileListing,
+    SkillFileWritten,
+    SkillPreview,
+    SkillRef,
+    SkillUpdate,
+)
 from boxruntime.security import check_host_path
 from boxruntime.skills import frontmatter
 from boxruntime.skills.archive import ZipLimits
@@ -40,17 +51,6 @@ from boxruntime.skills.fileio import (
     write_atomic,
 )
 from boxruntime.skills.manifest import Manifest, ManifestLimits
-from boxruntime.skills.models import (
-    Skill,
-    SkillFields,
-    SkillFileContent,
-    SkillFileEntry,
-    SkillFileListing,
-    SkillFileWritten,
-    SkillPreview,
-    SkillRef,
-    SkillUpdate,
-)
 from boxruntime.skills.names import upload_stem, validate_skill_name, validate_suffix
 from boxruntime.skills.package import (
     ENTRY_FILES,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boxruntime.errors import BoxCapacityExceededError, BoxValidationError
-from boxruntime.skills.models import ChunkReceipt, FileChunk, check_file_key
+from boxruntime.models import ChunkReceipt, FileChunk, check_file_key
 
 log = logging.getLogger(__name__)
 

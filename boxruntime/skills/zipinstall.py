@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from boxruntime.errors import BoxValidationError
+from boxruntime.models import SkillPreview
 from boxruntime.skills.archive import ZipLimits, extract_zip
 from boxruntime.skills.fileio import resolve_inside
-from boxruntime.skills.models import SkillPreview
 from boxruntime.skills.names import target_dir_name
 from boxruntime.skills.package import PackageLoader, discover
 

@@ -1,0 +1,99 @@
+"""File operation payloads (``box_fs_*``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+
+from boxruntime.models.box import SessionIdRequest
+
+FS_MAX_CHUNK_BYTES = 8 * 1024 * 1024
+FileType = Literal["file", "dir", "symlink", "other"]
+
+
+class FsRequest(SessionIdRequest):
+    """A path in a session; relative paths are taken from the session's workspace."""
+
+    path: str
+
+    @pydantic.field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value or "\0" in value:
+            raise ValueError("path must be a non-empty path without NUL bytes")
+        return value
+
+
+class FsReadRequest(FsRequest):
+    offset: int = pydantic.Field(default=0, ge=0)
+    length: int | None = pydantic.Field(default=None, ge=1, le=FS_MAX_CHUNK_BYTES)
+    encoding: Literal["base64", "utf-8"] = "base64"
+
+
+class FsWriteRequest(FsRequest):
+    data: str = ""
+    encoding: Literal["utf-8", "base64"] = "utf-8"
+    mode: int | None = pydantic.Field(default=None, ge=0, le=0o7777)
+    append: bool = False
+    offset: int | None = pydantic.Field(default=None, ge=0)
+    make_parents: bool = True
+
+
+class FsListRequest(FsRequest):
+    recursive: bool = False
+    max_entries: int = pydantic.Field(default=1000, ge=1, le=100_000)
+    include_hidden: bool = True
+
+
+class FsRemoveRequest(FsRequest):
+    recursive: bool = False
+
+
+class FsEntry(pydantic.BaseModel):
+    name: str
+    path: str  # relative to the listed directory
+    type: FileType
+    size: int
+    mode: int
+    mtime: float
+
+
+class FsReadResult(pydantic.BaseModel):
+    path: str
+    size: int
+    offset: int
+    data: str
+    encoding: Literal["base64", "utf-8"]
+    length: int
+    eof: bool
+    mode: int
+    mtime: float
+
+
+class FsWriteResult(pydantic.BaseModel):
+    path: str
+    size: int
+    bytes_written: int
+    mode: int
+
+
+class FsListResult(pydantic.BaseModel):
+    path: str
+    entries: list[FsEntry]
+    truncated: bool
+
+
+class FsStatResult(pydantic.BaseModel):
+    path: str
+    exists: bool
+    type: FileType | None = None
+    size: int | None = None
+    mode: int | None = None
+    mtime: float | None = None
+    target: str | None = None
+
+
+class FsRemoveResult(pydantic.BaseModel):
+    removed: str
+    type: FileType
