@@ -476,3 +476,34 @@ async def test_handler_losing_an_unrelated_connection_still_gets_an_error_reply(
             tg.cancel_scope.cancel()
     assert not isinstance(info.value, ActionCallTimeoutError)
     assert "agent connection closed" in str(info.value)
+
+
+async def test_a_stream_abandoned_by_its_reader_is_cancelled_on_the_other_side() -> None:
+    stopped = anyio.Event()
+
+    async def endless(_: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        try:
+            i = 0
+            while True:
+                yield {"i": i}
+                i += 1
+                await anyio.sleep(0.01)
+        finally:
+            stopped.set()  # the producer learns it was cancelled (an exec stream kills its command)
+
+    server_conn, client_conn = connection_pair()
+    server = Peer(server_conn, {"endless": endless})
+    client = Peer(client_conn)
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.run)
+            tg.start_soon(client.run)
+            stream = client.call_stream("endless", {})
+            first = [await anext(stream) for _ in range(3)]
+            await stream.aclose()  # the reader walks away without reading to the end
+            await stopped.wait()
+            assert await client.call("__cancel_action", {"seq_id": 424242}) == {"cancelled": False}
+            tg.cancel_scope.cancel()
+    assert first == [{"i": 0}, {"i": 1}, {"i": 2}]
+    cancels = [json.loads(t) for t in client_conn.sent if json.loads(t).get("action") == "__cancel_action"]
+    assert cancels[0]["data"]["seq_id"] == json.loads(client_conn.sent[0])["seq_id"]

@@ -50,7 +50,7 @@ ActionHandler = Callable[[Payload], Awaitable[Payload] | AsyncIterator[Payload]]
 DEFAULT_TIMEOUT = 15.0
 MAX_INFLIGHT = 128
 # Answered even when the connection is busy, so a heartbeat never fails under load.
-_ALWAYS_SERVED = frozenset({"__ping"})
+_ALWAYS_SERVED = frozenset({"__ping", "__cancel_action"})
 
 
 async def _ping(_: Payload) -> Payload:
@@ -74,7 +74,9 @@ class Peer:
         name: str = "peer",
     ) -> None:
         self._conn = connection
-        self._actions: dict[str, ActionHandler] = {"__ping": _ping, **(actions or {})}
+        self._actions: dict[str, ActionHandler] = {"__ping": _ping, "__cancel_action": self._cancel_action}
+        self._actions.update(actions or {})
+        self._scopes: dict[int, anyio.CancelScope] = {}  # requests being served, by seq_id
         self._max_inflight = max_inflight
         self._inflight = 0
         self._seq = random.randint(0, 100_000)
@@ -135,7 +137,28 @@ class Peer:
         self._inflight += 1
         tg.start_soon(self._serve, req)
 
+    async def _cancel_action(self, data: Payload) -> Payload:
+        """LangBot 0.7's ``__cancel_action``: stop serving one of this peer's requests."""
+        seq_id = data.get("seq_id")
+        scope = self._scopes.get(seq_id) if isinstance(seq_id, int) else None
+        if scope is None:
+            return {"cancelled": False}
+        scope.cancel()
+        return {"cancelled": True}
+
     async def _serve(self, req: Request) -> None:
+        with anyio.CancelScope() as scope:
+            self._scopes[req.seq_id] = scope
+            try:
+                await self._answer(req)
+            finally:
+                if self._scopes.get(req.seq_id) is scope:
+                    del self._scopes[req.seq_id]
+                self._inflight -= 1
+        if scope.cancelled_caught:
+            await self._send_error(req.seq_id, BoxError(f"Action {req.action} was cancelled"))
+
+    async def _answer(self, req: Request) -> None:
         try:
             handler = self._actions.get(req.action)
             if handler is None:
@@ -154,8 +177,6 @@ class Peer:
             if not isinstance(exc, BoxError):
                 log.exception("%s: action %s failed unexpectedly", self.name, req.action)
             await self._send_error(req.seq_id, exc)
-        finally:
-            self._inflight -= 1
 
     async def _send_error(self, seq_id: int, exc: BaseException) -> None:
         with contextlib.suppress(_PeerGone):
@@ -174,12 +195,16 @@ class Peer:
 
     # ── calling the other side ────────────────────────────────────────────
 
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def _open_call(
         self,
     ) -> tuple[int, MemoryObjectSendStream[Response], MemoryObjectReceiveStream[Response]]:
         if self.closed:
             raise ConnectionClosedError(f"{self.name}: connection is closed")
-        self._seq += 1
+        self._next_seq()
         send, receive = anyio.create_memory_object_stream[Response](math.inf)
         self._waiters[self._seq] = send
         return self._seq, send, receive
@@ -213,22 +238,31 @@ class Peer:
     async def call_stream(self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[Payload]:
         """Yield each streamed chunk; ``timeout`` bounds the wait for every next message."""
         seq_id, send, receive = self._open_call()
+        finished = False
         try:
             await self._conn.send(encode(request(seq_id, action, data)))
             while True:
                 with anyio.fail_after(timeout):
                     response = await receive.receive()
                 if response.code != 0:
+                    finished = True
                     raise error_from_message(response.message)
                 if response.chunk_status == "end":
+                    finished = True
                     return
                 yield response.data
         except TimeoutError:
             raise ActionCallTimeoutError(f"Action {action} stream stalled for {timeout:g} s") from None
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            finished = True
             raise ConnectionClosedError(f"connection closed while streaming {action}") from None
         finally:
             self._close_call(seq_id, send, receive)
+            if not finished and not self.closed:
+                # The caller stopped reading: ask the other side to stop producing.
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    with anyio.fail_after(5):
+                        await self._conn.send(encode(request(self._next_seq(), "__cancel_action", {"seq_id": seq_id})))
 
     async def aclose(self) -> None:
         await self._conn.close()
