@@ -27,7 +27,8 @@ from boxruntime.models import DEFAULT_IMAGE, BoxSpec, HostMountMode, NetworkMode
 log = logging.getLogger(__name__)
 
 # profiles/ at the top of the source tree (shipped beside the package).
-BUILTIN_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+# Shipped inside the package (so a wheel has them); the repository's profiles/ links here.
+BUILTIN_PROFILES_DIR = Path(__file__).resolve().parent / "builtin_profiles"
 BUILTIN_PROFILE_NAMES = ("default", "offline_readonly", "network_basic", "network_extended")
 
 # The spec fields a profile sets; the only ones ``locked`` may name.
