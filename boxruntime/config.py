@@ -47,6 +47,8 @@ class Settings(pydantic.BaseModel):
     host_root: Path | None = None
     skills_root: str = "skills"
     session_ttl_sec: int = pydantic.Field(default=300, ge=1)
+    # How long a released private workspace stays on disk for a later daemon to find.
+    workspace_ttl_sec: int = pydantic.Field(default=86400, ge=1)
     max_sessions: int = pydantic.Field(default=64, ge=0, le=5000)
     default_image: str = DEFAULT_IMAGE
     sandbox_user: str = "1000:1000"
@@ -117,6 +119,7 @@ _ENV_KEYS = {
     "BOXRUNTIME_PORT": "port",
     "BOXRUNTIME_DATA_DIR": "data_dir",
     "BOXRUNTIME_SESSION_TTL_SEC": "session_ttl_sec",
+    "BOXRUNTIME_WORKSPACE_TTL_SEC": "workspace_ttl_sec",
     "BOXRUNTIME_MAX_SESSIONS": "max_sessions",
     "BOXRUNTIME_DEFAULT_IMAGE": "default_image",
     "BOXRUNTIME_SANDBOX_USER": "sandbox_user",

@@ -124,12 +124,12 @@ class Backend(abc.ABC):
             "request the mounts it was created with"
         )
 
-    def adopt(self, handle: SandboxHandle, key: str) -> bool:
+    def adopt(self, handle: SandboxHandle, spec: BoxSpec, key: str) -> bool:
         """Make a pooled sandbox the sandbox of session ``key``; False if it cannot be."""
         if handle.private_workspace is None:
             handle.key = key
             return True
-        moved = workspaces.adopt(self.settings.data_dir, handle.key, key)
+        moved = workspaces.adopt(self.settings.data_dir, handle.key, key, spec)
         if moved is None:
             return False
         handle.key = key

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boxruntime.backends import host_mounts
+from boxruntime.backends import host_mounts, workspace_lease
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BoxSpec
@@ -54,11 +54,13 @@ def _mounted(path: Path) -> bool:
     return os.path.ismount(path)
 
 
-def prepare(data_dir: Path, key: str, quota_mb: int, uid: int, gid: int) -> Workspace:
-    """Create (or reuse) the private workspace of session ``key``."""
+def prepare(data_dir: Path, spec: BoxSpec, key: str, uid: int, gid: int) -> Workspace:
+    """Create (or reuse) the private workspace of session ``key``, and hold it while in use."""
+    quota_mb = spec.workspace_quota_mb
     base = workspaces_root(data_dir) / key
     files = base / "files"
     files.mkdir(parents=True, exist_ok=True)
+    workspace_lease.hold(base, spec.session_id, spec.persistent)
     if quota_mb <= 0 or not loop_quota_supported():
         if not _mounted(files):
             _own(files, uid, gid)
@@ -77,7 +79,7 @@ def prepare(data_dir: Path, key: str, quota_mb: int, uid: int, gid: int) -> Work
     return Workspace(files, "loop-ext4")
 
 
-def adopt(data_dir: Path, from_key: str, to_key: str) -> Path | None:
+def adopt(data_dir: Path, from_key: str, to_key: str, spec: BoxSpec) -> Path | None:
     """Give the workspace of ``from_key`` to ``to_key`` (a pooled sandbox becoming a session's).
 
     None when ``to_key`` already has a workspace on disk: its files must not be shadowed. The
@@ -88,6 +90,8 @@ def adopt(data_dir: Path, from_key: str, to_key: str) -> Path | None:
     if target.exists():
         return None
     (root / from_key).rename(target)
+    workspace_lease.moved(root / from_key, target)
+    workspace_lease.hold(target, spec.session_id, spec.persistent)
     return target / "files"
 
 
@@ -95,13 +99,30 @@ def release(data_dir: Path, key: str, remove: bool) -> None:
     """Unmount the workspace of ``key``; delete its files when ``remove``."""
     base = workspaces_root(data_dir) / key
     files = base / "files"
+    _unmount(files)
+    if remove:
+        workspace_lease.forget(base)
+        host_mounts.remove_tree(base)
+    elif base.exists():
+        workspace_lease.let_go(base)
+
+
+def _unmount(files: Path) -> None:
     if _mounted(files):
         try:
             _run(["umount", str(files)])
         except BoxSandboxError:
             _run(["umount", "-l", str(files)])  # busy: detach now, the kernel frees it later
-    if remove:
-        host_mounts.remove_tree(base)
+
+
+def _remove_unused(base: Path) -> None:
+    _unmount(base / "files")
+    host_mounts.remove_tree(base)
+
+
+def sweep(data_dir: Path, ttl_sec: float) -> list[str]:
+    """Remove private workspaces that no daemon uses, idle past ``ttl_sec`` (not persistent)."""
+    return workspace_lease.sweep(workspaces_root(data_dir), ttl_sec, _remove_unused)
 
 
 def _run(argv: list[str]) -> None:
@@ -144,7 +165,7 @@ def plan(
             "counts towards memory_mb, and its files end with the session)"
         )
         return result
-    ws = prepare(data_dir, key, quota, uid, gid)
+    ws = prepare(data_dir, spec, key, uid, gid)
     result.private = ws.path
     result.host = ResolvedMount(str(ws.path), spec.mount_path, read_only=False)
     if quota > 0:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import anyio
 
+from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import CommandExit, CompletedCommand, Output
 from boxruntime.backends.base import Backend, ExecRequest
 from boxruntime.backends.selection import select_backend
@@ -37,6 +38,8 @@ from boxruntime.runtime.results import exec_result
 from boxruntime.runtime.sessions import SessionManager
 
 log = logging.getLogger(__name__)
+
+WORKSPACE_SWEEP_INTERVAL_SEC = 60.0
 
 
 class BoxRuntime:
@@ -71,12 +74,26 @@ class BoxRuntime:
         removed = await backend.cleanup_orphans()
         if removed:
             log.info("removed %d sandboxes left by dead daemons: %s", len(removed), ", ".join(removed))
+        await self.sweep_workspaces()
+
+    async def sweep_workspaces(self) -> None:
+        ttl = float(self.settings.workspace_ttl_sec)
+        try:
+            await anyio.to_thread.run_sync(workspaces.sweep, self.settings.data_dir, ttl)
+        except Exception:
+            log.exception("sweeping idle workspaces failed")
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            await anyio.sleep(WORKSPACE_SWEEP_INTERVAL_SEC)
+            await self.sweep_workspaces()
 
     async def run_background(self) -> None:
         """The reaper and the warm pool; run until cancelled by the owner of the runtime."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.sessions.run_reaper, lambda: float(min(30, self.settings.session_ttl_sec)))
             tg.start_soon(self.pool.run)
+            tg.start_soon(self._sweep_periodically)
 
     async def close(self) -> None:
         """Remove every sandbox this daemon created, then release the backend."""

@@ -71,7 +71,7 @@ class WarmPool:
         if self.size <= 0:
             return None
         entry = next((e for e in self._ready if e.backend is backend), None)
-        if entry is None or not self.serves(backend, spec) or not backend.adopt(entry.handle, key):
+        if entry is None or not self.serves(backend, spec) or not backend.adopt(entry.handle, spec, key):
             self.misses += 1
             self._wake.set()
             return None
