@@ -12,6 +12,7 @@ import pydantic
 
 from boxruntime import __version__
 from boxruntime.cli_client import add_client_commands
+from boxruntime.cli_skill import add_skill_commands
 from boxruntime.config import BACKEND_NAMES, Settings, load_settings
 
 
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=cmd_doctor)
 
     add_client_commands(sub)  # exec, sessions, status
+    add_skill_commands(sub)  # skill install | list | show | rm
     return parser
 
 

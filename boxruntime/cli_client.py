@@ -11,7 +11,8 @@ with 125, so they are never mistaken for the command's own status.
 Sessions keep their files between calls: ``exec --session ID`` in a spawned daemon leaves the
 session's workspace under the daemon's data dir when the daemon exits, and the next
 ``exec --session ID`` on the same data dir starts a sandbox on it again. Without ``--session``
-the command runs in a fresh session that is deleted afterwards.
+the command runs in a fresh session that is deleted afterwards. ``exec --skill NAME`` mounts an
+installed skill (``boxruntime skill install``) read-only at /workspace/.skills/NAME.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import anyio
 from boxruntime.config import BACKEND_NAMES
 from boxruntime.errors import BoxError
 from boxruntime.models import EndReason, ExecResult, ExecStatus, SessionInfo, StreamedResult
-from langbot_bridge import BoxService, Connector, RemoteTarget, SpawnTarget, Timing, chunk_bytes
+from langbot_bridge import BoxClient, BoxService, Connector, RemoteTarget, SpawnTarget, Timing, chunk_bytes
+from langbot_bridge.skills import skill_mounts
 
 EXIT_CLIENT_ERROR = 125  # boxruntime failed, not the command (as `docker run` does)
 EXIT_TIMED_OUT = 124  # as timeout(1)
@@ -45,7 +47,7 @@ CONNECT_TIMEOUT = 60.0  # a spawned daemon's start-up includes probing the backe
 def add_client_commands(sub: Any) -> None:
     """Register ``exec``, ``sessions`` and ``status`` on ``boxruntime``'s subparsers."""
     run = sub.add_parser("exec", help="run a command in a sandbox (spawns a local daemon unless --endpoint)")
-    _connection_options(run)
+    connection_options(run)
     run.add_argument("--session", help="session id; its files persist between calls (default: a one-off session)")
     run.add_argument("--image", help="sandbox image (default: the profile's)")
     run.add_argument("--profile", default="default", help="box profile (default, offline_readonly, network_basic …)")
@@ -53,21 +55,28 @@ def add_client_commands(sub: Any) -> None:
     run.add_argument("--workdir", help="working directory inside the sandbox (default /workspace)")
     run.add_argument("--timeout", type=int, help="seconds before the command is killed (capped by the profile)")
     run.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable")
+    run.add_argument(
+        "--skill",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="mount an installed skill read-only at /workspace/.skills/NAME (repeatable)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_exec)
 
     sessions = sub.add_parser("sessions", help="list a daemon's sessions")
-    _connection_options(sessions)
+    connection_options(sessions)
     sessions.add_argument("--json", action="store_true", help="print JSON")
     sessions.set_defaults(func=cmd_sessions)
 
     status = sub.add_parser("status", help="a daemon's backend and counts")
-    _connection_options(status)
+    connection_options(status)
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=cmd_status)
 
 
-def _connection_options(parser: argparse.ArgumentParser) -> None:
+def connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", help="remote daemon, e.g. ws://host:5410 (default: spawn a local one)")
     parser.add_argument("--token", help=f"token for --endpoint (default: ${TOKEN_ENV})")
     parser.add_argument("--data-dir", type=Path, help="data dir of a spawned local daemon")
@@ -75,7 +84,7 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="warning", help="log level (also the spawned daemon's)")
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"boxruntime: {message}", file=sys.stderr, flush=True)
 
 
@@ -93,7 +102,7 @@ def _target(args: argparse.Namespace) -> SpawnTarget | RemoteTarget:
 
 
 @contextlib.asynccontextmanager
-async def _connected(args: argparse.Namespace) -> AsyncIterator[Connector]:
+async def connected(args: argparse.Namespace) -> AsyncIterator[Connector]:
     # Never box_shutdown: it would delete the files of the sessions this CLI keeps.
     # One attempt: a one-shot command has no use for reconnecting; it fails fast and says why.
     timing = Timing(connect_timeout=CONNECT_TIMEOUT)
@@ -102,12 +111,12 @@ async def _connected(args: argparse.Namespace) -> AsyncIterator[Connector]:
         yield connector
 
 
-def _run(main: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+def run(main: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
     async def guarded() -> int:
         try:
             return await main(args)
         except BoxError as exc:
-            _say(str(exc))
+            say(str(exc))
             return EXIT_CLIENT_ERROR
 
     try:
@@ -142,10 +151,10 @@ def _exec_request(args: argparse.Namespace) -> dict[str, Any]:
 
 def _exit_status(result: ExecResult) -> int:
     if result.status == ExecStatus.TIMED_OUT:
-        _say(f"command timed out after {result.duration_ms / 1000:g} s")
+        say(f"command timed out after {result.duration_ms / 1000:g} s")
         return EXIT_TIMED_OUT
     if result.end_reason == EndReason.OOM:
-        _say("command was killed: out of memory")
+        say("command was killed: out of memory")
     if result.signal:
         return 128 + result.signal
     return result.exit_code if result.exit_code is not None else EXIT_CLIENT_ERROR
@@ -172,8 +181,15 @@ async def _exec(args: argparse.Namespace) -> int:
     if not argv:
         raise BoxError("no command given: boxruntime exec [OPTIONS] -- CMD [ARGS...]")
     request = _exec_request(args)
-    async with _connected(args) as connector:
-        service = BoxService(connector, profile=args.profile, profile_dirs=args.profile_dir or ())
+    async with connected(args) as connector:
+        mounts = await skill_mounts(BoxClient(connector), args.skill)
+        if mounts:
+            request["extra_mounts"] = [mount.model_dump(mode="json") for mount in mounts]
+        # The skill packages the daemon itself reported are the only host paths this mounts.
+        roots = [mount.host_path for mount in mounts]
+        service = BoxService(
+            connector, profile=args.profile, profile_dirs=args.profile_dir or (), allowed_mount_roots=roots
+        )
         session_id = args.session or f"cli-{secrets.token_hex(6)}"
         try:
             return await _stream(service, session_id, shlex.join(argv), request)
@@ -184,7 +200,7 @@ async def _exec(args: argparse.Namespace) -> int:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    return _run(_exec, args)
+    return run(_exec, args)
 
 
 # ── sessions / status ───────────────────────────────────────────────────
@@ -207,19 +223,19 @@ def _session_rows(sessions: list[SessionInfo]) -> list[list[str]]:
     return rows
 
 
-def _print_table(rows: list[list[str]]) -> None:
+def print_table(rows: list[list[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 async def _sessions(args: argparse.Namespace) -> int:
-    async with _connected(args) as connector:
+    async with connected(args) as connector:
         sessions = await BoxService(connector).sessions()
     if args.json:
         print(json.dumps([s.model_dump(mode="json") for s in sessions], indent=2))
     elif sessions:
-        _print_table(_session_rows(sessions))
+        print_table(_session_rows(sessions))
     elif not args.endpoint:
         print("no live sessions: this local daemon was started for this command (use --endpoint for a running one)")
     else:
@@ -228,11 +244,11 @@ async def _sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    return _run(_sessions, args)
+    return run(_sessions, args)
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with _connected(args) as connector:
+    async with connected(args) as connector:
         status = await BoxService(connector).status()
     if args.json:
         print(json.dumps(status.model_dump(mode="json"), indent=2))
@@ -250,4 +266,4 @@ async def _status(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    return _run(_status, args)
+    return run(_status, args)

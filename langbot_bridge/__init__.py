@@ -6,6 +6,7 @@
 - ``BoxService`` — profiles, locked fields, mount allow-list, per-chat session ids, output
   truncation, audit log.
 - ``BoxTools`` — exec/read/write/edit/glob/grep for an LLM, all run inside the sandbox.
+- ``SkillService`` and helpers — install, change and mount skills (audited).
 
 It imports only ``boxruntime.protocol``, ``boxruntime.models`` and ``boxruntime.errors``.
 """
@@ -15,6 +16,7 @@ from langbot_bridge.client import ActionCaller, BoxClient, chunk_bytes
 from langbot_bridge.connector import Connector, RemoteTarget, SpawnTarget, Timing, websocket_url
 from langbot_bridge.profiles import BoxProfile, MountPolicy, load_profiles, merge_spec
 from langbot_bridge.service import BoxService, Truncated, truncate_output
+from langbot_bridge.skills import SkillService, skill_files, skill_mount, skill_mounts, zip_directory
 from langbot_bridge.templates import ChatContext, SessionTemplate, resolve_session_id
 from langbot_bridge.tools import BoxTools
 
@@ -31,6 +33,7 @@ __all__ = [
     "MountPolicy",
     "RemoteTarget",
     "SessionTemplate",
+    "SkillService",
     "SpawnTarget",
     "Timing",
     "Truncated",
@@ -38,6 +41,10 @@ __all__ = [
     "load_profiles",
     "merge_spec",
     "resolve_session_id",
+    "skill_files",
+    "skill_mount",
+    "skill_mounts",
     "truncate_output",
     "websocket_url",
+    "zip_directory",
 ]

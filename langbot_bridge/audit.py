@@ -30,9 +30,11 @@ class AuditEntry(pydantic.BaseModel):
     event: AuditEvent
     actor: str  # who asked: "tool:exec", "cli", a user id ...
     chat: dict[str, str] = pydantic.Field(default_factory=dict)
-    session_id: str
+    session_id: str | None = None  # None for a skill change: skills live outside sessions
     process_id: str | None = None  # for process_start / process_stop
-    command: str | None = None
+    skill: str | None = None  # for skill_change: the skill's name, when known
+    digest: str | None = None  # for skill_change: the package's content digest after the change
+    command: str | None = None  # what ran, or for skill_change what changed ("install demo.zip")
     status: str | None = None  # "completed", "timed_out", "error" ...
     exit_code: int | None = None
     duration_ms: int | None = None

@@ -7,12 +7,18 @@ meant it.
 
 The client talks through anything with ``call``/``call_stream`` — a ``Connector`` (which
 reconnects) or a bare ``Peer``. A new action is one short method over ``_call``.
+
+Skill zips travel as LangBot's client sends them (reference §A.7): ``__file_chunk`` calls of
+16 KiB raw bytes each, base64-encoded, under a key ``<sha256[:16]>-<uuid hex>.zip``; then the
+action that consumes the upload names that key.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncGenerator, AsyncIterator
+import hashlib
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
 
 import pydantic
@@ -21,7 +27,10 @@ from boxruntime.errors import ActionCallError
 from boxruntime.models import (
     BackendInfo,
     BoxSpec,
+    ChunkReceipt,
+    CreateSkillRequest,
     ExecResult,
+    FileChunk,
     FsListRequest,
     FsListResult,
     FsReadRequest,
@@ -32,16 +41,35 @@ from boxruntime.models import (
     FsStatResult,
     FsWriteRequest,
     FsWriteResult,
+    InstallSkillZipRequest,
+    ListSkillFilesRequest,
     ManagedProcessInfo,
     OutputChunk,
+    PreviewSkillZipRequest,
     ProcessRef,
+    ReadSkillFileRequest,
     RelayInfo,
     RuntimeStatus,
+    ScanSkillRequest,
     SessionDetails,
     SessionIdRequest,
     SessionInfo,
+    Skill,
+    SkillDeleted,
+    SkillFields,
+    SkillFileContent,
+    SkillFileListing,
+    SkillFileWritten,
+    SkillList,
+    SkillNameRequest,
+    SkillPreview,
+    SkillPreviewList,
+    SkillResult,
+    SkillUpdate,
     StartProcessRequest,
     StreamedResult,
+    UpdateSkillRequest,
+    WriteSkillFileRequest,
 )
 from boxruntime.protocol import DEFAULT_TIMEOUT, Payload
 
@@ -53,6 +81,11 @@ DELETE_TIMEOUT = 60.0
 PROCESS_TIMEOUT = 60.0  # starting or stopping (SIGTERM, grace, SIGKILL) a managed process
 SHUTDOWN_TIMEOUT = 120.0
 FS_TIMEOUT = 60.0  # up to 8 MiB each way
+SKILL_TIMEOUT = 60.0  # a store change copies and hashes a package
+PREVIEW_TIMEOUT = 60.0  # LangBot's, for box_preview_skill_zip
+INSTALL_TIMEOUT = 120.0  # LangBot's, for box_install_skill_zip
+
+FILE_CHUNK_BYTES = 16 * 1024  # raw bytes per __file_chunk, before base64 (reference §A.7)
 
 
 class ActionCaller(Protocol):
@@ -85,6 +118,27 @@ def _validated(model: type[M], action: str, data: Any) -> M:
 
 def _dump(request: pydantic.BaseModel) -> Payload:
     return request.model_dump(mode="json")
+
+
+def upload_key(data: bytes, extension: str = "zip") -> str:
+    """LangBot's upload key: ``<sha256[:16]>-<uuid hex>[.<extension>]``, new for every upload."""
+    suffix = f".{extension.strip('.')}" if extension.strip(".") else ""
+    return f"{hashlib.sha256(data).hexdigest()[:16]}-{uuid.uuid4().hex}{suffix}"
+
+
+def file_chunks(data: bytes, file_key: str) -> Iterator[FileChunk]:
+    """``data`` as ``__file_chunk`` payloads, in order; an empty file is one empty chunk."""
+    amount = max(1, -(-len(data) // FILE_CHUNK_BYTES))
+    for index in range(amount):
+        piece = data[index * FILE_CHUNK_BYTES : (index + 1) * FILE_CHUNK_BYTES]
+        yield FileChunk(
+            file_key=file_key,
+            file_length=len(data),
+            chunk_base64=base64.b64encode(piece).decode("ascii"),
+            chunk_index=index,
+            chunk_amount=amount,
+            chunk_size=len(piece),
+        )
 
 
 def exec_timeout(spec: BoxSpec) -> float:
@@ -199,3 +253,96 @@ class BoxClient:
 
     async def fs_remove(self, request: FsRemoveRequest) -> FsRemoveResult:
         return await self._call("box_fs_remove", request, FsRemoveResult, FS_TIMEOUT)
+
+    # ── skills (LangBot 0.5's 11 actions, reference §B.1, §D.14) ───────
+
+    async def list_skills(self) -> list[Skill]:
+        return (await self._call("box_list_skills", None, SkillList, SKILL_TIMEOUT)).skills
+
+    async def get_skill(self, name: str) -> Skill | None:
+        """The skill called ``name``, or None when there is none."""
+        return (await self._call("box_get_skill", SkillNameRequest(name=name), SkillResult, SKILL_TIMEOUT)).skill
+
+    async def create_skill(self, fields: SkillFields) -> Skill:
+        """A new skill: empty, or the package at ``fields.package_root`` (adopted when it is in
+        the store, copied in when it is elsewhere on the daemon's host)."""
+        reply = await self._call("box_create_skill", CreateSkillRequest(skill=fields), SkillResult, SKILL_TIMEOUT)
+        return _present(reply, "box_create_skill")
+
+    async def update_skill(self, name: str, fields: SkillUpdate) -> Skill:
+        """Rewrite the skill's SKILL.md with the fields that were set (renaming is refused)."""
+        request = UpdateSkillRequest(name=name, skill=fields)
+        # Only the fields the caller set: the daemon tells "left out" from "set to null".
+        data = request.model_dump(mode="json", exclude_unset=True)
+        reply = await self.caller.call("box_update_skill", data, SKILL_TIMEOUT)
+        return _present(_validated(SkillResult, "box_update_skill", reply), "box_update_skill")
+
+    async def delete_skill(self, name: str) -> None:
+        await self._call("box_delete_skill", SkillNameRequest(name=name), SkillDeleted, SKILL_TIMEOUT)
+
+    async def scan_skill_directory(self, path: str) -> Skill:
+        """The one skill in a directory on the daemon's host (or at most two levels below it)."""
+        return await self._call("box_scan_skill_directory", ScanSkillRequest(path=path), Skill, SKILL_TIMEOUT)
+
+    async def list_skill_files(
+        self, name: str, path: str = ".", *, include_hidden: bool = False, max_entries: int = 200
+    ) -> SkillFileListing:
+        """One directory of the package (not recursive); ``truncated`` once ``max_entries`` is reached."""
+        request = ListSkillFilesRequest(name=name, path=path, include_hidden=include_hidden, max_entries=max_entries)
+        return await self._call("box_list_skill_files", request, SkillFileListing, SKILL_TIMEOUT)
+
+    async def read_skill_file(self, name: str, path: str) -> SkillFileContent:
+        request = ReadSkillFileRequest(name=name, path=path)
+        return await self._call("box_read_skill_file", request, SkillFileContent, SKILL_TIMEOUT)
+
+    async def write_skill_file(self, name: str, path: str, content: str) -> SkillFileWritten:
+        """Write a UTF-8 file in the package, creating parent directories."""
+        request = WriteSkillFileRequest(name=name, path=path, content=content)
+        return await self._call("box_write_skill_file", request, SkillFileWritten, SKILL_TIMEOUT)
+
+    async def upload_file(self, data: bytes, extension: str = "zip") -> str:
+        """Send ``data`` with ``__file_chunk``; returns the key an action then consumes (once)."""
+        key = upload_key(data, extension)
+        receipt: ChunkReceipt | None = None
+        for chunk in file_chunks(data, key):
+            receipt = await self._call("__file_chunk", chunk, ChunkReceipt)
+        if receipt is None or not receipt.complete or receipt.received_bytes != len(data):
+            raise ActionCallError(f"the daemon did not confirm the whole upload of {len(data)} bytes: {receipt}")
+        return key
+
+    async def preview_skill_zip(
+        self, data: bytes, filename: str = "skill.zip", *, source_subdir: str = "", target_suffix: str = "upload"
+    ) -> list[SkillPreview]:
+        """The skills a zip holds and where each would be installed; installs nothing."""
+        key = await self.upload_file(data)
+        request = PreviewSkillZipRequest(
+            file_key=key, filename=filename, source_subdir=source_subdir, target_suffix=target_suffix
+        )
+        return (await self._call("box_preview_skill_zip", request, SkillPreviewList, PREVIEW_TIMEOUT)).skills
+
+    async def install_skill_zip(
+        self,
+        data: bytes,
+        filename: str,
+        *,
+        source_paths: Sequence[str] = (),
+        source_subdir: str = "",
+        target_suffix: str = "upload",
+    ) -> list[Skill]:
+        """Install the zip's skill, or those ``source_paths`` name when it holds several, at
+        ``<skills>/<filename stem>[-<leaf>][-<target_suffix>]``; all or nothing."""
+        key = await self.upload_file(data)
+        request = InstallSkillZipRequest(
+            file_key=key,
+            filename=filename,
+            source_paths=list(source_paths),
+            source_subdir=source_subdir,
+            target_suffix=target_suffix,
+        )
+        return (await self._call("box_install_skill_zip", request, SkillList, INSTALL_TIMEOUT)).skills
+
+
+def _present(reply: SkillResult, action: str) -> Skill:
+    if reply.skill is None:
+        raise ActionCallError(f"unexpected reply to {action}: no skill")
+    return reply.skill

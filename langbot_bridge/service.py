@@ -8,7 +8,7 @@ call to the daemon, and the daemon's answer into something an LLM can read.
 - Mount policy: every host mount is checked against the allow-list before anything is sent.
 - Output for an LLM: ``truncate_output`` keeps the head and tail of long output.
 - Audit: every exec and managed-process start/stop is appended to the audit log, when one
-  is configured.
+  is configured; so is every skill change made through ``skills`` (``langbot_bridge.skills``).
 - Degradation: while the daemon is unreachable, ``available`` is False and every call raises
   ``BoxRuntimeUnavailableError`` saying why; the tools built on the service go quiet.
 """
@@ -38,6 +38,7 @@ from boxruntime.models import (
 from langbot_bridge.audit import AuditEntry, AuditLog
 from langbot_bridge.client import ActionCaller, BoxClient
 from langbot_bridge.profiles import BoxProfile, MountPolicy, load_profiles, merge_spec
+from langbot_bridge.skills import SkillService
 from langbot_bridge.templates import DEFAULT_TEMPLATE, ChatContext, SessionTemplate
 
 OUTPUT_LIMIT_CHARS = 4000
@@ -99,6 +100,7 @@ class BoxService:
         self.mounts = MountPolicy(allowed_mount_roots)
         self.output_limit = output_limit
         self.audit = audit
+        self.skills = SkillService(self.client, audit)
 
     # ── availability ────────────────────────────────────────────────────
 

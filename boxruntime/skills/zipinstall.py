@@ -64,12 +64,14 @@ def find_candidates(base: Path, loader: PackageLoader, skills_root: Path, stem: 
         source_path = "" if relative == "." else relative
         target_name = target_dir_name(stem, source_path, suffix)
         loaded = loader.load(package_root, entry_file)
+        declared = str(loaded.metadata.get("name") or "").strip() or None
+        # The name install will give it: the declared one, else the target directory's.
         preview = SkillPreview(
-            **loaded.skill.model_dump(exclude={"package_root"}),
+            **loaded.skill.model_dump(exclude={"package_root", "name"}),
+            name=declared or target_name,
             package_root=str(skills_root / target_name),
             source_path=source_path,
         )
-        declared = str(loaded.metadata.get("name") or "").strip() or None
         candidates.append(Candidate(package_root, entry_file, source_path, target_name, declared, preview))
     candidates.sort(key=lambda c: c.source_path)
     return candidates
