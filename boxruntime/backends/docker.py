@@ -67,10 +67,11 @@ LABEL_KEY = "boxruntime.session_key"
 AGENT_START_TIMEOUT = 30.0
 ENGINE_EXEC_GRACE_SEC = 30.0
 NO_PYTHON_MARKER = "boxruntime: no python3 in this image"
-# PID 1 of every sandbox: the agent where the image has python3, else a quiet placeholder and
+# PID 1 of every sandbox: the agent where the image has python3 (-S -E: stdlib only, not steered
+# by the image's PYTHON* variables), else a quiet placeholder and
 # commands go through the Engine API. $1 is the agent script, $2 its socket.
 INIT_SCRIPT = f"""
-if command -v python3 >/dev/null 2>&1; then exec python3 "$1" "$2"; fi
+if command -v python3 >/dev/null 2>&1; then exec python3 -S -E "$1" "$2"; fi
 echo "{NO_PYTHON_MARKER}; commands go through the Engine API" >&2
 trap 'exit 0' TERM INT
 while :; do sleep 3600 & wait $!; done

@@ -119,5 +119,6 @@ def jail_argv(plan: JailPlan) -> list[str]:
     env = {"HOME": "/tmp", "PATH": JAIL_PATH, "LANG": "C.UTF-8", **plan.env}
     for key, value in env.items():
         args += ["--env", f"{key}={value}"]
-    args += ["--", plan.python, AGENT_PATH_IN_SANDBOX, f"{AGENT_DIR_IN_SANDBOX}/agent.sock"]
+    # -S -E: the agent needs only the stdlib, and must not be steered by PYTHON* variables.
+    args += ["--", plan.python, "-S", "-E", AGENT_PATH_IN_SANDBOX, f"{AGENT_DIR_IN_SANDBOX}/agent.sock"]
     return args
