@@ -26,6 +26,9 @@ from boxruntime.runtime.sessions import BackendProvider
 log = logging.getLogger(__name__)
 
 REFILL_RETRY_SEC = 30.0
+# A session just handed out usually runs its first commands at once; starting a replacement
+# sandbox in the same instant competes with them for the CPU. Refilling a moment later does not.
+REFILL_DELAY_SEC = 0.5
 
 
 @dataclass
@@ -97,6 +100,7 @@ class WarmPool:
 
     async def _wait(self) -> None:
         await self._wake.wait()
+        await anyio.sleep(REFILL_DELAY_SEC)
         self._wake = anyio.Event()
 
     async def _fill(self) -> None:
