@@ -7,6 +7,8 @@
   truncation, audit log.
 - ``BoxTools`` — exec/read/write/edit/glob/grep for an LLM, all run inside the sandbox.
 - ``SkillService`` and helpers — install, change and mount skills (audited).
+- ``langbot_bridge.mcp`` — MCP servers in a Box session (``McpHub``, ``BoxMcpServer``,
+  ``McpServerSpec``); import it on its own: it loads the MCP SDK.
 
 It imports only ``boxruntime.protocol``, ``boxruntime.models`` and ``boxruntime.errors``.
 """
