@@ -34,6 +34,7 @@ from boxruntime.models.box import (
     SessionStatus,
     StartProcessRequest,
     StreamedResult,
+    non_blank,
     utcnow,
 )
 from boxruntime.models.files import (
@@ -159,5 +160,6 @@ __all__ = [
     "UpdateSkillRequest",
     "WriteSkillFileRequest",
     "check_file_key",
+    "non_blank",
     "utcnow",
 ]

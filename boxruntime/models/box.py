@@ -77,6 +77,14 @@ def _stripped_absolute_sandbox_path(value: str, field: str) -> str:
     return value
 
 
+def non_blank(value: str, field: str) -> str:
+    """``value`` stripped; ValueError naming ``field`` when nothing is left."""
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{field} must not be empty")
+    return value
+
+
 def _string_map(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): str(v) for k, v in value.items()}
@@ -198,10 +206,7 @@ class BoxSpec(pydantic.BaseModel):
     @pydantic.field_validator("session_id")
     @classmethod
     def _session_id(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("session_id must not be empty")
-        return value
+        return non_blank(value, "session_id")
 
     @pydantic.field_validator("env", mode="before")
     @classmethod
@@ -338,10 +343,7 @@ class ManagedProcessSpec(pydantic.BaseModel):
     @pydantic.field_validator("command")
     @classmethod
     def _command(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("command must not be empty")
-        return value
+        return non_blank(value, "command")
 
     @pydantic.field_validator("args", mode="before")
     @classmethod
@@ -408,10 +410,7 @@ class SessionIdRequest(pydantic.BaseModel):
     @pydantic.field_validator("session_id")
     @classmethod
     def _session_id(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("session_id must not be empty")
-        return value
+        return non_blank(value, "session_id")
 
 
 class ProcessRef(SessionIdRequest):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -101,6 +101,16 @@ def _conflict(existing: BoxSpec, requested: BoxSpec) -> str | None:
             shown = value.value if hasattr(value, "value") else value
             return f"{name}={shown}"
     return None
+
+
+@contextlib.contextmanager
+def _in_use(session: Session) -> Iterator[Session]:
+    session.active += 1
+    try:
+        yield session
+    finally:
+        session.active -= 1
+        session.touch()
 
 
 class _IdLocks:
@@ -207,24 +217,14 @@ class SessionManager:
     @contextlib.asynccontextmanager
     async def lease(self, spec: BoxSpec) -> AsyncIterator[Session]:
         """The session for ``spec``, protected from the reaper while the caller uses it."""
-        session = await self.get_or_create(spec)
-        session.active += 1
-        try:
+        with _in_use(await self.get_or_create(spec)) as session:
             yield session
-        finally:
-            session.active -= 1
-            session.touch()
 
     @contextlib.asynccontextmanager
     async def lease_existing(self, session_id: str) -> AsyncIterator[Session]:
         """An existing session, protected from the reaper while the caller uses it."""
-        session = self.get(session_id)
-        session.active += 1
-        try:
+        with _in_use(self.get(session_id)) as session:
             yield session
-        finally:
-            session.active -= 1
-            session.touch()
 
     # ── removal ──────────────────────────────────────────────────────────
 

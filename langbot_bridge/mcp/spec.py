@@ -17,7 +17,7 @@ from typing import Any
 
 import pydantic
 
-from boxruntime.models import DEFAULT_MOUNT_PATH, ManagedProcessSpec
+from boxruntime.models import DEFAULT_MOUNT_PATH, ManagedProcessSpec, non_blank
 
 PROCESS_ID_PREFIX = "mcp-"
 MAX_NAME_CHARS = 128
@@ -113,10 +113,7 @@ class McpServerSpec(pydantic.BaseModel):
     @pydantic.field_validator("command")
     @classmethod
     def _command(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("command must not be empty")
-        return value
+        return non_blank(value, "command")
 
     @pydantic.field_validator("cwd")
     @classmethod
