@@ -24,9 +24,9 @@ from boxruntime.backends.agent.client import (
     CommandExit,
     CommandRequest,
     CompletedCommand,
-    HandedPipes,
     Output,
 )
+from boxruntime.backends.agent.fd_passing import HandedPipes
 from boxruntime.backends.workspace import WorkspacePlan
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError, BoxSessionConflictError

@@ -23,7 +23,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
-from boxruntime.backends import engine_exec, host_mounts
+from boxruntime.backends import engine_exec, host_mounts, live_skills
 from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import AgentClient, CommandExit, CompletedCommand, Output
 from boxruntime.backends.base import (
@@ -41,18 +41,15 @@ from boxruntime.errors import (
     BoxBackendUnavailableError,
     BoxImageNotFoundError,
     BoxSandboxError,
-    BoxSessionConflictError,
 )
 from boxruntime.instance import instance_alive
 from boxruntime.models import LANGBOT_DEFAULT_IMAGE, BackendInfo, BoxSpec, NetworkMode
 from boxruntime.security import (
     CONTAINER_CAP_DROP,
     CONTAINER_SECURITY_OPT,
-    SKILLS_DIR_NAME,
     ResolvedMount,
     prepare_host_dirs,
     resolve_mounts,
-    skill_name,
 )
 
 log = logging.getLogger(__name__)
@@ -206,7 +203,7 @@ class DockerBackend(AgentSandbox):
         else:
             size = ws.tmpfs_mb * 1024 * 1024
             mounts.append(Mount(ws.mount_path, None, type="tmpfs", tmpfs_size=size, tmpfs_mode=0o1777))
-        skills, extra_mounts = self._split_skills(spec, extra_mounts)
+        skills, extra_mounts = live_skills.split(spec, extra_mounts, self.settings.skills_dir)
         mounts += [Mount(m.mount_path, m.host_path, type="bind", read_only=m.read_only) for m in extra_mounts]
         try:
             if skills:
@@ -223,60 +220,24 @@ class DockerBackend(AgentSandbox):
             raise
         return handle
 
-    def _split_skills(
-        self, spec: BoxSpec, extras: list[ResolvedMount]
-    ) -> tuple[dict[str, ResolvedMount], list[ResolvedMount]]:
-        """Skill mounts, which go through a live skills directory where the host allows it."""
-        if not host_mounts.can_mount():
-            return {}, extras
-        skills: dict[str, ResolvedMount] = {}
-        others = []
-        for mount in extras:
-            name = skill_name(spec, mount, self.settings.skills_dir)
-            if name is None:
-                others.append(mount)
-            else:
-                skills[name] = mount
-        return skills, others
-
     def _live_skills_mount(self, spec: BoxSpec, handle: SandboxHandle, skills: dict[str, ResolvedMount]) -> Mount:
-        """``<workspace>/.skills`` from a shared host directory: a skill bound there later, even
-        while the sandbox runs, appears inside it (mount propagation), read-only."""
+        """``<workspace>/.skills`` from a shared host directory (see live_skills)."""
         assert handle.state_dir is not None
         root = handle.state_dir / "skills"
-        host_mounts.make_shared(root)
-        for name, mount in skills.items():
-            host_mounts.bind_read_only(mount.host_path, root / name)
+        live_skills.prepare(root, skills)
         handle.extra["skills_root"] = root
-        target = f"{spec.mount_path.rstrip('/')}/{SKILLS_DIR_NAME}"
-        return Mount(target, str(root), type="bind", read_only=True, propagation="rslave")
+        return Mount(live_skills.skills_target(spec), str(root), type="bind", read_only=True, propagation="rslave")
 
     async def extend_mounts(self, handle: SandboxHandle, current: BoxSpec, requested: BoxSpec) -> BoxSpec:
         root: Path | None = handle.extra.get("skills_root")
         if root is None:
             return await super().extend_mounts(handle, current, requested)
-        _, extras = resolve_mounts(requested, self.settings.mount_roots())
-        resolved = {m.mount_path: m for m in extras}
-        current_mounts = current.active_extra_mounts()
-        wanted = requested.active_extra_mounts()
-        added = [m for m in wanted if m not in current_mounts]
-        dropped = [m for m in current_mounts if m not in wanted]
-        names = {m.mount_path: skill_name(requested, resolved[m.mount_path], self.settings.skills_dir) for m in added}
-        only_skills = all(names.values()) and all(
-            m.mode.value == "ro" and m.mount_path.startswith(f"{current.mount_path.rstrip('/')}/{SKILLS_DIR_NAME}/")
-            for m in dropped
-        )
-        if not only_skills:
-            raise BoxSessionConflictError(
-                f"Box session {current.session_id} already exists with a different set of extra_mounts: only "
-                f"skills under {current.mount_path.rstrip('/')}/{SKILLS_DIR_NAME} can be added to a running session"
-            )
-        for mount in added:
-            await self._call(
-                host_mounts.bind_read_only, resolved[mount.mount_path].host_path, root / str(names[mount.mount_path])
-            )
-        log.info("session %s: added skills live: %s", current.session_id, ", ".join(str(n) for n in names.values()))
-        return current.model_copy(update={"extra_mounts": [*current.extra_mounts, *added]})
+        _, resolved = resolve_mounts(requested, self.settings.mount_roots())
+        added = live_skills.additions(current, requested, resolved, self.settings.skills_dir)
+        for _, mount, name in added:
+            await self._call(host_mounts.bind_read_only, mount.host_path, root / name)
+        log.info("session %s: added skills live: %s", current.session_id, ", ".join(n for _, _, n in added))
+        return current.model_copy(update={"extra_mounts": [*current.extra_mounts, *(m for m, _, _ in added)]})
 
     def _run_container(
         self, spec: BoxSpec, key: str, image: str, mounts: list[Mount], name: str, user: str

@@ -14,21 +14,17 @@ import json
 import logging
 import os
 import signal
-import socket
-import struct
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boxruntime.backends.agent.fd_passing import HEADER, MAX_BODY, MAX_HEADER, HandedPipes, fetch_fds, pipes_from
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct(">II")
-MAX_HEADER = 1 << 20
-MAX_BODY = 32 << 20
 AGENT_SOCKET_NAME = "agent.sock"
 # Time the daemon allows past a command's own timeout for the agent to report the kill.
 REPORT_GRACE_SEC = 10.0
@@ -89,39 +85,6 @@ class CompletedCommand:
 
 
 Event = Output | CommandExit
-
-
-@dataclass(frozen=True, slots=True)
-class HandedPipes:
-    """File descriptors of a process's stdio, now owned by the daemon."""
-
-    stdin: int | None
-    stdout: int
-    stderr: int
-
-
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ValueError("agent closed the connection mid-frame")
-        data += chunk
-    return data
-
-
-def _frame_size(data: bytes) -> int:
-    if len(data) < HEADER.size:
-        raise ValueError("short frame from the agent")
-    hlen, blen = HEADER.unpack_from(data)
-    if hlen > MAX_HEADER or blen > MAX_BODY:
-        raise ValueError("agent frame too large")
-    return int(HEADER.size + hlen + blen)
-
-
-def _read_frame_blocking(sock: socket.socket) -> bytes:
-    head = _read_exactly(sock, HEADER.size)
-    return head + _read_exactly(sock, _frame_size(head) - HEADER.size)
 
 
 def _int(header: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -392,39 +355,14 @@ class AgentClient:
         await self.request("ping", {}, timeout=timeout)
 
     async def take_fds(self, proc: AgentProcess, timeout: float = 10.0) -> HandedPipes:
-        """The pipes of a process spawned with ``handoff``, passed over the socket (SCM_RIGHTS).
-
-        A connection of its own, blocking, in a thread: asyncio streams cannot receive file
-        descriptors, and the main connection stays free for other commands meanwhile.
-        """
+        """The pipes of a process spawned with ``handoff`` (see fd_passing)."""
         path = self._socket_path()
         token = f"f{next(self._ids)}"
-
-        def fetch() -> tuple[dict[str, Any], list[int]]:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(path)
-                _read_frame_blocking(sock)  # the greeting, read exactly: fds come with the reply only
-                raw = json.dumps({"op": "take_fds", "id": token, "target": proc.id}).encode()
-                sock.sendall(HEADER.pack(len(raw), 0) + raw)
-                data, fds, _, _ = socket.recv_fds(sock, 65536, 3)
-                data += _read_exactly(sock, _frame_size(data) - len(data))
-                header = json.loads(data[HEADER.size : _frame_size(data)])
-                if not isinstance(header, dict):
-                    raise ValueError("agent reply is not an object")
-                return header, fds
-
         try:
-            header, fds = await asyncio.to_thread(fetch)
+            header, fds = await asyncio.to_thread(fetch_fds, path, token, proc.id, timeout)
         except (OSError, ValueError) as exc:
             raise AgentLostError(f"could not take the pipes of a process in {self.name}: {exc}") from exc
-        if "error" in header or len(fds) != (3 if header.get("stdin") else 2):
-            for fd in fds:
-                os.close(fd)
-            raise BoxSandboxError(f"sandbox agent {self.name} did not hand over the pipes: {header.get('error')}")
-        if header.get("stdin"):
-            return HandedPipes(fds[0], fds[1], fds[2])
-        return HandedPipes(None, fds[0], fds[1])
+        return pipes_from(header, fds, self.name)
 
     async def spawn(self, req: CommandRequest) -> AgentProcess:
         proc_id = f"c{next(self._ids)}"

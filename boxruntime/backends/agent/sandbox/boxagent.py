@@ -13,199 +13,31 @@ peak RSS), forwards SIGTERM/SIGINT to its children, and kills a command's whole 
 and session when its timeout expires.
 """
 
-import array
-import json
 import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import time
 
 import boxagent_fs
 import boxagent_spare
+from boxagent_conn import Conn
+from boxagent_proc import Proc, now, oom_kills, session_members
 
 VERSION = 2
-HEADER = struct.Struct(">II")
-MAX_HEADER = 1 << 20
-MAX_BODY = 32 << 20
 READ_CHUNK = 65536
 SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
 PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output waits to be sent
-RESUME_BELOW = 1 << 20
 DETACHED_BACKLOG = 1 << 20  # output kept for a process whose daemon connection dropped
 MAX_STDIN_BACKLOG = 64 << 20
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 SHELL = "/bin/sh"
 
 
-def now():
-    return time.monotonic()
-
-
 def set_nonblocking(fd):
     os.set_blocking(fd, False)
-
-
-def oom_kills():
-    """The sandbox cgroup's OOM-kill counter (v2 or v1), or None where it cannot be read."""
-    for path, key in (
-        ("/sys/fs/cgroup/memory.events", "oom_kill"),
-        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
-    ):
-        try:
-            with open(path) as f:
-                for line in f:
-                    name, _, value = line.partition(" ")
-                    if name == key:
-                        return int(value)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-def session_members(sid):
-    """Pids whose session id is ``sid`` (processes that left the group but not the session)."""
-    pids = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return pids
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # Fields after the parenthesised command name: state ppid pgrp session ...
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
-
-
-class Conn:
-    def __init__(self, agent, sock):
-        self.agent = agent
-        self.sock = sock
-        self.rbuf = bytearray()
-        self.wbuf = bytearray()
-        self.closed = False
-        sock.setblocking(False)
-
-    def send(self, header, body=b""):
-        if self.closed:
-            return
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        self.wbuf += HEADER.pack(len(raw), len(body))
-        self.wbuf += raw
-        if body:
-            self.wbuf += body
-        # Written once per loop iteration: the frames of one command often leave together.
-        self.agent.dirty.add(self)
-
-    def send_fds(self, header, fds):
-        """One frame carrying file descriptors; written at once, after anything queued."""
-        self.send(header)
-        self.sock.setblocking(True)
-        try:
-            frame = bytes(self.wbuf)
-            self.wbuf.clear()
-            sent = self.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-            if sent < len(frame):
-                self.sock.sendall(frame[sent:])
-        except OSError:
-            self.agent.drop_conn(self)
-        finally:
-            if not self.closed:
-                self.sock.setblocking(False)
-
-    def flush(self):
-        while self.wbuf and not self.closed:
-            try:
-                sent = self.sock.send(self.wbuf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.agent.drop_conn(self)
-                return
-            del self.wbuf[:sent]
-        self.agent.update_conn_interest(self)
-        if len(self.wbuf) < RESUME_BELOW:
-            self.agent.resume_paused(self)
-
-    def on_event(self, mask):
-        if mask & selectors.EVENT_WRITE:
-            self.flush()
-        if mask & selectors.EVENT_READ and not self.closed:
-            try:
-                data = self.sock.recv(262144)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self.agent.drop_conn(self)
-                return
-            self.rbuf += data
-            self.parse()
-
-    def parse(self):
-        while len(self.rbuf) >= HEADER.size:
-            hlen, blen = HEADER.unpack_from(self.rbuf)
-            if hlen > MAX_HEADER or blen > MAX_BODY:
-                self.agent.drop_conn(self)
-                return
-            total = HEADER.size + hlen + blen
-            if len(self.rbuf) < total:
-                return
-            try:
-                header = json.loads(bytes(self.rbuf[HEADER.size : HEADER.size + hlen]))
-            except ValueError:
-                header = None
-            body = bytes(self.rbuf[HEADER.size + hlen : total])
-            del self.rbuf[:total]
-            if isinstance(header, dict):
-                self.agent.handle(self, header, body)
-
-
-class Proc:
-    """One spawned command or long-lived process."""
-
-    def __init__(self, pid, popen, conn, header):
-        self.id = header["id"]
-        self.pid = pid
-        self.popen = popen
-        self.conn = conn
-        self.keep = bool(header.get("keep_on_disconnect"))
-        self.cap = header.get("output_cap")  # bytes forwarded per stream; None = all
-        self.totals = [0, 0]
-        self.forwarded = [0, 0]
-        self.started = now()
-        timeout = header.get("timeout")
-        self.deadline = self.started + float(timeout) if timeout else None
-        self.timed_out = False
-        self.cancelled = False
-        self.status = None
-        self.rusage = None
-        self.exited_at = None
-        self.pipes = {}  # fd -> stream number (1 stdout, 2 stderr)
-        self.files = {}  # fd -> the Popen file object that owns it (closing it closes the fd once)
-        self.stdin_fd = None
-        self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
-        self.stdin_buf = bytearray()
-        self.stdin_eof = False
-        self.stdin_waiting = False
-        self.exit_queued = False
-        self.paused = False
-        self.backlog = []
-        self.backlog_bytes = 0
-        self.backlog_dropped = 0
 
 
 class Agent:

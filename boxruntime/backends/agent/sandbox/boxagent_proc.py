@@ -1,0 +1,82 @@
+"""What the agent knows about one process, and how it finds and counts what belongs to it
+(stdlib only)."""
+
+import os
+import time
+
+
+def now():
+    return time.monotonic()
+
+
+def oom_kills():
+    """The sandbox cgroup's OOM-kill counter (v2 or v1), or None where it cannot be read."""
+    for path, key in (
+        ("/sys/fs/cgroup/memory.events", "oom_kill"),
+        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
+    ):
+        try:
+            with open(path) as f:
+                for line in f:
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def session_members(sid):
+    """Pids whose session id is ``sid`` (processes that left the group but not the session)."""
+    pids = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return pids
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # Fields after the parenthesised command name: state ppid pgrp session ...
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 3 and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+class Proc:
+    """One spawned command or long-lived process."""
+
+    def __init__(self, pid, popen, conn, header):
+        self.id = header["id"]
+        self.pid = pid
+        self.popen = popen
+        self.conn = conn
+        self.keep = bool(header.get("keep_on_disconnect"))
+        self.cap = header.get("output_cap")  # bytes forwarded per stream; None = all
+        self.totals = [0, 0]
+        self.forwarded = [0, 0]
+        self.started = now()
+        timeout = header.get("timeout")
+        self.deadline = self.started + float(timeout) if timeout else None
+        self.timed_out = False
+        self.cancelled = False
+        self.status = None
+        self.rusage = None
+        self.exited_at = None
+        self.pipes = {}  # fd -> stream number (1 stdout, 2 stderr)
+        self.files = {}  # fd -> the Popen file object that owns it (closing it closes the fd once)
+        self.stdin_fd = None
+        self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
+        self.stdin_buf = bytearray()
+        self.stdin_eof = False
+        self.stdin_waiting = False
+        self.exit_queued = False
+        self.paused = False
+        self.backlog = []
+        self.backlog_bytes = 0
+        self.backlog_dropped = 0
