@@ -147,8 +147,15 @@ class Agent:
         self.reap()
         self.check_times()
         self.flush_all()
-        if self.spare is None and not self.stopping and not any(c.wbuf for c in self.conns):
-            self.make_spare()  # idle: pay for the next command's shell now
+        if self.spare is None and not self.stopping and self.idle():
+            self.make_spare()  # pay for the next command's shell now, while nothing waits on us
+
+    def idle(self):
+        """No command in flight and nothing left to send: a fork now delays nobody. (Long-lived
+        processes the daemon reads directly do not count.)"""
+        if any(c.wbuf for c in self.conns):
+            return False
+        return all(p.keep and p.status is None and not p.pipes for p in self.procs.values())
 
     def flush_all(self):
         dirty, self.dirty = self.dirty, set()
