@@ -8,7 +8,7 @@ import functools
 import os
 from dataclasses import dataclass
 
-from boxruntime.backends.agent.client import HandedPipes
+from boxruntime.backends.agent.fd_passing import HandedPipes
 
 READ_SIZE = 65536
 
