@@ -165,65 +165,71 @@ async def test_a_cancelled_caller_kills_its_command(agent: AgentClient) -> None:
     assert pids_alive(marker) == []
 
 
-async def test_connection_loss_kills_execs_keeps_processes_and_replays_their_output(agent_dir: Path) -> None:
+def kept_process(argv: list[str], stdin: bool = True) -> CommandRequest:
+    """A long-lived process as the daemon runs them: its pipes handed over, kept on disconnect."""
+    return CommandRequest(
+        cwd="/tmp",
+        env={"PATH": "/usr/bin:/bin"},
+        argv=argv,
+        stdin=stdin,
+        keep_on_disconnect=True,
+        notify_started=True,
+        handoff=True,
+    )
+
+
+async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path) -> None:
     client = AgentClient(agent_dir, "lossy")
     await client.connect(timeout=30)
     exec_marker = f"sleep 7{os.getpid() % 1000}4"
     running = asyncio.create_task(client.run(cmd(exec_marker)))
-    server = await client.spawn(
-        CommandRequest(
-            cwd="/tmp",
-            env={"PATH": "/usr/bin:/bin"},
-            argv=["sh", "-c", 'while read line; do echo "got $line"; done'],
-            stdin=True,
-            keep_on_disconnect=True,
-            notify_started=True,
-        )
-    )
+    server = await client.spawn(kept_process(["sh", "-c", 'while read line; do echo "got $line"; done']))
     await server.started()
-    await server.write(b"one\n")
-    events = server.events()
-    first = await anext(events)
-    assert isinstance(first, Output) and first.data == b"got one\n"
+    pipes = await client.take_fds(server)
+    assert pipes.stdin is not None
+    stdin, stdout = os.fdopen(pipes.stdin, "wb", buffering=0), os.fdopen(pipes.stdout, "rb", buffering=0)
+    stdin.write(b"one\n")
+    assert stdout.readline() == b"got one\n"
 
     assert client._writer is not None
     client._writer.transport.abort()  # the connection drops (daemon restart, broken pipe ...)
     with pytest.raises(AgentLostError):
         await running  # nobody is left to read an exec: the agent kills it
+    # The kept process lives on, and its pipes (held by us, not the agent) still work.
+    stdin.write(b"two\n")
+    assert stdout.readline() == b"got two\n"
     await client.connect(timeout=30)  # reconnect: the kept process is re-attached
-    await server.write(b"two\n")
-    second = await anext(events)
-    assert isinstance(second, Output) and second.data == b"got two\n"
-    await server.write(b"", eof=True)
-    end = await anext(events)
-    assert isinstance(end, CommandExit) and end.code == 0
+    stdin.close()
+    events = [event async for event in server.events()]
+    assert isinstance(events[-1], CommandExit) and events[-1].code == 0
+    assert not any(isinstance(e, Output) for e in events)  # its output never went through the agent
     for _ in range(100):
         if not pids_alive(exec_marker):
             break
         await asyncio.sleep(0.02)
     assert pids_alive(exec_marker) == []
     assert client.reconnects == 1
+    stdout.close()
+    os.close(pipes.stderr)
     await client.close()
 
 
-async def test_output_of_a_detached_process_is_kept(agent_dir: Path) -> None:
+async def test_the_exit_of_a_detached_process_is_kept_for_the_next_attach(agent_dir: Path) -> None:
     client = AgentClient(agent_dir, "detached")
     await client.connect(timeout=30)
-    proc = await client.spawn(
-        CommandRequest(
-            cwd="/tmp",
-            env={"PATH": "/usr/bin:/bin"},
-            argv=["sh", "-c", "sleep 0.3; echo while-away"],
-            keep_on_disconnect=True,
-        )
-    )
+    proc = await client.spawn(kept_process(["sh", "-c", "sleep 0.3; echo while-away; exit 5"], stdin=False))
+    await proc.started()
+    pipes = await client.take_fds(proc)
+    assert pipes.stdin is None
     assert client._writer is not None
     client._writer.transport.abort()
     await asyncio.sleep(0.6)  # the process writes and exits while nobody is connected
+    with os.fdopen(pipes.stdout, "rb", buffering=0) as stdout:
+        assert stdout.read() == b"while-away\n"  # what it wrote waited in the pipe we hold
+    os.close(pipes.stderr)
     await client.connect(timeout=30)
     seen = [event async for event in proc.events()]
-    assert isinstance(seen[0], Output) and seen[0].data == b"while-away\n"
-    assert isinstance(seen[-1], CommandExit) and seen[-1].code == 0
+    assert len(seen) == 1 and isinstance(seen[0], CommandExit) and seen[0].code == 5
     await client.close()
 
 

@@ -53,8 +53,8 @@ class CommandRequest:
     argv: list[str] | None = None
     timeout: float | None = None
     output_cap: int | None = None
-    stdin: bool = False
-    keep_on_disconnect: bool = False
+    stdin: bool = False  # a stdin pipe; only with handoff (the daemon writes to it directly)
+    keep_on_disconnect: bool = False  # survives a lost connection; only with handoff
     notify_started: bool = False  # the agent reports the pid (a frame execs do without)
     handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames
 
@@ -155,9 +155,6 @@ class AgentProcess:
             yield event
             if isinstance(event, CommandExit):
                 return
-
-    async def write(self, data: bytes, eof: bool = False) -> None:
-        await self._client._send({"op": "stdin", "id": self.id, "eof": eof}, data)
 
     async def signal(self, sig: int = signal.SIGTERM, cancel: bool = False) -> None:
         await self._client._send({"op": "signal", "id": self.id, "signal": int(sig), "cancel": cancel})

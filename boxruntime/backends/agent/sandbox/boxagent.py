@@ -30,8 +30,6 @@ READ_CHUNK = 65536
 SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
 PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output waits to be sent
-DETACHED_BACKLOG = 1 << 20  # output kept for a process whose daemon connection dropped
-MAX_STDIN_BACKLOG = 64 << 20
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 SHELL = "/bin/sh"
 
@@ -99,8 +97,6 @@ class Agent:
                 if not proc.keep:  # nobody will read an exec's result: end it
                     proc.cancelled = True
                     self.kill_tree(proc, signal.SIGKILL)
-                elif proc.paused:
-                    self.set_paused(proc, False)
 
     def update_conn_interest(self, conn):
         if conn.closed:
@@ -248,9 +244,6 @@ class Agent:
                 proc.pipes[fd] = stream
                 proc.files[fd] = pipe
                 self.sel.register(fd, selectors.EVENT_READ, self.pipe_reader(proc, fd))
-            if popen.stdin is not None:
-                proc.stdin_fd = popen.stdin.fileno()
-                set_nonblocking(proc.stdin_fd)
         if header.get("notify_started"):
             conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
 
@@ -263,7 +256,8 @@ class Agent:
                 argv,
                 cwd=cwd,
                 env=env,
-                stdin=subprocess.PIPE if header.get("stdin") else subprocess.DEVNULL,
+                # Only a process whose pipes go to the daemon gets a stdin it can write to.
+                stdin=subprocess.PIPE if header.get("stdin") and header.get("handoff") else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 pass_fds=pass_fds,
@@ -303,55 +297,6 @@ class Agent:
         if proc.status is not None:
             self.finish(proc)
 
-    def op_stdin(self, conn, header, body):
-        proc = self.procs.get(header["id"])
-        if proc is None or proc.stdin_fd is None:
-            return
-        if len(proc.stdin_buf) + len(body) > MAX_STDIN_BACKLOG:
-            conn.send({"ev": "error", "id": proc.id, "error": "stdin backlog full"})
-            return
-        proc.stdin_buf += body
-        if header.get("eof"):
-            proc.stdin_eof = True
-        self.write_stdin(proc)
-
-    def write_stdin(self, proc, _mask=None):
-        fd = proc.stdin_fd
-        if fd is None:
-            return
-        # Non-blocking: a process that does not read its stdin must never stall the agent.
-        while proc.stdin_buf:
-            try:
-                written = os.write(fd, proc.stdin_buf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                proc.stdin_buf.clear()
-                proc.stdin_eof = True
-                break
-            del proc.stdin_buf[:written]
-        waiting = bool(proc.stdin_buf)
-        if waiting != proc.stdin_waiting:
-            proc.stdin_waiting = waiting
-            if waiting:
-                self.sel.register(fd, selectors.EVENT_WRITE, lambda m: self.write_stdin(proc, m))
-            else:
-                self.sel.unregister(fd)
-        if proc.stdin_eof and not proc.stdin_buf:
-            self.close_stdin(proc)
-
-    def close_stdin(self, proc):
-        if proc.stdin_fd is None:
-            return
-        if proc.stdin_waiting:
-            self.sel.unregister(proc.stdin_fd)
-            proc.stdin_waiting = False
-        proc.stdin_fd = None
-        try:
-            proc.popen.stdin.close()
-        except OSError:
-            pass
-
     def op_signal(self, conn, header, _body):
         proc = self.procs.get(header["id"])
         if proc is not None:
@@ -366,12 +311,9 @@ class Agent:
             conn.send({"ev": "failed", "id": header["id"], "error": "no such process"})
             return
         proc.conn = conn
-        backlog, proc.backlog, proc.backlog_bytes = proc.backlog, [], 0
-        conn.send({"ev": "attached", "id": proc.id, "dropped": proc.backlog_dropped})
-        for frame_header, frame_body in backlog:
-            conn.send(frame_header, frame_body)
-        if proc.status is not None and not proc.pipes:
-            self.finish(proc)  # already reported through the backlog if it was queued
+        conn.send({"ev": "attached", "id": proc.id})
+        if proc.status is not None:
+            self.finish(proc)  # it exited while nobody was connected: report it now
 
     # ── processes ────────────────────────────────────────────────────────
 
@@ -407,13 +349,8 @@ class Agent:
             conn.send(header, body)
             if len(conn.wbuf) > PAUSE_ABOVE and not proc.paused:
                 self.set_paused(proc, True)
-            return
-        proc.backlog.append((header, body))
-        proc.backlog_bytes += len(body)
-        while proc.backlog_bytes > DETACHED_BACKLOG and len(proc.backlog) > 1:
-            _, old = proc.backlog.pop(0)
-            proc.backlog_bytes -= len(old)
-            proc.backlog_dropped += len(old)
+        # With nobody connected this is an exec being killed (only handed-off processes are
+        # kept, and their output never passes through here): its output has no reader.
 
     def set_paused(self, proc, paused):
         proc.paused = paused
@@ -494,15 +431,10 @@ class Agent:
         if proc.handoff is not None:
             return  # exited before the daemon took its pipes: report it once they are taken
         if proc.conn is None and proc.keep:
-            # Nobody to tell yet: queue the exit behind the output for the next attach.
-            if not proc.exit_queued:
-                proc.exit_queued = True
-                self.emit(proc, self.exit_event(proc))
-            return
+            return  # nobody to tell yet: op_attach reports it
         if self.procs.pop(proc.id, None) is None:
             return
-        self.close_stdin(proc)
-        if proc.conn is not None and not proc.exit_queued:
+        if proc.conn is not None:
             proc.conn.send(self.exit_event(proc))
 
     def exit_event(self, proc):
@@ -537,7 +469,6 @@ class Agent:
             "cpu_ms": int((ru.ru_utime + ru.ru_stime) * 1000),
             "peak_rss_kb": int(ru.ru_maxrss),
             "totals": proc.totals,
-            "detached_dropped": proc.backlog_dropped,
         }
 
 

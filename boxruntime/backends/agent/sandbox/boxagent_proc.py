@@ -56,7 +56,8 @@ class Proc:
         self.pid = pid
         self.popen = popen
         self.conn = conn
-        self.keep = bool(header.get("keep_on_disconnect"))
+        # Outlives a lost daemon connection; only a process whose pipes the daemon holds can.
+        self.keep = bool(header.get("keep_on_disconnect") and header.get("handoff"))
         self.cap = header.get("output_cap")  # bytes forwarded per stream; None = all
         self.totals = [0, 0]
         self.forwarded = [0, 0]
@@ -70,13 +71,5 @@ class Proc:
         self.exited_at = None
         self.pipes = {}  # fd -> stream number (1 stdout, 2 stderr)
         self.files = {}  # fd -> the Popen file object that owns it (closing it closes the fd once)
-        self.stdin_fd = None
         self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
-        self.stdin_buf = bytearray()
-        self.stdin_eof = False
-        self.stdin_waiting = False
-        self.exit_queued = False
         self.paused = False
-        self.backlog = []
-        self.backlog_bytes = 0
-        self.backlog_dropped = 0
