@@ -102,6 +102,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def alive(self, handle: SandboxHandle) -> bool: ...
 
+    def known_alive(self, handle: SandboxHandle) -> bool:
+        """Alive, as far as can be told without waiting for anything; False means "ask alive()"."""
+        return False
+
     async def spawn(self, handle: SandboxHandle, req: CommandRequest) -> AgentProcess:
         raise BoxSandboxError(f"{self.name} backend does not support managed processes")
 
@@ -264,6 +268,9 @@ class AgentSandbox(Backend):
         if not agent.connected:
             # A lost connection is re-established; the sandbox and its processes live on.
             await agent.connect(timeout=5.0)
+
+    def known_alive(self, handle: SandboxHandle) -> bool:
+        return handle.agent is not None and handle.agent.connected
 
     async def alive(self, handle: SandboxHandle) -> bool:
         """A connected agent is alive: its socket reaches EOF the moment the agent or the whole

@@ -247,9 +247,16 @@ class NsjailBackend(AgentSandbox):
         if handle.state_dir is not None:
             host_mounts.remove_tree(handle.state_dir)
 
+    def known_alive(self, handle: SandboxHandle) -> bool:
+        return self._jail_running(handle) and super().known_alive(handle)
+
     async def alive(self, handle: SandboxHandle) -> bool:
+        return self._jail_running(handle) and await super().alive(handle)
+
+    @staticmethod
+    def _jail_running(handle: SandboxHandle) -> bool:
         process: asyncio.subprocess.Process | None = handle.extra.get("process")
-        return process is not None and process.returncode is None and await super().alive(handle)
+        return process is not None and process.returncode is None
 
     async def cleanup_orphans(self) -> list[str]:
         # Jails die with their daemon (parent-death signal); what remains is their state.

@@ -119,6 +119,10 @@ class _IdLocks:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
 
+    def held(self, key: str) -> bool:
+        """Someone holds or waits for the lock of ``key``."""
+        return key in self._locks
+
     @contextlib.asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
         lock, users = self._locks.get(key, (anyio.Lock(), 0))
@@ -180,6 +184,9 @@ class SessionManager:
     # ── create / reuse ───────────────────────────────────────────────────
 
     async def get_or_create(self, spec: BoxSpec) -> Session:
+        ready = self._ready_session(spec)
+        if ready is not None:
+            return ready
         async with self._locks.hold(spec.session_id):
             session = self._sessions.get(spec.session_id)
             if session is not None:
@@ -195,6 +202,24 @@ class SessionManager:
                 log.warning("session %s: sandbox is gone, recreating it", spec.session_id)
                 await self._remove(session, keep_workspace=True)
             return await self._create(spec)
+
+    def _ready_session(self, spec: BoxSpec) -> Session | None:
+        """The common case of every exec, decided without waiting: the session exists, nobody is
+        creating, changing or removing it (no one holds its lock), the request matches it and
+        its sandbox is known to be alive. Nothing is awaited from this check to the caller's
+        lease, so nothing can change in between; anything else takes the locked path."""
+        session = self._sessions.get(spec.session_id)
+        if (
+            session is None
+            or session.closing
+            or self._locks.held(spec.session_id)
+            or _conflict(session.spec, spec) is not None
+            or _mount_set(session.spec) != _mount_set(spec)
+            or not session.backend.known_alive(session.handle)
+        ):
+            return None
+        session.touch()
+        return session
 
     async def _create(self, spec: BoxSpec) -> Session:
         limit = self._max_sessions()

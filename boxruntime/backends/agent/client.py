@@ -129,18 +129,28 @@ class AgentProcess:
         self.pid: int | None = None
         self.exit: CommandExit | None = None
         self._events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        self._started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        # Callers that never await started() must not leave "exception never retrieved" noise.
-        self._started.add_done_callback(lambda f: None if f.cancelled() else f.exception())
+        loop = asyncio.get_running_loop()
+        self._started: asyncio.Future[int] = loop.create_future()
+        # A collected command's one result (spawned with ``collect``: no output events).
+        self._completed: asyncio.Future[CompletedCommand] = loop.create_future()
+        # Callers that never await these must not leave "exception never retrieved" noise.
+        for fut in (self._started, self._completed):
+            fut.add_done_callback(lambda f: None if f.cancelled() else f.exception())
 
     def _deliver(self, event: Event | BaseException) -> None:
         if isinstance(event, CommandExit):
             self.exit = event
         self._events.put_nowait(event)
 
+    def _complete(self, done: CompletedCommand) -> None:
+        self.exit = done.exit
+        if not self._completed.done():
+            self._completed.set_result(done)
+
     def _fail_start(self, exc: BaseException) -> None:
-        if not self._started.done():
-            self._started.set_exception(exc)
+        for fut in (self._started, self._completed):
+            if not fut.done():
+                fut.set_exception(exc)
         self._events.put_nowait(exc)
 
     async def started(self) -> int:
@@ -309,7 +319,14 @@ class AgentClient:
                 proc._started.set_result(proc.pid)
         elif ev == "exit":
             self._procs.pop(proc.id, None)
-            proc._deliver(_parse_exit(header))
+            done = _parse_exit(header)
+            if "out_len" in header:  # a collected command: its output rides with the exit
+                split = _int(header, "out_len")
+                if not 0 <= split <= len(body):
+                    raise ValueError("agent exit out_len outside the body")
+                proc._complete(CompletedCommand(done, body[:split], body[split:]))
+            else:
+                proc._deliver(done)
         elif ev in ("failed", "error"):
             message = str(header.get("error", "unknown agent error"))[:2000]
             if not proc._started.done() or ev == "failed":
@@ -361,7 +378,8 @@ class AgentClient:
             raise AgentLostError(f"could not take the pipes of a process in {self.name}: {exc}") from exc
         return pipes_from(header, fds, self.name)
 
-    async def spawn(self, req: CommandRequest) -> AgentProcess:
+    async def spawn(self, req: CommandRequest, collect: bool = False) -> AgentProcess:
+        """Start ``req``; with ``collect`` its output comes only with the result (``run``)."""
         proc_id = f"c{next(self._ids)}"
         proc = AgentProcess(self, proc_id, keep=req.keep_on_disconnect)
         self._procs[proc_id] = proc
@@ -379,6 +397,8 @@ class AgentClient:
         }
         if req.argv is not None:
             header["argv"] = req.argv
+        if collect:
+            header["collect"] = True
         body = (req.script or "").encode("utf-8", "surrogateescape")
         try:
             await self._send(header, body)
@@ -387,21 +407,16 @@ class AgentClient:
             raise
         return proc
 
-    async def run(self, req: CommandRequest, on_output: Callable[[Output], None] | None = None) -> CompletedCommand:
-        """Run to completion, collecting (at most ``output_cap`` bytes of) each stream."""
-        proc = await self.spawn(req)
-        out = bytearray()
-        err = bytearray()
+    async def run(self, req: CommandRequest) -> CompletedCommand:
+        """Run to completion, collecting (at most ``output_cap`` bytes of) each stream.
+
+        The agent keeps the output and sends it with the exit, one frame per command.
+        """
+        proc = await self.spawn(req, collect=True)
         limit = None if req.timeout is None else req.timeout + REPORT_GRACE_SEC
         try:
             async with asyncio.timeout(limit):
-                async for event in proc.events():
-                    if isinstance(event, Output):
-                        (out if event.stream == 1 else err).extend(event.data)
-                        if on_output is not None:
-                            on_output(event)
-                    else:
-                        return CompletedCommand(event, bytes(out), bytes(err))
+                return await proc._completed
         except TimeoutError:
             raise BoxSandboxError(
                 f"sandbox agent {self.name} did not report the end of a command "
@@ -411,4 +426,3 @@ class AgentClient:
             with contextlib.suppress(BoxSandboxError):
                 proc.kill_soon()  # nobody wants the result any more: stop the command
             raise
-        raise AgentLostError(f"sandbox agent {self.name} ended the command without a result")

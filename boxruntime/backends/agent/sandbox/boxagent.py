@@ -7,6 +7,8 @@ daemon pays one framed request per command instead of a ``docker exec``.
 
 Wire format, both ways: ``>II`` (header length, body length), a JSON header, raw body bytes.
 Requests carry ``op``; events carry ``ev``. Every process has a daemon-chosen string ``id``.
+A spawn with ``collect`` sends no output frames: its output (up to ``output_cap`` per stream)
+comes with the exit event, one frame per command, which halves the wake-ups of a plain exec.
 
 As PID 1 it reaps every zombie (``wait4(-1)``, which also yields each command's CPU time and
 peak RSS), forwards SIGTERM/SIGINT to its children, and kills a command's whole process group
@@ -25,7 +27,7 @@ import boxagent_spare
 from boxagent_conn import Conn
 from boxagent_proc import Proc, now, oom_kills, session_members
 
-VERSION = 2
+VERSION = 3
 READ_CHUNK = 65536
 SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
@@ -211,17 +213,17 @@ class Agent:
         if pid_key in self.procs:
             raise ValueError("process id %r already in use" % pid_key)
         cwd = header.get("cwd") or "/"
-        if header.get("make_cwd", True):
-            try:
-                os.makedirs(cwd, exist_ok=True)
-            except OSError as exc:
-                conn.send(
-                    {"ev": "failed", "id": pid_key, "error": "workdir %s cannot be created: %s" % (cwd, exc.strerror)}
-                )
-                return
         if not os.path.isdir(cwd):
-            conn.send({"ev": "failed", "id": pid_key, "error": "workdir %s is not a directory" % cwd})
-            return
+            error = "workdir %s is not a directory" % cwd
+            if header.get("make_cwd", True):
+                try:
+                    os.makedirs(cwd, exist_ok=True)
+                    error = None if os.path.isdir(cwd) else error
+                except OSError as exc:
+                    error = "workdir %s cannot be created: %s" % (cwd, exc.strerror)
+            if error is not None:
+                conn.send({"ev": "failed", "id": pid_key, "error": error})
+                return
         script = self.spare.script_for(header, body) if self.spare is not None else None
         if script is not None:
             popen = self.spare.hand_over(script)
@@ -318,28 +320,34 @@ class Agent:
     # ── processes ────────────────────────────────────────────────────────
 
     def pipe_reader(self, proc, fd):
+        """The selector callback for one pipe; it returns whether the read got anywhere."""
+
         def on_readable(_mask):
             try:
                 data = os.read(fd, READ_CHUNK)
             except (BlockingIOError, InterruptedError):
-                return
+                return False
             except OSError:
                 data = b""
             if not data:
                 self.close_pipe(proc, fd)
-                return
+                return True
             stream = proc.pipes.get(fd)
             if stream is None:
-                return
+                return True
             index = stream - 1
             proc.totals[index] += len(data)
             if proc.cap is not None:
                 room = proc.cap - proc.forwarded[index]
                 if room <= 0:
-                    return  # drained and counted, not forwarded
+                    return True  # drained and counted, not forwarded
                 data = data[:room]
             proc.forwarded[index] += len(data)
-            self.emit(proc, {"ev": "out", "id": proc.id, "s": stream}, data)
+            if proc.collected is not None:
+                proc.collected[index] += data
+            else:
+                self.emit(proc, {"ev": "out", "id": proc.id, "s": stream}, data)
+            return True
 
         return on_readable
 
@@ -413,8 +421,21 @@ class Agent:
             proc.rusage = rusage
             proc.exited_at = now()
             proc.popen.returncode = status  # keep Popen from waiting on a reaped pid
+            self.drain_exited(proc)
             if not proc.pipes:
                 self.finish(proc)
+
+    def drain_exited(self, proc, reads=4):
+        """Read what an exited process left in its pipes now, up to their end: most commands
+        end without background children, and their exit can then go out in this very loop
+        iteration instead of the next. A few reads per pipe at most; the rest waits its turn."""
+        for fd in list(proc.pipes):
+            for _ in range(reads):
+                if proc.paused or fd not in proc.pipes:
+                    break
+                key = self.sel.get_map().get(fd)
+                if key is None or not key.data(selectors.EVENT_READ):
+                    break
 
     def check_times(self):
         t = now()
@@ -435,7 +456,12 @@ class Agent:
         if self.procs.pop(proc.id, None) is None:
             return
         if proc.conn is not None:
-            proc.conn.send(self.exit_event(proc))
+            header = self.exit_event(proc)
+            body = b""
+            if proc.collected is not None:
+                header["out_len"] = len(proc.collected[0])
+                body = bytes(proc.collected[0] + proc.collected[1])
+            proc.conn.send(header, body)
 
     def exit_event(self, proc):
         status = proc.status
@@ -472,11 +498,27 @@ class Agent:
         }
 
 
+def close_on_exec_inherited():
+    """Whatever descriptors the agent inherited (beyond 0-2) must not reach the commands it
+    starts: spares are made with posix_spawn, which closes only close-on-exec descriptors."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return
+    for fd in fds:
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own descriptor, closed by now
+
+
 def main(argv):
     if len(argv) != 2:
         sys.stderr.write("usage: boxagent.py SOCKET_PATH\n")
         return 2
     os.umask(0o022)
+    close_on_exec_inherited()
     Agent(argv[1]).run()
     return 0
 

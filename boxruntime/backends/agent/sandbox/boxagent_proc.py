@@ -59,6 +59,8 @@ class Proc:
         # Outlives a lost daemon connection; only a process whose pipes the daemon holds can.
         self.keep = bool(header.get("keep_on_disconnect") and header.get("handoff"))
         self.cap = header.get("output_cap")  # bytes forwarded per stream; None = all
+        # With ``collect``: the output kept for the exit event, instead of ``out`` frames.
+        self.collected = [bytearray(), bytearray()] if header.get("collect") else None
         self.totals = [0, 0]
         self.forwarded = [0, 0]
         self.started = now()

@@ -12,9 +12,9 @@ and only environments whose names the shell can export; anything else uses a fre
 
 import os
 import re
-import subprocess
 
 SHELL = "/bin/sh"
+SCRIPT_FD = 3  # where the shell finds its script pipe
 SCRIPT_MAX = 48 * 1024  # well inside the 64 KiB pipe buffer
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -30,24 +30,58 @@ def prologue(cwd, env):
     return "".join(lines).encode("utf-8", "surrogateescape")
 
 
+def _pipe_or_close(*opened):
+    """A new pipe; if that fails, the pipes already made for the same spawn are closed."""
+    try:
+        return os.pipe()
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+
+
+class Spawned:
+    """The parts of a Popen the agent uses, for a process made with ``os.posix_spawn``."""
+
+    def __init__(self, pid, stdout_fd, stderr_fd):
+        self.pid = pid
+        self.stdin = None
+        # Owned for the life of the process; the agent closes them at EOF (close_pipe).
+        self.stdout = open(stdout_fd, "rb", buffering=0)  # noqa: SIM115
+        self.stderr = open(stderr_fd, "rb", buffering=0)  # noqa: SIM115
+        self.returncode = None
+
+
 class SpareShell:
     def __init__(self, base_env):
+        # posix_spawn (vfork underneath) blocks the agent a third as long as Popen: the agent
+        # makes a spare after every command, so this is paid once per command. Every fd the
+        # agent opens is close-on-exec, so the shell gets only the three below and the script.
         read_end, self.script_fd = os.pipe()
+        out_r, out_w = _pipe_or_close(read_end, self.script_fd)
+        err_r, err_w = _pipe_or_close(read_end, self.script_fd, out_r, out_w)
         try:
-            self.popen = subprocess.Popen(
-                [SHELL, "-c", ". /proc/self/fd/%d" % read_end],
-                cwd="/",
-                env=base_env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=(read_end,),
-                start_new_session=True,
-                close_fds=True,
+            pid = os.posix_spawn(
+                SHELL,
+                [SHELL, "-c", ". /proc/self/fd/%d" % SCRIPT_FD],
+                base_env,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, out_w, 1),
+                    (os.POSIX_SPAWN_DUP2, err_w, 2),
+                    (os.POSIX_SPAWN_DUP2, read_end, SCRIPT_FD),
+                ],
+                setsid=True,
             )
+        except BaseException:
+            for fd in (self.script_fd, out_r, err_r):
+                os.close(fd)
+            raise
         finally:
-            os.close(read_end)
-        self.pid = self.popen.pid
+            for fd in (read_end, out_w, err_w):
+                os.close(fd)
+        self.popen = Spawned(pid, out_r, err_r)
+        self.pid = pid
         self.dead = False
 
     def script_for(self, header, body):
