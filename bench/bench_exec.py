@@ -214,10 +214,14 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
             f"N={n}: ours {par['creates_over_15s'][OURS][n]}, theirs {par['creates_over_15s'][THEIRS][n]}"
             for n in args.parallel
         )
+        hits = ", ".join(
+            f"N={n}: {'/'.join(str(d['pool_hits']) for d in par['rounds'][OURS][n])}" for n in args.parallel
+        )
         m = notes.add(
             f"asyncio.gather of N x (box_create_session + box_exec `{shape.cmd}`) on N new session ids "
-            f"(the bench's '{shape.mode}' spec, which our pool does not serve), from the first call to the "
-            "last reply; then all N are deleted at once (not in the figure; in the JSON). LangBot's "
+            f"(the bench's '{shape.mode}' spec), from the first call to the last reply; then all N are "
+            f"deleted at once (not in the figure; in the JSON). Our pool ({args.pool_size} sandboxes, full "
+            f"before each round) served, per round: {hits}; the rest were new containers. LangBot's "
             "create_session wrapper gives up after 15 s, so the same action goes through the same client "
             f"with a 180 s timeout; creations that took over 15 s (LangBot would have failed them): {over}."
         )

@@ -26,7 +26,6 @@ from bench_harness import (
     timed,
 )
 
-
 # Warm execs run in alternating blocks, each after a pause: interleaved, so slow drift hits both
 # daemons alike, and settled, so neither pays for the other's background work.
 WARM_BLOCK = 10
@@ -228,7 +227,7 @@ async def bench_parallel(
         for r in range(rounds):
             for name in round_order(idx + r):
                 side = sides[name]
-                await watch.settle()
+                before = await watch.settle()
                 specs = [shape.spec(name, f"bench-{shape.run_id}-par{n}-{r}-{k}") for k in range(n)]
                 t0 = time.perf_counter()
                 results = await asyncio.gather(*(_create_and_exec(side, spec, t0) for spec in specs))
@@ -237,10 +236,14 @@ async def bench_parallel(
                 if not failed:
                     wall[name][n].append(elapsed)
                 over_15s[name][n] += sum(1 for x in results if x.get("create_ms", 0) > 15000)
+                hits = None
+                if name == OURS and before is not None:
+                    hits = (await pool_status(side) or {}).get("hits", 0) - before.get("hits", 0)
                 detail[name][n].append(
                     {
                         "wall_ms": elapsed,
                         "failed": len(failed),
+                        "pool_hits": hits,
                         "create_ms": sorted(round(x["create_ms"], 1) for x in results if "create_ms" in x),
                     }
                 )
@@ -258,6 +261,7 @@ async def bench_parallel(
                 delete_wall[name][n].append((time.perf_counter() - t1) * 1000)
                 log(
                     f"  {side.name}: {n} sessions in {elapsed / 1000:.2f} s"
+                    + (f" ({hits} from the warm pool)" if hits is not None else "")
                     + (f", {len(failed)} failed" if failed else "")
                     + f"; deleted in {delete_wall[name][n][-1] / 1000:.2f} s"
                 )

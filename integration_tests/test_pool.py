@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -93,3 +94,59 @@ async def test_kept_workspace_is_never_shadowed_by_a_pooled_one(data_dir: Path, 
     finally:
         second.stop()
     assert sandboxes_of("docker", data_dir) == []
+
+
+def mount_points_under(directory: Path) -> list[str]:
+    root = str(directory.resolve())
+    with open("/proc/self/mountinfo") as info:
+        return [line.split()[4] for line in info if line.split()[4].startswith(root + "/")]
+
+
+async def test_a_pooled_sandbox_takes_a_host_directory_workspace(
+    data_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """LangBot's usual shape (a host directory at /workspace) is a pool hit: the directory is
+    bound into the running sandbox, read-only when asked, and left intact when it goes."""
+    request.getfixturevalue("docker_engine")
+    mounts = tmp_path / "mounts"
+    writable = mounts / "rw"
+    writable.mkdir(parents=True)
+    (writable / "seed").write_text("from the host\n")
+    os.chown(writable, 1000, 1000)
+    frozen = mounts / "ro"
+    frozen.mkdir()
+    frozen.chmod(0o777)  # only the mount itself can refuse a write here
+    (frozen / "keep").write_text("untouched\n")
+    env = {"BOXRUNTIME_POOL_SIZE": "2"}
+    daemon = start_daemon(data_dir, "--backend", "docker", "--allow-mount-root", str(mounts), env=env)
+    try:
+        async with connect(daemon) as peer:
+            await wait_ready(peer, 2)
+            rw = {"session_id": "host-rw", "host_path": str(writable), "host_path_mode": "rw"}
+            ran = await peer.call("box_exec", {**rw, "cmd": "cat seed; echo made > out; id -u"}, timeout=60)
+            assert ran["stdout"] == "from the host\n1000" and ran["exit_code"] == 0
+            assert (writable / "out").read_text() == "made\n"
+            assert (writable / "out").stat().st_uid == 1000
+            info = await peer.call("box_get_session", {"session_id": "host-rw"})
+            assert "-pool-" in info["backend_session_id"]
+            # The pooled sandbox's own private workspace went; the session has none on disk.
+            assert not (data_dir / "workspaces" / safe_key("host-rw")).exists()
+
+            ro = {"session_id": "host-ro", "host_path": str(frozen), "host_path_mode": "ro"}
+            tried = await peer.call("box_exec", {**ro, "cmd": "cat keep; touch new"}, timeout=60)
+            assert tried["stdout"] == "untouched" and tried["exit_code"] != 0
+            assert "Read-only file system" in tried["stderr"]
+            assert not (frozen / "new").exists()
+            status = await pool(peer)
+            assert (status["hits"], status["misses"]) == (2, 0)
+
+            for session in ("host-rw", "host-ro"):
+                await peer.call("box_delete_session", {"session_id": session})
+            # Unmounted, never deleted through: the host directories keep every file.
+            assert (writable / "seed").read_text() == "from the host\n"
+            assert (writable / "out").exists() and (frozen / "keep").exists()
+            assert not [p for p in mount_points_under(data_dir) if "host-r" in p]
+    finally:
+        daemon.stop()
+    assert sandboxes_of("docker", data_dir) == []
+    assert mount_points_under(data_dir) == [], "mounts left behind"

@@ -45,6 +45,12 @@ async def test_skills_run_read_only_and_arrive_in_a_live_session(daemon: Daemon)
         both = [*first, skill_mount(later, "later")]
         added = await run(peer, "sh /workspace/.skills/later/run.sh; ls /workspace/.skills", both)
         assert added["stdout"] == "added while running\nhello\nlater"
+        # Read-only by the mount itself, not just by file permissions, including the live one:
+        # a writable copy must never reach the sandbox, even for a moment.
+        flags = await run(peer, r"awk '$5 ~ /\.skills\/(hello|later)$/ {print $5, $6}' /proc/self/mountinfo", both)
+        lines = sorted(flags["stdout"].splitlines())
+        assert [line.split()[0] for line in lines] == ["/workspace/.skills/hello", "/workspace/.skills/later"]
+        assert all(line.split()[1].split(",")[0] == "ro" for line in lines), lines
         info = await peer.call("box_get_session", {"session_id": "sk"})
         assert info["backend_session_id"] == container  # same sandbox, not recreated
         assert len(info["extra_mounts"]) == 2

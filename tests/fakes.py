@@ -83,7 +83,7 @@ class FakeBackend(Backend):
             return BackendInfo(name=self.name, available=False, reason="fake backend switched off")
         return BackendInfo(name=self.name, available=True, enforced_limits={"memory_mb": "fake"})
 
-    async def start(self, spec: BoxSpec, key: str) -> SandboxHandle:
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
         self.calls.append(("start", spec.session_id))
         if spec.session_id in self.entered:
             self.entered[spec.session_id].set()

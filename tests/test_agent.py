@@ -7,6 +7,7 @@ integration tests run the same agent inside Docker and nsjail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -238,6 +239,7 @@ async def test_malformed_frames_do_not_hurt_the_agent(agent: AgentClient, agent_
     await reader.readexactly(8)  # the hello's header lengths; the rest is not needed
     writer.write(b"\x00\x00\x00\x05\x00\x00\x00\x00nope!" + b"\xff" * 64)
     writer.write(b"\x7f\xff\xff\xff\x00\x00\x00\x00")  # an absurd header length: connection dropped
-    await writer.drain()
+    with contextlib.suppress(ConnectionError):  # the agent may drop it before the drain returns
+        await writer.drain()
     writer.close()
     assert (await agent.run(cmd("echo still fine"))).stdout == b"still fine\n"

@@ -83,8 +83,11 @@ class Backend(abc.ABC):
         """Is this backend usable here, and if not, why (and what to install)."""
 
     @abc.abstractmethod
-    async def start(self, spec: BoxSpec, key: str) -> SandboxHandle:
-        """Create and start a sandbox for ``spec``; mounts were already checked by the caller."""
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
+        """Create and start a sandbox for ``spec``; mounts were already checked by the caller.
+
+        ``pooled``: made ahead of time by the warm pool, to be handed out with ``adopt``.
+        """
 
     @abc.abstractmethod
     async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand: ...
@@ -127,6 +130,10 @@ class Backend(abc.ABC):
             f"{self.name} backend cannot change the mounts of a running session; delete the session or "
             "request the mounts it was created with"
         )
+
+    def swaps_workspace(self) -> bool:
+        """Can a pooled sandbox take a session's host-directory workspace (``adopt``)?"""
+        return False
 
     def adopt(self, handle: SandboxHandle, spec: BoxSpec, key: str) -> bool:
         """Make a pooled sandbox the sandbox of session ``key``; False if it cannot be."""

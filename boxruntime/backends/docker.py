@@ -23,7 +23,7 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
-from boxruntime.backends import engine_exec, host_mounts, live_skills
+from boxruntime.backends import engine_exec, host_mounts, live_skills, workspace_carrier
 from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import AgentClient, CommandExit, CompletedCommand, Output
 from boxruntime.backends.base import (
@@ -178,7 +178,7 @@ class DockerBackend(AgentSandbox):
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
-    async def start(self, spec: BoxSpec, key: str) -> SandboxHandle:
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
         workspace_mount, extra_mounts = resolve_mounts(spec, self.settings.mount_roots())
         host_mounts = [m for m in (workspace_mount, *extra_mounts) if m is not None]
         prepare_host_dirs(host_mounts, self.settings.sandbox_uid, self.settings.sandbox_gid)
@@ -198,19 +198,25 @@ class DockerBackend(AgentSandbox):
             Mount(AGENT_DIR_OF_SCRIPTS, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
             Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
         ]
-        if ws.host is not None:
-            mounts.append(Mount(ws.mount_path, ws.host.host_path, type="bind", read_only=ws.host.read_only))
-        else:
+        if ws.host is None:
             size = ws.tmpfs_mb * 1024 * 1024
             mounts.append(Mount(ws.mount_path, None, type="tmpfs", tmpfs_size=size, tmpfs_mode=0o1777))
         skills, extra_mounts = live_skills.split(spec, extra_mounts, self.settings.skills_dir)
-        mounts += [Mount(m.mount_path, m.host_path, type="bind", read_only=m.read_only) for m in extra_mounts]
+        carrier: Path | None = None
         try:
+            if ws.host is not None and pooled and self.swaps_workspace():
+                carrier = self._workspace_carrier(handle, ws.mount_path)
+                mounts.append(Mount(ws.mount_path, str(carrier), type="bind", propagation="rslave"))
+            elif ws.host is not None:
+                mounts.append(Mount(ws.mount_path, ws.host.host_path, type="bind", read_only=ws.host.read_only))
+            mounts += [Mount(m.mount_path, m.host_path, type="bind", read_only=m.read_only) for m in extra_mounts]
             if skills:
                 mounts.append(self._live_skills_mount(spec, handle, skills))
             user = f"{uid}:{gid}"
             container = await self._call(self._run_container, spec, key, image, mounts, handle.sandbox_id, user)
             handle.extra["container_id"] = container.id
+            if carrier is not None and ws.host is not None:
+                await self._call(workspace_carrier.fill, carrier, ws.host)
             handle.agent = AgentClient(agent_dir, handle.sandbox_id)
             await self._wait_for_agent(handle, container)
             self.seal_agent_dir(agent_dir)
@@ -219,6 +225,37 @@ class DockerBackend(AgentSandbox):
                 await self.stop(handle, keep_workspace=True)
             raise
         return handle
+
+    def _workspace_carrier(self, handle: SandboxHandle, target: str) -> Path:
+        """A pooled sandbox's workspace goes through a carrier, so adopt() can replace it."""
+        assert handle.state_dir is not None
+        carrier = workspace_carrier.prepare(handle.state_dir)
+        handle.extra["workspace_carrier"] = carrier
+        handle.extra["workspace_target"] = target
+        return carrier
+
+    def swaps_workspace(self) -> bool:
+        return workspace_carrier.supported()
+
+    def adopt(self, handle: SandboxHandle, spec: BoxSpec, key: str) -> bool:
+        if not spec.has_host_mount():
+            return super().adopt(handle, spec, key)
+        carrier: Path | None = handle.extra.get("workspace_carrier")
+        workspace, extras = resolve_mounts(spec, self.settings.mount_roots())
+        if carrier is None or workspace is None or extras or spec.mount_path != handle.extra.get("workspace_target"):
+            return False
+        uid, gid = self.settings.sandbox_uid, self.settings.sandbox_gid
+        prepare_host_dirs([workspace], uid, gid)
+        notes: list[str] = []
+        if workspaces.sandbox_identity(self.settings, workspace, notes) != (uid, gid):
+            return False  # the pooled sandbox runs as the wrong user for this host directory
+        plan = workspaces.plan(self.settings.data_dir, spec, key, workspace, uid, gid)
+        workspace_carrier.swap(carrier, workspace)
+        workspaces.release(self.settings.data_dir, handle.key, remove=True)  # the pool's own
+        handle.key = key
+        handle.adopt_workspace(plan)
+        handle.notes.extend(notes)
+        return True
 
     def _live_skills_mount(self, spec: BoxSpec, handle: SandboxHandle, skills: dict[str, ResolvedMount]) -> Mount:
         """``<workspace>/.skills`` from a shared host directory (see live_skills)."""
@@ -235,7 +272,7 @@ class DockerBackend(AgentSandbox):
         _, resolved = resolve_mounts(requested, self.settings.mount_roots())
         added = live_skills.additions(current, requested, resolved, self.settings.skills_dir)
         for _, mount, name in added:
-            await self._call(host_mounts.bind_read_only, mount.host_path, root / name)
+            await self._call(live_skills.add, root, name, mount)
         log.info("session %s: added skills live: %s", current.session_id, ", ".join(n for _, _, n in added))
         return current.model_copy(update={"extra_mounts": [*current.extra_mounts, *(m for m, _, _ in added)]})
 

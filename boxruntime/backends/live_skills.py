@@ -40,7 +40,12 @@ def split(
 def prepare(root: Path, skills: dict[str, ResolvedMount]) -> None:
     host_mounts.make_shared(root)
     for name, mount in skills.items():
-        host_mounts.bind_read_only(mount.host_path, root / name)
+        add(root, name, mount)
+
+
+def add(root: Path, name: str, mount: ResolvedMount) -> None:
+    """Bind one skill package, read-only, into the live directory ``root``."""
+    host_mounts.bind(mount.host_path, root / name, read_only=True, staging=root.parent)
 
 
 def additions(

@@ -137,7 +137,7 @@ class NsjailBackend(AgentSandbox):
         }
         return BackendInfo(name=self.name, available=True, reason=cgroups.reason or None, enforced_limits=limits)
 
-    async def start(self, spec: BoxSpec, key: str) -> SandboxHandle:
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
         if self._binary is None or (python := jail_python()) is None:
             raise BoxSandboxError(self._unavailable_reason() or "nsjail is unavailable")
         workspace_mount, extra_mounts = resolve_mounts(spec, self.settings.mount_roots())

@@ -1,7 +1,8 @@
 """Warm pool: sandboxes made ahead of time for the default spec, handed to new sessions.
 
-A new session whose spec a pooled sandbox satisfies (default resources, network off, no host
-mounts, no quota, the default image) gets one at once and the pool refills in the background;
+A new session whose spec a pooled sandbox satisfies (default resources, network off, no extra
+mounts, no quota, the default image; a host-directory workspace where the backend can bind one
+into a running sandbox, see workspace_carrier) gets one at once and the pool refills in the background;
 any other spec gets a fresh sandbox. A pooled sandbox's private workspace is renamed to the
 session's on hand-out, so it is indistinguishable from one made for that session; a session
 whose workspace already exists on disk (files kept from an earlier daemon) is a deliberate
@@ -19,7 +20,7 @@ import anyio
 
 from boxruntime.backends.base import Backend, SandboxHandle
 from boxruntime.config import Settings
-from boxruntime.errors import BoxError
+from boxruntime.errors import BoxError, BoxSandboxError
 from boxruntime.models import LANGBOT_DEFAULT_IMAGE, SESSION_IDENTITY_FIELDS, BoxSpec, PoolStatus
 from boxruntime.runtime.sessions import BackendProvider
 
@@ -59,10 +60,11 @@ class WarmPool:
 
     def serves(self, backend: Backend, spec: BoxSpec) -> bool:
         template = self.template()
+        skipped = {"image", "persistent"}  # persistence is the session's, not the sandbox's
+        if backend.swaps_workspace():
+            skipped |= {"host_path", "host_path_mode"}  # adopt() binds the host directory in
         for name in SESSION_IDENTITY_FIELDS:
-            if name in ("image", "persistent"):
-                continue  # persistence is the session's, not the sandbox's
-            if getattr(spec, name) != getattr(template, name):
+            if name not in skipped and getattr(spec, name) != getattr(template, name):
                 return False
         if spec.active_extra_mounts():
             return False
@@ -74,10 +76,21 @@ class WarmPool:
         if self.size <= 0:
             return None
         entry = next((e for e in self._ready if e.backend is backend), None)
-        if entry is None or not self.serves(backend, spec) or not backend.adopt(entry.handle, spec, key):
+        try:
+            adopted = entry is not None and self.serves(backend, spec) and backend.adopt(entry.handle, spec, key)
+        except BoxSandboxError as exc:
+            # Changed half-way (a workspace that would not mount): never hand it out or keep it.
+            assert entry is not None
+            log.warning("warm pool: dropping a sandbox that could not be handed out: %s", exc)
+            self._ready.remove(entry)
+            with anyio.CancelScope(shield=True):
+                await entry.backend.stop(entry.handle)
+            adopted = False
+        if not adopted:
             self.misses += 1
             self._wake.set()
             return None
+        assert entry is not None
         self._ready.remove(entry)
         self.hits += 1
         self._wake.set()
@@ -108,7 +121,7 @@ class WarmPool:
             backend = await self._backend()
             self._filling += 1
             try:
-                handle = await backend.start(self.template(), f"pool-{secrets.token_hex(6)}")
+                handle = await backend.start(self.template(), f"pool-{secrets.token_hex(6)}", pooled=True)
             finally:
                 self._filling -= 1
             self._ready.append(_Pooled(backend, handle))
