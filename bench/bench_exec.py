@@ -49,6 +49,7 @@ from bench_harness import (
     connect,
     disconnect,
     log,
+    pool_status,
     preflight,
     remove_containers,
     start_ours,
@@ -56,6 +57,8 @@ from bench_harness import (
 )
 from bench_report import Footnotes, Row, mean, median, pct, render_table
 from bench_sections import (
+    WARM_BLOCK,
+    WARM_SETTLE_SEC,
     bench_cold,
     bench_parallel,
     bench_pool,
@@ -95,7 +98,11 @@ async def run_bench(args: argparse.Namespace, daemons: dict[str, DaemonProc], sh
         await phase("warm", bench_warm(sides, shape, args.warm, args.warmup))
         if args.relay:
             await phase("relay", bench_relay(sides, shape, args.relay))
+        pool_before = await pool_status(sides[OURS])
         await phase("cold", bench_cold(sides, shape, args.cold))
+        pool_after = await pool_status(sides[OURS])
+        if pool_before is not None and pool_after is not None:
+            results["cold_pool"] = {k: pool_after[k] - pool_before[k] for k in ("hits", "misses")}
         if args.pool:
             await phase("pool", bench_pool(sides, shape, args.pool, watch))
         if args.parallel:
@@ -129,11 +136,32 @@ async def run_bench(args: argparse.Namespace, daemons: dict[str, DaemonProc], sh
 def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> tuple[list[Row], Footnotes]:
     rows: list[Row] = []
     notes = Footnotes()
-    warm = res["warm"]
+    warm, idle = res["warm"]["burst"], res["warm"]["after_idle"]
+    m = notes.add(
+        f"one session per daemon, `{shape.cmd}` through LangBot's client, in alternating blocks of "
+        f"{WARM_BLOCK} with a {WARM_SETTLE_SEC:g} s pause before each block: 'back to back' = the rest of "
+        "each block, 'after idle' = the first exec of each block."
+    )
+    n, k = len(warm[OURS]), len(idle[OURS])
     rows += [
-        Row("warm_exec_p50_ms", f"warm exec p50 (n={args.warm})", "ms", pct(warm[OURS], 50), pct(warm[THEIRS], 50)),
-        Row("warm_exec_p95_ms", f"warm exec p95 (n={args.warm})", "ms", pct(warm[OURS], 95), pct(warm[THEIRS], 95)),
-        Row("warm_exec_mean_ms", "warm exec mean", "ms", mean(warm[OURS]), mean(warm[THEIRS])),
+        Row(
+            "warm_exec_p50_ms",
+            f"warm exec p50, back to back {m} (n={n})",
+            "ms",
+            pct(warm[OURS], 50),
+            pct(warm[THEIRS], 50),
+        ),
+        Row(
+            "warm_exec_p95_ms", f"warm exec p95, back to back (n={n})", "ms", pct(warm[OURS], 95), pct(warm[THEIRS], 95)
+        ),
+        Row("warm_exec_mean_ms", "warm exec mean, back to back", "ms", mean(warm[OURS]), mean(warm[THEIRS])),
+        Row(
+            "warm_exec_idle_p50_ms",
+            f"warm exec p50, after idle (n={k})",
+            "ms",
+            pct(idle[OURS], 50),
+            pct(idle[THEIRS], 50),
+        ),
     ]
     if "relay" in res:
         s = res["relay"]["samples"]
@@ -150,8 +178,19 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
             Row("relay_rtt_p95_ms", f"relay round trip p95 {m} (n={n})", "ms", pct(s[OURS], 95), pct(s[THEIRS], 95)),
         ]
     cold = res["cold"]
+    served = res.get("cold_pool")
+    m = notes.add(
+        f"a new session of the bench's '{shape.mode}' spec each round, one after the other, no waiting for "
+        "our pool to refill: "
+        + (
+            f"our pool served {served['hits']} of the section's {served['hits'] + served['misses']} creations "
+            "(the other ones started a new container). The pool-miss row below is always a new container."
+            if served
+            else "our pool is off."
+        )
+    )
     cold_rows = [
-        ("cold_create_first_exec_median_ms", "cold create + first exec, median", "create_first_exec"),
+        ("cold_create_first_exec_median_ms", f"new session: create + first exec {m}, median", "create_first_exec"),
         ("cold_create_session_median_ms", "  of which create_session, median", "create"),
         ("cold_first_exec_median_ms", "  of which first exec, median", "first_exec"),
         (
