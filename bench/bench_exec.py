@@ -184,7 +184,7 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
         "our pool to refill: "
         + (
             f"our pool served {served['hits']} of the section's {served['hits'] + served['misses']} creations "
-            "(the other ones started a new container). The pool-miss row below is always a new container."
+            "(any other started a new container). The pool-miss row below is always a new container."
             if served
             else "our pool is off."
         )
