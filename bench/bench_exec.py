@@ -55,7 +55,7 @@ from bench_harness import (
     start_ours,
     start_theirs,
 )
-from bench_report import Footnotes, Row, mean, median, pct, render_table
+from bench_report import Footnotes, Row, mean, median, pct_row, render_table
 from bench_sections import (
     WARM_BLOCK,
     WARM_SETTLE_SEC,
@@ -144,24 +144,10 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
     )
     n, k = len(warm[OURS]), len(idle[OURS])
     rows += [
-        Row(
-            "warm_exec_p50_ms",
-            f"warm exec p50, back to back {m} (n={n})",
-            "ms",
-            pct(warm[OURS], 50),
-            pct(warm[THEIRS], 50),
-        ),
-        Row(
-            "warm_exec_p95_ms", f"warm exec p95, back to back (n={n})", "ms", pct(warm[OURS], 95), pct(warm[THEIRS], 95)
-        ),
+        pct_row("warm_exec_p50_ms", f"warm exec p50, back to back {m} (n={n})", warm, 50),
+        pct_row("warm_exec_p95_ms", f"warm exec p95, back to back (n={n})", warm, 95),
         Row("warm_exec_mean_ms", "warm exec mean, back to back", "ms", mean(warm[OURS]), mean(warm[THEIRS])),
-        Row(
-            "warm_exec_idle_p50_ms",
-            f"warm exec p50, after idle (n={k})",
-            "ms",
-            pct(idle[OURS], 50),
-            pct(idle[THEIRS], 50),
-        ),
+        pct_row("warm_exec_idle_p50_ms", f"warm exec p50, after idle (n={k})", idle, 50),
     ]
     if "relay" in res:
         s = res["relay"]["samples"]
@@ -174,8 +160,8 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
             f"theirs {res['relay']['extensions'].get(THEIRS)!r}."
         )
         rows += [
-            Row("relay_rtt_p50_ms", f"relay round trip p50 {m} (n={n})", "ms", pct(s[OURS], 50), pct(s[THEIRS], 50)),
-            Row("relay_rtt_p95_ms", f"relay round trip p95 {m} (n={n})", "ms", pct(s[OURS], 95), pct(s[THEIRS], 95)),
+            pct_row("relay_rtt_p50_ms", f"relay round trip p50 {m} (n={n})", s, 50),
+            pct_row("relay_rtt_p95_ms", f"relay round trip p95 {m} (n={n})", s, 95),
         ]
     cold = res["cold"]
     served = res.get("cold_pool")

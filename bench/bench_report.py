@@ -42,6 +42,11 @@ def pct(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
 
 
+def pct_row(key: str, label: str, samples: dict[str, list[float]], q: float) -> Row:
+    """A time row: the q-th percentile of each side's samples (keys "ours" and "theirs")."""
+    return Row(key, label, "ms", pct(samples["ours"], q), pct(samples["theirs"], q))
+
+
 def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
