@@ -219,6 +219,9 @@ class DockerBackend(AgentSandbox):
                 await self._call(workspace_carrier.fill, carrier, ws.host)
             handle.agent = AgentClient(agent_dir, handle.sandbox_id)
             await self._wait_for_agent(handle, container)
+            if carrier is not None and ws.host is not None and handle.agent is not None:
+                # (Without an agent, in an image with no python3, there is nothing to ask.)
+                await self._verify_carrier(handle, ws.mount_path, Path(ws.host.host_path))
             self.seal_agent_dir(agent_dir)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -233,6 +236,17 @@ class DockerBackend(AgentSandbox):
         handle.extra["workspace_carrier"] = carrier
         handle.extra["workspace_target"] = target
         return carrier
+
+    async def _verify_carrier(self, handle: SandboxHandle, target: str, workspace: Path) -> None:
+        """A file made in the workspace on the host must show at the workspace path inside."""
+        probe = workspace / workspace_carrier.probe_name()
+        await self._call(probe.touch)
+        try:
+            header, _ = await self.file_op(handle, "stat", {"path": f"{target}/{probe.name}"})
+        finally:
+            await self._call(probe.unlink, True)
+        why = f"{target} in the sandbox does not show {workspace} (is the daemon in another mount namespace?)"
+        workspace_carrier.verified(bool(header.get("exists")), why)
 
     def swaps_workspace(self) -> bool:
         return workspace_carrier.supported()

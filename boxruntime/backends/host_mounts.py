@@ -23,6 +23,7 @@ workspace), which this daemon must never do.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import secrets
 import shutil
@@ -39,6 +40,7 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
+_CAP_SYS_ADMIN = 21
 _READ_ONLY_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV
 _UNMOUNT_ROUNDS = 16  # stacked mounts on one point come off one per round
 
@@ -56,8 +58,23 @@ def _umount(target: Path | str, lazy: bool = False) -> bool:
     return bool(_libc.umount2(os.fsencode(str(target)), MNT_DETACH if lazy else 0) == 0)
 
 
+@functools.cache
 def can_mount() -> bool:
-    return os.geteuid() == 0
+    """Root with CAP_SYS_ADMIN: a daemon that can make mounts at all. (The deploy image drops
+    every capability, so there mounts are fixed when a sandbox is created.) Whether its mounts
+    reach the engine's sandboxes is checked where it matters: see workspace_carrier.verify."""
+    return os.geteuid() == 0 and _has_cap_sys_admin()
+
+
+def _has_cap_sys_admin() -> bool:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) & (1 << _CAP_SYS_ADMIN))
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def make_shared(directory: Path) -> None:

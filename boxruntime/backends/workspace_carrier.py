@@ -13,16 +13,41 @@ at ``/workspace/.skills``), which a workspace bound over the carrier later would
 
 from __future__ import annotations
 
+import logging
+import secrets
 from pathlib import Path
 
 from boxruntime.backends import host_mounts
+from boxruntime.errors import BoxSandboxError
 from boxruntime.security import ResolvedMount
+
+log = logging.getLogger(__name__)
 
 CARRIER_NAME = "workspace"
 
 
+_unreachable: list[str] = []  # why carriers do not work from this daemon, once found out
+
+
 def supported() -> bool:
-    return host_mounts.can_mount()
+    return host_mounts.can_mount() and not _unreachable
+
+
+def probe_name() -> str:
+    """A file to create in a workspace before ``verified`` looks for it inside the sandbox."""
+    return f".boxruntime-carrier-probe-{secrets.token_hex(6)}"
+
+
+def verified(seen_inside: bool, why: str) -> None:
+    """Record whether a filled carrier was seen from inside its sandbox. It is not when the
+    daemon mounts in another mount namespace than the engine's (a privileged daemon in a
+    container): carriers are then switched off for this daemon and the sandbox is refused."""
+    if seen_inside:
+        return
+    if not _unreachable:
+        log.warning("workspace carriers switched off: %s", why)
+        _unreachable.append(why)
+    raise BoxSandboxError(f"the workspace bound on the carrier does not reach the sandbox: {why}")
 
 
 def prepare(state_dir: Path) -> Path:
