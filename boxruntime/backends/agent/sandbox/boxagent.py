@@ -31,6 +31,10 @@ VERSION = 3
 READ_CHUNK = 65536
 SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
+# A collected command's pipes are watched only after this long: most commands end sooner, and
+# their output (up to a pipe's 64 KiB) is then read once, at their exit, instead of waking the
+# agent when it is written. A command that writes more just waits this long for its reader.
+QUIET_START_SEC = 0.005
 PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output waits to be sent
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 SHELL = "/bin/sh"
@@ -173,6 +177,8 @@ class Agent:
                 moments.append(proc.deadline)
             if proc.exited_at is not None and proc.pipes:
                 moments.append(proc.exited_at + EXIT_GRACE_SEC)
+            if proc.listen_at is not None:
+                moments.append(proc.listen_at)
         if not moments:
             return 1.0  # a periodic wake-up also catches a SIGCHLD lost to a race
         return max(0.0, min(moments) - now())
@@ -245,7 +251,11 @@ class Agent:
                 set_nonblocking(fd)
                 proc.pipes[fd] = stream
                 proc.files[fd] = pipe
-                self.sel.register(fd, selectors.EVENT_READ, self.pipe_reader(proc, fd))
+                proc.readers[fd] = self.pipe_reader(proc, fd)
+            if proc.collected is not None:
+                proc.listen_at = now() + QUIET_START_SEC
+            else:
+                self.watch_pipes(proc)
         if header.get("notify_started"):
             conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
 
@@ -360,6 +370,12 @@ class Agent:
         # With nobody connected this is an exec being killed (only handed-off processes are
         # kept, and their output never passes through here): its output has no reader.
 
+    def watch_pipes(self, proc):
+        """Watch the process's pipes from now on."""
+        proc.listen_at = None
+        for fd in proc.pipes:
+            self.sel.register(fd, selectors.EVENT_READ, proc.readers[fd])
+
     def set_paused(self, proc, paused):
         proc.paused = paused
         for fd in proc.pipes:
@@ -367,7 +383,7 @@ class Agent:
                 if paused:
                     self.sel.unregister(fd)
                 else:
-                    self.sel.register(fd, selectors.EVENT_READ, self.pipe_reader(proc, fd))
+                    self.sel.register(fd, selectors.EVENT_READ, proc.readers[fd])
             except (KeyError, ValueError):
                 pass
 
@@ -386,6 +402,7 @@ class Agent:
         # Never os.close() here: Popen's file object would close the number again later, by
         # then possibly another process's pipe.
         proc.files.pop(fd).close()
+        proc.readers.pop(fd, None)
         if proc.status is not None and not proc.pipes:
             self.finish(proc)
 
@@ -431,15 +448,16 @@ class Agent:
         iteration instead of the next. A few reads per pipe at most; the rest waits its turn."""
         for fd in list(proc.pipes):
             for _ in range(reads):
-                if proc.paused or fd not in proc.pipes:
+                if proc.paused or fd not in proc.pipes or not proc.readers[fd](selectors.EVENT_READ):
                     break
-                key = self.sel.get_map().get(fd)
-                if key is None or not key.data(selectors.EVENT_READ):
-                    break
+        if proc.pipes and proc.listen_at is not None:
+            self.watch_pipes(proc)  # background children still hold them: watch from now on
 
     def check_times(self):
         t = now()
         for proc in list(self.procs.values()):
+            if proc.listen_at is not None and t >= proc.listen_at:
+                self.watch_pipes(proc)
             if proc.deadline is not None and not proc.timed_out and t >= proc.deadline:
                 proc.timed_out = True
                 self.kill_tree(proc, signal.SIGKILL)

@@ -73,5 +73,7 @@ class Proc:
         self.exited_at = None
         self.pipes = {}  # fd -> stream number (1 stdout, 2 stderr)
         self.files = {}  # fd -> the Popen file object that owns it (closing it closes the fd once)
+        self.readers = {}  # fd -> the callback that reads it
+        self.listen_at = None  # when the pipes start being watched, if they are not yet
         self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
         self.paused = False
