@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boxruntime.backends.agent.fd_passing import HEADER, MAX_BODY, MAX_HEADER, HandedPipes, fetch_fds, pipes_from
+from boxruntime.backends.agent.fd_passing import HEADER, HandedPipes, fetch_fds, pipes_from
+from boxruntime.backends.agent.frames import FrameProtocol
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 AGENT_SOCKET_NAME = "agent.sock"
 # Time the daemon allows past a command's own timeout for the agent to report the kill.
 REPORT_GRACE_SEC = 10.0
+HELLO_TIMEOUT_SEC = 5.0  # the agent greets a new connection at once
 _MAX_UNIX_PATH = 100
 
 
@@ -182,13 +184,13 @@ class AgentClient:
     def __init__(self, socket_dir: Path, name: str) -> None:
         self.socket_dir = socket_dir
         self.name = name
-        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._read_task: asyncio.Task[None] | None = None
+        self._protocol: FrameProtocol | None = None
         self._procs: dict[str, AgentProcess] = {}
         self._replies: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
         self._connect_lock = asyncio.Lock()
         self._dir_fd: int | None = None
+        self._ever_connected = False
         self.reconnects = 0
 
     # ── connection ───────────────────────────────────────────────────────
@@ -211,12 +213,13 @@ class AgentClient:
         async with self._connect_lock:
             if self.connected:
                 return
+            loop = asyncio.get_running_loop()
             deadline = time.monotonic() + timeout
             delay = 0.002
             while True:
                 try:
-                    reader, writer = await asyncio.open_unix_connection(
-                        self._socket_path(), limit=MAX_BODY + MAX_HEADER
+                    transport, protocol = await loop.create_unix_connection(
+                        lambda: FrameProtocol(self._on_frame, self._connection_ended), self._socket_path()
                     )
                     break
                 except (FileNotFoundError, ConnectionRefusedError) as exc:
@@ -227,64 +230,41 @@ class AgentClient:
                     await asyncio.sleep(delay)
                     # Cold starts wait here: poll often, the agent usually appears within 100 ms.
                     delay = min(delay * 1.5, 0.01)
+            writer = asyncio.StreamWriter(transport, protocol, None, loop)
             try:
-                hello = await self._read_frame(reader)
-            except ValueError:
-                hello = None
-            if hello is None or hello[0].get("ev") != "hello":
-                writer.close()
+                async with asyncio.timeout(max(HELLO_TIMEOUT_SEC, deadline - time.monotonic())):
+                    hello, _ = await protocol.hello
+            except (ConnectionError, TimeoutError):
+                hello = {}
+            if hello.get("ev") != "hello":
+                transport.close()
                 raise BoxSandboxError(f"sandbox agent for {self.name} sent no greeting")
-            if self._read_task is not None:
+            if self._ever_connected:
                 self.reconnects += 1
-            self._reader, self._writer = reader, writer
-            self._read_task = asyncio.create_task(self._read_loop(reader), name=f"agent-{self.name}")
+            self._ever_connected = True
+            self._writer, self._protocol = writer, protocol
             for proc in self._procs.values():
                 if proc.keep:  # long-lived processes survive; collect what they wrote meanwhile
                     self._send_nowait({"op": "attach", "id": proc.id})
 
-    async def close(self) -> None:
-        task, self._read_task = self._read_task, None
+    def _connection_ended(self, protocol: FrameProtocol, reason: str) -> None:
+        if self._protocol is not protocol:
+            return  # a connection that never became the current one, or was closed
+        if reason.startswith("protocol error"):
+            log.warning("agent %s: %s; dropping the connection", self.name, reason)
         if self._writer is not None:
             self._writer.close()
-            self._writer = None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        self._writer = self._protocol = None
+        self._fail_all(AgentLostError(f"connection to sandbox agent {self.name} lost ({reason})"))
+
+    async def close(self) -> None:
+        writer, self._writer, self._protocol = self._writer, None, None
+        if writer is not None:
+            writer.close()
         self._fail_all(AgentLostError(f"sandbox {self.name} closed"), include_kept=True)
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
-
-    async def _read_frame(self, reader: asyncio.StreamReader) -> tuple[dict[str, Any], bytes] | None:
-        try:
-            head = await reader.readexactly(HEADER.size)
-            hlen, blen = HEADER.unpack(head)
-            if hlen > MAX_HEADER or blen > MAX_BODY:
-                raise ValueError(f"agent frame too large ({hlen}+{blen} bytes)")
-            raw = await reader.readexactly(hlen + blen)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            return None
-        header = json.loads(raw[:hlen])
-        if not isinstance(header, dict):
-            raise ValueError("agent frame header is not an object")
-        return header, raw[hlen:]
-
-    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                frame = await self._read_frame(reader)
-                if frame is None:
-                    break
-                self._on_frame(*frame)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("agent %s: protocol error, dropping the connection: %s", self.name, exc)
-        finally:
-            if self._reader is reader:
-                if self._writer is not None:
-                    self._writer.close()
-                self._reader = self._writer = None
-                self._fail_all(AgentLostError(f"connection to sandbox agent {self.name} lost"))
 
     def _fail_all(self, exc: AgentLostError, include_kept: bool = False) -> None:
         for proc_id, proc in list(self._procs.items()):
