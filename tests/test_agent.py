@@ -105,6 +105,15 @@ async def test_ten_megabytes_are_clipped_but_counted(agent: AgentClient) -> None
     assert len(done.stdout) == MIB and done.exit.stdout_total == 10 * MIB and done.exit.code == 0
 
 
+async def test_a_collected_command_without_a_cap_is_bounded_by_the_frame_size(agent: AgentClient) -> None:
+    # No output_cap: the agent still keeps at most 8 MiB per stream, so the one exit frame that
+    # carries the output stays a frame the daemon accepts (its limit is 32 MiB).
+    done = await agent.run(cmd("head -c 20971520 /dev/zero; head -c 10485760 /dev/zero >&2"))
+    assert (len(done.stdout), len(done.stderr)) == (8 * MIB, 8 * MIB)
+    assert (done.exit.stdout_total, done.exit.stderr_total) == (20 * MIB, 10 * MIB)
+    assert agent.connected
+
+
 async def test_timeout_kills_the_whole_tree(agent: AgentClient) -> None:
     marker = f"sleep 4{os.getpid() % 1000}1"
     # A background child, a child that left the process group (but not the session), the command.

@@ -62,7 +62,7 @@ def _umount(target: Path | str, lazy: bool = False) -> bool:
 def can_mount() -> bool:
     """Root with CAP_SYS_ADMIN: a daemon that can make mounts at all. (The deploy image drops
     every capability, so there mounts are fixed when a sandbox is created.) Whether its mounts
-    reach the engine's sandboxes is checked where it matters: see workspace_carrier.verify."""
+    reach the engine's sandboxes is checked where it matters: see workspace_carrier.verified."""
     return os.geteuid() == 0 and _has_cap_sys_admin()
 
 

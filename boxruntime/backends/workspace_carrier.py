@@ -24,8 +24,6 @@ from boxruntime.security import ResolvedMount
 log = logging.getLogger(__name__)
 
 CARRIER_NAME = "workspace"
-
-
 _unreachable: list[str] = []  # why carriers do not work from this daemon, once found out
 
 

@@ -2,8 +2,8 @@
 
 A new session whose spec a pooled sandbox satisfies (default resources, network off, no extra
 mounts, no quota, the default image; a host-directory workspace where the backend can bind one
-into a running sandbox, see workspace_carrier) gets one at once and the pool refills in the background;
-any other spec gets a fresh sandbox. A pooled sandbox's private workspace is renamed to the
+into a running sandbox, see workspace_carrier) gets one at once and the pool refills in the
+background; any other spec gets a fresh sandbox. A pooled sandbox's private workspace is renamed to the
 session's on hand-out, so it is indistinguishable from one made for that session; a session
 whose workspace already exists on disk (files kept from an earlier daemon) is a deliberate
 miss, so those files are found again. Pooled sandboxes are ordinary sandboxes of this daemon:
@@ -75,12 +75,15 @@ class WarmPool:
         """A ready sandbox for ``spec`` as session ``key``, or None (a miss)."""
         if self.size <= 0:
             return None
+        self._wake.set()  # a hand-out or a miss: either way, time to look at the pool
         entry = next((e for e in self._ready if e.backend is backend), None)
+        if entry is None or not self.serves(backend, spec):
+            self.misses += 1
+            return None
         try:
-            adopted = entry is not None and self.serves(backend, spec) and backend.adopt(entry.handle, spec, key)
+            adopted = backend.adopt(entry.handle, spec, key)
         except BoxSandboxError as exc:
             # Changed half-way (a workspace that would not mount): never hand it out or keep it.
-            assert entry is not None
             log.warning("warm pool: dropping a sandbox that could not be handed out: %s", exc)
             self._ready.remove(entry)
             with anyio.CancelScope(shield=True):
@@ -88,12 +91,9 @@ class WarmPool:
             adopted = False
         if not adopted:
             self.misses += 1
-            self._wake.set()
             return None
-        assert entry is not None
         self._ready.remove(entry)
         self.hits += 1
-        self._wake.set()
         return entry.handle
 
     async def run(self) -> None:

@@ -35,6 +35,7 @@ EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background childr
 # their output (up to a pipe's 64 KiB) is then read once, at their exit, instead of waking the
 # agent when it is written. A command that writes more just waits this long for its reader.
 QUIET_START_SEC = 0.005
+DRAIN_READS = 4  # reads per pipe of an exited process before it waits its turn in the loop
 PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output waits to be sent
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 SHELL = "/bin/sh"
@@ -442,12 +443,12 @@ class Agent:
             if not proc.pipes:
                 self.finish(proc)
 
-    def drain_exited(self, proc, reads=4):
+    def drain_exited(self, proc):
         """Read what an exited process left in its pipes now, up to their end: most commands
         end without background children, and their exit can then go out in this very loop
         iteration instead of the next. A few reads per pipe at most; the rest waits its turn."""
         for fd in list(proc.pipes):
-            for _ in range(reads):
+            for _ in range(DRAIN_READS):
                 if proc.paused or fd not in proc.pipes or not proc.readers[fd](selectors.EVENT_READ):
                     break
         if proc.pipes and proc.listen_at is not None:

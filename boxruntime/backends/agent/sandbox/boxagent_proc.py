@@ -4,6 +4,10 @@
 import os
 import time
 
+# A collected command sends its output in its exit frame: at most this much per stream, so the
+# frame stays well under the daemon's 32 MiB limit whatever ``output_cap`` says.
+COLLECT_MAX = 8 << 20
+
 
 def now():
     return time.monotonic()
@@ -61,6 +65,8 @@ class Proc:
         self.cap = header.get("output_cap")  # bytes forwarded per stream; None = all
         # With ``collect``: the output kept for the exit event, instead of ``out`` frames.
         self.collected = [bytearray(), bytearray()] if header.get("collect") else None
+        if self.collected is not None:
+            self.cap = COLLECT_MAX if self.cap is None else min(self.cap, COLLECT_MAX)
         self.totals = [0, 0]
         self.forwarded = [0, 0]
         self.started = now()
