@@ -205,7 +205,7 @@ class DockerBackend(AgentSandbox):
         carrier: Path | None = None
         try:
             if ws.host is not None and pooled and self.swaps_workspace():
-                carrier = self._workspace_carrier(handle, ws.mount_path)
+                carrier = workspace_carrier.attach(handle, ws.mount_path)
                 mounts.append(Mount(ws.mount_path, str(carrier), type="bind", propagation="rslave"))
             elif ws.host is not None:
                 mounts.append(Mount(ws.mount_path, ws.host.host_path, type="bind", read_only=ws.host.read_only))
@@ -221,7 +221,9 @@ class DockerBackend(AgentSandbox):
             await self._wait_for_agent(handle, container)
             if carrier is not None and ws.host is not None and handle.agent is not None:
                 # (Without an agent, in an image with no python3, there is nothing to ask.)
-                await self._verify_carrier(handle, ws.mount_path, Path(ws.host.host_path))
+                await workspace_carrier.verify(
+                    handle, Path(ws.host.host_path), lambda path: self.file_op(handle, "stat", {"path": path})
+                )
             self.seal_agent_dir(agent_dir)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -229,47 +231,13 @@ class DockerBackend(AgentSandbox):
             raise
         return handle
 
-    def _workspace_carrier(self, handle: SandboxHandle, target: str) -> Path:
-        """A pooled sandbox's workspace goes through a carrier, so adopt() can replace it."""
-        assert handle.state_dir is not None
-        carrier = workspace_carrier.prepare(handle.state_dir)
-        handle.extra["workspace_carrier"] = carrier
-        handle.extra["workspace_target"] = target
-        return carrier
-
-    async def _verify_carrier(self, handle: SandboxHandle, target: str, workspace: Path) -> None:
-        """A file made in the workspace on the host must show at the workspace path inside."""
-        probe = workspace / workspace_carrier.probe_name()
-        await self._call(probe.touch)
-        try:
-            header, _ = await self.file_op(handle, "stat", {"path": f"{target}/{probe.name}"})
-        finally:
-            await self._call(probe.unlink, True)
-        why = f"{target} in the sandbox does not show {workspace} (is the daemon in another mount namespace?)"
-        workspace_carrier.verified(bool(header.get("exists")), why)
-
     def swaps_workspace(self) -> bool:
         return workspace_carrier.supported()
 
     def adopt(self, handle: SandboxHandle, spec: BoxSpec, key: str) -> bool:
         if not spec.has_host_mount():
             return super().adopt(handle, spec, key)
-        carrier: Path | None = handle.extra.get("workspace_carrier")
-        workspace, extras = resolve_mounts(spec, self.settings.mount_roots())
-        if carrier is None or workspace is None or extras or spec.mount_path != handle.extra.get("workspace_target"):
-            return False
-        uid, gid = self.settings.sandbox_uid, self.settings.sandbox_gid
-        prepare_host_dirs([workspace], uid, gid)
-        notes: list[str] = []
-        if workspaces.sandbox_identity(self.settings, workspace, notes) != (uid, gid):
-            return False  # the pooled sandbox runs as the wrong user for this host directory
-        plan = workspaces.plan(self.settings.data_dir, spec, key, workspace, uid, gid)
-        workspace_carrier.swap(carrier, workspace)
-        workspaces.release(self.settings.data_dir, handle.key, remove=True)  # the pool's own
-        handle.key = key
-        handle.adopt_workspace(plan)
-        handle.notes.extend(notes)
-        return True
+        return workspace_carrier.hand_over(self.settings, handle, spec, key)
 
     def _live_skills_mount(self, spec: BoxSpec, handle: SandboxHandle, skills: dict[str, ResolvedMount]) -> Mount:
         """``<workspace>/.skills`` from a shared host directory (see live_skills)."""
