@@ -19,17 +19,16 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 
 import boxagent_fs
 import boxagent_spare
+import boxagent_spawn
 from boxagent_conn import Conn
-from boxagent_proc import Proc, now, oom_kills, session_members
+from boxagent_proc import OomCounter, Proc, now, session_members
 
 VERSION = 3
 READ_CHUNK = 65536
-SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
 # A collected command's pipes are watched only after this long: most commands end sooner, and
 # their output (up to a pipe's 64 KiB) is then read once, at their exit, instead of waking the
@@ -38,7 +37,6 @@ QUIET_START_SEC = 0.005
 DRAIN_READS = 4  # reads per pipe of an exited process before it waits its turn in the loop
 PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output waits to be sent
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
-SHELL = "/bin/sh"
 
 
 def set_nonblocking(fd):
@@ -56,7 +54,7 @@ class Agent:
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
         self.dirty = set()  # connections with frames waiting to be written
         self.spare = None  # a shell started ahead of time for the next command
-        self.oom_seen = oom_kills()
+        self.oom = OomCounter()
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
@@ -236,8 +234,10 @@ class Agent:
             popen = self.spare.hand_over(script)
             self.spare = None
         else:
-            popen = self.fresh_spawn(conn, header, body, cwd)
-            if popen is None:
+            try:
+                popen = boxagent_spawn.fresh_spawn(self.base_env, header, body, cwd)
+            except boxagent_spawn.SpawnError as exc:
+                conn.send({"ev": "failed", "id": pid_key, "error": str(exc)})
                 return
         proc = Proc(popen.pid, popen, conn, header)
         self.procs[pid_key] = proc
@@ -259,41 +259,6 @@ class Agent:
                 self.watch_pipes(proc)
         if header.get("notify_started"):
             conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
-
-    def fresh_spawn(self, conn, header, body, cwd):
-        env = dict(self.base_env)
-        env.update(header.get("env") or {})
-        argv, pass_fds, script_fd = self.command_argv(header, body)
-        try:
-            return subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                # Only a process whose pipes go to the daemon gets a stdin it can write to.
-                stdin=subprocess.PIPE if header.get("stdin") and header.get("handoff") else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=pass_fds,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            conn.send({"ev": "failed", "id": header["id"], "error": "cannot start %s: %s" % (argv[0], exc.strerror)})
-            return None
-        finally:
-            if script_fd is not None:
-                os.close(script_fd)
-
-    def command_argv(self, header, body):
-        """argv for the request; a long shell script goes through a memfd, not argv."""
-        if header.get("argv"):
-            return [str(a) for a in header["argv"]], (), None
-        if len(body) <= SCRIPT_INLINE_MAX:
-            return [SHELL, "-c", body.decode("utf-8", "surrogateescape")], (), None
-        fd = os.memfd_create("boxagent-script", 0)
-        os.write(fd, body)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return [SHELL, "/proc/self/fd/%d" % fd], (fd,), fd
 
     def op_take_fds(self, conn, header, _body):
         """Pass a handed-off process's stdin, stdout and stderr to the daemon (SCM_RIGHTS)."""
@@ -475,61 +440,7 @@ class Agent:
         if self.procs.pop(proc.id, None) is None:
             return
         if proc.conn is not None:
-            header = self.exit_event(proc)
-            body = b""
-            if proc.collected is not None:
-                header["out_len"] = len(proc.collected[0])
-                body = bytes(proc.collected[0] + proc.collected[1])
-            proc.conn.send(header, body)
-
-    def exit_event(self, proc):
-        status = proc.status
-        code = None
-        sig = None
-        if os.WIFEXITED(status):
-            code = os.WEXITSTATUS(status)
-            reason = "exit"
-        else:
-            sig = os.WTERMSIG(status)
-            code = 128 + sig
-            reason = "signal"
-        # The OOM killer usually hits a child of the shell, which then exits 128+9 itself. The
-        # counter is only read for such exits: it costs a file read, and most commands succeed.
-        if code == 128 + signal.SIGKILL:
-            seen, self.oom_seen = self.oom_seen, oom_kills()
-            if self.oom_seen is not None and seen is not None and self.oom_seen > seen:
-                reason = "oom"
-        if proc.timed_out:
-            reason = "timeout"
-        elif proc.cancelled:
-            reason = "cancelled"
-        ru = proc.rusage
-        return {
-            "ev": "exit",
-            "id": proc.id,
-            "code": code,
-            "signal": sig,
-            "reason": reason,
-            "wall_ms": int((proc.exited_at - proc.started) * 1000),
-            "cpu_ms": int((ru.ru_utime + ru.ru_stime) * 1000),
-            "peak_rss_kb": int(ru.ru_maxrss),
-            "totals": proc.totals,
-        }
-
-
-def close_on_exec_inherited():
-    """Whatever descriptors the agent inherited (beyond 0-2) must not reach the commands it
-    starts: spares are made with posix_spawn, which closes only close-on-exec descriptors."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        return
-    for fd in fds:
-        if fd > 2:
-            try:
-                os.set_inheritable(fd, False)
-            except OSError:
-                pass  # the listing's own descriptor, closed by now
+            proc.conn.send(*proc.exit_frame(self.oom))
 
 
 def main(argv):
@@ -537,7 +448,7 @@ def main(argv):
         sys.stderr.write("usage: boxagent.py SOCKET_PATH\n")
         return 2
     os.umask(0o022)
-    close_on_exec_inherited()
+    boxagent_spawn.close_on_exec_inherited()
     Agent(argv[1]).run()
     return 0
 

@@ -2,6 +2,7 @@
 (stdlib only)."""
 
 import os
+import signal
 import time
 
 # A collected command sends its output in its exit frame: at most this much per stream, so the
@@ -28,6 +29,18 @@ def oom_kills():
         except (OSError, ValueError):
             continue
     return None
+
+
+class OomCounter:
+    """The sandbox's OOM kills, to tell whether a SIGKILL came from the OOM killer."""
+
+    def __init__(self):
+        self.seen = oom_kills()
+
+    def rose(self):
+        """Whether an OOM kill happened since the last look (a file read: ask only when needed)."""
+        seen, self.seen = self.seen, oom_kills()
+        return self.seen is not None and seen is not None and self.seen > seen
 
 
 def session_members(sid):
@@ -83,3 +96,40 @@ class Proc:
         self.listen_at = None  # when the pipes start being watched, if they are not yet
         self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
         self.paused = False
+
+    def exit_frame(self, oom):
+        """The exit event (header, body) of this reaped process; a collected command's output
+        is the body, stdout then stderr, split at ``out_len``."""
+        status = self.status
+        sig = None
+        if os.WIFEXITED(status):
+            code = os.WEXITSTATUS(status)
+            reason = "exit"
+        else:
+            sig = os.WTERMSIG(status)
+            code = 128 + sig
+            reason = "signal"
+        # The OOM killer usually hits a child of the shell, which then exits 128+9 itself. The
+        # counter is only read for such exits: it costs a file read, and most commands succeed.
+        if code == 128 + signal.SIGKILL and oom.rose():
+            reason = "oom"
+        if self.timed_out:
+            reason = "timeout"
+        elif self.cancelled:
+            reason = "cancelled"
+        ru = self.rusage
+        header = {
+            "ev": "exit",
+            "id": self.id,
+            "code": code,
+            "signal": sig,
+            "reason": reason,
+            "wall_ms": int((self.exited_at - self.started) * 1000),
+            "cpu_ms": int((ru.ru_utime + ru.ru_stime) * 1000),
+            "peak_rss_kb": int(ru.ru_maxrss),
+            "totals": self.totals,
+        }
+        if self.collected is None:
+            return header, b""
+        header["out_len"] = len(self.collected[0])
+        return header, bytes(self.collected[0] + self.collected[1])
