@@ -141,7 +141,10 @@ def containers_of(data_dir: Path, instance: str | None = None) -> list[str]:
     if instance:
         labels.append(f"boxruntime.instance={instance}")
     try:
-        return [c.name for c in client.containers.list(all=True, filters={"label": labels})]
+        # One listing call: the high-level list() inspects each container afterwards, and fails
+        # on one that the daemon removes in between.
+        found = client.api.containers(all=True, filters={"label": labels})
+        return [str(c["Names"][0]).lstrip("/") for c in found]
     finally:
         client.close()
 
