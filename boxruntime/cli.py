@@ -38,16 +38,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from boxruntime.event_loop import LoopUnavailable, run_options
     from boxruntime.server import StartupRefused, serve_stdio, serve_websocket
 
     settings = _settings(args)
     try:
+        options = run_options(settings.event_loop)
         if args.stdio:
             # The port, when given, is the managed-process relay's (as with `lbp box -s`).
-            anyio.run(serve_stdio, settings, args.port or 0)
+            anyio.run(serve_stdio, settings, args.port or 0, backend_options=options)
         else:
-            anyio.run(serve_websocket, settings)
-    except StartupRefused as exc:
+            anyio.run(serve_websocket, settings, backend_options=options)
+    except (StartupRefused, LoopUnavailable) as exc:
         print(f"boxruntime: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -21,6 +21,7 @@ import anyio
 from aiohttp import web
 
 from boxruntime.config import Settings
+from boxruntime.event_loop import running_loop_name
 from boxruntime.handlers import BoxActions
 from boxruntime.models import RelayInfo
 from boxruntime.protocol import MAX_MESSAGE_BYTES, Peer, StreamConnection, WebSocketConnection
@@ -174,11 +175,12 @@ async def serve_websocket(settings: Settings) -> None:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         log.info(
-            "boxruntime listening on ws://%s:%d/rpc/ws (backend=%s, auth=%s)",
+            "boxruntime listening on ws://%s:%d/rpc/ws (backend=%s, auth=%s, loop=%s)",
             settings.host,
             settings.port,
             settings.backend,
             "token" if settings.token else "none (loopback only)",
+            running_loop_name(),
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_daemon_tasks, runtime, skills)
@@ -223,7 +225,12 @@ async def serve_stdio(settings: Settings, relay_port: int = 0) -> None:
         relay_info = RelayInfo(base_url=f"http://127.0.0.1:{port}", token=token)
         connection = await _stdio_connection()
         peer = Peer(connection, BoxActions(runtime, skills, relay_info).table(), name="stdio")
-        log.info("boxruntime serving action RPC on stdio (backend=%s, relay on port %d)", settings.backend, port)
+        log.info(
+            "boxruntime serving action RPC on stdio (backend=%s, relay on port %d, loop=%s)",
+            settings.backend,
+            port,
+            running_loop_name(),
+        )
 
         async def until_eof_then_stop(tg: anyio.abc.TaskGroup) -> None:
             await peer.run()

@@ -89,6 +89,23 @@ async def test_network_is_off_unless_asked(daemon: Daemon) -> None:
         assert "eth0" in on["stdout"].split()
 
 
+ZOMBIES = "for s in /proc/[0-9]*/stat; do read -r line < $s 2>/dev/null; case ${line##*) } in Z*) echo $s;; esac; done"
+
+
+async def test_the_agent_reaps_orphans_as_init(daemon: Daemon) -> None:
+    async with connect(daemon) as peer:
+        # The subshell exits at once: its sleeps become orphans of PID 1 (the agent), then exit.
+        assert (await run(peer, "(sleep 0.2 & sleep 0.3 &); echo left"))["stdout"] == "left"
+        await anyio.sleep(0.5)
+        # Reaped at once or on the agent's next periodic wake-up (at most 1 s later).
+        for _ in range(20):
+            zombies = (await run(peer, ZOMBIES))["stdout"]
+            if not zombies:
+                break
+            await anyio.sleep(0.25)
+        assert zombies == ""
+
+
 async def test_timeout_kills_the_tree_and_keeps_the_session(daemon: Daemon) -> None:
     async with connect(daemon) as peer:
         await run(peer, "echo kept > /workspace/f; sleep 300 > /dev/null 2>&1 &")

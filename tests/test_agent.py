@@ -146,6 +146,33 @@ async def test_fifty_concurrent_commands(agent: AgentClient) -> None:
     assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(50)]
 
 
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        return int(proc_status(pid)["PPid"])
+    except OSError:
+        return None  # gone meanwhile
+
+
+def pidfds_held(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:[pidfd]")
+
+
+async def test_exits_reach_the_agent_through_pidfds_not_signals(agent: AgentClient, agent_dir: Path) -> None:
+    # The agent is the fixture's child (a spare shell being spawned briefly shows its cmdline too).
+    [agent_pid] = [pid for pid in pids_alive(str(agent_dir / "agent.sock")) if parent_of(pid) == os.getpid()]
+    caught = int(proc_status(agent_pid)["SigCgt"], 16)
+    assert not caught & (1 << (signal.SIGCHLD - 1)), "SIGCHLD is handled: exits go the slow way"
+    results = await asyncio.gather(*(agent.run(cmd(f"exit {i}")) for i in range(20)))
+    assert [r.exit.code for r in results] == list(range(20))
+    assert pidfds_held(agent_pid) == 0  # each one closed when its process was reaped
+
+
 async def test_accounting(agent: AgentClient) -> None:
     alloc = await agent.run(cmd("python3 -c 'b = bytearray(200 * 1024 * 1024); b[::4096] = b\"x\" * len(b[::4096])'"))
     assert alloc.exit.code == 0 and alloc.exit.peak_rss_kb >= 200 * 1024

@@ -425,6 +425,34 @@ async def test_peer_closing_fails_pending_calls_and_cancels_handlers() -> None:
         await peer.call("__ping", {})
 
 
+async def test_cancelling_the_peer_cancels_its_handlers_before_run_returns() -> None:
+    """A daemon shutting down cancels each connection's run(): no handler may outlive it."""
+    handler_started = anyio.Event()
+    handler_finished: list[str] = []
+
+    async def forever(_: dict[str, Any]) -> dict[str, Any]:
+        handler_started.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            handler_finished.append("cancelled")
+        return {}
+
+    peer_conn, raw_conn = connection_pair()
+    peer = Peer(peer_conn, {"forever": forever})
+    raw = RawEnd(raw_conn)
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.run)
+            await raw.send({"seq_id": 1, "action": "forever", "data": {}})
+            await raw.send({"seq_id": 2, "action": "forever", "data": {}})
+            await handler_started.wait()
+            await anyio.sleep(0.01)  # let the second handler start too
+            tg.cancel_scope.cancel()
+    assert handler_finished == ["cancelled", "cancelled"]
+    assert peer.closed
+
+
 async def test_stream_caller_fails_when_the_peer_goes_away() -> None:
     first_sent = anyio.Event()
 

@@ -9,12 +9,13 @@ goes away, in-flight handlers are cancelled and pending calls fail with
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -83,6 +84,7 @@ class Peer:
         self._waiters: dict[int, MemoryObjectSendStream[Response]] = {}
         self._closed = anyio.Event()
         self._running = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.name = name
 
     @property
@@ -101,25 +103,36 @@ class Peer:
         """Read until the peer goes away; serve its requests and route its responses."""
         self._running = True
         try:
-            async with anyio.create_task_group() as tg:
-                while True:
-                    obj = await self._conn.receive()
-                    if obj is None:
-                        break
-                    message = classify(obj)
-                    if isinstance(message, Response):
-                        self._route(message)
-                    elif isinstance(message, Request):
-                        self._dispatch(tg, message)
-                    elif isinstance(message, BadRequest):
-                        tg.start_soon(self._send_error, message.seq_id, BoxValidationError(message.reason))
-                # The peer is gone: nobody can receive what in-flight handlers would answer.
-                tg.cancel_scope.cancel()
+            while True:
+                obj = await self._conn.receive()
+                if obj is None:
+                    break
+                message = classify(obj)
+                if isinstance(message, Response):
+                    self._route(message)
+                elif isinstance(message, Request):
+                    self._dispatch(message)
+                elif isinstance(message, BadRequest):
+                    self._start(self._send_error(message.seq_id, BoxValidationError(message.reason)))
         finally:
             self._closed.set()
             for waiter in list(self._waiters.values()):
                 waiter.close()
             self._waiters.clear()
+            # The peer is gone: nobody can receive what in-flight handlers would answer.
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait(tasks)
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        # Plain asyncio tasks: a request is served one loop iteration after it arrives, with less
+        # work than a task group's start_soon; run() still owns them and cancels them at the end.
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _route(self, response: Response) -> None:
         waiter = self._waiters.get(response.seq_id)
@@ -129,13 +142,13 @@ class Peer:
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             waiter.send_nowait(response)
 
-    def _dispatch(self, tg: anyio.abc.TaskGroup, req: Request) -> None:
+    def _dispatch(self, req: Request) -> None:
         if self._inflight >= self._max_inflight and req.action not in _ALWAYS_SERVED:
             busy = BoxCapacityExceededError(f"Runtime connection is busy (max {self._max_inflight} concurrent actions)")
-            tg.start_soon(self._send_error, req.seq_id, busy)
+            self._start(self._send_error(req.seq_id, busy))
             return
         self._inflight += 1
-        tg.start_soon(self._serve, req)
+        self._start(self._serve(req))
 
     async def _cancel_action(self, data: Payload) -> Payload:
         """LangBot 0.7's ``__cancel_action``: stop serving one of this peer's requests."""

@@ -55,6 +55,8 @@ class Agent:
         self.dirty = set()  # connections with frames waiting to be written
         self.spare = None  # a shell started ahead of time for the next command
         self.oom = OomCounter()
+        self.exit_fds = {}  # pid -> pidfd of a command, readable once it exits (see run)
+        self.pidfds = False
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
@@ -113,7 +115,12 @@ class Agent:
             pass
 
     def run(self):
-        signal.signal(signal.SIGCHLD, lambda *_: None)
+        # A command's exit wakes the loop through its pidfd: no signal is delivered, handled and
+        # turned into a wake-up write on the way. Without pidfds, SIGCHLD does it. Orphans that
+        # are reparented to us are reaped on the next loop iteration either way.
+        self.pidfds = pidfds_work()
+        if not self.pidfds:
+            signal.signal(signal.SIGCHLD, lambda *_: None)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.on_stop_signal)
         wake_r, wake_w = os.pipe()
@@ -242,6 +249,7 @@ class Agent:
         proc = Proc(popen.pid, popen, conn, header)
         self.procs[pid_key] = proc
         self.by_pid[popen.pid] = proc
+        self.watch_exit(popen.pid)
         if header.get("handoff"):
             # The daemon takes the pipes themselves (op take_fds): its data need not pass
             # through this process. The agent still reaps, signals and reports the exit.
@@ -394,6 +402,7 @@ class Agent:
                 return
             if pid == 0:
                 return
+            self.unwatch_exit(pid)
             proc = self.by_pid.pop(pid, None)
             if proc is None:
                 if self.spare is not None and pid == self.spare.pid:
@@ -407,6 +416,22 @@ class Agent:
             self.drain_exited(proc)
             if not proc.pipes:
                 self.finish(proc)
+
+    def watch_exit(self, pid):
+        if not self.pidfds:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return  # the periodic wake-up still reaps it
+        self.exit_fds[pid] = fd
+        self.sel.register(fd, selectors.EVENT_READ, _reap_follows)
+
+    def unwatch_exit(self, pid):
+        fd = self.exit_fds.pop(pid, None)
+        if fd is not None:
+            self.sel.unregister(fd)
+            os.close(fd)
 
     def drain_exited(self, proc):
         """Read what an exited process left in its pipes now, up to their end: most commands
@@ -441,6 +466,18 @@ class Agent:
             return
         if proc.conn is not None:
             proc.conn.send(*proc.exit_frame(self.oom))
+
+
+def _reap_follows(_mask):
+    """A pidfd turned readable: its process exited, and every loop iteration ends with reap()."""
+
+
+def pidfds_work():
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):  # Python < 3.9, kernel < 5.3, or a seccomp filter
+        return False
+    return True
 
 
 def main(argv):
