@@ -81,6 +81,9 @@ async def relay_ws(
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         await process.write_line(msg.data)
+                # The client closed, and its close was answered in this same step: it must not
+                # count as attached once it can ask (the full detach follows the cancellation).
+                process.release(attachment)
                 tg.cancel_scope.cancel()
 
             tg.start_soon(to_client)

@@ -67,6 +67,7 @@ async def test_health_endpoints(daemon: Daemon) -> None:
         async with http.get(f"{daemon.http}/readyz") as ready:
             body = await ready.json()
             assert ready.status == 200 and body["ready"] is True and body["backend"]["name"] == "docker"
+    assert "loop=uvloop" in daemon.log()  # the default where uvloop is installed (it is a dependency)
 
 
 async def test_malformed_frames_never_hurt_the_daemon(daemon: Daemon) -> None:
@@ -166,3 +167,4 @@ def test_stdio_daemon_exits_on_eof_and_removes_its_sandboxes(
     proc.stdin.close()
     assert proc.wait(timeout=60) == 0
     assert containers_of(data_dir) == []
+    assert "loop=uvloop" in (tmp_path / "stdio.log").read_text()

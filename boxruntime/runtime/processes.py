@@ -199,9 +199,14 @@ class ManagedProcess:
             send.close()
         return attachment
 
-    def detach(self, attachment: Attachment) -> None:
+    def release(self, attachment: Attachment) -> None:
+        """The client has gone: it no longer counts as attached, and new output is kept for
+        the next one. ``detach`` then takes back what it was sent but never read."""
         if self.attachment is attachment:
             self.attachment = None
+
+    def detach(self, attachment: Attachment) -> None:
+        self.release(attachment)
         # Lines handed to this client but not yet sent go back to the front of the replay.
         pending = []
         with contextlib.suppress(anyio.EndOfStream, anyio.WouldBlock, anyio.ClosedResourceError):
