@@ -26,15 +26,18 @@ import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from boxruntime.config import BACKEND_NAMES
 from boxruntime.errors import BoxError
 from boxruntime.models import EndReason, ExecResult, ExecStatus, SessionInfo, StreamedResult
-from langbot_bridge import BoxClient, BoxService, Connector, RemoteTarget, SpawnTarget, Timing, chunk_bytes
-from langbot_bridge.skills import skill_mounts
+
+# `boxruntime serve` builds this parser too: langbot_bridge (1.3 MiB of the daemon's resident
+# memory) is imported only once a client command runs.
+if TYPE_CHECKING:
+    from langbot_bridge import BoxService, Connector, RemoteTarget, SpawnTarget
 
 EXIT_CLIENT_ERROR = 125  # boxruntime failed, not the command (as `docker run` does)
 EXIT_TIMED_OUT = 124  # as timeout(1)
@@ -89,6 +92,8 @@ def say(message: str) -> None:
 
 
 def _target(args: argparse.Namespace) -> SpawnTarget | RemoteTarget:
+    from langbot_bridge import RemoteTarget, SpawnTarget
+
     if args.endpoint:
         return RemoteTarget(args.endpoint, args.token or os.environ.get(TOKEN_ENV))
     serve_args = ["--log-level", args.log_level]
@@ -105,6 +110,8 @@ def _target(args: argparse.Namespace) -> SpawnTarget | RemoteTarget:
 async def connected(args: argparse.Namespace) -> AsyncIterator[Connector]:
     # Never box_shutdown: it would delete the files of the sessions this CLI keeps.
     # One attempt: a one-shot command has no use for reconnecting; it fails fast and says why.
+    from langbot_bridge import Connector, Timing
+
     timing = Timing(connect_timeout=CONNECT_TIMEOUT)
     async with Connector(_target(args), timing=timing, shutdown_on_close=False, reconnect=False) as connector:
         connector.require()
@@ -161,6 +168,8 @@ def _exit_status(result: ExecResult) -> int:
 
 
 async def _stream(service: BoxService, session_id: str, command: str, request: dict[str, Any]) -> int:
+    from langbot_bridge import chunk_bytes
+
     outputs = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     result: ExecResult | None = None
     async with contextlib.aclosing(service.exec_stream(session_id, command, request, actor="cli")) as stream:
@@ -177,6 +186,9 @@ async def _stream(service: BoxService, session_id: str, command: str, request: d
 
 
 async def _exec(args: argparse.Namespace) -> int:
+    from langbot_bridge import BoxClient, BoxService
+    from langbot_bridge.skills import skill_mounts
+
     argv = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not argv:
         raise BoxError("no command given: boxruntime exec [OPTIONS] -- CMD [ARGS...]")
@@ -230,6 +242,8 @@ def print_table(rows: list[list[str]]) -> None:
 
 
 async def _sessions(args: argparse.Namespace) -> int:
+    from langbot_bridge import BoxService
+
     async with connected(args) as connector:
         sessions = await BoxService(connector).sessions()
     if args.json:
@@ -248,6 +262,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
+    from langbot_bridge import BoxService
+
     async with connected(args) as connector:
         status = await BoxService(connector).status()
     if args.json:

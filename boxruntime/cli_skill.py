@@ -22,8 +22,8 @@ from typing import Any
 from boxruntime.cli_client import connected, connection_options, print_table, run, say
 from boxruntime.errors import BoxError
 from boxruntime.models import Skill
-from langbot_bridge import BoxClient
-from langbot_bridge.skills import SkillService, skill_files
+
+# langbot_bridge is imported inside the commands, as in cli_client: the daemon builds this parser.
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -76,6 +76,9 @@ def _size(skill: Skill) -> str:
 
 
 async def _install(args: argparse.Namespace) -> int:
+    from langbot_bridge import BoxClient
+    from langbot_bridge.skills import SkillService
+
     filename = f"{args.name}.zip" if args.name else None
     async with connected(args) as connector:
         # No suffix: `skill install ./demo` is stored as <skills>/demo, not LangBot's demo-upload.
@@ -94,6 +97,9 @@ def cmd_skill_install(args: argparse.Namespace) -> int:
 
 
 async def _rm(args: argparse.Namespace) -> int:
+    from langbot_bridge import BoxClient
+    from langbot_bridge.skills import SkillService
+
     async with connected(args) as connector:
         await SkillService(BoxClient(connector)).delete(args.name, actor="cli")
     print(f"removed skill {args.name}")
@@ -108,6 +114,8 @@ def cmd_skill_rm(args: argparse.Namespace) -> int:
 
 
 async def _list(args: argparse.Namespace) -> int:
+    from langbot_bridge import BoxClient
+
     async with connected(args) as connector:
         skills = await BoxClient(connector).list_skills()
     if args.json:
@@ -128,6 +136,9 @@ def cmd_skill_list(args: argparse.Namespace) -> int:
 
 
 async def _show(args: argparse.Namespace) -> int:
+    from langbot_bridge import BoxClient
+    from langbot_bridge.skills import skill_files
+
     async with connected(args) as connector:
         client = BoxClient(connector)
         skill = await client.get_skill(args.name)

@@ -1,0 +1,27 @@
+"""The daemon's process loads only what serving needs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_the_daemon_does_not_load_the_client_library() -> None:
+    # What `boxruntime serve` imports: the CLI (all its parsers) and the server.
+    probe = "import sys, boxruntime.cli, boxruntime.server; print([m for m in sys.modules if 'langbot_bridge' in m])"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
+
+
+def test_client_commands_still_reach_the_library() -> None:
+    # The lazy imports resolve: an unreachable endpoint fails cleanly with boxruntime's own exit
+    # code for client errors, not with an ImportError.
+    result = subprocess.run(
+        [sys.executable, "-m", "boxruntime", "sessions", "--endpoint", "ws://127.0.0.1:9/rpc/ws", "--token", "x" * 40],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 125, result.stderr
+    assert "ImportError" not in result.stderr and "boxruntime:" in result.stderr
