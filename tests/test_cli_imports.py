@@ -1,4 +1,4 @@
-"""The daemon's process loads only what serving needs."""
+"""The daemon's process loads only what serving needs: every module it imports is resident memory."""
 
 from __future__ import annotations
 
@@ -6,9 +6,13 @@ import subprocess
 import sys
 
 
-def test_the_daemon_does_not_load_the_client_library() -> None:
-    # What `boxruntime serve` imports: the CLI (all its parsers) and the server.
-    probe = "import sys, boxruntime.cli, boxruntime.server; print([m for m in sys.modules if 'langbot_bridge' in m])"
+def test_the_daemon_does_not_load_the_client_library_or_yaml() -> None:
+    # What `boxruntime serve` imports: the CLI (all its parsers) and the server. YAML is only
+    # needed once a skill's SKILL.md is read.
+    probe = (
+        "import sys, boxruntime.cli, boxruntime.server; "
+        "print([m for m in sys.modules if m.startswith(('langbot_bridge', 'yaml'))])"
+    )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import yaml
-
 from boxruntime.errors import BoxValidationError
 
 KNOWN_FIELDS = ("name", "display_name", "description")
@@ -45,6 +43,8 @@ def parse(content: str) -> tuple[dict[Any, Any], str]:
         return {}, content
     if len(block) > MAX_FRONTMATTER_CHARS:
         raise BoxValidationError(f"SKILL.md frontmatter is larger than {MAX_FRONTMATTER_CHARS} characters")
+    import yaml  # here, not at the top: a daemon that never reads a skill never loads it (1.7 MiB)
+
     try:
         metadata = yaml.safe_load(block)
     except (yaml.YAMLError, RecursionError) as exc:
@@ -68,6 +68,8 @@ def build(metadata: dict[Any, Any], instructions: str) -> str:
     block.update((key, value) for key, value in metadata.items() if key not in KNOWN_FIELDS)
     if not block:
         return instructions
+    import yaml
+
     text = yaml.safe_dump(block, default_flow_style=False, allow_unicode=True, sort_keys=False).strip()
     return f"{FENCE}\n{text}\n{FENCE}\n\n{instructions}"
 
