@@ -453,6 +453,33 @@ async def test_cancelling_the_peer_cancels_its_handlers_before_run_returns() -> 
     assert peer.closed
 
 
+async def test_a_shielded_cleanup_finishes_when_the_peer_goes_away() -> None:
+    """Handlers shield what must not be cut short (removing a sandbox); a peer that disconnects
+    cancels the handler, but never through its shield."""
+    in_shield = anyio.Event()
+    steps: list[str] = []
+
+    async def remove(_: dict[str, Any]) -> dict[str, Any]:
+        with anyio.CancelScope(shield=True):
+            in_shield.set()
+            await anyio.sleep(0.2)
+            steps.append("cleanup finished")
+        await anyio.sleep_forever()  # cancelled here, after the shield
+        return {}
+
+    peer_conn, raw_conn = connection_pair()
+    peer = Peer(peer_conn, {"remove": remove})
+    raw = RawEnd(raw_conn)
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.run)
+            await raw.send({"seq_id": 1, "action": "remove", "data": {}})
+            await in_shield.wait()
+            await raw_conn.close()
+            await peer.wait_closed()
+    assert steps == ["cleanup finished"]
+
+
 async def test_stream_caller_fails_when_the_peer_goes_away() -> None:
     first_sent = anyio.Event()
 

@@ -84,7 +84,7 @@ class Peer:
         self._waiters: dict[int, MemoryObjectSendStream[Response]] = {}
         self._closed = anyio.Event()
         self._running = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], anyio.CancelScope | None] = {}
         self.name = name
 
     @property
@@ -119,20 +119,25 @@ class Peer:
             for waiter in list(self._waiters.values()):
                 waiter.close()
             self._waiters.clear()
-            # The peer is gone: nobody can receive what in-flight handlers would answer.
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            if tasks:
+            # The peer is gone: nobody can receive what in-flight handlers would answer. Handlers
+            # are cancelled through their anyio scopes, never with task.cancel(): a native cancel
+            # goes through the shields that keep cleanup (a sandbox half removed) from being cut.
+            for task, scope in list(self._tasks.items()):
+                if scope is not None:
+                    scope.cancel()
+                else:
+                    task.cancel()  # an error reply: no handler code, no shield
+            if self._tasks:
                 with anyio.CancelScope(shield=True):
-                    await asyncio.wait(tasks)
+                    await asyncio.wait(list(self._tasks))
 
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        # Plain asyncio tasks: a request is served one loop iteration after it arrives, with less
-        # work than a task group's start_soon; run() still owns them and cancels them at the end.
+    def _start(self, coro: Coroutine[Any, Any, None], scope: anyio.CancelScope | None = None) -> None:
+        """Run ``coro`` in a plain asyncio task (less work per request than a task group's
+        start_soon); ``scope``, if given, is the anyio scope ``coro`` runs in, which run() cancels
+        when the peer goes away."""
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = scope
+        task.add_done_callback(self._tasks.pop)
 
     def _route(self, response: Response) -> None:
         waiter = self._waiters.get(response.seq_id)
@@ -148,7 +153,11 @@ class Peer:
             self._start(self._send_error(req.seq_id, busy))
             return
         self._inflight += 1
-        self._start(self._serve(req))
+        # Made here, not in the task: a request cancelled before its task first runs is
+        # cancelled as soon as it does.
+        scope = anyio.CancelScope()
+        self._scopes[req.seq_id] = scope
+        self._start(self._serve(req, scope), scope)
 
     async def _cancel_action(self, data: Payload) -> Payload:
         """LangBot 0.7's ``__cancel_action``: stop serving one of this peer's requests."""
@@ -159,16 +168,15 @@ class Peer:
         scope.cancel()
         return {"cancelled": True}
 
-    async def _serve(self, req: Request) -> None:
-        with anyio.CancelScope() as scope:
-            self._scopes[req.seq_id] = scope
+    async def _serve(self, req: Request, scope: anyio.CancelScope) -> None:
+        with scope:
             try:
                 await self._answer(req)
             finally:
                 if self._scopes.get(req.seq_id) is scope:
                     del self._scopes[req.seq_id]
                 self._inflight -= 1
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and not self.closed:  # by __cancel_action: say so
             await self._send_error(req.seq_id, BoxError(f"Action {req.action} was cancelled"))
 
     async def _answer(self, req: Request) -> None:
