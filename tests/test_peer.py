@@ -7,6 +7,7 @@ over a pipe. ``RawEnd`` is the other side without a Peer, for hand-built wire me
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -93,6 +94,17 @@ class RawEnd:
 
 async def _echo(data: dict[str, Any]) -> dict[str, Any]:
     return {"echo": data}
+
+
+@contextlib.asynccontextmanager
+async def serving(actions: dict[str, Any]) -> AsyncIterator[tuple[Peer, RawEnd, anyio.abc.TaskGroup]]:
+    """A peer serving ``actions`` in a task group, and the raw far end of its connection."""
+    peer_conn, raw_conn = connection_pair()
+    peer = Peer(peer_conn, actions)
+    with anyio.fail_after(LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(peer.run)
+            yield peer, RawEnd(raw_conn), tg
 
 
 # ── calls and responses ───────────────────────────────────────────────────
@@ -438,17 +450,12 @@ async def test_cancelling_the_peer_cancels_its_handlers_before_run_returns() -> 
             handler_finished.append("cancelled")
         return {}
 
-    peer_conn, raw_conn = connection_pair()
-    peer = Peer(peer_conn, {"forever": forever})
-    raw = RawEnd(raw_conn)
-    with anyio.fail_after(LIMIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(peer.run)
-            await raw.send({"seq_id": 1, "action": "forever", "data": {}})
-            await raw.send({"seq_id": 2, "action": "forever", "data": {}})
-            await handler_started.wait()
-            await anyio.sleep(0.01)  # let the second handler start too
-            tg.cancel_scope.cancel()
+    async with serving({"forever": forever}) as (peer, raw, tg):
+        await raw.send({"seq_id": 1, "action": "forever", "data": {}})
+        await raw.send({"seq_id": 2, "action": "forever", "data": {}})
+        await handler_started.wait()
+        await anyio.sleep(0.01)  # let the second handler start too
+        tg.cancel_scope.cancel()
     assert handler_finished == ["cancelled", "cancelled"]
     assert peer.closed
 
@@ -467,16 +474,11 @@ async def test_a_shielded_cleanup_finishes_when_the_peer_goes_away() -> None:
         await anyio.sleep_forever()  # cancelled here, after the shield
         return {}
 
-    peer_conn, raw_conn = connection_pair()
-    peer = Peer(peer_conn, {"remove": remove})
-    raw = RawEnd(raw_conn)
-    with anyio.fail_after(LIMIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(peer.run)
-            await raw.send({"seq_id": 1, "action": "remove", "data": {}})
-            await in_shield.wait()
-            await raw_conn.close()
-            await peer.wait_closed()
+    async with serving({"remove": remove}) as (peer, raw, _):
+        await raw.send({"seq_id": 1, "action": "remove", "data": {}})
+        await in_shield.wait()
+        await raw.conn.close()
+        await peer.wait_closed()
     assert steps == ["cleanup finished"]
 
 
