@@ -66,6 +66,7 @@ from bench_sections import (
     bench_warm,
     measure_idle_rss,
 )
+from bench_stdio import OURS_STDIO_DATA, bench_warm_stdio
 
 
 async def run_bench(args: argparse.Namespace, daemons: dict[str, DaemonProc], shape: Shape) -> dict[str, Any]:
@@ -96,6 +97,11 @@ async def run_bench(args: argparse.Namespace, daemons: dict[str, DaemonProc], sh
         else:
             await watch.settle()
         await phase("warm", bench_warm(sides, shape, args.warm, args.warmup))
+        if args.stdio_warm:
+            work = shape.mount_root.parent
+            stdio = await phase("warm_stdio", bench_warm_stdio(work, shape, args.backend, args.stdio_warm, args.warmup))
+            for name in SIDES:
+                sides[name].errors += stdio["errors"][name]
         if args.relay:
             await phase("relay", bench_relay(sides, shape, args.relay))
         pool_before = await pool_status(sides[OURS])
@@ -149,6 +155,19 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
         Row("warm_exec_mean_ms", "warm exec mean, back to back", "ms", mean(warm[OURS]), mean(warm[THEIRS])),
         pct_row("warm_exec_idle_p50_ms", f"warm exec p50, after idle (n={k})", idle, 50),
     ]
+    if "warm_stdio" in res:
+        warm, idle = res["warm_stdio"]["burst"], res["warm_stdio"]["after_idle"]
+        m = notes.add(
+            "the same measurement with both daemons spawned by LangBot's own StdioClientController "
+            "(`boxruntime serve --stdio`, `lbp box -s`): the transport LangBot uses for a local Box runtime "
+            "on Linux. The rows above use the websocket, as LangBot does for a remote or containerised runtime."
+        )
+        n, k = len(warm[OURS]), len(idle[OURS])
+        rows += [
+            pct_row("warm_exec_stdio_p50_ms", f"warm exec p50 over stdio, back to back {m} (n={n})", warm, 50),
+            pct_row("warm_exec_stdio_p95_ms", f"warm exec p95 over stdio, back to back (n={n})", warm, 95),
+            pct_row("warm_exec_stdio_idle_p50_ms", f"warm exec p50 over stdio, after idle (n={k})", idle, 50),
+        ]
     if "relay" in res:
         s = res["relay"]["samples"]
         n = args.relay
@@ -321,6 +340,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="parallel session counts, comma-separated (default 8,32; '' or 0 skips)",
     )
     p.add_argument("--parallel-rounds", type=int, default=1, help="rounds per parallel count (default 1)")
+    p.add_argument(
+        "--stdio-warm",
+        type=int,
+        default=200,
+        help="timed warm execs per daemon over LangBot's stdio transport (default 200; 0 skips)",
+    )
     p.add_argument("--relay", type=int, default=300, help="relay round trips per daemon (default 300; 0 skips)")
     p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the daemon memory figures")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"local image for both daemons (default {DEFAULT_IMAGE})")
@@ -342,8 +367,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warm < 1 or args.cold < 1 or args.warmup < 0:
         p.error("--warm and --cold must be >= 1, --warmup >= 0")
-    if args.pool < 0 or args.relay < 0 or args.parallel_rounds < 1 or not 0 <= args.pool_size <= 64:
-        p.error("--pool and --relay must be >= 0, --parallel-rounds >= 1, --pool-size 0..64")
+    counts_ok = min(args.pool, args.relay, args.stdio_warm) >= 0 and args.parallel_rounds >= 1
+    if not counts_ok or not 0 <= args.pool_size <= 64:
+        p.error("--pool, --relay and --stdio-warm must be >= 0, --parallel-rounds >= 1, --pool-size 0..64")
     if args.pool and args.pool_size == 0:
         p.error("--pool needs a pool: use --pool-size >= 1 or --pool 0")
     return args
@@ -398,6 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                     "spec": args.spec,
                     "cmd": shape.cmd,
                     "warm_rounds": args.warm,
+                    "stdio_warm_rounds": args.stdio_warm,
                     "warmup": args.warmup,
                     "cold_rounds": args.cold,
                     "pool_rounds": args.pool,
@@ -434,7 +461,8 @@ def cleanup(daemons: dict[str, DaemonProc], work: Path, run_id: str, keep: bool)
     status = 0
     for d in daemons.values():
         log(f"stopping {d.name}: {d.stop()}")
-    ours = remove_containers("boxruntime.managed=true", lambda v: v == str(work / "ours-data"), "boxruntime.data_dir")
+    ours_dirs = {str(work / "ours-data"), str(work / OURS_STDIO_DATA)}
+    ours = remove_containers("boxruntime.managed=true", lambda v: v in ours_dirs, "boxruntime.data_dir")
     theirs = remove_containers("langbot.box=true", lambda v: v.startswith(f"bench-{run_id}-"), "langbot.session_id")
     if ours:
         log(f"note: {len(ours)} container(s) of ours were left after shutdown and removed")

@@ -200,10 +200,12 @@ def remove_containers(label: str, match: Callable[[str], bool], value_label: str
 class Side:
     key: str  # OURS or THEIRS
     name: str
-    daemon: DaemonProc
+    daemon: DaemonProc | None  # None when LangBot's stdio controller started it (bench_stdio)
     client: Any = None
     task: asyncio.Task[None] | None = None
     errors: list[str] = field(default_factory=list)
+    process: Any = None  # the stdio daemon's asyncio subprocess
+    connection: Any = None  # LangBot's connection to a stdio daemon
 
 
 async def connect(side: Side) -> None:
