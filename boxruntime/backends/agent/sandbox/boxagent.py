@@ -25,25 +25,15 @@ import boxagent_fs
 import boxagent_spare
 import boxagent_spawn
 from boxagent_conn import Conn
-from boxagent_proc import OomCounter, Proc, now, session_members
+from boxagent_output import OutputPipes
+from boxagent_proc import ExitWatch, OomCounter, Proc, now, session_members
 
 VERSION = 3
-READ_CHUNK = 65536
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
-# A collected command's pipes are watched only after this long: most commands end sooner, and
-# their output (up to a pipe's 64 KiB) is then read once, at their exit, instead of waking the
-# agent when it is written. A command that writes more just waits this long for its reader.
-QUIET_START_SEC = 0.005
-DRAIN_READS = 4  # reads per pipe of an exited process before it waits its turn in the loop
-PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output waits to be sent
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 
 
-def set_nonblocking(fd):
-    os.set_blocking(fd, False)
-
-
-class Agent:
+class Agent(OutputPipes):
     def __init__(self, socket_path):
         self.socket_path = socket_path
         self.sel = selectors.DefaultSelector()
@@ -55,8 +45,7 @@ class Agent:
         self.dirty = set()  # connections with frames waiting to be written
         self.spare = None  # a shell started ahead of time for the next command
         self.oom = OomCounter()
-        self.exit_fds = {}  # pid -> pidfd of a command, readable once it exits (see run)
-        self.pidfds = False
+        self.exits = ExitWatch(self.sel)
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
@@ -115,17 +104,15 @@ class Agent:
             pass
 
     def run(self):
-        # A command's exit wakes the loop through its pidfd: no signal is delivered, handled and
-        # turned into a wake-up write on the way. Without pidfds, SIGCHLD does it. Orphans that
-        # are reparented to us are reaped on the next loop iteration either way.
-        self.pidfds = pidfds_work()
-        if not self.pidfds:
+        # Exits wake the loop through pidfds (ExitWatch), else through SIGCHLD. Orphans that are
+        # reparented to us are reaped on the next loop iteration either way.
+        if not self.exits.enabled:
             signal.signal(signal.SIGCHLD, lambda *_: None)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.on_stop_signal)
         wake_r, wake_w = os.pipe()
-        set_nonblocking(wake_r)
-        set_nonblocking(wake_w)
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
         self.sel.register(wake_r, selectors.EVENT_READ, lambda _m: self.drain_wakeup(wake_r))
         self.listen()
@@ -249,22 +236,13 @@ class Agent:
         proc = Proc(popen.pid, popen, conn, header)
         self.procs[pid_key] = proc
         self.by_pid[popen.pid] = proc
-        self.watch_exit(popen.pid)
+        self.exits.watch(popen.pid)
         if header.get("handoff"):
             # The daemon takes the pipes themselves (op take_fds): its data need not pass
             # through this process. The agent still reaps, signals and reports the exit.
             proc.handoff = [popen.stdin, popen.stdout, popen.stderr]
         else:
-            for stream, pipe in ((1, popen.stdout), (2, popen.stderr)):
-                fd = pipe.fileno()
-                set_nonblocking(fd)
-                proc.pipes[fd] = stream
-                proc.files[fd] = pipe
-                proc.readers[fd] = self.pipe_reader(proc, fd)
-            if proc.collected is not None:
-                proc.listen_at = now() + QUIET_START_SEC
-            else:
-                self.watch_pipes(proc)
+            self.read_output_of(proc, popen)
         if header.get("notify_started"):
             conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
 
@@ -303,83 +281,6 @@ class Agent:
 
     # ── processes ────────────────────────────────────────────────────────
 
-    def pipe_reader(self, proc, fd):
-        """The selector callback for one pipe; it returns whether the read got anywhere."""
-
-        def on_readable(_mask):
-            try:
-                data = os.read(fd, READ_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                return False
-            except OSError:
-                data = b""
-            if not data:
-                self.close_pipe(proc, fd)
-                return True
-            stream = proc.pipes.get(fd)
-            if stream is None:
-                return True
-            index = stream - 1
-            proc.totals[index] += len(data)
-            if proc.cap is not None:
-                room = proc.cap - proc.forwarded[index]
-                if room <= 0:
-                    return True  # drained and counted, not forwarded
-                data = data[:room]
-            proc.forwarded[index] += len(data)
-            if proc.collected is not None:
-                proc.collected[index] += data
-            else:
-                self.emit(proc, {"ev": "out", "id": proc.id, "s": stream}, data)
-            return True
-
-        return on_readable
-
-    def emit(self, proc, header, body=b""):
-        conn = proc.conn
-        if conn is not None and not conn.closed:
-            conn.send(header, body)
-            if len(conn.wbuf) > PAUSE_ABOVE and not proc.paused:
-                self.set_paused(proc, True)
-        # With nobody connected this is an exec being killed (only handed-off processes are
-        # kept, and their output never passes through here): its output has no reader.
-
-    def watch_pipes(self, proc):
-        """Watch the process's pipes from now on."""
-        proc.listen_at = None
-        for fd in proc.pipes:
-            self.sel.register(fd, selectors.EVENT_READ, proc.readers[fd])
-
-    def set_paused(self, proc, paused):
-        proc.paused = paused
-        for fd in proc.pipes:
-            try:
-                if paused:
-                    self.sel.unregister(fd)
-                else:
-                    self.sel.register(fd, selectors.EVENT_READ, proc.readers[fd])
-            except (KeyError, ValueError):
-                pass
-
-    def resume_paused(self, conn):
-        for proc in self.procs.values():
-            if proc.paused and proc.conn is conn:
-                self.set_paused(proc, False)
-
-    def close_pipe(self, proc, fd):
-        if proc.pipes.pop(fd, None) is None:
-            return
-        try:
-            self.sel.unregister(fd)
-        except (KeyError, ValueError):
-            pass
-        # Never os.close() here: Popen's file object would close the number again later, by
-        # then possibly another process's pipe.
-        proc.files.pop(fd).close()
-        proc.readers.pop(fd, None)
-        if proc.status is not None and not proc.pipes:
-            self.finish(proc)
-
     def kill_tree(self, proc, sig):
         targets = set(session_members(proc.pid))
         if proc.status is None:
@@ -402,7 +303,7 @@ class Agent:
                 return
             if pid == 0:
                 return
-            self.unwatch_exit(pid)
+            self.exits.forget(pid)
             proc = self.by_pid.pop(pid, None)
             if proc is None:
                 if self.spare is not None and pid == self.spare.pid:
@@ -416,33 +317,6 @@ class Agent:
             self.drain_exited(proc)
             if not proc.pipes:
                 self.finish(proc)
-
-    def watch_exit(self, pid):
-        if not self.pidfds:
-            return
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return  # the periodic wake-up still reaps it
-        self.exit_fds[pid] = fd
-        self.sel.register(fd, selectors.EVENT_READ, _reap_follows)
-
-    def unwatch_exit(self, pid):
-        fd = self.exit_fds.pop(pid, None)
-        if fd is not None:
-            self.sel.unregister(fd)
-            os.close(fd)
-
-    def drain_exited(self, proc):
-        """Read what an exited process left in its pipes now, up to their end: most commands
-        end without background children, and their exit can then go out in this very loop
-        iteration instead of the next. A few reads per pipe at most; the rest waits its turn."""
-        for fd in list(proc.pipes):
-            for _ in range(DRAIN_READS):
-                if proc.paused or fd not in proc.pipes or not proc.readers[fd](selectors.EVENT_READ):
-                    break
-        if proc.pipes and proc.listen_at is not None:
-            self.watch_pipes(proc)  # background children still hold them: watch from now on
 
     def check_times(self):
         t = now()
@@ -466,18 +340,6 @@ class Agent:
             return
         if proc.conn is not None:
             proc.conn.send(*proc.exit_frame(self.oom))
-
-
-def _reap_follows(_mask):
-    """A pidfd turned readable: its process exited, and every loop iteration ends with reap()."""
-
-
-def pidfds_work():
-    try:
-        os.close(os.pidfd_open(os.getpid()))
-    except (AttributeError, OSError):  # Python < 3.9, kernel < 5.3, or a seccomp filter
-        return False
-    return True
 
 
 def main(argv):

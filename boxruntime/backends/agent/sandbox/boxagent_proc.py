@@ -2,6 +2,7 @@
 (stdlib only)."""
 
 import os
+import selectors
 import signal
 import time
 
@@ -133,3 +134,39 @@ class Proc:
             return header, b""
         header["out_len"] = len(self.collected[0])
         return header, bytes(self.collected[0] + self.collected[1])
+
+
+def _reap_follows(_mask):
+    """A pidfd turned readable: its process exited, and every loop iteration ends with reap()."""
+
+
+class ExitWatch:
+    """Commands' pidfds in the agent's selector: an exit wakes the loop directly, with no
+    signal delivered, handled and turned into a wake-up write on the way. Where pidfds do not
+    work (Python < 3.9, kernel < 5.3, a seccomp filter) ``enabled`` is False and the agent
+    relies on SIGCHLD instead."""
+
+    def __init__(self, sel):
+        self.sel = sel
+        self.fds = {}  # pid -> pidfd
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            self.enabled = True
+        except (AttributeError, OSError):
+            self.enabled = False
+
+    def watch(self, pid):
+        if not self.enabled:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return  # the periodic wake-up still reaps it
+        self.fds[pid] = fd
+        self.sel.register(fd, selectors.EVENT_READ, _reap_follows)
+
+    def forget(self, pid):
+        fd = self.fds.pop(pid, None)
+        if fd is not None:
+            self.sel.unregister(fd)
+            os.close(fd)
