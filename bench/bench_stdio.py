@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -19,17 +18,16 @@ from typing import Any
 
 from bench_harness import (
     OURS,
-    ROOT,
     SIDES,
     THEIRS,
     BenchError,
     Shape,
     Side,
-    clean_env,
     free_port,
     lbp_argv,
     log,
-    nsjail_bin_dir,
+    ours_env,
+    theirs_env,
 )
 from bench_sections import bench_warm
 
@@ -42,21 +40,11 @@ Command = tuple[list[str], dict[str, str]]  # argv, environment
 
 def stdio_commands(work: Path, mount_root: Path, backend: str, image: str) -> dict[str, Command]:
     """argv and environment of each daemon in stdio mode; the port is each one's relay."""
-    ours_env = clean_env()
-    ours_env.update(
-        BOXRUNTIME_DATA_DIR=str(work / OURS_STDIO_DATA),
-        BOXRUNTIME_DEFAULT_IMAGE=image,
-        BOXRUNTIME_POOL_SIZE="0",  # a warm exec never needs the pool
-        PYTHONPATH=str(ROOT),
-    )
     ours = [sys.executable, "-m", "boxruntime", "serve", "--stdio", "--port", str(free_port())]
     ours += ["--backend", backend, "--allow-mount-root", str(mount_root)]
-    theirs_env = clean_env()
-    if backend != "docker":
-        theirs_env["LANGBOT_BOX_CONFIG"] = json.dumps({"backend": backend})
-        theirs_env["PATH"] = f"{nsjail_bin_dir()}:{theirs_env.get('PATH', '')}"
     theirs = [*lbp_argv(), "box", "-s", "--ws-control-port", str(free_port())]
-    return {OURS: (ours, ours_env), THEIRS: (theirs, theirs_env)}
+    # A warm exec never needs our pool.
+    return {OURS: (ours, ours_env(work / OURS_STDIO_DATA, image, 0)), THEIRS: (theirs, theirs_env(backend))}
 
 
 async def spawn(side: Side, argv: list[str], env: dict[str, str], cwd: Path) -> None:
