@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from boxruntime.backends.agent.client import CommandExit, CompletedCommand, Output
+from boxruntime.backends.agent.commands import CommandExit, CompletedCommand, Output
 from boxruntime.backends.base import Backend, ExecRequest, SandboxHandle
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError

@@ -18,13 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from boxruntime.backends.agent.client import (
-    AgentClient,
-    AgentLostError,
-    CommandExit,
-    CommandRequest,
-    Output,
-)
+from boxruntime.backends.agent.client import AgentClient, AgentLostError
+from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
 from boxruntime.backends.base import AGENT_SOURCES
 from boxruntime.errors import BoxValidationError
 

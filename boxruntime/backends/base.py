@@ -18,14 +18,8 @@ from typing import Any
 
 from boxruntime.backends import host_mounts
 from boxruntime.backends import workspace as workspaces
-from boxruntime.backends.agent.client import (
-    AgentClient,
-    AgentProcess,
-    CommandExit,
-    CommandRequest,
-    CompletedCommand,
-    Output,
-)
+from boxruntime.backends.agent.client import AgentClient, AgentProcess
+from boxruntime.backends.agent.commands import CommandExit, CommandRequest, CompletedCommand, Output
 from boxruntime.backends.agent.fd_passing import HandedPipes
 from boxruntime.backends.workspace import WorkspacePlan
 from boxruntime.config import Settings

@@ -25,7 +25,8 @@ from docker.types import Mount
 
 from boxruntime.backends import engine_exec, host_mounts, live_skills, workspace_carrier
 from boxruntime.backends import workspace as workspaces
-from boxruntime.backends.agent.client import AgentClient, CommandExit, CompletedCommand, Output
+from boxruntime.backends.agent.client import AgentClient
+from boxruntime.backends.agent.commands import CommandExit, CompletedCommand, Output
 from boxruntime.backends.base import (
     AGENT_DIR_IN_SANDBOX,
     AGENT_DIR_OF_SCRIPTS,

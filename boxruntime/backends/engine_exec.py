@@ -12,7 +12,7 @@ import time
 
 import docker
 
-from boxruntime.backends.agent.client import CommandExit, CompletedCommand
+from boxruntime.backends.agent.commands import CommandExit, CompletedCommand
 from boxruntime.backends.base import ExecRequest
 from boxruntime.errors import BoxValidationError
 

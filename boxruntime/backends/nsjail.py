@@ -26,7 +26,8 @@ import anyio
 
 from boxruntime.backends import host_mounts
 from boxruntime.backends import workspace as workspaces
-from boxruntime.backends.agent.client import AgentClient, CompletedCommand
+from boxruntime.backends.agent.client import AgentClient
+from boxruntime.backends.agent.commands import CompletedCommand
 from boxruntime.backends.base import AgentSandbox, ExecRequest, SandboxHandle, installed_agent
 from boxruntime.backends.cgroups import CgroupSupport, detect
 from boxruntime.backends.jail_args import JailPlan, jail_argv

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from boxruntime.backends.agent.client import AgentProcess, CommandExit, CommandRequest
+from boxruntime.backends.agent.client import AgentProcess
+from boxruntime.backends.agent.commands import CommandExit, CommandRequest
 from boxruntime.backends.base import SANDBOX_HOME, SANDBOX_PATH
 from boxruntime.errors import (
     BoxManagedProcessConflictError,

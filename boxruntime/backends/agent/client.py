@@ -16,10 +16,18 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boxruntime.backends.agent.commands import (
+    CommandExit,
+    CommandRequest,
+    CompletedCommand,
+    Event,
+    Output,
+    event_int,
+    parse_exit,
+)
 from boxruntime.backends.agent.fd_passing import HEADER, HandedPipes, fetch_fds, pipes_from
 from boxruntime.backends.agent.frames import FrameProtocol
 from boxruntime.errors import BoxSandboxError, BoxValidationError
@@ -43,82 +51,6 @@ class AgentOpError(BoxValidationError):
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class CommandRequest:
-    """What to run in the sandbox. ``script`` runs under /bin/sh; ``argv`` runs directly."""
-
-    cwd: str
-    env: dict[str, str]
-    script: str | None = None
-    argv: list[str] | None = None
-    timeout: float | None = None
-    output_cap: int | None = None
-    stdin: bool = False  # a stdin pipe; only with handoff (the daemon writes to it directly)
-    keep_on_disconnect: bool = False  # survives a lost connection; only with handoff
-    notify_started: bool = False  # the agent reports the pid (a frame execs do without)
-    handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames
-
-
-@dataclass(frozen=True, slots=True)
-class CommandExit:
-    code: int | None
-    signal: int | None
-    reason: str  # exit | signal | timeout | oom | cancelled
-    wall_ms: int
-    cpu_ms: int | None  # None where the sandbox cannot measure it (Engine-API exec)
-    peak_rss_kb: int | None
-    stdout_total: int
-    stderr_total: int
-
-
-@dataclass(slots=True)
-class Output:
-    stream: int  # 1 stdout, 2 stderr
-    data: bytes
-
-
-@dataclass(slots=True)
-class CompletedCommand:
-    exit: CommandExit
-    stdout: bytes
-    stderr: bytes
-
-
-Event = Output | CommandExit
-
-
-def _int(header: dict[str, Any], key: str, default: int | None = None) -> int:
-    value = header.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"agent event field {key!r} is not an integer")
-    return value
-
-
-def _parse_exit(header: dict[str, Any]) -> CommandExit:
-    code = header.get("code")
-    sig = header.get("signal")
-    totals = header.get("totals")
-    if code is not None and not isinstance(code, int):
-        raise ValueError("agent exit code is not an integer")
-    if sig is not None and not isinstance(sig, int):
-        raise ValueError("agent exit signal is not an integer")
-    if not (isinstance(totals, list) and len(totals) == 2 and all(isinstance(t, int) for t in totals)):
-        raise ValueError("agent exit totals malformed")
-    reason = header.get("reason")
-    if reason not in ("exit", "signal", "timeout", "oom", "cancelled"):
-        raise ValueError("agent exit reason unknown")
-    return CommandExit(
-        code=code,
-        signal=sig,
-        reason=reason,
-        wall_ms=_int(header, "wall_ms", 0),
-        cpu_ms=_int(header, "cpu_ms", 0),
-        peak_rss_kb=_int(header, "peak_rss_kb", 0),
-        stdout_total=totals[0],
-        stderr_total=totals[1],
-    )
 
 
 class AgentProcess:
@@ -289,19 +221,19 @@ class AgentClient:
         if proc is None:
             return  # stale or unknown process; harmless
         if ev == "out":
-            stream = _int(header, "s")
+            stream = event_int(header, "s")
             if stream not in (1, 2):
                 raise ValueError("agent output stream unknown")
             proc._deliver(Output(stream, body))
         elif ev == "started":
-            proc.pid = _int(header, "pid")
+            proc.pid = event_int(header, "pid")
             if not proc._started.done():
                 proc._started.set_result(proc.pid)
         elif ev == "exit":
             self._procs.pop(proc.id, None)
-            done = _parse_exit(header)
+            done = parse_exit(header)
             if "out_len" in header:  # a collected command: its output rides with the exit
-                split = _int(header, "out_len")
+                split = event_int(header, "out_len")
                 if not 0 <= split <= len(body):
                     raise ValueError("agent exit out_len outside the body")
                 proc._complete(CompletedCommand(done, body[:split], body[split:]))

@@ -1,0 +1,83 @@
+"""What the daemon asks the agent to run, and what it gets back; the agent's exit events are
+checked here, since everything the agent sends is untrusted input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRequest:
+    """What to run in the sandbox. ``script`` runs under /bin/sh; ``argv`` runs directly."""
+
+    cwd: str
+    env: dict[str, str]
+    script: str | None = None
+    argv: list[str] | None = None
+    timeout: float | None = None
+    output_cap: int | None = None
+    stdin: bool = False  # a stdin pipe; only with handoff (the daemon writes to it directly)
+    keep_on_disconnect: bool = False  # survives a lost connection; only with handoff
+    notify_started: bool = False  # the agent reports the pid (a frame execs do without)
+    handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames
+
+
+@dataclass(frozen=True, slots=True)
+class CommandExit:
+    code: int | None
+    signal: int | None
+    reason: str  # exit | signal | timeout | oom | cancelled
+    wall_ms: int
+    cpu_ms: int | None  # None where the sandbox cannot measure it (Engine-API exec)
+    peak_rss_kb: int | None
+    stdout_total: int
+    stderr_total: int
+
+
+@dataclass(slots=True)
+class Output:
+    stream: int  # 1 stdout, 2 stderr
+    data: bytes
+
+
+@dataclass(slots=True)
+class CompletedCommand:
+    exit: CommandExit
+    stdout: bytes
+    stderr: bytes
+
+
+Event = Output | CommandExit
+
+
+def event_int(header: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = header.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"agent event field {key!r} is not an integer")
+    return value
+
+
+def parse_exit(header: dict[str, Any]) -> CommandExit:
+    code = header.get("code")
+    sig = header.get("signal")
+    totals = header.get("totals")
+    if code is not None and not isinstance(code, int):
+        raise ValueError("agent exit code is not an integer")
+    if sig is not None and not isinstance(sig, int):
+        raise ValueError("agent exit signal is not an integer")
+    if not (isinstance(totals, list) and len(totals) == 2 and all(isinstance(t, int) for t in totals)):
+        raise ValueError("agent exit totals malformed")
+    reason = header.get("reason")
+    if reason not in ("exit", "signal", "timeout", "oom", "cancelled"):
+        raise ValueError("agent exit reason unknown")
+    return CommandExit(
+        code=code,
+        signal=sig,
+        reason=reason,
+        wall_ms=event_int(header, "wall_ms", 0),
+        cpu_ms=event_int(header, "cpu_ms", 0),
+        peak_rss_kb=event_int(header, "peak_rss_kb", 0),
+        stdout_total=totals[0],
+        stderr_total=totals[1],
+    )
