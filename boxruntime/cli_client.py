@@ -81,7 +81,9 @@ def add_client_commands(sub: Any) -> None:
 
 def connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", help="remote daemon, e.g. ws://host:5410 (default: spawn a local one)")
-    parser.add_argument("--token", help=f"token for --endpoint (default: ${TOKEN_ENV})")
+    parser.add_argument(
+        "--token", help=f"token for --endpoint (default: ${TOKEN_ENV}); write --token=T if T starts with '-'"
+    )
     parser.add_argument("--data-dir", type=Path, help="data dir of a spawned local daemon")
     parser.add_argument("--backend", choices=BACKEND_NAMES, help="backend of a spawned local daemon (default: local)")
     parser.add_argument("--log-level", default="warning", help="log level (also the spawned daemon's)")

@@ -121,7 +121,7 @@ def test_bad_invocations_are_clear(docker_engine: docker.DockerClient, data_dir:
 
 
 def test_remote_exec_sessions_status_with_a_token(remote: Daemon, data_dir: Path, token: str) -> None:
-    where = ["--endpoint", remote.url, "--token", token]
+    where = ["--endpoint", remote.url, f"--token={token}"]  # the = form: a token may start with "-"
     wrote = boxruntime(data_dir, "exec", *where, "--session", "r1", "--", "sh", "-c", "echo remote > g; echo done")
     assert (wrote.returncode, wrote.stdout) == (0, "done\n"), wrote.stderr
     read = boxruntime(data_dir, "exec", *where, "--session", "r1", "--", "cat", "g")

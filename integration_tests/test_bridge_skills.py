@@ -301,7 +301,7 @@ def remote(docker_engine: docker.DockerClient, tmp_path: Path, token: str) -> It
 
 
 def test_cli_against_a_remote_daemon_with_a_token(remote: Daemon, data_dir: Path, tmp_path: Path, token: str) -> None:
-    where = ["--endpoint", remote.url, "--token", token]
+    where = ["--endpoint", remote.url, f"--token={token}"]  # the = form: a token may start with "-"
     archive = tmp_path / "greeter.zip"
     archive.write_bytes(zip_bytes({"greeter/SKILL.md": skill_md("greeter"), "greeter/run.sh": "echo greetings\n"}))
     installed = boxruntime(data_dir, "skill", "install", str(archive), *where)
