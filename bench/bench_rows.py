@@ -106,21 +106,19 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
         for kind in ("hit", "miss"):
             n_ours, n_theirs = len(s[OURS][kind]["create"]), len(s[THEIRS][kind]["create"])
             n = f"n={n_ours}" if n_ours == n_theirs else f"n={n_ours}/{n_theirs}"
+            parts = (
+                ("create_first_exec", "create_first_exec", f"create + first exec, pool {kind} {markers[kind]}"),
+                ("create_session", "create", "  of which create_session"),
+            )
             rows += [
                 Row(
-                    f"pool_{kind}_create_first_exec_median_ms",
-                    f"create + first exec, pool {kind} {markers[kind]}, median ({n})",
+                    f"pool_{kind}_{key}_median_ms",
+                    f"{label}, median ({n})",
                     "ms",
-                    median(s[OURS][kind]["create_first_exec"]),
-                    median(s[THEIRS][kind]["create_first_exec"]),
-                ),
-                Row(
-                    f"pool_{kind}_create_session_median_ms",
-                    f"  of which create_session, median ({n})",
-                    "ms",
-                    median(s[OURS][kind]["create"]),
-                    median(s[THEIRS][kind]["create"]),
-                ),
+                    median(s[OURS][kind][sample]),
+                    median(s[THEIRS][kind][sample]),
+                )
+                for key, sample, label in parts
             ]
     if "parallel" in res:
         par = res["parallel"]
