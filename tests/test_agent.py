@@ -88,6 +88,20 @@ async def test_exit_codes_streams_env_cwd_and_quoting(agent: AgentClient, tmp_pa
         await agent.run(CommandRequest(cwd="/proc/no/such", env={}, script="echo never"))
 
 
+async def test_commands_get_the_signals_python_ignores_back_at_their_default(agent: AgentClient) -> None:
+    # The agent is Python, which ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored
+    # across exec. A command must start as under any shell: `yes` dies of SIGPIPE, silently.
+    script = "yes | head -n1; grep SigIgn /proc/self/status"
+    for _ in range(2):
+        await asyncio.sleep(0.3)  # idle: the agent has made a spare shell for the next command
+        through_spare = await agent.run(cmd(script))
+        fresh = await agent.run(CommandRequest(cwd="/tmp", env={}, argv=["/bin/sh", "-c", script]))  # no spare
+        for done in (through_spare, fresh):
+            assert done.stderr == b"" and done.stdout.startswith(b"y\nSigIgn:")
+            ignored = int(done.stdout.split()[-1], 16)
+            assert [sig for sig in (signal.SIGPIPE, signal.SIGXFSZ) if ignored & 1 << (sig - 1)] == []
+
+
 async def test_binary_output_and_long_scripts(agent: AgentClient) -> None:
     done = await agent.run(cmd("printf '\\000\\377\\001'"))
     assert done.stdout == b"\x00\xff\x01"

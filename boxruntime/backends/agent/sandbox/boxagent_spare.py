@@ -12,11 +12,16 @@ and only environments whose names the shell can export; anything else uses a fre
 
 import os
 import re
+import signal
 
 SHELL = "/bin/sh"
 SCRIPT_FD = 3  # where the shell finds its script pipe
 SCRIPT_MAX = 48 * 1024  # well inside the 64 KiB pipe buffer
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Python ignores these two, and an ignored signal stays ignored across exec: back to the
+# default for the command, as subprocess's restore_signals does for a fresh spawn. Else
+# ``yes | head -n1`` has yes report a broken pipe instead of dying of SIGPIPE.
+RESTORED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
 
 
 def quote(value):
@@ -72,6 +77,7 @@ class SpareShell:
                     (os.POSIX_SPAWN_DUP2, read_end, SCRIPT_FD),
                 ],
                 setsid=True,
+                setsigdef=RESTORED_SIGNALS,
             )
         except BaseException:
             for fd in (self.script_fd, out_r, err_r):
