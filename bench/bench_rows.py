@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from bench_harness import OURS, THEIRS, Shape
-from bench_report import Footnotes, Row, mean, median, pct_row
+from bench_report import Footnotes, Row, mean, median, pct, pct_row
 from bench_sections import WARM_BLOCK, WARM_SETTLE_SEC
 
 
@@ -26,6 +26,8 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
         Row("warm_exec_mean_ms", "warm exec mean, back to back", "ms", mean(warm[OURS]), mean(warm[THEIRS])),
         pct_row("warm_exec_idle_p50_ms", f"warm exec p50, after idle (n={k})", idle, 50),
     ]
+    if "breakdown" in res:
+        rows += breakdown_rows(res["breakdown"], notes, shape)
     if "warm_stdio" in res:
         warm, idle = res["warm_stdio"]["burst"], res["warm_stdio"]["after_idle"]
         m = notes.add(
@@ -170,3 +172,31 @@ def build_rows(args: argparse.Namespace, shape: Shape, res: dict[str, Any]) -> t
                 )
             )
     return rows, notes
+
+
+def breakdown_rows(parts: dict[str, list[float]], notes: Footnotes, shape: Shape) -> list[Row]:
+    """Ours only: the exec next to its floors, all back to back in blocks like the warm section."""
+    m = notes.add(
+        f"ours only, each back to back in its own blocks of {WARM_BLOCK}: `{shape.cmd}` through LangBot's "
+        "client; a no-op action (box_get_session) through LangBot's client, i.e. its client, the websocket "
+        "and our dispatch; the same command run by the session's agent, asked directly over its unix socket "
+        "by this process; one ping of that agent (the hop alone). Where the exec's p50 is close to the sum of "
+        "the two floors, the daemon adds next to nothing beyond passing the command on (this process runs "
+        "asyncio's default loop, the daemon uvloop, so the sum may even exceed the exec)."
+    )
+    p50 = {kind: pct(samples, 50) for kind, samples in parts.items()}
+    n = len(parts["exec"])
+
+    def ours_row(key: str, label: str, value: float | None) -> Row:
+        return Row(key, label, "ms", value, None)
+
+    floors = None
+    if p50["noop"] is not None and p50["agent_run"] is not None:
+        floors = p50["noop"] + p50["agent_run"]
+    return [
+        ours_row("parts_exec_p50_ms", f"ours' warm exec, in parts {m}: the exec, p50 (n={n})", p50["exec"]),
+        ours_row("parts_noop_p50_ms", "  LangBot's client + websocket + dispatch (no-op action), p50", p50["noop"]),
+        ours_row("parts_agent_run_p50_ms", "  the agent running the command, asked directly, p50", p50["agent_run"]),
+        ours_row("parts_agent_ping_p50_ms", "    of which the hop to the agent and back, p50", p50["agent_ping"]),
+        ours_row("parts_floors_sum_ms", "  no-op + agent run (the two floors, added)", floors),
+    ]
