@@ -7,9 +7,10 @@
   by an AgentClient in this process: the sandbox side with no RPC and no daemon;
 - ``agent_ping``: one request/reply with that agent, no process: the hop alone.
 
-``exec`` minus ``noop`` minus ``agent_run`` is what the daemon adds in between. Each kind runs in
-blocks, after the same pause as the warm section, and only back-to-back samples are kept, so
-each kind's samples see the same conditions as the warm exec's.
+When ``exec`` is about ``noop`` plus ``agent_run``, the daemon adds next to nothing between the
+two (a rough reading: this process runs asyncio's default loop, the daemon uvloop). Each kind
+runs in blocks, after the same pause as the warm section, and only back-to-back samples are
+kept, so each kind's samples see the same conditions as the warm exec's.
 """
 
 from __future__ import annotations
