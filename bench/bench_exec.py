@@ -37,15 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from bench_breakdown import bench_breakdown
+from bench_daemons import OURS_DATA, DaemonProc, preflight, remove_containers, start_ours, start_theirs
 from bench_harness import (
     DEFAULT_IMAGE,
     OURS,
-    OURS_DATA,
     ROOT,
     SIDES,
     THEIRS,
     BenchError,
-    DaemonProc,
     PoolWatch,
     Shape,
     Side,
@@ -53,10 +52,6 @@ from bench_harness import (
     disconnect,
     log,
     pool_status,
-    preflight,
-    remove_containers,
-    start_ours,
-    start_theirs,
 )
 from bench_report import render_table
 from bench_rows import build_rows

@@ -34,7 +34,8 @@ from mcp.client.stdio import stdio_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from bench_harness import DEFAULT_IMAGE, BenchError, log, preflight, start_ours
+from bench_daemons import preflight, start_ours
+from bench_harness import DEFAULT_IMAGE, BenchError, log
 from bench_report import mean, pct
 
 from boxruntime.models import ManagedProcessSpec

@@ -16,19 +16,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from bench_harness import (
-    OURS,
-    SIDES,
-    THEIRS,
-    BenchError,
-    Shape,
-    Side,
-    free_port,
-    lbp_argv,
-    log,
-    ours_env,
-    theirs_env,
-)
+from bench_daemons import free_port, lbp_argv, ours_env, theirs_env
+from bench_harness import OURS, SIDES, THEIRS, BenchError, Shape, Side, log
 from bench_sections import bench_warm
 
 EXIT_TIMEOUT_SEC = 60.0  # for a daemon to end by itself once its stdin is closed

@@ -11,11 +11,12 @@ import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pydantic
 
 from boxruntime.errors import BoxValidationError
+from boxruntime.event_loop import LoopChoice
 from boxruntime.models import DEFAULT_IMAGE
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Settings(pydantic.BaseModel):
     e2b_template: str | None = None
     # The daemon's event loop: uvloop (libuv) where installed does the same work with less CPU
     # per request than asyncio's own loop; "asyncio" forces the standard one.
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    event_loop: LoopChoice = "auto"
 
     @pydantic.field_validator("backend")
     @classmethod

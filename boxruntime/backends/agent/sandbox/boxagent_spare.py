@@ -21,7 +21,7 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Python ignores these two, and an ignored signal stays ignored across exec: back to the
 # default for the command, as subprocess's restore_signals does for a fresh spawn. Else
 # ``yes | head -n1`` has yes report a broken pipe instead of dying of SIGPIPE.
-RESTORED_SIGNALS = tuple(getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name))
+RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 def quote(value):
