@@ -167,9 +167,16 @@ def parent_of(pid: int) -> int | None:
         return None  # gone meanwhile
 
 
+def fd_target(fd: Path) -> str | None:
+    try:
+        return os.readlink(fd)
+    except FileNotFoundError:
+        return None  # closed between the listing and now (the next spare shell's pipes come and go)
+
+
 def pidfds_held(pid: int) -> int:
     fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd) == "anon_inode:[pidfd]")
+    return sum(1 for fd in fds.iterdir() if fd_target(fd) == "anon_inode:[pidfd]")
 
 
 async def test_exits_reach_the_agent_through_pidfds_not_signals(agent: AgentClient, agent_dir: Path) -> None:
