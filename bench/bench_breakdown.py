@@ -25,8 +25,7 @@ from bench_harness import OURS, BenchError, Shape, Side, check_error_budget, che
 from bench_sections import WARM_BLOCK, WARM_SETTLE_SEC
 
 from boxruntime.backends.agent.client import AGENT_SOCKET_NAME, AgentClient
-from boxruntime.backends.agent.commands import CommandRequest
-from boxruntime.backends.base import SANDBOX_HOME, SANDBOX_PATH
+from boxruntime.backends.base import ExecRequest, agent_command
 from boxruntime.models.box import OUTPUT_CAP_BYTES
 
 KINDS = ("exec", "noop", "agent_run", "agent_ping")
@@ -51,11 +50,9 @@ async def bench_breakdown(side: Side, data_dir: Path, shape: Shape, rounds: int)
     info = await side.client.get_session(spec.session_id)
     agent = AgentClient(agent_socket_dir(data_dir, info["backend_session_id"]), "bench")
     await agent.connect(timeout=30)
-    # What the daemon asks the agent for a box_exec of this spec (AgentSandbox.command).
-    env = {"HOME": SANDBOX_HOME, "PATH": SANDBOX_PATH, "LANG": "C.UTF-8", **spec.env}
-    command = CommandRequest(
-        cwd=spec.workdir, env=env, script=shape.cmd, timeout=float(spec.timeout_sec), output_cap=OUTPUT_CAP_BYTES
-    )
+    # What the daemon asks the agent for a box_exec of this spec.
+    exec_req = ExecRequest(shape.cmd, spec.workdir, spec.env, float(spec.timeout_sec), OUTPUT_CAP_BYTES)
+    command = agent_command(exec_req)
 
     async def agent_run() -> None:
         done = await agent.run(command)

@@ -97,7 +97,7 @@ async def _echo(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def serving(actions: dict[str, Any]) -> AsyncIterator[tuple[Peer, RawEnd, anyio.abc.TaskGroup]]:
+async def serving(actions: dict[str, Any] | None = None) -> AsyncIterator[tuple[Peer, RawEnd, anyio.abc.TaskGroup]]:
     """A peer serving ``actions`` in a task group, and the raw far end of its connection."""
     peer_conn, raw_conn = connection_pair()
     peer = Peer(peer_conn, actions)
@@ -238,21 +238,16 @@ async def test_unknown_action_is_action_not_found() -> None:
 
 
 async def test_bad_request_gets_a_validation_error_reply() -> None:
-    server_conn, raw_conn = connection_pair()
-    server = Peer(server_conn, {"echo": _echo})
-    raw = RawEnd(raw_conn)
-    with anyio.fail_after(LIMIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.run)
-            await raw.send({"seq_id": 77, "action": "echo"})  # no data
-            reply = await raw.receive()
-            await raw.send({"seq_id": 78, "action": "echo", "data": [1, 2]})
-            reply2 = await raw.receive()
-            # Junk that is neither request nor response is ignored; the next request is served.
-            await raw.send({"hello": "there"})
-            await raw.send({"seq_id": 79, "action": "echo", "data": {"ok": 1}})
-            reply3 = await raw.receive()
-            tg.cancel_scope.cancel()
+    async with serving({"echo": _echo}) as (_, raw, tg):
+        await raw.send({"seq_id": 77, "action": "echo"})  # no data
+        reply = await raw.receive()
+        await raw.send({"seq_id": 78, "action": "echo", "data": [1, 2]})
+        reply2 = await raw.receive()
+        # Junk that is neither request nor response is ignored; the next request is served.
+        await raw.send({"hello": "there"})
+        await raw.send({"seq_id": 79, "action": "echo", "data": {"ok": 1}})
+        reply3 = await raw.receive()
+        tg.cancel_scope.cancel()
     assert reply["seq_id"] == 77
     assert reply["code"] == 1
     assert reply["message"].startswith("BoxValidationError: ")
@@ -408,27 +403,22 @@ async def test_peer_closing_fails_pending_calls_and_cancels_handlers() -> None:
             raise
         return {}
 
-    peer_conn, raw_conn = connection_pair()
-    peer = Peer(peer_conn, {"forever": forever})
-    raw = RawEnd(raw_conn)
     outcome: list[BaseException] = []
 
-    async def pending_call() -> None:
+    async def pending_call(peer: Peer) -> None:
         try:
             await peer.call("never_answered", {}, timeout=LIMIT)
         except BaseException as exc:
             outcome.append(exc)
 
-    with anyio.fail_after(LIMIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(peer.run)
-            await raw.send({"seq_id": 1, "action": "forever", "data": {}})
-            await handler_started.wait()
-            tg.start_soon(pending_call)
-            request = await raw.receive()  # the peer's call reached us; we never answer it
-            assert request["action"] == "never_answered"
-            await raw_conn.close()  # EOF: the peer's receive() returns None
-            await peer.wait_closed()
+    async with serving({"forever": forever}) as (peer, raw, tg):
+        await raw.send({"seq_id": 1, "action": "forever", "data": {}})
+        await handler_started.wait()
+        tg.start_soon(pending_call, peer)
+        request = await raw.receive()  # the peer's call reached us; we never answer it
+        assert request["action"] == "never_answered"
+        await raw.conn.close()  # EOF: the peer's receive() returns None
+        await peer.wait_closed()
     assert handler_cancelled.is_set()
     assert len(outcome) == 1
     assert isinstance(outcome[0], ConnectionClosedError)
@@ -485,13 +475,10 @@ async def test_a_shielded_cleanup_finishes_when_the_peer_goes_away() -> None:
 async def test_stream_caller_fails_when_the_peer_goes_away() -> None:
     first_sent = anyio.Event()
 
-    peer_conn, raw_conn = connection_pair()
-    peer = Peer(peer_conn)
-    raw = RawEnd(raw_conn)
     got: list[dict[str, Any]] = []
     outcome: list[BaseException] = []
 
-    async def consume() -> None:
+    async def consume(peer: Peer) -> None:
         try:
             async for chunk in peer.call_stream("tail", {}, timeout=LIMIT):
                 got.append(chunk)
@@ -499,16 +486,14 @@ async def test_stream_caller_fails_when_the_peer_goes_away() -> None:
         except BaseException as exc:
             outcome.append(exc)
 
-    with anyio.fail_after(LIMIT):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(peer.run)
-            tg.start_soon(consume)
-            req = await raw.receive()
-            await raw.send(
-                {"seq_id": req["seq_id"], "code": 0, "message": "success", "data": {"n": 1}, "chunk_status": "continue"}
-            )
-            await first_sent.wait()
-            await raw_conn.close()
+    async with serving() as (peer, raw, tg):
+        tg.start_soon(consume, peer)
+        req = await raw.receive()
+        await raw.send(
+            {"seq_id": req["seq_id"], "code": 0, "message": "success", "data": {"n": 1}, "chunk_status": "continue"}
+        )
+        await first_sent.wait()
+        await raw.conn.close()
     assert got == [{"n": 1}]
     assert len(outcome) == 1
     assert isinstance(outcome[0], ConnectionClosedError)

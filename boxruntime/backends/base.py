@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,18 @@ class ExecRequest:
     env: dict[str, str]
     timeout: float
     output_cap: int
+
+
+def sandbox_env(env: Mapping[str, str]) -> dict[str, str]:
+    """A command's environment in the sandbox: what every command gets, then its own."""
+    return {"HOME": SANDBOX_HOME, "PATH": SANDBOX_PATH, "LANG": "C.UTF-8", **env}
+
+
+def agent_command(req: ExecRequest) -> CommandRequest:
+    """What a sandbox's agent is asked to run for an exec."""
+    return CommandRequest(
+        cwd=req.workdir, env=sandbox_env(req.env), script=req.script, timeout=req.timeout, output_cap=req.output_cap
+    )
 
 
 class Backend(abc.ABC):
@@ -225,21 +237,15 @@ class AgentSandbox(Backend):
             )
         return handle.agent
 
-    def command(self, req: ExecRequest) -> CommandRequest:
-        env = {"HOME": SANDBOX_HOME, "PATH": SANDBOX_PATH, "LANG": "C.UTF-8", **req.env}
-        return CommandRequest(
-            cwd=req.workdir, env=env, script=req.script, timeout=req.timeout, output_cap=req.output_cap
-        )
-
     async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
         agent = self.agent_of(handle)
         await self._ensure_connected(handle, agent)
-        return await agent.run(self.command(req))
+        return await agent.run(agent_command(req))
 
     async def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]:
         agent = self.agent_of(handle)
         await self._ensure_connected(handle, agent)
-        proc = await agent.spawn(self.command(req))
+        proc = await agent.spawn(agent_command(req))
         finished = False
         try:
             async for event in proc.events():

@@ -23,7 +23,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from boxruntime.backends.agent.client import AgentProcess
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest
-from boxruntime.backends.base import SANDBOX_HOME, SANDBOX_PATH
+from boxruntime.backends.base import sandbox_env
 from boxruntime.errors import (
     BoxManagedProcessConflictError,
     BoxManagedProcessNotFoundError,
@@ -246,10 +246,9 @@ class ManagedProcess:
 
 
 def process_request(spec: ManagedProcessSpec) -> CommandRequest:
-    env = {"HOME": SANDBOX_HOME, "PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", **spec.env}
     return CommandRequest(
         cwd=spec.cwd,
-        env=env,
+        env=sandbox_env({"PYTHONUNBUFFERED": "1", **spec.env}),
         argv=[spec.command, *spec.args],
         stdin=True,
         notify_started=True,
