@@ -36,7 +36,6 @@ from boxruntime.backends.base import (
     ExecRequest,
     SandboxHandle,
     installed_agent,
-    sandbox_env,
 )
 from boxruntime.config import Settings
 from boxruntime.errors import (
@@ -326,10 +325,9 @@ class DockerBackend(AgentSandbox):
     async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
         if not handle.extra.get("engine_exec"):
             return await super().exec(handle, req)
-        env = sandbox_env(req.env)
         container_id = handle.extra["container_id"]
         with anyio.fail_after(req.timeout + ENGINE_EXEC_GRACE_SEC):
-            return await self._call(lambda: engine_exec.run(self._engine().api, container_id, req, env))
+            return await self._call(lambda: engine_exec.run(self._engine().api, container_id, req))
 
     async def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]:
         if not handle.extra.get("engine_exec"):

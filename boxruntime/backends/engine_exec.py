@@ -13,7 +13,7 @@ import time
 import docker
 
 from boxruntime.backends.agent.commands import CommandExit, CompletedCommand
-from boxruntime.backends.base import ExecRequest
+from boxruntime.backends.base import ExecRequest, sandbox_env
 from boxruntime.errors import BoxValidationError
 
 # $1 workdir, $2 timeout in seconds, $3 the command.
@@ -26,7 +26,7 @@ WORKDIR_FAILED = 125
 MAX_SCRIPT_BYTES = 100 * 1024  # passed as one argument: bounded by MAX_ARG_STRLEN (128 KiB)
 
 
-def run(api: docker.APIClient, container_id: str, req: ExecRequest, env: dict[str, str]) -> CompletedCommand:
+def run(api: docker.APIClient, container_id: str, req: ExecRequest) -> CompletedCommand:
     if len(req.script.encode()) > MAX_SCRIPT_BYTES:
         raise BoxValidationError(
             f"this image has no python3, so commands go through the Engine API, which limits them to "
@@ -34,7 +34,7 @@ def run(api: docker.APIClient, container_id: str, req: ExecRequest, env: dict[st
         )
     argv = ["/bin/sh", "-c", WRAPPER, "sh", req.workdir, str(max(1, int(req.timeout + 0.999))), req.script]
     started = time.monotonic()
-    exec_id = api.exec_create(container_id, argv, environment=env)["Id"]
+    exec_id = api.exec_create(container_id, argv, environment=sandbox_env(req.env))["Id"]
     kept: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
     totals = {1: 0, 2: 0}
     for stdout, stderr in api.exec_start(exec_id, stream=True, demux=True):
