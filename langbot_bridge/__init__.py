@@ -15,7 +15,8 @@ It imports only ``boxruntime.protocol``, ``boxruntime.models`` and ``boxruntime.
 
 from langbot_bridge.audit import AuditEntry, AuditLog
 from langbot_bridge.client import ActionCaller, BoxClient, chunk_bytes
-from langbot_bridge.connector import Connector, RemoteTarget, SpawnTarget, Timing, websocket_url
+from langbot_bridge.connector import Connector, Timing
+from langbot_bridge.links import RemoteTarget, SpawnTarget, websocket_url
 from langbot_bridge.profiles import BoxProfile, MountPolicy, load_profiles, merge_spec
 from langbot_bridge.service import BoxService, Truncated, truncate_output
 from langbot_bridge.skills import SkillService, skill_files, skill_mount, skill_mounts, zip_directory

@@ -1,11 +1,7 @@
 """The connector: one live action-RPC link to a Box daemon, kept alive.
 
-Two ways to reach a daemon:
-
-- ``SpawnTarget`` runs ``boxruntime serve --stdio`` as our child and speaks over its pipes;
-  a child that dies (or hangs) is restarted.
-- ``RemoteTarget`` connects to ``ws://host:port/rpc/ws`` with a bearer token; an HTTP 401 on
-  the upgrade is a ``BoxAuthError``, not a generic failure.
+It reaches the daemon through a target (``links``): a spawned child that dies (or hangs) is
+restarted, a remote endpoint is dialled again.
 
 Once a link is up the connector pings (``__ping``) every ``heartbeat_interval``; after
 ``heartbeat_misses`` failures in a row the link is dropped. A lost link is re-opened with
@@ -16,35 +12,21 @@ group and ends with ``close()``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import signal
-import sys
-import urllib.parse
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, Any, Protocol
+from typing import Any
 
-import aiohttp
 import anyio
 import anyio.abc
 
-from boxruntime.errors import (
-    BoxAuthError,
-    BoxError,
-    BoxRuntimeUnavailableError,
-    ConnectionClosedError,
-)
-from boxruntime.protocol import DEFAULT_TIMEOUT, MAX_MESSAGE_BYTES, Payload, Peer, StreamConnection, WebSocketConnection
+from boxruntime.errors import BoxAuthError, BoxError, BoxRuntimeUnavailableError, ConnectionClosedError
+from boxruntime.protocol import DEFAULT_TIMEOUT, Payload, Peer
+from langbot_bridge.links import ChildLink, Link, SpawnTarget, Target, open_link
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 5410
-RPC_PATH = "/rpc/ws"
-# The child's stdout reader: big enough that a 16 MiB message never stalls on buffer limits.
-PIPE_READER_LIMIT = 2 * MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,161 +48,6 @@ class Timing:
         waits = (self.heartbeat_interval, self.ping_timeout, self.backoff_initial, self.connect_timeout)
         if min(waits) <= 0 or self.backoff_max < self.backoff_initial:
             raise ValueError("intervals must be positive and backoff_max at least backoff_initial")
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnTarget:
-    """A local daemon, spawned as ``<python> -m boxruntime serve --stdio <args>``."""
-
-    args: Sequence[str] = ()  # extra ``serve`` arguments, e.g. ("--backend", "docker")
-    env: Mapping[str, str] | None = None  # the child's whole environment; None inherits ours
-    python: str = sys.executable
-    stderr: int | IO[Any] | None = None  # where the daemon logs; None = our stderr
-
-    def argv(self) -> list[str]:
-        return [self.python, "-m", "boxruntime", "serve", "--stdio", *self.args]
-
-    def describe(self) -> str:
-        return "local daemon (boxruntime serve --stdio)"
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteTarget:
-    """A daemon listening on a WebSocket endpoint."""
-
-    endpoint: str
-    token: str | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return websocket_url(self.endpoint)
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
-
-    def describe(self) -> str:
-        return self.url
-
-
-Target = SpawnTarget | RemoteTarget
-
-
-def websocket_url(endpoint: str) -> str:
-    """``host:port``, ``http(s)://…`` or ``ws(s)://…`` -> the daemon's RPC URL.
-
-    Without a path the RPC path is added; without a port, 5410 (the daemon's default).
-    """
-    text = endpoint.strip()
-    if "://" not in text:
-        text = f"ws://{text}"
-    parts = urllib.parse.urlsplit(text)
-    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme.lower())
-    if scheme is None or not parts.hostname:
-        raise BoxRuntimeUnavailableError(f"endpoint {endpoint!r} is not a ws://, wss://, http:// or https:// URL")
-    netloc = parts.netloc if parts.port else f"{parts.netloc}:{DEFAULT_PORT}"
-    path = parts.path if parts.path not in ("", "/") else RPC_PATH
-    return urllib.parse.urlunsplit((scheme, netloc, path, parts.query, ""))
-
-
-# ── links: one open transport with a Peer on it ─────────────────────────
-
-
-class _Link(Protocol):
-    peer: Peer
-
-    def describe_loss(self) -> str: ...
-
-    async def close(self, graceful: bool, timing: Timing) -> None: ...
-
-
-class _ChildLink:
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None and process.stdin is not None
-        self.process = process
-        self.peer = Peer(StreamConnection(process.stdout, process.stdin), name="bridge-stdio")
-
-    def describe_loss(self) -> str:
-        code = self.process.returncode
-        return "the local daemon closed its pipes" if code is None else f"the local daemon exited with code {code}"
-
-    async def close(self, graceful: bool, timing: Timing) -> None:
-        """EOF on its stdin lets the daemon remove its sandboxes and exit; SIGTERM does the
-        same if it is not reading; SIGKILL is the last resort (the next daemon cleans up)."""
-        await self.peer.aclose()
-        steps: list[tuple[int | None, float]] = [(None, timing.exit_grace), (signal.SIGTERM, timing.exit_grace)]
-        if not graceful:  # hung: it will not answer EOF or SIGTERM in time
-            steps = []
-        for sig, grace in steps:
-            if sig is not None:
-                self._signal(sig)
-            with anyio.move_on_after(grace):
-                await self.process.wait()
-                return
-        self._signal(signal.SIGKILL)
-        await self.process.wait()
-
-    def _signal(self, sig: int) -> None:
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
-
-
-class _WebSocketLink:
-    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.http = http
-        self.ws = ws
-        self.peer = Peer(WebSocketConnection(ws), name="bridge-ws")
-
-    def describe_loss(self) -> str:
-        code = self.ws.close_code
-        return "the daemon closed the WebSocket" + (f" (code {code})" if code is not None else "")
-
-    async def close(self, graceful: bool, timing: Timing) -> None:
-        # A hung daemon never answers the close handshake: do not wait long for it.
-        with anyio.move_on_after(2 if graceful else 0.2):
-            await self.peer.aclose()
-        await self.http.close()
-
-
-async def _spawn(target: SpawnTarget) -> _ChildLink:
-    env = dict(target.env) if target.env is not None else None
-    try:
-        process = await asyncio.create_subprocess_exec(
-            *target.argv(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=target.stderr,
-            env=env,
-            limit=PIPE_READER_LIMIT,
-        )
-    except OSError as exc:
-        raise BoxRuntimeUnavailableError(f"cannot start the local daemon ({target.argv()[0]}): {exc}") from exc
-    return _ChildLink(process)
-
-
-async def _dial(target: RemoteTarget) -> _WebSocketLink:
-    url = target.url
-    http = aiohttp.ClientSession()
-    try:
-        ws = await http.ws_connect(url, headers=target.headers(), max_msg_size=MAX_MESSAGE_BYTES)
-    except (aiohttp.ClientError, OSError) as exc:
-        with anyio.CancelScope(shield=True):
-            await http.close()
-        raise _dial_error(url, target, exc) from None
-    except BaseException:  # cancelled (e.g. the connect timeout): still release the session
-        with anyio.CancelScope(shield=True):
-            await http.close()
-        raise
-    return _WebSocketLink(http, ws)
-
-
-def _dial_error(url: str, target: RemoteTarget, exc: Exception) -> BoxError:
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
-        if exc.status == 401:
-            how = "refused the token" if target.token else "requires a token and none was given"
-            return BoxAuthError(f"the Box daemon at {url} {how} (HTTP 401); check --token or BOXRUNTIME_TOKEN")
-        return BoxRuntimeUnavailableError(f"WebSocket upgrade to {url} failed: HTTP {exc.status} {exc.message}")
-    return BoxRuntimeUnavailableError(f"cannot reach the Box daemon at {url}: {exc}")
 
 
 # ── the connector ───────────────────────────────────────────────────────
@@ -255,7 +82,7 @@ class Connector:
         self.timing = timing or Timing()
         self.init_config = dict(init_config) if init_config else None
         self.shutdown_on_close = isinstance(target, SpawnTarget) if shutdown_on_close is None else shutdown_on_close
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._last_error: BoxError | None = None
         self._changed = anyio.Event()
         self._first_attempt = anyio.Event()
@@ -278,7 +105,7 @@ class Connector:
     def pid(self) -> int | None:
         """The spawned daemon's process id while a link to it is up."""
         link = self._link
-        return link.process.pid if isinstance(link, _ChildLink) else None
+        return link.process.pid if isinstance(link, ChildLink) else None
 
     def unavailable_reason(self) -> str:
         where = self.target.describe()
@@ -383,7 +210,7 @@ class Connector:
         """Open one link and serve it until it is lost; True if it passed the handshake."""
         try:
             with anyio.fail_after(self.timing.connect_timeout):
-                link = await self._open()
+                link = await open_link(self.target)
         except TimeoutError:
             self._fail(BoxRuntimeUnavailableError(f"no connection within {self.timing.connect_timeout:g} s"))
             return False
@@ -402,21 +229,16 @@ class Connector:
             # Say why before anyone sees the link gone; a plain loss is described after close.
             self._fail(outcome.error or BoxRuntimeUnavailableError("the connection was lost"))
             with anyio.CancelScope(shield=True):
-                await link.close(graceful=not outcome.hung, timing=self.timing)
+                await link.close(graceful=not outcome.hung, exit_grace=self.timing.exit_grace)
         if outcome.error is None:
             self._fail(BoxRuntimeUnavailableError(link.describe_loss()))
         return outcome.reached
-
-    async def _open(self) -> _Link:
-        if isinstance(self.target, SpawnTarget):
-            return await _spawn(self.target)
-        return await _dial(self.target)
 
     def _fail(self, error: BoxError) -> None:
         self._last_error = error
         self._notify()
 
-    async def _serve(self, link: _Link, outcome: _Outcome) -> None:
+    async def _serve(self, link: Link, outcome: _Outcome) -> None:
         """Handshake, then heartbeat until the link closes or stops answering."""
         async with anyio.create_task_group() as tg:
 

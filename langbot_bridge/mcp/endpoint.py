@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 
 from boxruntime.errors import BoxValidationError
 from boxruntime.models import RelayInfo
-from langbot_bridge.connector import RemoteTarget
-
-_WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+from langbot_bridge.links import WS_SCHEMES, RemoteTarget, bearer_headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +26,7 @@ class RelayAddress:
 
     def url(self, session_id: str, process_id: str) -> str:
         parts = urllib.parse.urlsplit(self.base_url.strip())
-        scheme = _WS_SCHEMES.get(parts.scheme.lower())
+        scheme = WS_SCHEMES.get(parts.scheme.lower())
         if scheme is None or not parts.netloc:
             raise BoxValidationError(f"relay base URL {self.base_url!r} is not an http(s):// or ws(s):// URL")
         path = self.path_template.format(
@@ -37,7 +35,7 @@ class RelayAddress:
         return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, "", ""))
 
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        return bearer_headers(self.token)
 
 
 def relay_address(info: RelayInfo, link: object, base_url: str | None = None) -> RelayAddress:

@@ -1,0 +1,198 @@
+"""How the connector reaches a daemon: the two targets, and the link each opens.
+
+- ``SpawnTarget`` runs ``boxruntime serve --stdio`` as our child and speaks over its pipes.
+- ``RemoteTarget`` connects to ``ws://host:port/rpc/ws`` with a bearer token; an HTTP 401 on
+  the upgrade is a ``BoxAuthError``, not a generic failure.
+
+A link is one open transport with a ``Peer`` on it; keeping one up is the connector's job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any, Protocol
+
+import aiohttp
+import anyio
+
+from boxruntime.errors import BoxAuthError, BoxError, BoxRuntimeUnavailableError
+from boxruntime.protocol import MAX_MESSAGE_BYTES, Peer, StreamConnection, WebSocketConnection
+
+DEFAULT_PORT = 5410
+RPC_PATH = "/rpc/ws"
+# The child's stdout reader: big enough that a 16 MiB message never stalls on buffer limits.
+PIPE_READER_LIMIT = 2 * MAX_MESSAGE_BYTES
+# The WebSocket scheme for each URL scheme a user may give for a daemon (or its relay).
+WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+
+
+def bearer_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnTarget:
+    """A local daemon, spawned as ``<python> -m boxruntime serve --stdio <args>``."""
+
+    args: Sequence[str] = ()  # extra ``serve`` arguments, e.g. ("--backend", "docker")
+    env: Mapping[str, str] | None = None  # the child's whole environment; None inherits ours
+    python: str = sys.executable
+    stderr: int | IO[Any] | None = None  # where the daemon logs; None = our stderr
+
+    def argv(self) -> list[str]:
+        return [self.python, "-m", "boxruntime", "serve", "--stdio", *self.args]
+
+    def describe(self) -> str:
+        return "local daemon (boxruntime serve --stdio)"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTarget:
+    """A daemon listening on a WebSocket endpoint."""
+
+    endpoint: str
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return websocket_url(self.endpoint)
+
+    def headers(self) -> dict[str, str]:
+        return bearer_headers(self.token)
+
+    def describe(self) -> str:
+        return self.url
+
+
+Target = SpawnTarget | RemoteTarget
+
+
+def websocket_url(endpoint: str) -> str:
+    """``host:port``, ``http(s)://…`` or ``ws(s)://…`` -> the daemon's RPC URL.
+
+    Without a path the RPC path is added; without a port, 5410 (the daemon's default).
+    """
+    text = endpoint.strip()
+    if "://" not in text:
+        text = f"ws://{text}"
+    parts = urllib.parse.urlsplit(text)
+    scheme = WS_SCHEMES.get(parts.scheme.lower())
+    if scheme is None or not parts.hostname:
+        raise BoxRuntimeUnavailableError(f"endpoint {endpoint!r} is not a ws://, wss://, http:// or https:// URL")
+    netloc = parts.netloc if parts.port else f"{parts.netloc}:{DEFAULT_PORT}"
+    path = parts.path if parts.path not in ("", "/") else RPC_PATH
+    return urllib.parse.urlunsplit((scheme, netloc, path, parts.query, ""))
+
+
+# ── links: one open transport with a Peer on it ─────────────────────────
+
+
+class Link(Protocol):
+    peer: Peer
+
+    def describe_loss(self) -> str: ...
+
+    async def close(self, graceful: bool, exit_grace: float) -> None: ...
+
+
+class ChildLink:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None and process.stdin is not None
+        self.process = process
+        self.peer = Peer(StreamConnection(process.stdout, process.stdin), name="bridge-stdio")
+
+    def describe_loss(self) -> str:
+        code = self.process.returncode
+        return "the local daemon closed its pipes" if code is None else f"the local daemon exited with code {code}"
+
+    async def close(self, graceful: bool, exit_grace: float) -> None:
+        """EOF on its stdin lets the daemon remove its sandboxes and exit; SIGTERM does the
+        same if it is not reading; SIGKILL is the last resort (the next daemon cleans up)."""
+        await self.peer.aclose()
+        steps: list[tuple[int | None, float]] = [(None, exit_grace), (signal.SIGTERM, exit_grace)]
+        if not graceful:  # hung: it will not answer EOF or SIGTERM in time
+            steps = []
+        for sig, grace in steps:
+            if sig is not None:
+                self._signal(sig)
+            with anyio.move_on_after(grace):
+                await self.process.wait()
+                return
+        self._signal(signal.SIGKILL)
+        await self.process.wait()
+
+    def _signal(self, sig: int) -> None:
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(sig)
+
+
+class WebSocketLink:
+    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.http = http
+        self.ws = ws
+        self.peer = Peer(WebSocketConnection(ws), name="bridge-ws")
+
+    def describe_loss(self) -> str:
+        code = self.ws.close_code
+        return "the daemon closed the WebSocket" + (f" (code {code})" if code is not None else "")
+
+    async def close(self, graceful: bool, exit_grace: float) -> None:
+        # A hung daemon never answers the close handshake: do not wait long for it.
+        with anyio.move_on_after(2 if graceful else 0.2):
+            await self.peer.aclose()
+        await self.http.close()
+
+
+async def spawn(target: SpawnTarget) -> ChildLink:
+    env = dict(target.env) if target.env is not None else None
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *target.argv(),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=target.stderr,
+            env=env,
+            limit=PIPE_READER_LIMIT,
+        )
+    except OSError as exc:
+        raise BoxRuntimeUnavailableError(f"cannot start the local daemon ({target.argv()[0]}): {exc}") from exc
+    return ChildLink(process)
+
+
+async def dial(target: RemoteTarget) -> WebSocketLink:
+    url = target.url
+    http = aiohttp.ClientSession()
+    try:
+        ws = await http.ws_connect(url, headers=target.headers(), max_msg_size=MAX_MESSAGE_BYTES)
+    except (aiohttp.ClientError, OSError) as exc:
+        with anyio.CancelScope(shield=True):
+            await http.close()
+        raise _dial_error(url, target, exc) from None
+    except BaseException:  # cancelled (e.g. the connect timeout): still release the session
+        with anyio.CancelScope(shield=True):
+            await http.close()
+        raise
+    return WebSocketLink(http, ws)
+
+
+def _dial_error(url: str, target: RemoteTarget, exc: Exception) -> BoxError:
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        if exc.status == 401:
+            how = "refused the token" if target.token else "requires a token and none was given"
+            return BoxAuthError(f"the Box daemon at {url} {how} (HTTP 401); check --token or BOXRUNTIME_TOKEN")
+        return BoxRuntimeUnavailableError(f"WebSocket upgrade to {url} failed: HTTP {exc.status} {exc.message}")
+    return BoxRuntimeUnavailableError(f"cannot reach the Box daemon at {url}: {exc}")
+
+
+async def open_link(target: Target) -> Link:
+    """Start the local daemon or dial the remote one; BoxError says why it failed."""
+    if isinstance(target, SpawnTarget):
+        return await spawn(target)
+    return await dial(target)
