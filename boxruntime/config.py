@@ -18,6 +18,7 @@ import pydantic
 from boxruntime.errors import BoxValidationError
 from boxruntime.event_loop import LoopChoice
 from boxruntime.models import DEFAULT_IMAGE
+from boxruntime.tenancy.placement import INSTANCE_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,21 @@ class Settings(pydantic.BaseModel):
     # How long a released private workspace stays on disk for a later daemon to find.
     workspace_ttl_sec: int = pydantic.Field(default=86400, ge=1)
     max_sessions: int = pydantic.Field(default=64, ge=0, le=5000)
+    # LangBot 0.7's other ``box.limits`` (reference §D.1), same defaults and ranges.
+    max_managed_processes: int = pydantic.Field(default=64, ge=0, le=1024)
+    max_completed_processes: int = pydantic.Field(default=256, ge=0, le=10000)
+    max_admission_records: int = pydantic.Field(default=100_000, ge=1, le=250_000)
+    max_rpc_file_bytes: int = pydantic.Field(default=20 * 1024 * 1024, ge=1, le=100 * 1024 * 1024)
+    completed_process_retention_sec: int = pydantic.Field(default=300, ge=0, le=86400)
+    # LangBot 0.7's ``local.default_workspace``: where its tenant workspaces live
+    # (``<default_workspace>/tenants/ws-…``); default ``<host_root>/default`` when host_root is set.
+    default_workspace: Path | None = None
+    # Refuse requests without a LangBot 0.7 workspace context (and relays without its headers):
+    # for a daemon that only LangBot 4.x (langbot-plugin 0.7) may use.
+    tenancy_required: bool = False
+    # LangBot 0.7's pinned instance (``LANGBOT_BOX_TRUSTED_INSTANCE_UUID``); unset: the first
+    # client that identifies itself pins it (trust on first use).
+    trusted_instance: str | None = None
     default_image: str = DEFAULT_IMAGE
     sandbox_user: str = "1000:1000"
     tmp_size_mb: int = pydantic.Field(default=64, ge=1)
@@ -94,6 +110,23 @@ class Settings(pydantic.BaseModel):
             raise ValueError("sandbox_user must not be root (0)")
         return value if gid else f"{uid}:{uid}"
 
+    @pydantic.field_validator("trusted_instance")
+    @classmethod
+    def _trusted_instance(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not INSTANCE_ID_PATTERN.fullmatch(value.strip()):
+            raise ValueError("LANGBOT_BOX_TRUSTED_INSTANCE_UUID must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+        return value.strip()
+
+    @property
+    def tenant_root(self) -> Path | None:
+        """``<default_workspace>/tenants``, where LangBot 0.7 keeps each workspace's files."""
+        base = self.default_workspace
+        if base is None and self.host_root is not None:
+            base = self.host_root / "default"
+        return None if base is None else base / "tenants"
+
     @property
     def sandbox_uid(self) -> int:
         return int(self.sandbox_user.split(":")[0])
@@ -130,6 +163,8 @@ _ENV_KEYS = {
     "BOXRUNTIME_NSJAIL": "nsjail_path",
     "BOXRUNTIME_POOL_SIZE": "pool_size",
     "BOXRUNTIME_EVENT_LOOP": "event_loop",
+    "BOXRUNTIME_TENANCY_REQUIRED": "tenancy_required",
+    "LANGBOT_BOX_TRUSTED_INSTANCE_UUID": "trusted_instance",
     "E2B_API_KEY": "e2b_api_key",
     "E2B_API_URL": "e2b_api_url",
 }
@@ -197,12 +232,7 @@ def apply_box_config(settings: Settings, config: dict[str, Any]) -> list[str]:
                 if value.get(name):
                     updates[f"e2b_{name}"] = str(value[name])
         elif key == "limits" and isinstance(value, dict):
-            if "max_sessions" in value:
-                limit = value["max_sessions"]
-                if isinstance(limit, bool) or not isinstance(limit, int):
-                    raise BoxValidationError("box.limits.max_sessions must be an integer")
-                updates["max_sessions"] = limit
-            ignored += [f"limits.{k}" for k in value if k != "max_sessions"]
+            ignored += _limits_section(value, updates)
         else:
             ignored.append(key)
     try:
@@ -218,6 +248,32 @@ def apply_box_config(settings: Settings, config: dict[str, Any]) -> list[str]:
     return ignored
 
 
+# LangBot 0.7's ``box.limits`` keys that are ours too; strict ints, its ranges (reference §D.1).
+LIMIT_KEYS = (
+    "max_sessions",
+    "max_managed_processes",
+    "max_completed_processes",
+    "max_admission_records",
+    "max_rpc_file_bytes",
+    "completed_process_retention_sec",
+)
+
+
+def _limits_section(limits: dict[str, Any], updates: dict[str, Any]) -> list[str]:
+    ignored: list[str] = []
+    for key, value in limits.items():
+        if key not in LIMIT_KEYS:
+            ignored.append(f"limits.{key}")
+            continue
+        bounds = Settings.model_fields[key].metadata
+        low = next(m.ge for m in bounds if hasattr(m, "ge"))
+        high = next(m.le for m in bounds if hasattr(m, "le"))
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise BoxValidationError(f"box.limits.{key} must be between {low} and {high}")
+        updates[key] = value
+    return ignored
+
+
 def _local_section(local: dict[str, Any], updates: dict[str, Any]) -> list[str]:
     ignored: list[str] = []
     for key, value in local.items():
@@ -227,8 +283,14 @@ def _local_section(local: dict[str, Any], updates: dict[str, Any]) -> list[str]:
             updates["allowed_mount_roots"] = _paths(value)
         elif key == "skills_root" and value:
             updates["skills_root"] = str(value)
+        elif key == "default_workspace" and value:
+            updates["default_workspace"] = str(value)
         else:
             ignored.append(f"local.{key}")
+    if "default_workspace" in updates:
+        # Relative to host_root, as LangBot resolves it.
+        base = updates.get("host_root") or Path.cwd()
+        updates["default_workspace"] = Path(os.path.abspath(base / updates["default_workspace"]))
     if "host_root" in updates and "allowed_mount_roots" not in updates:
         # LangBot's default allow-list is [host_root].
         updates["allowed_mount_roots"] = [updates["host_root"]]

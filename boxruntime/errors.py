@@ -53,6 +53,13 @@ class BoxReadinessError(BoxError):
     """The runtime is not ready for the request (LangBot 0.7 name, kept for symmetry)."""
 
 
+class BoxPermissionError(BoxError):
+    """The caller may not do this: a tenant context that is missing, names another instance or
+    a stale placement generation. On the wire it is LangBot 0.7's ``PermissionError: ...``."""
+
+    wire = "PermissionError"
+
+
 class BoxImageNotFoundError(BoxError):
     """The sandbox image is not available locally and could not be fetched."""
 
@@ -106,6 +113,8 @@ _WIRE_ERRORS: tuple[type[BoxError], ...] = (
 def wire_name(exc: BaseException) -> str:
     """The class name a client will recognise: internal subclasses (e.g. an agent's refusal,
     a BoxValidationError) go over the wire as their nearest public ancestor."""
+    if isinstance(exc, BoxPermissionError):
+        return BoxPermissionError.wire
     if isinstance(exc, BoxError):
         for cls in type(exc).__mro__:
             if cls in _WIRE_ERRORS or cls is BoxError:
@@ -126,4 +135,6 @@ def error_from_message(message: str) -> BoxError:
                 return cls(message)
         if head == BoxError.__name__:
             return BoxError(message)
+        if head == BoxPermissionError.wire:
+            return BoxPermissionError(message)
     return ActionCallError(message)

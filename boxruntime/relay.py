@@ -6,6 +6,11 @@ stdin as one line. One client at a time: a new client takes over from an old one
 close code 4000), so a client reconnecting after a network drop is never locked out by its
 own stale socket. Detaching never kills the process; output produced meanwhile is replayed.
 Errors before the upgrade are HTTP 400 JSON, like LangBot's.
+
+LangBot 0.7 (reference §A.9, §D.5): a session of a workspace placement (its physical id) is
+relayed only to a request that names the trusted instance, that workspace and its current
+placement generation in its headers (else HTTP 401), and the relay closes when the generation
+goes stale.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from boxruntime.errors import (
 from boxruntime.protocol import MAX_MESSAGE_BYTES
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.runtime.processes import ClientReplaced, ManagedProcess, relay_lines
+from boxruntime.tenancy.placement import Placement, is_physical_id
+from boxruntime.tenancy.service import Tenancy
+from boxruntime.tenancy.trust import Untrusted, admit_header, relay_placement
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,7 @@ RELAY_PATHS = (
     "/v1/sessions/{session_id}/managed-process/ws",
 )
 CLOSE_REPLACED = 4000
+CLOSE_STALE = 4001
 
 
 def _error(exc: BoxError) -> web.Response:
@@ -49,11 +58,33 @@ def find_running(runtime: BoxRuntime, session_id: str, process_id: str) -> Manag
     return process
 
 
-async def relay_ws(
-    request: web.Request, runtime: BoxRuntime, sockets: set[web.WebSocketResponse]
-) -> web.StreamResponse:
+def relay_authority(request: web.Request, tenancy: Tenancy, session_id: str) -> Placement | None:
+    """The placement a relay request acts for (None: a session outside every workspace, reached
+    by LangBot 0.5's rules); HTTPUnauthorized when it may not reach ``session_id``."""
+    try:
+        instance = admit_header(request.headers, tenancy.trust, required=tenancy.required, pin=False)
+        if instance is None and not is_physical_id(session_id):
+            return None
+        if instance is None:
+            raise Untrusted("a workspace session needs the LangBot instance header")
+        placement = relay_placement(request.headers, instance)
+        if placement is None:
+            raise Untrusted("missing or malformed workspace or placement generation header")
+        if not tenancy.fence.is_current(placement):
+            raise Untrusted("placement generation is not the current one")
+        if not placement.owns(session_id):
+            raise Untrusted("session is not in the placement's namespace")
+        return placement
+    except Untrusted as exc:
+        log.warning("refused relay %s from %s: %s", request.path, request.remote, exc)
+        raise web.HTTPUnauthorized(text="Unauthorized") from None
+
+
+async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebSocketResponse]) -> web.StreamResponse:
+    runtime = tenancy.runtime
     session_id = request.match_info["session_id"]
     process_id = request.match_info.get("process_id", "default")
+    placement = relay_authority(request, tenancy, session_id)
     try:
         process = find_running(runtime, session_id, process_id)
     except (BoxSessionNotFoundError, BoxManagedProcessNotFoundError, BoxManagedProcessConflictError) as exc:
@@ -80,14 +111,23 @@ async def relay_ws(
             async def to_process() -> None:
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.TEXT:
+                        if placement is not None and not tenancy.fence.is_current(placement):
+                            break  # the generation went stale while this message was on its way
                         await process.write_line(msg.data)
                 # The client closed, and its close was answered in this same step: it must not
                 # count as attached once it can ask (the full detach follows the cancellation).
                 process.release(attachment)
                 tg.cancel_scope.cancel()
 
+            async def until_stale(fenced: Placement) -> None:
+                await tenancy.fence.wait_stale(fenced)
+                await ws.close(code=CLOSE_STALE, message=b"placement generation is stale")
+                tg.cancel_scope.cancel()
+
             tg.start_soon(to_client)
             tg.start_soon(to_process)
+            if placement is not None:
+                tg.start_soon(until_stale, placement)
     except BoxManagedProcessConflictError:
         pass  # the process exited while a message was on its way in
     finally:

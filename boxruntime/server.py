@@ -24,16 +24,20 @@ from boxruntime.config import Settings
 from boxruntime.event_loop import running_loop_name
 from boxruntime.handlers import BoxActions
 from boxruntime.models import RelayInfo
-from boxruntime.protocol import MAX_MESSAGE_BYTES, Peer, StreamConnection, WebSocketConnection
+from boxruntime.protocol import MAX_MESSAGE_BYTES, ActionHandler, Peer, StreamConnection, WebSocketConnection
 from boxruntime.relay import RELAY_PATHS, relay_ws
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.skills.actions import SkillActions
+from boxruntime.tenancy.gate import TenantGate
+from boxruntime.tenancy.service import Tenancy
+from boxruntime.tenancy.trust import Untrusted, admit_header
 
 log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "X-LangBot-Box-Control-Token"
 RUNTIME_KEY = web.AppKey("runtime", BoxRuntime)
 SKILLS_KEY = web.AppKey("skills", SkillActions)
+TENANCY_KEY = web.AppKey("tenancy", Tenancy)
 TOKEN_KEY = web.AppKey("token", str)  # "" when no token is required
 SKILL_CLEANUP_INTERVAL_SEC = 60.0
 SOCKETS_KEY = web.AppKey("sockets", set[web.WebSocketResponse])
@@ -88,13 +92,28 @@ def require_auth(handler: Handler) -> Handler:
     return checked
 
 
+def control_actions(tenancy: Tenancy, skills: SkillActions, relay: RelayInfo | None = None) -> dict[str, ActionHandler]:
+    return {**BoxActions(tenancy.runtime, skills, relay).table(), **tenancy.actions()}
+
+
 async def rpc_ws(request: web.Request) -> web.StreamResponse:
-    runtime = request.app[RUNTIME_KEY]
+    tenancy = request.app[TENANCY_KEY]
+    try:
+        instance = admit_header(request.headers, tenancy.trust, required=tenancy.required, pin=True)
+    except Untrusted as exc:
+        log.warning("refused %s from %s: %s", request.path, request.remote, exc)
+        raise web.HTTPUnauthorized(text="Unauthorized") from None
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, compress=False)
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
-    actions = BoxActions(runtime, request.app[SKILLS_KEY]).table()  # relay on this same endpoint
-    peer = Peer(WebSocketConnection(ws), actions, name=f"ws:{request.remote}")
+    actions = control_actions(tenancy, request.app[SKILLS_KEY])  # relay on this same endpoint
+    gate = TenantGate(
+        tenancy,
+        identified=instance is not None,
+        host_backend_allowed=bool(request.app[TOKEN_KEY]),
+        daemon_actions=frozenset(request.app[SKILLS_KEY].table()),
+    )
+    peer = Peer(WebSocketConnection(ws), actions, name=f"ws:{request.remote}", gate=gate)
     log.info("control connection from %s", request.remote)
     try:
         await peer.run()
@@ -137,13 +156,14 @@ async def run_daemon_tasks(runtime: BoxRuntime, skills: SkillActions) -> None:
 
 async def relay(request: web.Request) -> web.StreamResponse:
     sockets: set[web.WebSocketResponse] = request.app[SOCKETS_KEY]
-    return await relay_ws(request, request.app[RUNTIME_KEY], sockets)
+    return await relay_ws(request, request.app[TENANCY_KEY], sockets)
 
 
-def create_app(runtime: BoxRuntime, skills: SkillActions, token: str | None, control: bool = True) -> web.Application:
+def create_app(tenancy: Tenancy, skills: SkillActions, token: str | None, control: bool = True) -> web.Application:
     """The HTTP side. ``control=False`` (stdio mode) serves only the relay and health routes."""
     app = web.Application()
-    app[RUNTIME_KEY] = runtime
+    app[RUNTIME_KEY] = tenancy.runtime
+    app[TENANCY_KEY] = tenancy
     app[SKILLS_KEY] = skills
     app[TOKEN_KEY] = token or ""
     app[SOCKETS_KEY] = set()
@@ -168,7 +188,7 @@ async def serve_websocket(settings: Settings) -> None:
     runtime = BoxRuntime(settings)
     await runtime.start()
     skills = skill_actions(settings)
-    app = create_app(runtime, skills, settings.token)
+    app = create_app(Tenancy(runtime), skills, settings.token)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
@@ -216,7 +236,8 @@ async def serve_stdio(settings: Settings, relay_port: int = 0) -> None:
     await runtime.start()
     skills = skill_actions(settings)
     token = settings.token or secrets.token_urlsafe(32)
-    runner = web.AppRunner(create_app(runtime, skills, token, control=False), handle_signals=False)
+    tenancy = Tenancy(runtime)
+    runner = web.AppRunner(create_app(tenancy, skills, token, control=False), handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", relay_port)
@@ -224,7 +245,15 @@ async def serve_stdio(settings: Settings, relay_port: int = 0) -> None:
         port = runner.addresses[0][1]
         relay_info = RelayInfo(base_url=f"http://127.0.0.1:{port}", token=token)
         connection = await _stdio_connection()
-        peer = Peer(connection, BoxActions(runtime, skills, relay_info).table(), name="stdio")
+        # Under LangBot 4.x the instance comes pinned in LANGBOT_BOX_TRUSTED_INSTANCE_UUID: the
+        # client on stdin is that instance, a 0.7 client.
+        gate = TenantGate(
+            tenancy,
+            identified=settings.trusted_instance is not None,
+            host_backend_allowed=True,
+            daemon_actions=frozenset(skills.table()),
+        )
+        peer = Peer(connection, control_actions(tenancy, skills, relay_info), name="stdio", gate=gate)
         log.info(
             "boxruntime serving action RPC on stdio (backend=%s, relay on port %d, loop=%s)",
             settings.backend,

@@ -177,11 +177,36 @@ def test_local_allowed_mount_roots_as_list_and_as_comma_string(clean_env: Path) 
     assert s.mount_roots() == [clean_env / "data", skills, Path("/srv/c"), clean_env / "rel" / "d"]
 
 
-def test_limits_max_sessions_and_other_limits_ignored() -> None:
+def test_limits_are_langbot_07s_and_unknown_limits_ignored() -> None:
     s = load_settings()
-    ignored = apply_box_config(s, {"limits": {"max_sessions": 10, "max_managed_processes": 4}})
-    assert s.max_sessions == 10
-    assert ignored == ["limits.max_managed_processes"]
+    ignored = apply_box_config(
+        s, {"limits": {"max_sessions": 10, "max_managed_processes": 4, "max_workspace_entries": 9}}
+    )
+    assert (s.max_sessions, s.max_managed_processes) == (10, 4)
+    assert ignored == ["limits.max_workspace_entries"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "text"),
+    [
+        ({"max_sessions": 5001}, "box.limits.max_sessions must be between 0 and 5000"),
+        ({"max_rpc_file_bytes": 0}, "box.limits.max_rpc_file_bytes must be between 1 and 104857600"),
+        ({"max_managed_processes": True}, "box.limits.max_managed_processes must be between 0 and 1024"),
+        ({"max_sessions": 3, "max_completed_processes": "9"}, "max_completed_processes must be between 0 and 10000"),
+    ],
+)
+def test_a_bad_limit_changes_nothing(limits: dict[str, object], text: str) -> None:
+    s = load_settings()
+    with pytest.raises(BoxValidationError, match=text):
+        apply_box_config(s, {"limits": limits})
+    assert (s.max_sessions, s.max_completed_processes) == (64, 256)
+
+
+def test_default_workspace_is_relative_to_host_root() -> None:
+    s = load_settings()
+    apply_box_config(s, {"local": {"host_root": "/srv/box", "default_workspace": "ws"}})
+    assert s.default_workspace == Path("/srv/box/ws")
+    assert s.tenant_root == Path("/srv/box/ws/tenants")
 
 
 @pytest.mark.parametrize(

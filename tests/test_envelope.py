@@ -30,7 +30,13 @@ from boxruntime.protocol.envelope import (
 
 def test_request_is_classified() -> None:
     msg = classify({"seq_id": 43, "action": "box_exec", "data": {"cmd": "ls"}, "context": {"x": 1}})
-    assert msg == Request(seq_id=43, action="box_exec", data={"cmd": "ls"})
+    assert msg == Request(seq_id=43, action="box_exec", data={"cmd": "ls"}, context={"x": 1})
+
+
+def test_a_request_without_context_has_none_and_a_non_object_context_is_refused() -> None:
+    assert classify({"seq_id": 1, "action": "a", "data": {}}) == Request(1, "a", {}, None)
+    bad = classify({"seq_id": 2, "action": "a", "data": {}, "context": "inst"})
+    assert isinstance(bad, BadRequest) and "context" in bad.reason
 
 
 def test_request_without_seq_id_uses_minus_one() -> None:
@@ -217,10 +223,18 @@ def test_every_box_error_round_trips_to_the_same_type(cls: type[BoxError]) -> No
 
 
 def test_unknown_error_names_become_action_call_error() -> None:
-    for message in ["ValueError: Action box_nope not found", "PermissionError: Stale Box placement generation", "x"]:
+    for message in ["ValueError: Action box_nope not found", "KeyError: 'session_id'", "x"]:
         rebuilt = error_from_message(message)
         assert type(rebuilt) is errors.ActionCallError
         assert str(rebuilt) == message
+
+
+def test_langbot_07s_permission_error_is_typed_and_keeps_its_wire_name() -> None:
+    rebuilt = error_from_message("PermissionError: Stale Box placement generation")
+    assert type(rebuilt) is errors.BoxPermissionError
+    assert error_message(errors.BoxPermissionError("Stale Box placement generation")) == (
+        "PermissionError: Stale Box placement generation"
+    )
 
 
 def test_only_a_leading_class_name_counts() -> None:

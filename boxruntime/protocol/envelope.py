@@ -24,6 +24,9 @@ class Request:
     seq_id: int
     action: str
     data: dict[str, Any]
+    # LangBot 0.7's tenant authority (reference §A.2, §A.9): the raw object, checked by the
+    # daemon's tenancy gate; None when the request carries none (every LangBot 0.5 request).
+    context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,10 @@ def classify(obj: dict[str, Any]) -> Message | None:
         data = obj.get("data")
         if not isinstance(data, dict):
             return BadRequest(seq_id, action, "request 'data' must be a JSON object")
-        return Request(seq_id, action, data)
+        context = obj.get("context")
+        if context is not None and not isinstance(context, dict):
+            return BadRequest(seq_id, action, "request 'context' must be a JSON object")
+        return Request(seq_id, action, data, context)
     if "code" in obj:
         code = obj["code"]
         data = obj.get("data")
@@ -87,8 +93,11 @@ def encode(obj: dict[str, Any]) -> str:
     return json.dumps(obj)
 
 
-def request(seq_id: int, action: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {"seq_id": seq_id, "action": action, "data": data}
+def request(seq_id: int, action: str, data: dict[str, Any], context: dict[str, Any] | None = None) -> dict[str, Any]:
+    message: dict[str, Any] = {"seq_id": seq_id, "action": action, "data": data}
+    if context is not None:  # omitted when empty, as LangBot's serialiser leaves out nulls
+        message["context"] = context
+    return message
 
 
 def success(seq_id: int, data: dict[str, Any], chunk_status: ChunkStatus = "continue") -> dict[str, Any]:

@@ -46,7 +46,11 @@ from boxruntime.protocol.envelope import (
 log = logging.getLogger(__name__)
 
 Payload = dict[str, Any]
-ActionHandler = Callable[[Payload], Awaitable[Payload] | AsyncIterator[Payload]]
+ActionResult = Awaitable[Payload] | AsyncIterator[Payload]
+ActionHandler = Callable[[Payload], ActionResult]
+# Sits between a request and its handler (the daemon's tenancy gate): checks the request's
+# context, may rewrite its data and the handler's answers, and calls the handler or refuses.
+RequestGate = Callable[[Request, ActionHandler], ActionResult]
 
 DEFAULT_TIMEOUT = 15.0
 MAX_INFLIGHT = 128
@@ -73,11 +77,15 @@ class Peer:
         *,
         max_inflight: int = MAX_INFLIGHT,
         name: str = "peer",
+        gate: RequestGate | None = None,
     ) -> None:
         self._conn = connection
-        self._actions: dict[str, ActionHandler] = {"__ping": _ping, "__cancel_action": self._cancel_action}
+        self._actions: dict[str, ActionHandler] = {"__ping": _ping}
         self._actions.update(actions or {})
-        self._scopes: dict[int, anyio.CancelScope] = {}  # requests being served, by seq_id
+        self._gate = gate
+        # Requests being served, by seq_id: their scope, and the context they came with (a
+        # cancellation must come in the same context, as LangBot 0.7 requires).
+        self._scopes: dict[int, tuple[anyio.CancelScope, Payload | None]] = {}
         self._max_inflight = max_inflight
         self._inflight = 0
         self._seq = random.randint(0, 100_000)
@@ -156,24 +164,38 @@ class Peer:
         # Made here, not in the task: a request cancelled before its task first runs is
         # cancelled as soon as it does.
         scope = anyio.CancelScope()
-        self._scopes[req.seq_id] = scope
+        self._scopes[req.seq_id] = (scope, req.context)
         self._start(self._serve(req, scope), scope)
 
-    async def _cancel_action(self, data: Payload) -> Payload:
-        """LangBot 0.7's ``__cancel_action``: stop serving one of this peer's requests."""
-        seq_id = data.get("seq_id")
-        scope = self._scopes.get(seq_id) if isinstance(seq_id, int) else None
-        if scope is None:
-            return {"cancelled": False}
-        scope.cancel()
-        return {"cancelled": True}
+    def _cancel_action(self, context: Payload | None) -> ActionHandler:
+        """LangBot 0.7's ``__cancel_action``: stop serving one of this peer's requests that came
+        in the same context as the cancellation."""
+
+        async def cancel(data: Payload) -> Payload:
+            seq_id = data.get("seq_id")
+            entry = self._scopes.get(seq_id) if isinstance(seq_id, int) else None
+            if entry is None or entry[1] != context:
+                return {"cancelled": False}
+            entry[0].cancel()
+            return {"cancelled": True}
+
+        return cancel
+
+    def _handler(self, req: Request) -> ActionHandler:
+        if req.action == "__cancel_action":
+            return self._cancel_action(req.context)
+        handler = self._actions.get(req.action)
+        if handler is None:
+            raise BoxActionNotFoundError(f"Action {req.action} not found")
+        return handler
 
     async def _serve(self, req: Request, scope: anyio.CancelScope) -> None:
         with scope:
             try:
                 await self._answer(req)
             finally:
-                if self._scopes.get(req.seq_id) is scope:
+                entry = self._scopes.get(req.seq_id)
+                if entry is not None and entry[0] is scope:
                     del self._scopes[req.seq_id]
                 self._inflight -= 1
         if scope.cancelled_caught and not self.closed:  # by __cancel_action: say so
@@ -181,10 +203,8 @@ class Peer:
 
     async def _answer(self, req: Request) -> None:
         try:
-            handler = self._actions.get(req.action)
-            if handler is None:
-                raise BoxActionNotFoundError(f"Action {req.action} not found")
-            result = handler(req.data)
+            handler = self._handler(req)
+            result = self._gate(req, handler) if self._gate is not None else handler(req.data)
             if inspect.isasyncgen(result) or isinstance(result, AsyncIterator):
                 async for chunk in result:
                     await self._send(success(req.seq_id, chunk))
@@ -240,10 +260,12 @@ class Peer:
         send.close()
         receive.close()
 
-    async def call(self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT) -> Payload:
+    async def call(
+        self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT, context: Payload | None = None
+    ) -> Payload:
         seq_id, send, receive = self._open_call()
         try:
-            await self._conn.send(encode(request(seq_id, action, data)))
+            await self._conn.send(encode(request(seq_id, action, data, context)))
             with anyio.fail_after(timeout):
                 response = await receive.receive()
         except TimeoutError:
@@ -256,12 +278,14 @@ class Peer:
             raise error_from_message(response.message)
         return response.data
 
-    async def call_stream(self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[Payload]:
+    async def call_stream(
+        self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT, context: Payload | None = None
+    ) -> AsyncIterator[Payload]:
         """Yield each streamed chunk; ``timeout`` bounds the wait for every next message."""
         seq_id, send, receive = self._open_call()
         finished = False
         try:
-            await self._conn.send(encode(request(seq_id, action, data)))
+            await self._conn.send(encode(request(seq_id, action, data, context)))
             while True:
                 with anyio.fail_after(timeout):
                     response = await receive.receive()
@@ -283,7 +307,8 @@ class Peer:
                 # The caller stopped reading: ask the other side to stop producing.
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     with anyio.fail_after(5):
-                        await self._conn.send(encode(request(self._next_seq(), "__cancel_action", {"seq_id": seq_id})))
+                        cancel = request(self._next_seq(), "__cancel_action", {"seq_id": seq_id}, context)
+                        await self._conn.send(encode(cancel))
 
     async def aclose(self) -> None:
         await self._conn.close()

@@ -1,0 +1,165 @@
+"""The tenancy gate: LangBot 0.7's rules between a control connection's requests and the
+daemon's handlers (reference §A.9, §B.2), as a thin layer the runtime never sees.
+
+- Host-control actions (ping, health, init, admission grants …) take an optional context that
+  must name the trusted instance.
+- Tenant actions (every other) need a context from a 0.7 client. Their session ids are mapped
+  logical → physical on the way in and back on the way out; lists and counts are scoped to the
+  caller's placement; the generation fence is observed before the handler and checked again
+  after it.
+- A connection that never identified itself (LangBot 0.5: no instance header, no context) keeps
+  0.5's rules, but sees only sessions outside every workspace namespace; unless the daemon
+  requires tenancy, in which case its tenant actions are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pydantic
+
+from boxruntime.errors import BoxPermissionError, BoxValidationError
+from boxruntime.protocol import ActionHandler, Payload
+from boxruntime.protocol.envelope import Request
+from boxruntime.protocol.peer import ActionResult
+from boxruntime.tenancy.fence import STALE_MESSAGE
+from boxruntime.tenancy.placement import ActionContext, Placement
+from boxruntime.tenancy.scopes import LEGACY, SessionScope, to_logical
+from boxruntime.tenancy.service import Tenancy
+from boxruntime.tenancy.strict import check_box_spec
+
+HOST_CONTROL_ACTIONS = frozenset(
+    {
+        "__ping",
+        "__file_chunk",
+        "box_health",
+        "box_get_backend_info",
+        "box_init",
+        "box_upsert_sandbox_admission_grant",
+        "box_revoke_sandbox_admission_grant",
+        "box_verify_shared_workspace",
+        "box_shutdown",
+        # Ours: about the daemon, not a workspace.
+        "box_relay_info",
+    }
+)
+_SPEC_ACTIONS = frozenset({"box_exec", "box_exec_stream", "box_create_session"})
+_STREAMS = frozenset({"box_exec_stream"})
+HOST_BACKEND_REFUSAL = (
+    "host backend requires local stdio control or WebSocket control protected by LANGBOT_BOX_CONTROL_TOKEN"
+)
+
+
+class TenantGate:
+    """One per control connection (the Peer's ``gate``)."""
+
+    def __init__(
+        self,
+        tenancy: Tenancy,
+        *,
+        identified: bool,
+        host_backend_allowed: bool,
+        daemon_actions: frozenset[str] = frozenset(),
+    ) -> None:
+        """``daemon_actions``: more actions about the daemon rather than a workspace (LangBot
+        0.5's skill store, which 0.7 no longer has), served as host-control actions."""
+        self._tenancy = tenancy
+        self._host_control = HOST_CONTROL_ACTIONS | daemon_actions
+        # A 0.7 client: it sent the instance header, runs under LANGBOT_BOX_TRUSTED_INSTANCE_UUID
+        # over stdio, or has sent a context. From then on every tenant action needs a context.
+        self._identified = identified or tenancy.required
+        self._host_backend_allowed = host_backend_allowed
+
+    def __call__(self, req: Request, handler: ActionHandler) -> ActionResult:
+        if req.action == "box_init" and req.data.get("backend") == "host" and not self._host_backend_allowed:
+            raise BoxValidationError(HOST_BACKEND_REFUSAL)
+        context = self._context(req)
+        if req.action in self._host_control or req.action == "__cancel_action":
+            return handler(req.data)
+        if context is None:
+            if self._identified:
+                raise BoxPermissionError("Box tenant action requires a trusted Workspace context")
+            if req.action in _STREAMS:
+                return handler(self._inbound(req, LEGACY, strict=False))
+            return self._legacy(req, handler)
+        placement = Placement.of(context)
+        if req.action in _STREAMS:
+            return self._stream(req, handler, placement)
+        return self._fenced(req, handler, placement)
+
+    def _context(self, req: Request) -> ActionContext | None:
+        if req.context is None:
+            return None
+        try:
+            context = ActionContext.model_validate(req.context)
+        except pydantic.ValidationError as exc:
+            raise BoxValidationError(f"invalid action context: {exc}") from None
+        if not self._tenancy.trust.admit(context.instance_uuid, pin=True):
+            raise BoxPermissionError("Box action context does not match the trusted instance")
+        self._identified = True
+        return context
+
+    # ── one request ──────────────────────────────────────────────────────
+
+    def _inbound(self, req: Request, scope: SessionScope, strict: bool) -> Payload:
+        data = req.data
+        if strict and req.action in _SPEC_ACTIONS:
+            check_box_spec(data)
+        session_id = data.get("session_id")
+        if isinstance(session_id, str) and req.action not in ("box_get_sessions", "box_status"):
+            data = {**data, "session_id": scope.physical(session_id)}
+        return data
+
+    async def _call(self, req: Request, handler: ActionHandler, scope: SessionScope, data: Payload) -> Payload:
+        view = self._tenancy.views.get(req.action)
+        if view is not None:
+            return await view(data, scope)
+        result = handler(data)
+        assert not isinstance(result, AsyncIterator)
+        answer = await result
+        if req.action == "box_delete_session":
+            return {"deleted": req.data["session_id"]}  # the id as the caller sent it
+        return answer
+
+    async def _legacy(self, req: Request, handler: ActionHandler) -> Payload:
+        return await self._call(req, handler, LEGACY, self._inbound(req, LEGACY, strict=False))
+
+    async def _fenced(self, req: Request, handler: ActionHandler, placement: Placement) -> Payload:
+        data = self._inbound(req, placement, strict=True)
+        fence = self._tenancy.fence
+        scope = anyio.CancelScope()
+        with fence.request(placement, scope):
+            with scope:
+                await self._tenancy.activate(placement)
+                answer = await self._call(req, handler, placement, data)
+            if scope.cancelled_caught or not fence.is_current(placement):
+                # A newer generation arrived meanwhile: whatever this request made is retired.
+                await self._tenancy.retire_stale(placement)
+                raise BoxPermissionError(STALE_MESSAGE)
+        mapped: Payload = to_logical(answer, placement)
+        return mapped
+
+    async def _stream(self, req: Request, handler: ActionHandler, placement: Placement) -> AsyncIterator[Payload]:
+        data = self._inbound(req, placement, strict=True)
+        fence = self._tenancy.fence
+        await self._tenancy.activate(placement)
+        chunks = handler(data)
+        assert isinstance(chunks, AsyncIterator)
+        try:
+            while True:
+                scope = anyio.CancelScope()
+                with fence.request(placement, scope):
+                    with scope:
+                        try:
+                            chunk = await anext(chunks)
+                        except StopAsyncIteration:
+                            break
+                    if scope.cancelled_caught or not fence.is_current(placement):
+                        raise BoxPermissionError(STALE_MESSAGE)
+                yield to_logical(chunk, placement)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
