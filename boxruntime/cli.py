@@ -107,9 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the daemon (WebSocket, or --stdio)")
     _common(serve)
-    serve.add_argument("--stdio", action="store_true", help="action RPC on stdin/stdout")
+    # LangBot's runtime flags too (`lbp box -s --ws-control-port N`), so the argv LangBot uses
+    # for its local runtime works against this CLI.
+    serve.add_argument(
+        "-s", "--stdio", "--stdio-control", dest="stdio", action="store_true", help="action RPC on stdin/stdout"
+    )
     serve.add_argument("--host", help="bind address (default 127.0.0.1; others need BOXRUNTIME_TOKEN)")
-    serve.add_argument("--port", type=int, help="port (default 5410)")
+    serve.add_argument(
+        "--port",
+        "--ws-control-port",
+        dest="port",
+        type=int,
+        help="port of /rpc/ws and the relay (default 5410; with --stdio, the relay's)",
+    )
     serve.add_argument("--allow-mount-root", action="append", help="allow host mounts under this directory")
     serve.set_defaults(func=cmd_serve)
 
