@@ -67,6 +67,9 @@ class Settings(pydantic.BaseModel):
     # LangBot 0.7's pinned instance (``LANGBOT_BOX_TRUSTED_INSTANCE_UUID``); unset: the first
     # client that identifies itself pins it (trust on first use).
     trusted_instance: str | None = None
+    # LangBot 0.7's ``box.admission`` section as given (parsed by the tenancy layer, which fails
+    # closed on a malformed one).
+    admission_config: Any = None
     default_image: str = DEFAULT_IMAGE
     sandbox_user: str = "1000:1000"
     tmp_size_mb: int = pydantic.Field(default=64, ge=1)
@@ -233,6 +236,8 @@ def apply_box_config(settings: Settings, config: dict[str, Any]) -> list[str]:
                     updates[f"e2b_{name}"] = str(value[name])
         elif key == "limits" and isinstance(value, dict):
             ignored += _limits_section(value, updates)
+        elif key == "admission":
+            updates["admission_config"] = value
         else:
             ignored.append(key)
     try:
@@ -295,3 +300,26 @@ def _local_section(local: dict[str, Any], updates: dict[str, Any]) -> list[str]:
         # LangBot's default allow-list is [host_root].
         updates["allowed_mount_roots"] = [updates["host_root"]]
     return ignored
+
+
+def ensure_default_workspace(settings: Settings) -> None:
+    """Create LangBot 0.7's ``default_workspace`` when it is missing; it must lie inside an
+    allowed mount root (reference §B.2 ``box_init``). BoxValidationError otherwise."""
+    tenants = settings.tenant_root
+    if tenants is None:
+        return
+    default = Path(os.path.abspath(tenants.parent))
+    if default.is_dir():
+        return
+    if default.exists():
+        raise BoxValidationError("box.local.default_workspace must point to a directory on the Box runtime host")
+    roots = [Path(os.path.abspath(root)) for root in settings.allowed_mount_roots]
+    if not roots:
+        raise BoxValidationError(
+            "box.local.default_workspace cannot be created because no allowed_mount_roots are configured"
+        )
+    if not any(default == root or root in default.parents for root in roots):
+        raise BoxValidationError(
+            "box.local.default_workspace is outside allowed_mount_roots: " + ", ".join(str(r) for r in roots)
+        )
+    default.mkdir(parents=True, exist_ok=True)

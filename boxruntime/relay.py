@@ -23,9 +23,11 @@ import anyio
 from aiohttp import web
 
 from boxruntime.errors import (
+    BoxAdmissionError,
     BoxError,
     BoxManagedProcessConflictError,
     BoxManagedProcessNotFoundError,
+    BoxReadinessError,
     BoxSessionNotFoundError,
     wire_name,
 )
@@ -86,8 +88,16 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
     process_id = request.match_info.get("process_id", "default")
     placement = relay_authority(request, tenancy, session_id)
     try:
+        if placement is not None and tenancy.managed.required:
+            await tenancy.managed.admit_relay(placement)
         process = find_running(runtime, session_id, process_id)
-    except (BoxSessionNotFoundError, BoxManagedProcessNotFoundError, BoxManagedProcessConflictError) as exc:
+    except (
+        BoxSessionNotFoundError,
+        BoxManagedProcessNotFoundError,
+        BoxManagedProcessConflictError,
+        BoxAdmissionError,
+        BoxReadinessError,
+    ) as exc:
         return _error(exc)
     ws = web.WebSocketResponse(protocols=("mcp",), max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30, compress=False)
     await ws.prepare(request)

@@ -93,7 +93,7 @@ def require_auth(handler: Handler) -> Handler:
 
 
 def control_actions(tenancy: Tenancy, skills: SkillActions, relay: RelayInfo | None = None) -> dict[str, ActionHandler]:
-    return {**BoxActions(tenancy.runtime, skills, relay).table(), **tenancy.actions()}
+    return tenancy.actions(BoxActions(tenancy.runtime, skills, relay).table())
 
 
 async def rpc_ws(request: web.Request) -> web.StreamResponse:
@@ -131,9 +131,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    info = await request.app[RUNTIME_KEY].backend_info()
-    body = {"ready": info.available, "backend": info.model_dump(mode="json")}
-    return web.json_response(body, status=200 if info.available else 503)
+    """LangBot 0.7's readiness object: standard mode, or every admission-mode check."""
+    readiness = await request.app[TENANCY_KEY].managed.readiness.get()
+    return web.json_response(readiness, status=200 if readiness["ready"] else 503)
 
 
 def skill_actions(settings: Settings) -> SkillActions:
@@ -141,7 +141,7 @@ def skill_actions(settings: Settings) -> SkillActions:
     return SkillActions(lambda: settings.skills_dir, settings.data_dir / "uploads")
 
 
-async def run_daemon_tasks(runtime: BoxRuntime, skills: SkillActions) -> None:
+async def run_daemon_tasks(tenancy: Tenancy, skills: SkillActions) -> None:
     """Everything a daemon does in the background; runs until its owner cancels it."""
 
     async def clean_skill_uploads() -> None:
@@ -150,7 +150,8 @@ async def run_daemon_tasks(runtime: BoxRuntime, skills: SkillActions) -> None:
             skills.cleanup()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(runtime.run_background)
+        tg.start_soon(tenancy.runtime.run_background)
+        tg.start_soon(tenancy.run)
         tg.start_soon(clean_skill_uploads)
 
 
@@ -188,7 +189,8 @@ async def serve_websocket(settings: Settings) -> None:
     runtime = BoxRuntime(settings)
     await runtime.start()
     skills = skill_actions(settings)
-    app = create_app(Tenancy(runtime), skills, settings.token)
+    tenancy = Tenancy(runtime)
+    app = create_app(tenancy, skills, settings.token)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
@@ -203,7 +205,7 @@ async def serve_websocket(settings: Settings) -> None:
             running_loop_name(),
         )
         async with anyio.create_task_group() as tg:
-            tg.start_soon(run_daemon_tasks, runtime, skills)
+            tg.start_soon(run_daemon_tasks, tenancy, skills)
             await _until_signalled()
             tg.cancel_scope.cancel()
         sockets: set[web.WebSocketResponse] = app[SOCKETS_KEY]
@@ -267,7 +269,7 @@ async def serve_stdio(settings: Settings, relay_port: int = 0) -> None:
             tg.cancel_scope.cancel()
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(run_daemon_tasks, runtime, skills)
+            tg.start_soon(run_daemon_tasks, tenancy, skills)
             tg.start_soon(until_eof_then_stop, tg)
             await _until_signalled()
             tg.cancel_scope.cancel()

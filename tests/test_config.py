@@ -245,7 +245,6 @@ def test_unknown_keys_are_returned_as_ignored_and_change_nothing() -> None:
             "runtime": {"endpoint": "ws://x"},
             "local": {"profile": "default", "image": "alpine", "workspace_quota_mb": 5},
             "limits": {"max_workspace_entries": 10},
-            "admission": {"required": False},
         },
     )
     assert sorted(ignored) == sorted(
@@ -257,7 +256,6 @@ def test_unknown_keys_are_returned_as_ignored_and_change_nothing() -> None:
             "local.image",
             "local.workspace_quota_mb",
             "limits.max_workspace_entries",
-            "admission",
         ]
     )
     assert s.model_dump() == before

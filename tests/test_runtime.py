@@ -297,7 +297,13 @@ async def test_status_shape(box: Box) -> None:
     status = await box.call("box_status")
 
     assert status == {
-        "backend": {"name": "fake", "available": True, "reason": None, "enforced_limits": {"memory_mb": "fake"}},
+        "backend": {
+            "name": "fake",
+            "available": True,
+            "reason": None,
+            "enforced_limits": {"memory_mb": "fake"},
+            "unsafe_direct_execution": False,
+        },
         "active_sessions": 2,
         "managed_processes": 0,
         "session_ttl_sec": 300,

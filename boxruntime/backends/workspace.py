@@ -65,18 +65,38 @@ def prepare(data_dir: Path, spec: BoxSpec, key: str, uid: int, gid: int) -> Work
         if not _mounted(files):
             _own(files, uid, gid)
         return Workspace(files, None)
-    image = base / _IMAGE_NAME
     if not _mounted(files):
-        fresh = not image.exists()
-        if fresh:
-            with image.open("wb") as handle:
-                handle.truncate(quota_mb * 1024 * 1024)
-            _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"root_owner={uid}:{gid}", str(image)])
-        elif image.stat().st_size != quota_mb * 1024 * 1024:
-            raise BoxSandboxError(f"workspace {key} exists with a different quota; delete the session to change it")
-        _run(["mount", "-o", "loop,nodev,nosuid", str(image), str(files)])
+        mount_quota_image(base / _IMAGE_NAME, files, quota_mb, uid, gid)
         _own(files, uid, gid)
     return Workspace(files, "loop-ext4")
+
+
+def mount_quota_image(image: Path, target: Path, quota_mb: int, uid: int, gid: int) -> None:
+    """Mount an ext4 image of ``quota_mb`` at ``target`` (made on first use): a hard limit on
+    bytes and inodes that the kernel enforces for every writer, the sandbox and the host alike.
+    Files already in ``target`` move into the image rather than being hidden under it."""
+    if _mounted(target):
+        return
+    if image.exists() and image.stat().st_size != quota_mb * 1024 * 1024:
+        raise BoxSandboxError(f"{target} has a quota image of another size; remove {image} to change the quota")
+    if not image.exists():
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with image.open("wb") as handle:
+            handle.truncate(quota_mb * 1024 * 1024)
+        _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-E", f"root_owner={uid}:{gid}", str(image)])
+    existing = list(target.iterdir()) if target.is_dir() else []
+    if existing:
+        staging = image.with_suffix(".staging")
+        staging.mkdir(exist_ok=True)
+        _run(["mount", "-o", "loop,nodev,nosuid", str(image), str(staging)])
+        try:
+            for entry in existing:
+                shutil.move(str(entry), str(staging / entry.name))
+        finally:
+            _run(["umount", str(staging)])
+            staging.rmdir()
+    target.mkdir(parents=True, exist_ok=True)
+    _run(["mount", "-o", "loop,nodev,nosuid", str(image), str(target)])
 
 
 def adopt(data_dir: Path, from_key: str, to_key: str, spec: BoxSpec) -> Path | None:

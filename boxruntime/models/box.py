@@ -384,6 +384,8 @@ class BackendInfo(pydantic.BaseModel):
     # Extensions: why, and which limits this backend really enforces.
     reason: str | None = None
     enforced_limits: dict[str, str] = pydantic.Field(default_factory=dict)
+    # LangBot 0.7's flag for the host backend: commands run directly on the host, unisolated.
+    unsafe_direct_execution: bool = False
 
 
 class PoolStatus(pydantic.BaseModel):

@@ -6,7 +6,7 @@ over a ``Connection`` (``StreamConnection`` for stdio/pipes, ``WebSocketConnecti
 
 from boxruntime.protocol.connection import Connection, StreamConnection, WebSocketConnection
 from boxruntime.protocol.envelope import MAX_MESSAGE_BYTES, error_message
-from boxruntime.protocol.peer import DEFAULT_TIMEOUT, ActionHandler, Payload, Peer
+from boxruntime.protocol.peer import DEFAULT_TIMEOUT, ActionHandler, Payload, Peer, call_unary
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -17,5 +17,6 @@ __all__ = [
     "Peer",
     "StreamConnection",
     "WebSocketConnection",
+    "call_unary",
     "error_message",
 ]

@@ -58,6 +58,14 @@ MAX_INFLIGHT = 128
 _ALWAYS_SERVED = frozenset({"__ping", "__cancel_action"})
 
 
+async def call_unary(handler: ActionHandler, data: Payload) -> Payload:
+    """Call a handler that answers once (not a stream) and return its answer."""
+    result = handler(data)
+    if not inspect.isawaitable(result):
+        raise TypeError("a streaming action cannot be called for one answer")
+    return await result
+
+
 async def _ping(_: Payload) -> Payload:
     return {}
 

@@ -20,10 +20,11 @@ import anyio
 import pydantic
 
 from boxruntime.errors import BoxPermissionError, BoxValidationError
-from boxruntime.protocol import ActionHandler, Payload
+from boxruntime.protocol import ActionHandler, Payload, call_unary
 from boxruntime.protocol.envelope import Request
 from boxruntime.protocol.peer import ActionResult
 from boxruntime.tenancy.fence import STALE_MESSAGE
+from boxruntime.tenancy.managed import SANDBOX_ACTIONS
 from boxruntime.tenancy.placement import ActionContext, Placement
 from boxruntime.tenancy.scopes import LEGACY, SessionScope, to_logical
 from boxruntime.tenancy.service import Tenancy
@@ -81,7 +82,7 @@ class TenantGate:
             if self._identified:
                 raise BoxPermissionError("Box tenant action requires a trusted Workspace context")
             if req.action in _STREAMS:
-                return handler(self._inbound(req, LEGACY, strict=False))
+                return handler(self._inbound(req.action, req.data, LEGACY, strict=False))
             return self._legacy(req, handler)
         placement = Placement.of(context)
         if req.action in _STREAMS:
@@ -102,31 +103,38 @@ class TenantGate:
 
     # ── one request ──────────────────────────────────────────────────────
 
-    def _inbound(self, req: Request, scope: SessionScope, strict: bool) -> Payload:
-        data = req.data
-        if strict and req.action in _SPEC_ACTIONS:
+    def _inbound(self, action: str, data: Payload, scope: SessionScope, strict: bool) -> Payload:
+        if strict and action in _SPEC_ACTIONS:
             check_box_spec(data)
         session_id = data.get("session_id")
-        if isinstance(session_id, str) and req.action not in ("box_get_sessions", "box_status"):
+        if isinstance(session_id, str) and action not in ("box_get_sessions", "box_status"):
             data = {**data, "session_id": scope.physical(session_id)}
         return data
+
+    async def _placed(self, req: Request, placement: Placement) -> Payload:
+        """The request's data as the runtime gets it: under admission, a sandbox action needs a
+        grant and a ready runtime, and runs on the canonical session (its spec normalised)."""
+        managed = self._tenancy.managed
+        if req.action in SANDBOX_ACTIONS and managed.required:
+            grant = await managed.admit(placement)
+            admitted = managed.admitted_request(req.action, req.data, placement, grant)
+            return self._inbound(req.action, admitted, placement, strict=False)  # normalised already
+        return self._inbound(req.action, req.data, placement, strict=True)
 
     async def _call(self, req: Request, handler: ActionHandler, scope: SessionScope, data: Payload) -> Payload:
         view = self._tenancy.views.get(req.action)
         if view is not None:
             return await view(data, scope)
-        result = handler(data)
-        assert not isinstance(result, AsyncIterator)
-        answer = await result
+        answer = await call_unary(handler, data)
         if req.action == "box_delete_session":
             return {"deleted": req.data["session_id"]}  # the id as the caller sent it
         return answer
 
     async def _legacy(self, req: Request, handler: ActionHandler) -> Payload:
-        return await self._call(req, handler, LEGACY, self._inbound(req, LEGACY, strict=False))
+        return await self._call(req, handler, LEGACY, self._inbound(req.action, req.data, LEGACY, strict=False))
 
     async def _fenced(self, req: Request, handler: ActionHandler, placement: Placement) -> Payload:
-        data = self._inbound(req, placement, strict=True)
+        data = await self._placed(req, placement)
         fence = self._tenancy.fence
         scope = anyio.CancelScope()
         with fence.request(placement, scope):
@@ -141,7 +149,7 @@ class TenantGate:
         return mapped
 
     async def _stream(self, req: Request, handler: ActionHandler, placement: Placement) -> AsyncIterator[Payload]:
-        data = self._inbound(req, placement, strict=True)
+        data = await self._placed(req, placement)
         fence = self._tenancy.fence
         await self._tenancy.activate(placement)
         chunks = handler(data)

@@ -8,14 +8,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from boxruntime.errors import BoxSessionNotFoundError
+from boxruntime.config import ensure_default_workspace
+from boxruntime.errors import BoxSessionNotFoundError, BoxValidationError
 from boxruntime.models import SessionInfo
 from boxruntime.payloads import dump
-from boxruntime.protocol import ActionHandler, Payload
+from boxruntime.protocol import ActionHandler, Payload, call_unary
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.runtime.sessions import Session
 from boxruntime.tenancy import storage
+from boxruntime.tenancy.admission import Retirement
 from boxruntime.tenancy.fence import GenerationFence
+from boxruntime.tenancy.managed import ManagedSandboxes
 from boxruntime.tenancy.placement import Placement
 from boxruntime.tenancy.scopes import LEGACY, SessionScope, to_logical
 from boxruntime.tenancy.trust import TrustedInstance
@@ -23,6 +26,7 @@ from boxruntime.tenancy.trust import TrustedInstance
 log = logging.getLogger(__name__)
 
 View = Callable[[Payload, SessionScope], Awaitable[Payload]]
+View1 = Callable[[Payload], Awaitable[Payload]]
 
 
 class Tenancy:
@@ -31,15 +35,22 @@ class Tenancy:
         self.settings = runtime.settings
         self.trust = TrustedInstance(self.settings.trusted_instance)
         self.fence = GenerationFence(lambda: self.settings.max_admission_records)
+        self.managed = ManagedSandboxes(runtime, self.trust, self.fence, self.retire)
+        try:
+            ensure_default_workspace(self.settings)
+        except BoxValidationError as exc:
+            log.warning("%s", exc)  # box_init may still fix it; LangBot's handshake will say so
         self.views: dict[str, View] = {
             "box_get_sessions": self.list_sessions,
             "box_status": self.status,
             "box_get_storage_analysis": self.storage_analysis,
         }
 
-    def actions(self) -> dict[str, ActionHandler]:
-        """The views as plain actions, for the action table: a request without a context gets
-        the view of the sessions outside every workspace (the gate scopes the others)."""
+    def actions(self, base: dict[str, ActionHandler]) -> dict[str, ActionHandler]:
+        """LangBot 0.7's actions and rules, on top of the daemon's ``base`` table: the views (a
+        request without a context gets the view of the sessions outside every workspace; the
+        gate scopes the others), admission grants, the shared-workspace probe, and health and
+        backend info as readiness under admission."""
 
         def unscoped(view: View) -> ActionHandler:
             async def handler(data: Payload) -> Payload:
@@ -47,7 +58,33 @@ class Tenancy:
 
             return handler
 
-        return {name: unscoped(view) for name, view in self.views.items()}
+        def readiness_under_admission(managed: View1, standard: ActionHandler) -> ActionHandler:
+            async def handler(data: Payload) -> Payload:
+                if self.managed.required:
+                    return await managed(data)
+                return await call_unary(standard, data)
+
+            return handler
+
+        init = base["box_init"]
+
+        async def box_init(data: Payload) -> Payload:
+            answer = await call_unary(init, data)
+            self.managed.admission.refresh()
+            self.managed.readiness.forget()
+            ensure_default_workspace(self.settings)
+            return answer
+
+        return {
+            **base,
+            **{name: unscoped(view) for name, view in self.views.items()},
+            "box_init": box_init,
+            "box_health": readiness_under_admission(self.managed.health, base["box_health"]),
+            "box_get_backend_info": readiness_under_admission(self.managed.backend_info, base["box_get_backend_info"]),
+            "box_upsert_sandbox_admission_grant": self.managed.upsert_grant,
+            "box_revoke_sandbox_admission_grant": self.managed.revoke_grant,
+            "box_verify_shared_workspace": self.managed.verify_shared_workspace,
+        }
 
     @property
     def required(self) -> bool:
@@ -67,10 +104,21 @@ class Tenancy:
         ids = [s.session_id for s in self.runtime.sessions.sessions()]
         await self.fence.retire(placement, ids, self._delete_quietly)
 
+    async def retire(self, retirement: Retirement) -> None:
+        """End the sessions of a workspace (every placement), but the one it keeps."""
+        for session in self.runtime.sessions.sessions():
+            sid = session.session_id
+            if sid.startswith(retirement.workspace.prefix) and sid != retirement.keep:
+                await self._delete_quietly(sid)
+
+    async def run(self) -> None:
+        """The tenancy's background work (expiring admission grants); until cancelled."""
+        await self.managed.run_expiry()
+
     async def _delete_quietly(self, session_id: str) -> None:
         try:
             await self.runtime.delete_session(session_id)
-            log.info("session %s retired: its placement generation is stale", session_id)
+            log.info("session %s retired (a newer placement generation, or its admission grant ended)", session_id)
         except BoxSessionNotFoundError:
             pass  # another request retired it first
 
@@ -84,6 +132,9 @@ class Tenancy:
         return {"sessions": [to_logical(dump(info), scope) for info in infos]}
 
     async def status(self, _: Payload, scope: SessionScope) -> Payload:
+        grant = None
+        if isinstance(scope, Placement) and self.managed.required:
+            grant = await self.managed.admit(scope)
         status = await self.runtime.status()
         mine = self._sessions(scope)
         status.active_sessions = len(mine)
@@ -98,13 +149,16 @@ class Tenancy:
                 "max_admission_records": settings.max_admission_records,
                 "max_rpc_file_bytes": settings.max_rpc_file_bytes,
             }
-            used = len(mine)
+            workspace = scope.workspace if isinstance(scope, Placement) else None
+            used = sum(
+                1 for s in self.runtime.sessions.sessions() if workspace and s.session_id.startswith(workspace.prefix)
+            )
             total = len(self.runtime.sessions)
-            limit = settings.max_sessions
+            limit = settings.max_sessions if grant is None else min(settings.max_sessions, grant.max_sessions)
             payload["capacity"] = {
                 "limit": limit,
                 "used": used,
-                "remaining": max(0, min(limit - used, limit - total)),
+                "remaining": max(0, min(limit - used, settings.max_sessions - total)),
             }
         return payload
 

@@ -1,0 +1,176 @@
+"""LangBot 0.7's admission models (reference §C.8), field for field: a grant lets one workspace
+run a managed sandbox until it expires, a revocation is a monotonic tombstone, and the policy
+(the ``box.admission`` config section) caps every grant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+import pydantic
+
+
+def _strict_int(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    return value
+
+
+def _required_id(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+class SandboxAdmissionGrant(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    instance_uuid: str
+    workspace_uuid: str
+    execution_generation: int
+    entitlement_revision: int
+    expires_at: dt.datetime
+    max_sessions: int
+    max_managed_processes: int
+
+    _ids = pydantic.field_validator("instance_uuid", "workspace_uuid")(classmethod(lambda cls, v: _required_id(v)))
+    _ints = pydantic.field_validator(
+        "execution_generation", "entitlement_revision", "max_sessions", "max_managed_processes", mode="before"
+    )(classmethod(lambda cls, v: _strict_int(v)))
+
+    @pydantic.field_validator("execution_generation", "entitlement_revision")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be greater than or equal to 1")
+        return value
+
+    @pydantic.field_validator("max_sessions", "max_managed_processes")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be greater than or equal to 0")
+        return value
+
+    @pydantic.field_validator("expires_at")
+    @classmethod
+    def _aware(cls, value: dt.datetime) -> dt.datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("expires_at must include a timezone")
+        return value.astimezone(dt.UTC)
+
+    @property
+    def workspace_key(self) -> tuple[str, str]:
+        return self.instance_uuid, self.workspace_uuid
+
+    def expired(self, now: dt.datetime) -> bool:
+        return self.expires_at <= now
+
+
+class SandboxAdmissionRevocation(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    instance_uuid: str
+    workspace_uuid: str
+    entitlement_revision: int
+
+    _ids = pydantic.field_validator("instance_uuid", "workspace_uuid")(classmethod(lambda cls, v: _required_id(v)))
+
+    @pydantic.field_validator("entitlement_revision", mode="before")
+    @classmethod
+    def _revision_is_int(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("entitlement_revision must be an integer")
+        return value
+
+    @pydantic.field_validator("entitlement_revision")
+    @classmethod
+    def _revision(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("entitlement_revision must be greater than or equal to 1")
+        return value
+
+    @property
+    def workspace_key(self) -> tuple[str, str]:
+        return self.instance_uuid, self.workspace_uuid
+
+
+class SandboxAdmissionPolicy(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    required: bool = False
+    logical_session_id: Literal["global"] = "global"
+    required_backend: Literal["nsjail"] = "nsjail"
+    max_sessions: int = 1
+    max_managed_processes: int = 0
+    max_grant_ttl_sec: int = 300
+    max_timeout_sec: int = 120
+    cpus: float = 1.0
+    memory_mb: int = 512
+    pids_limit: int = 128
+    read_only_rootfs: bool = True
+    workspace_quota_mb: int = 0
+    readiness_cache_sec: int = 15
+
+    _ints = pydantic.field_validator(
+        "max_sessions",
+        "max_managed_processes",
+        "max_grant_ttl_sec",
+        "max_timeout_sec",
+        "memory_mb",
+        "pids_limit",
+        "workspace_quota_mb",
+        "readiness_cache_sec",
+        mode="before",
+    )(classmethod(lambda cls, v: _strict_int(v)))
+
+    @pydantic.field_validator("cpus", mode="before")
+    @classmethod
+    def _cpus_is_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("cpus must be a number")
+        return value
+
+    @pydantic.field_validator("max_sessions")
+    @classmethod
+    def _session_cap(cls, value: int) -> int:
+        if not 0 <= value <= 1:
+            raise ValueError("max_sessions must be between 0 and 1")
+        return value
+
+    @pydantic.field_validator("max_managed_processes")
+    @classmethod
+    def _process_cap(cls, value: int) -> int:
+        if value != 0:
+            raise ValueError("max_managed_processes must be 0")
+        return value
+
+    @pydantic.field_validator("max_grant_ttl_sec", "max_timeout_sec", "pids_limit")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be greater than 0")
+        return value
+
+    @pydantic.field_validator("cpus")
+    @classmethod
+    def _cpus(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("cpus must be greater than 0")
+        return value
+
+    @pydantic.field_validator("memory_mb")
+    @classmethod
+    def _memory(cls, value: int) -> int:
+        if value < 32:
+            raise ValueError("memory_mb must be at least 32")
+        return value
+
+    @pydantic.field_validator("workspace_quota_mb", "readiness_cache_sec")
+    @classmethod
+    def _non_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be greater than or equal to 0")
+        return value

@@ -1,0 +1,220 @@
+"""Managed sandboxes: admission mode at work (reference §D.12). The grant actions, the admission
+check every sandbox action of a 0.7 client passes first, the canonical tenant workspace (with a
+hard quota), ``box_verify_shared_workspace`` (§D.13), and the expiry of grants.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import re
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from boxruntime.backends import workspace as workspaces
+from boxruntime.errors import BoxAdmissionError, BoxPermissionError, BoxReadinessError
+from boxruntime.payloads import parse
+from boxruntime.protocol import Payload
+from boxruntime.runtime.core import BoxRuntime
+from boxruntime.tenancy.admission import Admission, Retirement
+from boxruntime.tenancy.admission_models import SandboxAdmissionGrant, SandboxAdmissionRevocation
+from boxruntime.tenancy.fence import GenerationFence
+from boxruntime.tenancy.placement import Placement, Workspace
+from boxruntime.tenancy.readiness import Readiness, managed_workspace_root
+from boxruntime.tenancy.trust import TrustedInstance
+
+log = logging.getLogger(__name__)
+
+EXPIRY_SWEEP_SEC = 5.0
+PROBE_NAME = re.compile(r"\.langbot-box-volume-probe-[a-f0-9]{32}")
+PROBE_MAX_BYTES = 1024
+# Sandbox actions (LangBot's "S" actions, and ours that reach a sandbox): under admission they
+# need a valid grant and a ready runtime, and name the one runtime-owned session.
+SANDBOX_ACTIONS = frozenset(
+    {
+        "box_exec",
+        "box_exec_stream",
+        "box_create_session",
+        "box_get_session",
+        "box_get_sessions",
+        "box_delete_session",
+        "box_start_managed_process",
+        "box_get_managed_process",
+        "box_stop_managed_process",
+        "box_fs_read",
+        "box_fs_write",
+        "box_fs_list",
+        "box_fs_stat",
+        "box_fs_remove",
+    }
+)
+SPEC_ACTIONS = frozenset({"box_exec", "box_exec_stream", "box_create_session"})
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ManagedSandboxes:
+    def __init__(
+        self,
+        runtime: BoxRuntime,
+        trust: TrustedInstance,
+        fence: GenerationFence,
+        retire: Callable[[Retirement], Awaitable[None]],
+    ) -> None:
+        self._runtime = runtime
+        self._trust = trust
+        self._fence = fence
+        self._retire = retire
+        self.admission = Admission(runtime.settings)
+        self.readiness = Readiness(runtime, self.admission)
+
+    @property
+    def required(self) -> bool:
+        return self.admission.required
+
+    # ── what a sandbox action of a 0.7 client passes first ───────────────
+
+    async def admit(self, placement: Placement) -> SandboxAdmissionGrant:
+        readiness = await self.readiness.get()
+        if not readiness.get("ready"):
+            failed = [name for name, ok in readiness.get("checks", {}).items() if not ok]
+            raise BoxReadinessError(
+                f"Managed sandbox isolation is not ready (failed checks: {', '.join(failed) or 'unknown'})"
+            )
+        await self.expire()
+        return self.admission.require(placement, _now())
+
+    def admitted_request(
+        self, action: str, data: Payload, placement: Placement, grant: SandboxAdmissionGrant
+    ) -> Payload:
+        """The request as admission mode runs it: a spec normalised onto the canonical session
+        and workspace, or the one session id checked."""
+        if action in SPEC_ACTIONS:
+            return self.admission.normalize_spec(data, self.workspace_dir(placement))
+        if action == "box_get_sessions":
+            return data
+        self.admission.logical_id(data.get("session_id"))
+        if action == "box_start_managed_process" and grant.max_managed_processes <= 0:
+            raise BoxAdmissionError("Sandbox admission grant does not permit managed processes")
+        return data
+
+    async def admit_relay(self, placement: Placement) -> None:
+        grant = await self.admit(placement)
+        if grant.max_managed_processes <= 0:
+            raise BoxAdmissionError("Sandbox admission grant does not permit managed process relay")
+
+    def workspace_dir(self, placement: Placement) -> Path:
+        """``<default_workspace>/tenants/<ns>``, made on first use; with a policy quota, a
+        loop-mounted ext4 image of that size is mounted there (a hard quota LangBot's host can
+        write into too)."""
+        try:
+            root = managed_workspace_root(self._runtime)
+        except ValueError as exc:
+            raise BoxReadinessError(str(exc)) from None
+        tenants = root / "tenants"
+        tenants.mkdir(exist_ok=True)
+        directory = tenants / placement.workspace.namespace
+        if Path(os.path.realpath(directory)).parent != Path(os.path.realpath(tenants)):
+            raise BoxAdmissionError("Managed sandbox Workspace path escapes its tenant directory")
+        directory.mkdir(exist_ok=True)
+        quota = self.admission.policy.workspace_quota_mb
+        if quota > 0 and workspaces.loop_quota_supported():
+            settings = self._runtime.settings
+            image = settings.data_dir / "tenant-quotas" / f"{placement.workspace.namespace}.ext4"
+            workspaces.mount_quota_image(image, directory, quota, settings.sandbox_uid, settings.sandbox_gid)
+        return Path(os.path.realpath(directory))
+
+    # ── grant actions (host control) ──────────────────────────────────────
+
+    def _trusted(self, instance: str, what: str) -> None:
+        if self._trust.value is None or not self._trust.admit(instance, pin=False):
+            raise BoxPermissionError(f"Sandbox admission {what} does not match the trusted instance")
+
+    async def upsert_grant(self, data: Payload) -> Payload:
+        grant = parse(SandboxAdmissionGrant, data)
+        self._trusted(grant.instance_uuid, "grant")
+        result, retirement = self.admission.upsert(grant, _now())
+        await self._retire(retirement)
+        placement = Placement(Workspace(grant.instance_uuid, grant.workspace_uuid), grant.execution_generation)
+        if self._fence.observe(placement):
+            await self._retire(Retirement(placement.workspace, keep=None))
+        return result
+
+    async def revoke_grant(self, data: Payload) -> Payload:
+        revocation = parse(SandboxAdmissionRevocation, data)
+        self._trusted(revocation.instance_uuid, "revocation")
+        result, retirement = self.admission.revoke(revocation)
+        await self._retire(retirement)
+        return result
+
+    async def expire(self) -> None:
+        for retirement in self.admission.expire(_now()):
+            log.info("admission grant of %s expired", retirement.workspace.namespace)
+            await self._retire(retirement)
+
+    async def run_expiry(self) -> None:
+        """Drop expired grants and their sessions even when no request comes; until cancelled."""
+        while True:
+            await anyio.sleep(EXPIRY_SWEEP_SEC)
+            if self.admission.required:
+                await self.expire()
+
+    # ── health (host control) ─────────────────────────────────────────────
+
+    async def health(self, _: Payload) -> Payload:
+        readiness = await self.readiness.get()
+        if self.admission.required:
+            if not readiness.get("ready"):
+                raise BoxReadinessError("managed sandbox isolation is not ready")
+            return readiness
+        return dict(readiness["backend"])
+
+    async def backend_info(self, _: Payload) -> Payload:
+        readiness = await self.readiness.get()
+        if self.admission.required:
+            return {"name": readiness["backend"]["name"], "available": bool(readiness["ready"]), "readiness": readiness}
+        return dict(readiness["backend"])
+
+    async def verify_shared_workspace(self, data: Payload) -> Payload:
+        try:
+            return await anyio.to_thread.run_sync(self._digest_probe, data.get("marker_name", ""))
+        except BoxReadinessError:
+            raise
+        except Exception as exc:
+            raise BoxReadinessError(str(exc)) from None
+
+    def _digest_probe(self, marker_name: Any) -> Payload:
+        """The sha256 of a probe file LangBot wrote into the default workspace, read without
+        following a symbolic link anywhere (reference §B.2)."""
+        if not isinstance(marker_name, str) or not PROBE_NAME.fullmatch(marker_name):
+            raise BoxReadinessError("Box shared Workspace probe name is invalid")
+        try:
+            root = managed_workspace_root(self._runtime)
+        except ValueError as exc:
+            raise BoxReadinessError(str(exc)) from None
+        root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            try:
+                fd = os.open(marker_name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=root_fd)
+            except OSError:
+                raise BoxReadinessError("Box Runtime cannot read the Core shared Workspace probe") from None
+            with os.fdopen(fd, "rb") as handle:
+                st = os.fstat(handle.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise BoxReadinessError("Box shared Workspace probe is not a regular file")
+                if not 1 <= st.st_size <= PROBE_MAX_BYTES:
+                    raise BoxReadinessError("Box shared Workspace probe has an invalid size")
+                content = handle.read(PROBE_MAX_BYTES + 1)
+        finally:
+            os.close(root_fd)
+        if not 1 <= len(content) <= PROBE_MAX_BYTES:
+            raise BoxReadinessError("Box shared Workspace probe has an invalid size")
+        return {"marker_name": marker_name, "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
