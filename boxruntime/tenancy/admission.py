@@ -52,8 +52,8 @@ class Admission:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._seen_config: object = object()
-        self.policy = SandboxAdmissionPolicy()
-        self.config_error: str | None = None
+        self._policy = SandboxAdmissionPolicy()
+        self._config_error: str | None = None
         self._grants: dict[WorkspaceKey, SandboxAdmissionGrant] = {}
         self._expiry: list[tuple[float, WorkspaceKey, int, int]] = []
         self._revisions: dict[WorkspaceKey, int] = {}
@@ -70,7 +70,7 @@ class Admission:
         if raw is self._seen_config:
             return
         self._seen_config = raw
-        was_required = self.policy.required
+        was_required = self._policy.required
         if raw is None:
             policy, error = SandboxAdmissionPolicy(), None
         else:
@@ -80,12 +80,21 @@ class Admission:
                 policy, error = SandboxAdmissionPolicy(required=True), str(exc)
         if was_required and not policy.required:
             error = "Sandbox admission enforcement cannot be disabled without restarting the Box Runtime"
-            policy = self.policy
-        self.policy, self.config_error = policy, error
+            policy = self._policy
+        self._policy, self._config_error = policy, error
+
+    @property
+    def policy(self) -> SandboxAdmissionPolicy:
+        self.refresh()
+        return self._policy
+
+    @property
+    def config_error(self) -> str | None:
+        self.refresh()
+        return self._config_error
 
     @property
     def required(self) -> bool:
-        self.refresh()
         return self.policy.required
 
     def _require_enabled(self) -> None:
