@@ -84,7 +84,8 @@ def test_managed_process_executables_and_messages(paths: PathMap, host: dict[str
     assert paths.command_path("/usr/bin/python3") == "/usr/bin/python3"
     assert paths.command_path("/workspace/bin/server") == f"{host['ws']}/bin/server"
     message = f"{host['ws']}/missing.txt: No such file or directory (allowed: {host['ws']}, {host['tmp']})"
-    assert paths.to_sandbox_text(message) == "/workspace/missing.txt: No such file or directory (allowed: /workspace, /tmp)"
+    expected = "/workspace/missing.txt: No such file or directory (allowed: /workspace, /tmp)"
+    assert paths.to_sandbox_text(message) == expected
     assert paths.to_sandbox(f"{host['skill']}/SKILL.md") == "/workspace/.skills/demo/SKILL.md"
     assert paths.to_sandbox("/etc/passwd") == "/etc/passwd"
 
