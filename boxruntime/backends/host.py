@@ -36,7 +36,7 @@ from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import AGENT_SOCKET_NAME, AgentClient, AgentOpError
 from boxruntime.backends.agent.commands import CommandRequest
 from boxruntime.backends.base import AgentSandbox, ExecRequest, SandboxHandle, installed_agent
-from boxruntime.backends.host_session import HostSession, inherited_env, kill_tree, remove_root
+from boxruntime.backends.host_session import HostSession, inherited_env, kill_tree, make_removable, remove_root
 from boxruntime.backends.parent_death import die_with_parent
 from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BackendInfo, BoxSpec
@@ -203,6 +203,8 @@ class HostBackend(AgentSandbox):
                 await anyio.to_thread.run_sync(kill_tree, process.pid)
                 await process.wait()
         if handle.private_workspace is not None:
+            if not keep_workspace:
+                await anyio.to_thread.run_sync(make_removable, handle.private_workspace)
             workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
         if handle.state_dir is not None:
             await anyio.to_thread.run_sync(remove_root, handle.state_dir)

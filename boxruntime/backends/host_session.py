@@ -113,18 +113,22 @@ def kill_tree(agent_pid: int, rounds: int = 20) -> None:
         os.kill(agent_pid, signal.SIGKILL)
 
 
+def make_removable(root: Path) -> None:
+    """Give back to their owner (us) the directories a command made unwritable or unreadable
+    below ``root``, so it can be deleted. Root needs none of it. Symlinks are never followed,
+    so nothing outside ``root`` is touched."""
+    if os.geteuid() == 0 or not root.exists():
+        return
+    for directory, subdirs, _ in os.walk(root):
+        for name in subdirs:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                with contextlib.suppress(OSError):
+                    os.chmod(path, os.stat(path).st_mode | stat.S_IRWXU)
+
+
 def remove_root(root: Path) -> None:
     """Delete a session's root, whatever permissions its commands left on what they made."""
-    if not root.exists():
-        return
-    if os.geteuid() != 0:
-        # A directory a command made unwritable or unreadable is given back to its owner (us)
-        # first; symlinks are never followed, so nothing outside the root is touched.
-        for directory, subdirs, _ in os.walk(root):
-            for name in subdirs:
-                path = os.path.join(directory, name)
-                if not os.path.islink(path):
-                    with contextlib.suppress(OSError):
-                        os.chmod(path, os.stat(path).st_mode | stat.S_IRWXU)
+    make_removable(root)
     # As root a command could have mounted something in there: unmounted first, never emptied.
     host_mounts.remove_tree(root)
