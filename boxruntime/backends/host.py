@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import pwd
-import secrets
 import subprocess
 import sys
 from dataclasses import replace
@@ -121,7 +120,7 @@ class HostBackend(AgentSandbox):
         uid, gid = os.geteuid(), os.getegid()
         prepare_host_dirs([m for m in (workspace_mount, *extras) if m is not None], uid, gid)
         state = self.state_dir(key)
-        handle = SandboxHandle(backend=self.name, sandbox_id=f"host-{secrets.token_hex(6)}", key=key, state_dir=state)
+        handle = SandboxHandle(backend=self.name, sandbox_id=f"host-{self.instance_id}-{key}", key=key, state_dir=state)
         handle.notes.append(unsafe_note())
         try:
             workspace = self._workspace(spec, key, workspace_mount, handle)
@@ -264,7 +263,6 @@ class HostBackend(AgentSandbox):
             env=session.command_env(req.env),
             argv=argv,
             script=None if req.script is None else paths.rewrite_command(req.script),
-            kill_grace=TIMEOUT_KILL_GRACE_SEC,
         )
 
     async def file_op(

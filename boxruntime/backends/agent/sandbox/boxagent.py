@@ -303,14 +303,13 @@ class Agent(OutputPipes):
     # ── processes ────────────────────────────────────────────────────────
 
     def kill_tree(self, proc, sig):
-        targets = set(session_members(proc.pid))
-        if proc.status is None:
-            targets.add(proc.pid)
+        """The command's process group, then what left the group but not the session: each
+        process once (a SIGTERM trap must not run twice for one kill)."""
         try:
             os.killpg(proc.pid, sig)
         except OSError:
             pass
-        for pid in targets:
+        for pid in session_members(proc.pid):
             try:
                 os.kill(pid, sig)
             except OSError:

@@ -73,8 +73,9 @@ def process_table():
 
 
 def session_members(sid):
-    """Pids whose session id is ``sid`` (processes that left the group but not the session)."""
-    return [pid for pid, _, _, session in process_table() if session == sid]
+    """Pids in session ``sid`` but outside its leader's process group ``sid``: the processes
+    that left the group but not the session (killpg does not reach them)."""
+    return [pid for pid, _, pgrp, session in process_table() if session == sid and pgrp != sid]
 
 
 def descendants(root, table=None):
