@@ -70,6 +70,7 @@ def unsafe_note() -> str:
 
 class HostBackend(AgentSandbox):
     name = "host"
+    _warned = False
 
     @staticmethod
     def _unavailable_reason() -> str | None:
@@ -131,8 +132,10 @@ class HostBackend(AgentSandbox):
             with anyio.CancelScope(shield=True):
                 await self.stop(handle, keep_workspace=True)
             raise
-        if not pooled:
-            log.warning("session %s runs on the UNSAFE host backend: %s", spec.session_id, unsafe_note())
+        if not self._warned:  # once per backend: the same words for every session
+            log.warning("%s", unsafe_note())
+            self._warned = True
+        handle.notes.append(f"image {spec.image} is not used: commands run with the host's own programs")
         return handle
 
     def _workspace(

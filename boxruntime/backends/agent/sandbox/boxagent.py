@@ -28,7 +28,7 @@ import boxagent_spare
 import boxagent_spawn
 from boxagent_conn import Conn
 from boxagent_output import OutputPipes
-from boxagent_proc import ExitWatch, OomCounter, Proc, members_below, now, session_members
+from boxagent_proc import ExitWatch, OomCounter, Proc, kill_rest, kill_tree, now
 
 VERSION = 3
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
@@ -96,7 +96,7 @@ class Agent(OutputPipes):
                 proc.conn = None
                 if not proc.keep:  # nobody will read an exec's result: end it
                     proc.cancelled = True
-                    self.kill_tree(proc, signal.SIGKILL)
+                    kill_tree(proc, signal.SIGKILL)
 
     def update_conn_interest(self, conn):
         if conn.closed:
@@ -139,7 +139,7 @@ class Agent(OutputPipes):
             self.spare.discard()
             self.spare = None
         for proc in list(self.procs.values()):
-            self.kill_tree(proc, signal.SIGTERM)
+            kill_tree(proc, signal.SIGTERM)
         if self.host is not None:
             self.host.stop()
 
@@ -288,7 +288,7 @@ class Agent(OutputPipes):
             sig = int(header.get("signal", signal.SIGTERM))
             if header.get("cancel"):
                 proc.cancelled = True
-            self.kill_tree(proc, sig)
+            kill_tree(proc, sig)
 
     def op_attach(self, conn, header, _body):
         proc = self.procs.get(header["id"])
@@ -301,19 +301,6 @@ class Agent(OutputPipes):
             self.finish(proc)  # it exited while nobody was connected: report it now
 
     # ── processes ────────────────────────────────────────────────────────
-
-    def kill_tree(self, proc, sig):
-        """The command's process group, then what left the group but not the session: each
-        process once (a SIGTERM trap must not run twice for one kill)."""
-        try:
-            os.killpg(proc.pid, sig)
-        except OSError:
-            pass
-        for pid in session_members(proc.pid):
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
 
     def reap(self):
         while True:
@@ -348,32 +335,19 @@ class Agent(OutputPipes):
             if proc.deadline is not None and not proc.timed_out and t >= proc.deadline:
                 proc.timed_out = True
                 if proc.kill_grace:
-                    self.kill_tree(proc, signal.SIGTERM)
+                    kill_tree(proc, signal.SIGTERM)
                     proc.kill_at = t + proc.kill_grace
                 else:
-                    self.kill_tree(proc, signal.SIGKILL)
+                    kill_tree(proc, signal.SIGKILL)
             if proc.kill_at is not None and t >= proc.kill_at:
                 proc.kill_at = None
-                self.kill_rest(proc)
+                kill_rest(proc, self.by_pid)
                 if proc.status is not None and not proc.pipes:
                     self.finish(proc)
             if proc.exited_at is not None and proc.pipes and t >= proc.exited_at + EXIT_GRACE_SEC:
                 # The main process is gone; background children still hold its pipes.
                 for fd in list(proc.pipes):
                     self.close_pipe(proc, fd)
-
-    def kill_rest(self, proc):
-        """SIGKILL for what is left of a timed-out command once its grace is over."""
-        if proc.status is None:
-            self.kill_tree(proc, signal.SIGKILL)  # the leader is alive: its group is still its
-            return
-        if proc.pid in self.by_pid:
-            return  # the number names another command of ours now; its group is not this one
-        for pid in members_below(os.getpid(), proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
 
     def finish(self, proc):
         if proc.kill_at is not None:

@@ -101,6 +101,33 @@ def members_below(root, group):
     return [pid for pid, _, pgrp, sid in table if pid in below and group in (pgrp, sid)]
 
 
+def _kill(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def kill_tree(proc, sig):
+    """The command's process group, then what left the group but not the session: each
+    process once (a SIGTERM trap must not run twice for one kill)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except OSError:
+        pass
+    _kill(session_members(proc.pid), sig)
+
+
+def kill_rest(proc, live):
+    """SIGKILL for what is left of a timed-out command once its grace is over; ``live`` maps
+    the pids of the agent's running processes."""
+    if proc.status is None:
+        kill_tree(proc, signal.SIGKILL)  # the leader is alive: its group is still its own
+    elif proc.pid not in live:  # else the number names another command of ours now
+        _kill(members_below(os.getpid(), proc.pid), signal.SIGKILL)
+
+
 class Proc:
     """One spawned command or long-lived process."""
 
