@@ -83,6 +83,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for info in infos:
         mark = "available  " if info.available else "unavailable"
         print(f"  {info.name:<7} {mark} {info.reason or ''}")
+        if info.unsafe_direct_execution:
+            print("            NOTHING IS ISOLATED: only for machines where docker and nsjail cannot run,")
+            print("            and only by name (--backend host); local never selects it")
         for limit, how in info.enforced_limits.items():
             print(f"            {limit}: {how}")
     chosen = next((c for c in candidates(settings) if c in usable), None)
@@ -96,7 +99,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir", type=Path, help="state, workspaces and skills (default /var/lib/boxruntime as root)"
     )
-    parser.add_argument("--backend", choices=BACKEND_NAMES, help="sandbox backend (default local: docker, else nsjail)")
+    parser.add_argument(
+        "--backend",
+        choices=BACKEND_NAMES,
+        help="sandbox backend (default local: docker, else nsjail; host = UNSAFE, no isolation)",
+    )
     parser.add_argument("--log-level", default="info")
 
 

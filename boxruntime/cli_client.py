@@ -275,6 +275,8 @@ async def _status(args: argparse.Namespace) -> int:
     state = "available" if backend.available else f"unavailable: {backend.reason}"
     print(f"endpoint: {connector.target.describe()}")
     print(f"backend:  {backend.name or 'none'} ({state})")
+    if backend.unsafe_direct_execution:
+        print("WARNING:  this backend runs commands directly on the daemon's machine: nothing is isolated")
     counts = f"{status.active_sessions} active of at most {status.max_sessions}"
     print(f"sessions: {counts}; idle TTL {status.session_ttl_sec} s")
     print(f"managed processes: {status.managed_processes}")

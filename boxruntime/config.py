@@ -24,6 +24,22 @@ log = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("local", "docker", "nsjail", "e2b", "host")
 MIN_TOKEN_LENGTH = 32
+# LangBot 0.7's text for the refusal (reference §B.2 box_init).
+HOST_BACKEND_REFUSAL = (
+    "host backend requires local stdio control or WebSocket control protected by LANGBOT_BOX_CONTROL_TOKEN"
+)
+
+
+def host_backend_refusal(backend: str | None, token: str | None, websocket: bool) -> str | None:
+    """Why ``backend`` may not be selected on this control channel, or None if it may.
+
+    The host backend runs commands unisolated, as the daemon's user: only the process that
+    spawned the daemon (stdio) or a client holding the token may choose it. Used at startup and
+    for ``box_init`` on a WebSocket connection.
+    """
+    if (backend or "").strip().lower() == "host" and websocket and not token:
+        return HOST_BACKEND_REFUSAL
+    return None
 
 
 def default_data_dir() -> Path:

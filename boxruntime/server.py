@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 from aiohttp import web
 
-from boxruntime.config import Settings
+from boxruntime.config import HOST_BACKEND_REFUSAL, Settings, host_backend_refusal
 from boxruntime.event_loop import running_loop_name
 from boxruntime.handlers import BoxActions
 from boxruntime.models import RelayInfo
@@ -61,6 +61,12 @@ def check_bind_policy(settings: Settings) -> None:
         raise StartupRefused(
             f"refusing to listen on {settings.host} without a token: anyone who can reach the port "
             "could run code. Set BOXRUNTIME_TOKEN (at least 32 characters) or bind 127.0.0.1."
+        )
+    if host_backend_refusal(settings.backend, settings.token, websocket=True):
+        raise StartupRefused(
+            "refusing to serve the host backend over WebSocket without a token: it runs commands "
+            "directly on this machine with no isolation, and any local process could connect. Set "
+            "BOXRUNTIME_TOKEN (at least 32 characters), or use --stdio. (" + HOST_BACKEND_REFUSAL + ")"
         )
 
 

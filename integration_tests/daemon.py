@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,14 +90,16 @@ def start_daemon(
     env: dict[str, str] | None = None,
     host: str = "127.0.0.1",
     wait: bool = True,
+    python: Sequence[str] = (sys.executable,),
 ) -> Daemon:
+    """``python``: how to run the interpreter (another one, or one behind a setpriv prefix)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = data_dir.parent / f"daemon-{port}.log"
     extra = dict(env or {})
     if token:
         extra["BOXRUNTIME_TOKEN"] = token
-    argv = [sys.executable, "-m", "boxruntime", "serve", "--host", host, "--port", str(port), *args]
+    argv = [*python, "-m", "boxruntime", "serve", "--host", host, "--port", str(port), *args]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=daemon_env(data_dir, **extra), cwd=ROOT)
     daemon = Daemon(data_dir, port, proc, log_path, token, host)
@@ -166,10 +168,31 @@ def jails_of(data_dir: Path) -> list[int]:
     return pids
 
 
+def host_agents_of(data_dir: Path) -> list[int]:
+    """Pids of live host-backend session agents of the daemon(s) on ``data_dir`` (not counting
+    an agent's child caught between its fork and its exec, which still shows the agent's argv)."""
+    marker = str(data_dir.resolve()).encode()
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        if b"--host" in argv and any(a.endswith(b"boxagent.py") and a.startswith(marker) for a in argv):
+            parents[int(entry.name)] = int(stat[stat.rfind(b")") + 2 :].split()[1])
+    return [pid for pid, parent in parents.items() if parent not in parents]
+
+
 def sandboxes_of(backend: str, data_dir: Path) -> list[str]:
-    """The live sandboxes a backend keeps for ``data_dir``: containers, or jail processes."""
+    """The live sandboxes a backend keeps for ``data_dir``: containers, jail processes, or the
+    host backend's session agents."""
     if backend == "docker":
         return containers_of(data_dir)
+    if backend == "host":
+        return [str(pid) for pid in host_agents_of(data_dir)]
     return [str(pid) for pid in jails_of(data_dir)]
 
 

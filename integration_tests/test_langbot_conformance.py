@@ -1,11 +1,13 @@
 """LangBot 0.5.0a2's real Box client drives our daemon, unchanged, over both of its transports.
 
-Every test talks to a real ``boxruntime`` process on the Docker backend through LangBot's own
-``ActionRPCBoxClient`` + ``Handler`` + connection classes (``langbot-plugin==0.5.0a2``):
+Every test talks to a real ``boxruntime`` process on each backend (Docker, nsjail, and the
+unsafe host backend) through LangBot's own ``ActionRPCBoxClient`` + ``Handler`` + connection
+classes (``langbot-plugin==0.5.0a2``):
 
 * ``ws``: their ``WebSocketClientController`` against a loopback daemon without a token (the
-  0.5 client sends no auth headers), plus one token-protected daemon reached through their
-  ``WebSocketConnection`` on a websocket opened with the token header;
+  0.5 client sends no auth headers), plus token-protected daemons reached through their
+  ``WebSocketConnection`` on a websocket opened with the token header (the host backend is
+  never served over a WebSocket without a token);
 * ``stdio``: their ``StdioClientController`` spawning ``boxruntime serve --stdio``; closing its
   stdin must make the daemon exit by itself and leave no container.
 
@@ -47,7 +49,7 @@ from integration_tests.langbot_client import LangBotLink, over_stdio, over_webso
 pytestmark = [pytest.mark.langbot, pytest.mark.docker, pytest.mark.anyio]
 
 TRANSPORTS = ["ws", "stdio"]
-BACKENDS = ["docker", "nsjail"]
+BACKENDS = ["docker", "nsjail", "host"]
 # The keys LangBot's BoxSessionInfo reads (reference §C.4); our extensions may come on top.
 SESSION_INFO_KEYS = set(BoxSessionInfo.model_fields)
 
@@ -75,14 +77,18 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def ws_url(transport: str, backend: str, data_dir: Path, docker_engine: docker.DockerClient) -> Iterator[str | None]:
-    """The URL of a token-less loopback WebSocket daemon for ``ws``; it must leave nothing behind."""
+def ws_daemon(
+    transport: str, backend: str, data_dir: Path, docker_engine: docker.DockerClient
+) -> Iterator[Daemon | None]:
+    """A loopback WebSocket daemon for ``ws``, token-less unless the backend is host; it must
+    leave nothing behind."""
     if transport != "ws":
         yield None
         return
-    daemon = start_daemon(data_dir, "--backend", "docker" if backend == "docker" else "local")
+    token = secrets.token_urlsafe(32) if backend == "host" else None
+    daemon = start_daemon(data_dir, "--backend", "docker" if backend == "docker" else "local", token=token)
     try:
-        yield daemon.url
+        yield daemon
     finally:
         daemon.stop()
         assert sandboxes_of(backend, data_dir) == []
@@ -93,13 +99,17 @@ async def langbot(
     anyio_backend: str,
     transport: str,
     backend: str,
-    ws_url: str | None,
+    ws_daemon: Daemon | None,
     data_dir: Path,
     langbot_cwd: Path,
     docker_engine: docker.DockerClient,
 ) -> AsyncIterator[LangBotLink]:
-    if ws_url is not None:
-        async with over_websocket(ws_url) as link:
+    if ws_daemon is not None:
+        if ws_daemon.token:
+            opened = over_websocket_with_headers(ws_daemon.url, {"X-LangBot-Box-Control-Token": ws_daemon.token})
+        else:
+            opened = over_websocket(ws_daemon.url)
+        async with opened as link:
             link.backend = backend
             if backend != "docker":
                 await link.client.init({"backend": backend})  # what LangBot sends on connect
@@ -119,6 +129,14 @@ async def langbot(
 def spec(session_id: str, cmd: str = "", **fields: object) -> BoxSpec:
     """A request built with LangBot's own model (its client-side validation applies)."""
     return BoxSpec(session_id=session_id, cmd=cmd, **fields)
+
+
+async def workspace_seen_by_commands(langbot: LangBotLink, session_id: str) -> str:
+    """What ``pwd`` says in the workspace: /workspace in a sandbox; on the host backend (as on
+    LangBot's) the host directory it stands for."""
+    if langbot.backend != "host":
+        return "/workspace"
+    return (await langbot.client.execute(spec(session_id, 'printf %s "$LANGBOT_BOX_WORKSPACE"'))).stdout
 
 
 # ── handshake, backend, status ───────────────────────────────────────────
@@ -181,10 +199,11 @@ async def test_execute_exit_codes_streams_env_and_workdir(langbot: LangBotLink) 
     # env is per command, not sticky in the session.
     assert (await client.execute(spec("exec", 'printf "[%s]" "$GREETING"'))).stdout == "[]"
 
+    workspace = await workspace_seen_by_commands(langbot, "exec")
     sub = await client.execute(spec("exec", "pwd && echo data > here.txt", workdir="/workspace/sub"))
-    assert sub.ok and sub.stdout == "/workspace/sub"
+    assert sub.ok and sub.stdout == f"{workspace}/sub"
     listed = await client.execute(spec("exec", "pwd && cat sub/here.txt"))
-    assert listed.ok and listed.stdout == "/workspace\ndata"
+    assert listed.ok and listed.stdout == f"{workspace}\ndata"
 
 
 async def test_hundred_kilobyte_command(langbot: LangBotLink, transport: str) -> None:
@@ -225,7 +244,7 @@ async def test_timeout_keeps_session_and_files(langbot: LangBotLink) -> None:
     assert before.ok
     info_before = await client.get_session("slow")
 
-    timed_out = await client.execute(spec("slow", "sleep 30", timeout_sec=2))
+    timed_out = await client.execute(spec("slow", "sleep 31.25", timeout_sec=2))
     assert timed_out.status == BoxExecutionStatus.TIMED_OUT
     assert timed_out.exit_code is None
     assert not timed_out.ok
@@ -238,9 +257,11 @@ async def test_timeout_keeps_session_and_files(langbot: LangBotLink) -> None:
     after = await client.execute(spec("slow", "cat /workspace/keep.txt && test -f /tmp/marker && echo same-sandbox"))
     assert after.ok, after.stderr
     assert after.stdout == "survives\nsame-sandbox"
-    # And the timed-out command is gone, not still running in the sandbox.
-    procs = await client.execute(spec("slow", "grep -l '^sleep' /proc/[0-9]*/comm || true"))
-    assert procs.ok and procs.stdout == ""
+    # And the timed-out command is gone, not still running in the sandbox (nor, on the host
+    # backend, anywhere on the machine).
+    listing = "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null"
+    procs = await client.execute(spec("slow", f"{listing} | grep -c '^sleep 31.25 ' || true"))
+    assert procs.ok and procs.stdout == "0"
 
 
 # ── sessions ─────────────────────────────────────────────────────────────

@@ -17,12 +17,13 @@ from integration_tests.daemon import Daemon, connect, sandboxes_of, start_daemon
 pytestmark = [pytest.mark.anyio]
 
 
-@pytest.fixture(params=["docker", "nsjail"])
+@pytest.fixture(params=["docker", "nsjail", "host"])
 def pooled(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
     backend = str(request.param)
     if backend == "docker":
         request.getfixturevalue("docker_engine")
-    daemon = start_daemon(data_dir, "--backend", backend, env={"BOXRUNTIME_POOL_SIZE": "2"})
+    token = "p" * 40 if backend == "host" else None  # never served over WebSocket without one
+    daemon = start_daemon(data_dir, "--backend", backend, env={"BOXRUNTIME_POOL_SIZE": "2"}, token=token)
     daemon.extra["backend"] = backend
     try:
         yield daemon

@@ -12,7 +12,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,8 @@ class Backend(abc.ABC):
         return False
 
     async def spawn(self, handle: SandboxHandle, req: CommandRequest) -> AgentProcess:
+        """Start a long-lived process; ``req.env`` is its own environment, to which the backend
+        adds what every command in its sandboxes gets (``sandbox_env`` in a sandbox)."""
         raise BoxSandboxError(f"{self.name} backend does not support managed processes")
 
     async def take_pipes(self, handle: SandboxHandle, proc: AgentProcess) -> HandedPipes:
@@ -237,15 +239,26 @@ class AgentSandbox(Backend):
             )
         return handle.agent
 
+    def exec_command(self, handle: SandboxHandle, req: ExecRequest) -> CommandRequest:
+        """What the agent is asked to run for an exec (the host backend translates paths here)."""
+        return agent_command(req)
+
+    def process_command(self, handle: SandboxHandle, req: CommandRequest) -> CommandRequest:
+        """What the agent is asked to run for a long-lived process: the sandbox's base
+        environment under the process's own."""
+        return replace(req, env=sandbox_env(req.env))
+
     async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
         agent = self.agent_of(handle)
+        command = self.exec_command(handle, req)
         await self._ensure_connected(handle, agent)
-        return await agent.run(agent_command(req))
+        return await agent.run(command)
 
     async def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]:
         agent = self.agent_of(handle)
+        command = self.exec_command(handle, req)
         await self._ensure_connected(handle, agent)
-        proc = await agent.spawn(agent_command(req))
+        proc = await agent.spawn(command)
         finished = False
         try:
             async for event in proc.events():
@@ -258,8 +271,9 @@ class AgentSandbox(Backend):
 
     async def spawn(self, handle: SandboxHandle, req: CommandRequest) -> AgentProcess:
         agent = self.agent_of(handle)
+        command = self.process_command(handle, req)
         await self._ensure_connected(handle, agent)
-        return await agent.spawn(req)
+        return await agent.spawn(command)
 
     async def take_pipes(self, handle: SandboxHandle, proc: AgentProcess) -> HandedPipes:
         return await self.agent_of(handle).take_fds(proc)

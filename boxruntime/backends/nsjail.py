@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ from boxruntime.backends.agent.commands import CompletedCommand
 from boxruntime.backends.base import AgentSandbox, ExecRequest, SandboxHandle, installed_agent
 from boxruntime.backends.cgroups import CgroupSupport, detect
 from boxruntime.backends.jail_args import JailPlan, jail_argv
+from boxruntime.backends.parent_death import die_with_parent
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BackendInfo, BoxSpec, NetworkMode
@@ -40,12 +40,6 @@ log = logging.getLogger(__name__)
 
 AGENT_START_TIMEOUT = 20.0
 STOP_GRACE_SEC = 5.0
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:  # runs in the forked child before exec: keep it minimal
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_nsjail(configured: str | None) -> str | None:
@@ -191,7 +185,7 @@ class NsjailBackend(AgentSandbox):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         handle.extra["process"] = process
         handle.agent = AgentClient(agent_dir, handle.sandbox_id)

@@ -1,7 +1,8 @@
 """Backend construction and selection (reference §D.2).
 
-``local`` tries Docker, then nsjail; an explicit name never falls back. When nothing is
-usable the error lists every candidate and why, so the user knows what to install.
+``local`` tries Docker, then nsjail; an explicit name never falls back. The unsafe ``host``
+backend is never a candidate of ``local``: only its name selects it. When nothing is usable
+the error lists every candidate and why, so the user knows what to install.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def make_backend(name: str, settings: Settings, instance_id: str) -> Backend:
         from boxruntime.backends.nsjail import NsjailBackend
 
         return NsjailBackend(settings, instance_id)
+    if name == "host":
+        from boxruntime.backends.host import HostBackend
+
+        return HostBackend(settings, instance_id)
     raise BoxBackendUnavailableError(f"the {name} backend is not part of this build yet")
 
 

@@ -381,11 +381,20 @@ class ManagedProcessInfo(pydantic.BaseModel):
 class BackendInfo(pydantic.BaseModel):
     name: str | None
     available: bool
+    # LangBot 0.7: present, and true, only for a backend that runs commands with no isolation.
+    unsafe_direct_execution: bool = False
     # Extensions: why, and which limits this backend really enforces.
     reason: str | None = None
     enforced_limits: dict[str, str] = pydantic.Field(default_factory=dict)
     # LangBot 0.7's flag for the host backend: commands run directly on the host, unisolated.
     unsafe_direct_execution: bool = False
+
+    @pydantic.model_serializer(mode="wrap")
+    def _unsafe_only_when_true(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.unsafe_direct_execution:
+            data.pop("unsafe_direct_execution", None)
+        return data
 
 
 class PoolStatus(pydantic.BaseModel):

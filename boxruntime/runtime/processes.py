@@ -23,7 +23,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from boxruntime.backends.agent.client import AgentProcess
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest
-from boxruntime.backends.base import sandbox_env
 from boxruntime.errors import (
     BoxManagedProcessConflictError,
     BoxManagedProcessNotFoundError,
@@ -248,7 +247,7 @@ class ManagedProcess:
 def process_request(spec: ManagedProcessSpec) -> CommandRequest:
     return CommandRequest(
         cwd=spec.cwd,
-        env=sandbox_env({"PYTHONUNBUFFERED": "1", **spec.env}),
+        env={"PYTHONUNBUFFERED": "1", **spec.env},  # the backend adds its base environment
         argv=[spec.command, *spec.args],
         stdin=True,
         notify_started=True,

@@ -309,6 +309,8 @@ class AgentClient:
         }
         if req.argv is not None:
             header["argv"] = req.argv
+        if req.kill_grace:
+            header["kill_grace"] = req.kill_grace
         if collect:
             header["collect"] = True
         body = (req.script or "").encode("utf-8", "surrogateescape")

@@ -21,6 +21,8 @@ class CommandRequest:
     keep_on_disconnect: bool = False  # survives a lost connection; only with handoff
     notify_started: bool = False  # the agent reports the pid (a frame execs do without)
     handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames
+    # On timeout: SIGTERM, then SIGKILL this much later (None: SIGKILL at once).
+    kill_grace: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ comes with the exit event, one frame per command, which halves the wake-ups of a
 
 As PID 1 it reaps every zombie (``wait4(-1)``, which also yields each command's CPU time and
 peak RSS), forwards SIGTERM/SIGINT to its children, and kills a command's whole process group
-and session when its timeout expires.
+and session when its timeout expires. With ``--host`` it runs directly on a host instead (the
+unsafe ``host`` backend): see boxagent_host.
 """
 
 import os
@@ -22,11 +23,12 @@ import socket
 import sys
 
 import boxagent_fs
+import boxagent_host
 import boxagent_spare
 import boxagent_spawn
 from boxagent_conn import Conn
 from boxagent_output import OutputPipes
-from boxagent_proc import ExitWatch, OomCounter, Proc, now, session_members
+from boxagent_proc import ExitWatch, OomCounter, Proc, kill_rest, kill_tree, now
 
 VERSION = 3
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
@@ -34,8 +36,10 @@ FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger fil
 
 
 class Agent(OutputPipes):
-    def __init__(self, socket_path):
+    def __init__(self, socket_path, host=False):
         self.socket_path = socket_path
+        self.host = boxagent_host.HostMode() if host else None
+        self.childless = False  # the last reap found no child at all, running or not
         self.sel = selectors.DefaultSelector()
         self.conns = set()
         self.procs = {}  # id -> Proc
@@ -44,7 +48,7 @@ class Agent(OutputPipes):
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
         self.dirty = set()  # connections with frames waiting to be written
         self.spare = None  # a shell started ahead of time for the next command
-        self.oom = OomCounter()
+        self.oom = OomCounter(enabled=not host)
         self.exits = ExitWatch(self.sel)
 
     # ── lifecycle ────────────────────────────────────────────────────────
@@ -92,7 +96,7 @@ class Agent(OutputPipes):
                 proc.conn = None
                 if not proc.keep:  # nobody will read an exec's result: end it
                     proc.cancelled = True
-                    self.kill_tree(proc, signal.SIGKILL)
+                    kill_tree(proc, signal.SIGKILL)
 
     def update_conn_interest(self, conn):
         if conn.closed:
@@ -116,9 +120,18 @@ class Agent(OutputPipes):
         signal.set_wakeup_fd(wake_w)
         self.sel.register(wake_r, selectors.EVENT_READ, lambda _m: self.drain_wakeup(wake_r))
         self.listen()
-        while not (self.stopping and not self.procs):
+        while not self.done():
             self.sel_once()
         sys.exit(0)
+
+    def done(self):
+        if not self.stopping:
+            return False
+        if self.host is not None:
+            # Everything below a subreaper is its child or a child's descendant: no child left
+            # means nothing of this agent is left on the host.
+            return self.childless
+        return not self.procs
 
     def on_stop_signal(self, signum, _frame):
         self.stopping = True
@@ -126,7 +139,9 @@ class Agent(OutputPipes):
             self.spare.discard()
             self.spare = None
         for proc in list(self.procs.values()):
-            self.kill_tree(proc, signal.SIGTERM)
+            kill_tree(proc, signal.SIGTERM)
+        if self.host is not None:
+            self.host.stop()
 
     def drain_wakeup(self, fd):
         try:
@@ -141,6 +156,8 @@ class Agent(OutputPipes):
             key.data(mask)
         self.reap()
         self.check_times()
+        if self.host is not None:
+            self.host.tick()
         self.flush_all()
         if self.spare is None and not self.stopping and self.idle():
             self.make_spare()  # pay for the next command's shell now, while nothing waits on us
@@ -172,6 +189,10 @@ class Agent(OutputPipes):
                 moments.append(proc.exited_at + EXIT_GRACE_SEC)
             if proc.listen_at is not None:
                 moments.append(proc.listen_at)
+            if proc.kill_at is not None:
+                moments.append(proc.kill_at)
+        if self.host is not None and self.host.next_moment() is not None:
+            moments.append(self.host.next_moment())
         if not moments:
             return 1.0  # a periodic wake-up also catches a SIGCHLD lost to a race
         return max(0.0, min(moments) - now())
@@ -267,7 +288,7 @@ class Agent(OutputPipes):
             sig = int(header.get("signal", signal.SIGTERM))
             if header.get("cancel"):
                 proc.cancelled = True
-            self.kill_tree(proc, sig)
+            kill_tree(proc, sig)
 
     def op_attach(self, conn, header, _body):
         proc = self.procs.get(header["id"])
@@ -281,26 +302,14 @@ class Agent(OutputPipes):
 
     # ── processes ────────────────────────────────────────────────────────
 
-    def kill_tree(self, proc, sig):
-        targets = set(session_members(proc.pid))
-        if proc.status is None:
-            targets.add(proc.pid)
-        try:
-            os.killpg(proc.pid, sig)
-        except OSError:
-            pass
-        for pid in targets:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-
     def reap(self):
         while True:
             try:
                 pid, status, rusage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
+                self.childless = True
                 return
+            self.childless = False
             if pid == 0:
                 return
             self.exits.forget(pid)
@@ -325,13 +334,24 @@ class Agent(OutputPipes):
                 self.watch_pipes(proc)
             if proc.deadline is not None and not proc.timed_out and t >= proc.deadline:
                 proc.timed_out = True
-                self.kill_tree(proc, signal.SIGKILL)
+                if proc.kill_grace:
+                    kill_tree(proc, signal.SIGTERM)
+                    proc.kill_at = t + proc.kill_grace
+                else:
+                    kill_tree(proc, signal.SIGKILL)
+            if proc.kill_at is not None and t >= proc.kill_at:
+                proc.kill_at = None
+                kill_rest(proc, self.by_pid)
+                if proc.status is not None and not proc.pipes:
+                    self.finish(proc)
             if proc.exited_at is not None and proc.pipes and t >= proc.exited_at + EXIT_GRACE_SEC:
                 # The main process is gone; background children still hold its pipes.
                 for fd in list(proc.pipes):
                     self.close_pipe(proc, fd)
 
     def finish(self, proc):
+        if proc.kill_at is not None:
+            return  # a timed-out command is reported once its grace is over and the rest killed
         if proc.handoff is not None:
             return  # exited before the daemon took its pipes: report it once they are taken
         if proc.conn is None and proc.keep:
@@ -343,12 +363,15 @@ class Agent(OutputPipes):
 
 
 def main(argv):
-    if len(argv) != 2:
-        sys.stderr.write("usage: boxagent.py SOCKET_PATH\n")
+    args = argv[1:]
+    host = "--host" in args
+    args = [a for a in args if a != "--host"]
+    if len(args) != 1:
+        sys.stderr.write("usage: boxagent.py [--host] SOCKET_PATH\n")
         return 2
     os.umask(0o022)
     boxagent_spawn.close_on_exec_inherited()
-    Agent(argv[1]).run()
+    Agent(args[0], host=host).run()
     return 0
 
 

@@ -33,24 +33,30 @@ def oom_kills():
 
 
 class OomCounter:
-    """The sandbox's OOM kills, to tell whether a SIGKILL came from the OOM killer."""
+    """The sandbox's OOM kills, to tell whether a SIGKILL came from the OOM killer.
 
-    def __init__(self):
-        self.seen = oom_kills()
+    Disabled on a host (the agent has no cgroup of its own: the counter it could read counts
+    kills anywhere in the machine or the container it runs in)."""
+
+    def __init__(self, enabled=True):
+        self.enabled = enabled
+        self.seen = oom_kills() if enabled else None
 
     def rose(self):
         """Whether an OOM kill happened since the last look (a file read: ask only when needed)."""
+        if not self.enabled:
+            return False
         seen, self.seen = self.seen, oom_kills()
         return self.seen is not None and seen is not None and self.seen > seen
 
 
-def session_members(sid):
-    """Pids whose session id is ``sid`` (processes that left the group but not the session)."""
-    pids = []
+def process_table():
+    """``(pid, ppid, pgrp, session)`` of every process this agent can see in /proc."""
+    rows = []
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return pids
+        return rows
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -61,9 +67,65 @@ def session_members(sid):
             continue
         # Fields after the parenthesised command name: state ppid pgrp session ...
         fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3 and int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
+        if len(fields) > 3:
+            rows.append((int(entry), int(fields[1]), int(fields[2]), int(fields[3])))
+    return rows
+
+
+def session_members(sid):
+    """Pids in session ``sid`` but outside its leader's process group ``sid``: the processes
+    that left the group but not the session (killpg does not reach them)."""
+    return [pid for pid, _, pgrp, session in process_table() if session == sid and pgrp != sid]
+
+
+def descendants(root, table=None):
+    """Pids of every process below ``root`` in the process tree."""
+    children = {}
+    for pid, ppid, _, _ in process_table() if table is None else table:
+        children.setdefault(ppid, []).append(pid)
+    found = []
+    pending = [root]
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def members_below(root, group):
+    """Descendants of ``root`` whose process group or session is ``group``: what is left of a
+    command whose leader was already reaped, found without touching anything outside the
+    agent's own tree even if the number has been reused elsewhere on the machine since."""
+    table = process_table()
+    below = set(descendants(root, table))
+    return [pid for pid, _, pgrp, sid in table if pid in below and group in (pgrp, sid)]
+
+
+def _kill(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def kill_tree(proc, sig):
+    """The command's process group, then what left the group but not the session: each
+    process once (a SIGTERM trap must not run twice for one kill)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except OSError:
+        pass
+    _kill(session_members(proc.pid), sig)
+
+
+def kill_rest(proc, live):
+    """SIGKILL for what is left of a timed-out command once its grace is over; ``live`` maps
+    the pids of the agent's running processes."""
+    if proc.status is None:
+        kill_tree(proc, signal.SIGKILL)  # the leader is alive: its group is still its own
+    elif proc.pid not in live:  # else the number names another command of ours now
+        _kill(members_below(os.getpid(), proc.pid), signal.SIGKILL)
 
 
 class Proc:
@@ -87,6 +149,10 @@ class Proc:
         timeout = header.get("timeout")
         self.deadline = self.started + float(timeout) if timeout else None
         self.timed_out = False
+        # With a grace, a timeout sends SIGTERM first and SIGKILL at ``kill_at``; the exit is
+        # reported only after that, so nothing of a timed-out command outlives its result.
+        self.kill_grace = float(header.get("kill_grace") or 0)
+        self.kill_at = None
         self.cancelled = False
         self.status = None
         self.rusage = None
