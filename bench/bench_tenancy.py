@@ -80,13 +80,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--json", type=Path, help="also write the samples' summary here")
     args = parser.parse_args()
-    image = preflight(args.image, args.backend)
+    engine = preflight(args.image, args.backend)
     with tempfile.TemporaryDirectory(prefix="bench-tenancy-") as tmp:
         work = Path(tmp)
-        daemon = start_ours(work, work, args.backend, image, pool_size=0)
+        daemon = start_ours(work, work, args.backend, args.image, pool_size=0)
         try:
             daemon.wait_listening()
-            log(f"{args.rounds} interleaved rounds on {args.backend}")
+            log(f"{args.rounds} interleaved rounds on {args.backend} ({engine})")
             samples = asyncio.run(measure(daemon.url, args.rounds, args.warmup))
         finally:
             log(f"daemon {daemon.stop()}")

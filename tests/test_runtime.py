@@ -302,7 +302,6 @@ async def test_status_shape(box: Box) -> None:
             "available": True,
             "reason": None,
             "enforced_limits": {"memory_mb": "fake"},
-            "unsafe_direct_execution": False,
         },
         "active_sessions": 2,
         "managed_processes": 0,

@@ -154,7 +154,8 @@ def test_chunked_object_round_trips_at_random_cut_points(obj: dict, ensure_ascii
 
 @settings(max_examples=15, deadline=None)
 @given(
-    unit=st.text(st.characters(min_codepoint=0x80), min_size=1, max_size=5),
+    # No lone surrogates (category Cs): they have no UTF-8 encoding, so no JSON text carries them raw.
+    unit=st.text(st.characters(min_codepoint=0x80, exclude_categories=("Cs",)), min_size=1, max_size=5),
     pad=st.integers(0, 3),
 )
 def test_multibyte_message_fed_byte_by_byte(unit: str, pad: int) -> None:

@@ -386,8 +386,6 @@ class BackendInfo(pydantic.BaseModel):
     # Extensions: why, and which limits this backend really enforces.
     reason: str | None = None
     enforced_limits: dict[str, str] = pydantic.Field(default_factory=dict)
-    # LangBot 0.7's flag for the host backend: commands run directly on the host, unisolated.
-    unsafe_direct_execution: bool = False
 
     @pydantic.model_serializer(mode="wrap")
     def _unsafe_only_when_true(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:

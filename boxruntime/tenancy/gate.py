@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pydantic
 
+from boxruntime.config import host_backend_refusal
 from boxruntime.errors import BoxPermissionError, BoxValidationError
 from boxruntime.protocol import ActionHandler, Payload, call_unary
 from boxruntime.protocol.envelope import Request
@@ -47,9 +48,6 @@ HOST_CONTROL_ACTIONS = frozenset(
 )
 _SPEC_ACTIONS = frozenset({"box_exec", "box_exec_stream", "box_create_session"})
 _STREAMS = frozenset({"box_exec_stream"})
-HOST_BACKEND_REFUSAL = (
-    "host backend requires local stdio control or WebSocket control protected by LANGBOT_BOX_CONTROL_TOKEN"
-)
 
 
 class TenantGate:
@@ -73,8 +71,11 @@ class TenantGate:
         self._host_backend_allowed = host_backend_allowed
 
     def __call__(self, req: Request, handler: ActionHandler) -> ActionResult:
-        if req.action == "box_init" and req.data.get("backend") == "host" and not self._host_backend_allowed:
-            raise BoxValidationError(HOST_BACKEND_REFUSAL)
+        if req.action == "box_init" and not self._host_backend_allowed:
+            backend = req.data.get("backend")
+            refusal = host_backend_refusal(backend if isinstance(backend, str) else None, None, websocket=True)
+            if refusal is not None:
+                raise BoxValidationError(refusal)
         context = self._context(req)
         if req.action in self._host_control or req.action == "__cancel_action":
             return handler(req.data)
