@@ -11,6 +11,9 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+# LangBot imports its application module before anything else; its tool loaders import each
+# other in a cycle that only resolves in that order.
+import langbot.pkg.core.app
 import pytest
 
 from langbot4_tests.client07 import LangBotLink, box_config, control_headers, over_stdio, over_websocket
