@@ -10,22 +10,31 @@ the workspace's tenant directory ``<default_workspace>/tenants/ws-<24 hex>`` as 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 from pathlib import Path
 
 import anyio
 import pytest
 from langbot_plugin.box.actions import LangBotToBoxAction
-from langbot_plugin.box.errors import BoxError, BoxSessionNotFoundError
+from langbot_plugin.box.errors import BoxAdmissionError, BoxError, BoxSessionNotFoundError
 from langbot_plugin.box.models import (
     BoxManagedProcessSpec,
     BoxManagedProcessStatus,
     BoxSpec,
+    SandboxAdmissionGrant,
+    SandboxAdmissionRevocation,
+)
+from langbot_plugin.box.security import (
+    BOX_CONTROL_TOKEN_HEADER,
+    BOX_INSTANCE_HEADER,
+    BOX_PLACEMENT_GENERATION_HEADER,
+    BOX_WORKSPACE_HEADER,
 )
 from langbot_plugin.entities.io.errors import ActionCallError
 from websockets.exceptions import ConnectionClosed
 
-from langbot4_tests.client07 import LangBotLink, context, physical_id, relay_headers, tenant_directory
+from langbot4_tests.client07 import INSTANCE, LangBotLink, context, physical_id, relay_headers, tenant_directory
 from langbot4_tests.daemon import containers_of
 from langbot4_tests.relay import connect_relay, eventually, upgrade_status
 
@@ -167,13 +176,6 @@ async def test_foreign_instance_and_missing_context_are_refused(langbot: LangBot
 
 async def test_admission_actions_refused_outside_admission_mode(langbot: LangBotLink) -> None:
     """Standard mode (no ``box.admission``): grants are refused as 0.7's runtime refuses them."""
-    import datetime as dt
-
-    from langbot_plugin.box.errors import BoxAdmissionError
-    from langbot_plugin.box.models import SandboxAdmissionGrant, SandboxAdmissionRevocation
-
-    from langbot4_tests.client07 import INSTANCE
-
     grant = SandboxAdmissionGrant(
         instance_uuid=INSTANCE,
         workspace_uuid="ws-a",
@@ -257,13 +259,6 @@ async def test_newer_generation_retires_the_older_one(langbot: LangBotLink, data
 
 
 async def test_relay_admits_only_langbots_headers_for_the_current_placement(langbot: LangBotLink) -> None:
-    from langbot_plugin.box.security import (
-        BOX_CONTROL_TOKEN_HEADER,
-        BOX_INSTANCE_HEADER,
-        BOX_PLACEMENT_GENERATION_HEADER,
-        BOX_WORKSPACE_HEADER,
-    )
-
     client = langbot.client
     a1, b1 = context("ws-a", 1), context("ws-b", 1)
     for ctx in (a1, b1):
