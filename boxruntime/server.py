@@ -220,6 +220,7 @@ async def serve_websocket(settings: Settings) -> None:
     finally:
         await runner.cleanup()
         await runtime.close()
+        tenancy.close()
 
 
 async def _stdio_connection() -> StreamConnection:
@@ -282,3 +283,4 @@ async def serve_stdio(settings: Settings, relay_port: int = 0) -> None:
     finally:
         await runner.cleanup()
         await runtime.close()
+        tenancy.close()

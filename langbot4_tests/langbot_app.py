@@ -55,12 +55,13 @@ class WorkspaceServiceStandIn:
 
 
 class EntitlementResolverStandIn:
-    """LangBot Cloud's entitlement source: every workspace holds one managed sandbox."""
+    """LangBot Cloud's entitlement source: every workspace holds one managed sandbox, but those
+    named in ``without_sandbox``."""
 
     def __init__(self, instance_uuid: str = INSTANCE) -> None:
         self.instance_uuid = instance_uuid
         self.revision = 1
-        self.managed_sandbox = True
+        self.without_sandbox: set[str] = set()
 
     async def resolve(self, workspace_uuid: str, *, minimum_revision: int = 0, now: int | None = None) -> Any:
         now = int(time.time()) if now is None else now
@@ -71,7 +72,7 @@ class EntitlementResolverStandIn:
             status="active",
             not_before=0,
             expires_at=now + 3600,
-            features={"managed_sandbox": self.managed_sandbox},
+            features={"managed_sandbox": workspace_uuid not in self.without_sandbox},
             limits={"managed_sandbox_sessions": 1},
         )
 

@@ -249,10 +249,13 @@ async def test_admission_grant_life_cycle(admitting: LangBotLink, host_root: Pat
     with pytest.raises(BoxError, match=re.escape("PermissionError")):
         await client.upsert_sandbox_admission_grant(grant(instance="another-instance"))
 
-    # A grant for generation 2 advances the fence: generation 1 is stale and its session gone.
+    # A grant for generation 2 advances the fence: generation 1 is refused (by the grant check,
+    # which LangBot's server runs before the fence) and its session is gone.
     assert (await client.upsert_sandbox_admission_grant(grant(generation=2)))["execution_generation"] == 2
-    with pytest.raises(BoxError, match=re.escape(STALE)):
+    with pytest.raises(BoxAdmissionError, match="another execution generation"):
         await client.get_sessions(action_context=a1)
+    with pytest.raises(BoxError, match=re.escape(STALE)):
+        await client.get_storage_analysis(action_context=a1)  # a tenant action outside admission
     assert await client.get_sessions(action_context=a2) == []
     assert (await client.execute(BoxSpec(session_id="global", cmd="cat admitted.txt"), action_context=a2)).ok
 
@@ -262,7 +265,11 @@ async def test_admission_grant_life_cycle(admitting: LangBotLink, host_root: Pat
         "workspace_uuid": "ws-a",
         "entitlement_revision": 1,
     }
-    assert await client.get_sessions(action_context=a2) == []
+    # Listing is a sandbox action too, refused without a grant; storage analysis (a tenant action
+    # outside admission) shows the workspace has no session left.
+    with pytest.raises(BoxAdmissionError, match="grant is missing"):
+        await client.get_sessions(action_context=a2)
+    assert (await client.get_storage_analysis(action_context=a2))["active_sessions"] == 0
     with pytest.raises(BoxAdmissionError, match="grant is missing"):
         await client.execute(BoxSpec(session_id="global", cmd="true"), action_context=a2)
     with pytest.raises(BoxAdmissionError, match="revoked"):

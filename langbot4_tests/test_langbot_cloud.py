@@ -78,7 +78,7 @@ async def test_langbot_cloud_admits_one_global_sandbox_per_workspace(
 
         # ws-a loses its entitlement: LangBot revokes its grant; the runtime drops its sandbox and
         # refuses it even to a direct call, while ws-b goes on.
-        app.entitlement_resolver.managed_sandbox = False  # type: ignore[union-attr]
+        app.entitlement_resolver.without_sandbox.add("ws-a")  # type: ignore[union-attr]
         with pytest.raises(EntitlementUnavailableError):
             await box.execute_in_context(execution_context(app, "ws-a"), {"cmd": "true"})
         with pytest.raises(BoxAdmissionError):

@@ -119,7 +119,7 @@ def release(data_dir: Path, key: str, remove: bool) -> None:
     """Unmount the workspace of ``key``; delete its files when ``remove``."""
     base = workspaces_root(data_dir) / key
     files = base / "files"
-    _unmount(files)
+    unmount(files)
     if remove:
         workspace_lease.forget(base)
         host_mounts.remove_tree(base)
@@ -127,7 +127,8 @@ def release(data_dir: Path, key: str, remove: bool) -> None:
         workspace_lease.let_go(base)
 
 
-def _unmount(files: Path) -> None:
+def unmount(files: Path) -> None:
+    """Unmount ``files`` if something is mounted there (lazily when it is busy)."""
     if _mounted(files):
         try:
             _run(["umount", str(files)])
@@ -136,7 +137,7 @@ def _unmount(files: Path) -> None:
 
 
 def _remove_unused(base: Path) -> None:
-    _unmount(base / "files")
+    unmount(base / "files")
     host_mounts.remove_tree(base)
 
 

@@ -75,6 +75,7 @@ class ManagedSandboxes:
         self._retire = retire
         self.admission = Admission(runtime.settings)
         self.readiness = Readiness(runtime, self.admission)
+        self._quota_mounts: set[Path] = set()  # tenant workspaces this daemon mounted an image on
 
     @property
     def required(self) -> bool:
@@ -130,7 +131,18 @@ class ManagedSandboxes:
             settings = self._runtime.settings
             image = settings.data_dir / "tenant-quotas" / f"{placement.workspace.namespace}.ext4"
             workspaces.mount_quota_image(image, directory, quota, settings.sandbox_uid, settings.sandbox_gid)
+            self._quota_mounts.add(directory)
         return Path(os.path.realpath(directory))
+
+    def close(self) -> None:
+        """Unmount the tenant workspaces' quota images (their files stay in the images, which
+        the next daemon mounts again on first use); after every sandbox was removed."""
+        for directory in sorted(self._quota_mounts):
+            try:
+                workspaces.unmount(directory)
+            except Exception:
+                log.exception("could not unmount the quota image of %s", directory)
+        self._quota_mounts.clear()
 
     # ── grant actions (host control) ──────────────────────────────────────
 

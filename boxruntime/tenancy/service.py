@@ -111,6 +111,10 @@ class Tenancy:
             if sid.startswith(retirement.workspace.prefix) and sid != retirement.keep:
                 await self._delete_quietly(sid)
 
+    def close(self) -> None:
+        """After the runtime removed every sandbox: release what the tenancy holds on the host."""
+        self.managed.close()
+
     async def run(self) -> None:
         """The tenancy's background work (expiring admission grants); until cancelled."""
         await self.managed.run_expiry()
