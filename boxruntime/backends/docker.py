@@ -37,6 +37,7 @@ from boxruntime.backends.base import (
     SandboxHandle,
     installed_agent,
 )
+from boxruntime.backends.workspace_acl import before_command
 from boxruntime.config import Settings
 from boxruntime.errors import (
     BoxBackendUnavailableError,
@@ -326,6 +327,7 @@ class DockerBackend(AgentSandbox):
         if not handle.extra.get("engine_exec"):
             return await super().exec(handle, req)
         container_id = handle.extra["container_id"]
+        await before_command(handle.workspace_acl, req.workdir)
         with anyio.fail_after(req.timeout + ENGINE_EXEC_GRACE_SEC):
             return await self._call(lambda: engine_exec.run(self._engine().api, container_id, req))
 
@@ -350,6 +352,7 @@ class DockerBackend(AgentSandbox):
         if handle.agent is not None:
             await handle.agent.close()
         await self._call(self._remove_container, handle.sandbox_id)
+        handle.close_workspace_acl()
         workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
         if handle.state_dir is not None:
             host_mounts.remove_tree(handle.state_dir)

@@ -244,6 +244,7 @@ class NsjailBackend(AgentSandbox):
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
                 await process.wait()
+        handle.close_workspace_acl()
         workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
         if handle.state_dir is not None:
             host_mounts.remove_tree(handle.state_dir)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boxruntime.backends import host_mounts, workspace_lease
+from boxruntime.backends.workspace_acl import WorkspaceAcl, for_host_workspace
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BoxSpec
@@ -141,6 +142,7 @@ class WorkspacePlan:
     private: Path | None = None  # our own directory (its files persist between daemons)
     quota_enforced: bool | None = None
     notes: list[str] = field(default_factory=list)
+    acl: WorkspaceAcl | None = None  # the sandbox user's access to a host directory root owns
 
 
 def plan(
@@ -150,6 +152,7 @@ def plan(
     result = WorkspacePlan(spec.mount_path)
     if host_mount is not None:
         result.host = host_mount
+        result.acl = for_host_workspace(host_mount, uid, gid, result.notes)
         if quota > 0:
             result.quota_enforced = False
             result.notes.append(
@@ -176,7 +179,8 @@ def plan(
 
 def sandbox_identity(settings: Settings, workspace: ResolvedMount | None, notes: list[str]) -> tuple[int, int]:
     """The uid:gid the sandbox runs as: the configured non-root user, or the owner of a writable
-    host workspace when that owner is not root, so files keep their owner on both sides."""
+    host workspace when that owner is not root, so files keep their owner on both sides. (A
+    root-owned one is made writable for the sandbox user by ``plan``: see workspace_acl.)"""
     uid, gid = settings.sandbox_uid, settings.sandbox_gid
     if workspace is None or workspace.read_only:
         return uid, gid
@@ -185,10 +189,4 @@ def sandbox_identity(settings: Settings, workspace: ResolvedMount | None, notes:
         if (st.st_uid, st.st_gid) != (uid, gid):
             notes.append(f"sandbox runs as {st.st_uid}:{st.st_gid}, the owner of host_path {workspace.host_path}")
         return st.st_uid, st.st_gid
-    writable = bool(st.st_mode & 0o002) or (st.st_gid == gid and st.st_mode & 0o020)
-    if not writable:
-        notes.append(
-            f"host_path {workspace.host_path} is owned by root and not writable by the sandbox user "
-            f"{uid}:{gid}; the sandbox can read it but not write it (chown {uid}:{gid} it to allow writes)"
-        )
     return uid, gid
