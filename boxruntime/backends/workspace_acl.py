@@ -219,8 +219,8 @@ class WorkspaceAcl:
         except FileNotFoundError:
             node.settled, node.children = None, {}
             return True
-        except OSError:
-            return False
+        except OSError as exc:
+            return _left_alone(self.root, name, exc)
         if not stat.S_ISDIR(st.st_mode) or st.st_dev != self._device:
             return True  # a file, a link, another filesystem: not a directory of this workspace
         if st.st_uid == self.uid and not watched:
@@ -229,8 +229,8 @@ class WorkspaceAcl:
             return True
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-        except OSError:
-            return False
+        except OSError as exc:
+            return _left_alone(self.root, name, exc)
         try:
             st = os.fstat(fd)  # what was opened, whatever became of the name meanwhile
             if st.st_dev != self._device:
@@ -261,8 +261,8 @@ class WorkspaceAcl:
             for index, entry in enumerate(entries):
                 try:
                     is_dir = entry.is_dir(follow_symlinks=False)
-                except OSError:
-                    in_order = False
+                except OSError as exc:
+                    _left_alone(self.root, entry.name, exc)
                     continue
                 child = (node.children.get(entry.name) or _Node()) if is_dir else None
                 if child is not None:
@@ -281,8 +281,7 @@ class WorkspaceAcl:
                     elif entry.is_file(follow_symlinks=False):
                         self._grant_file(fd, entry.name)
                 except OSError as exc:
-                    log.debug("host workspace %s: %s left as it was: %s", self.root, entry.name, exc.strerror)
-                    in_order = False
+                    _left_alone(self.root, entry.name, exc)
         node.children = children
         return in_order
 
@@ -327,6 +326,14 @@ class WorkspaceAcl:
             if not posix_acl.grants(inherited, self.uid, posix_acl.RWX):
                 default = posix_acl.with_user(inherited, self.uid, posix_acl.RWX)
                 os.setxattr(fd, posix_acl.DEFAULT, posix_acl.encode(default))
+
+
+def _left_alone(root: str, name: str, exc: OSError) -> bool:
+    """An entry that cannot be handled (gone, immutable, swapped for a link ...) is left as it
+    is and counts as done: an entry that vanished changed its directory, which is looked at
+    again anyway, and one that fails every time must not make every command pay for it."""
+    log.debug("host workspace %s: %s left as it was: %s", root, name, exc.strerror)
+    return True
 
 
 def _read_acl(fd: int, name: str) -> posix_acl.Acl | None:
