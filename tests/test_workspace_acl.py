@@ -15,7 +15,8 @@ import pytest
 
 from boxruntime.backends import posix_acl, workspace_acl
 from boxruntime.backends.posix_acl import UNDEFINED_ID, Tag
-from boxruntime.backends.workspace_acl import WorkspaceAcl, for_host_workspace
+from boxruntime.backends.workspace import for_host_workspace
+from boxruntime.backends.workspace_acl import WorkspaceAcl
 from boxruntime.errors import BoxValidationError
 from boxruntime.security import ResolvedMount
 from tests import langbot_host_fs as langbot
