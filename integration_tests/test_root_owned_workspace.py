@@ -16,6 +16,7 @@ import pytest
 from boxruntime.backends import posix_acl
 from boxruntime.backends.posix_acl import UNDEFINED_ID, Tag
 from boxruntime.errors import BoxValidationError
+from boxruntime.ids import safe_key
 from boxruntime.protocol import Peer
 from integration_tests.daemon import Daemon, connect, eventually, sandboxes_of, start_daemon
 from tests import langbot_host_fs as langbot
@@ -136,3 +137,4 @@ async def test_a_workspace_without_acl_support_is_refused_clearly(box: Daemon, r
             await run(peer, "touch x", ramfs)
         with pytest.raises(Exception, match="not found"):
             await peer.call("box_get_session", {"session_id": "shared"})
+    assert list(box.data_dir.glob(f"sessions/*/{safe_key('shared')}")) == []  # no state left behind

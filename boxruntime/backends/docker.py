@@ -193,9 +193,10 @@ class DockerBackend(AgentSandbox):
             state_dir=self.state_dir(key),
         )
         uid, gid = workspaces.sandbox_identity(self.settings, workspace_mount, handle.notes)
-        agent_dir = self.agent_dir(handle, uid, gid)
+        # The workspace first: a refusal there must leave nothing behind (no agent directory).
         ws = workspaces.plan(self.settings.data_dir, spec, key, workspace_mount, uid, gid)
         handle.adopt_workspace(ws)
+        agent_dir = self.agent_dir(handle, uid, gid)
         mounts = [
             Mount(AGENT_DIR_OF_SCRIPTS, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
             Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
