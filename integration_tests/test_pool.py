@@ -13,6 +13,7 @@ import pytest
 from boxruntime.ids import safe_key
 from boxruntime.protocol import Peer
 from integration_tests.daemon import Daemon, connect, sandboxes_of, start_daemon
+from tests import langbot_host_fs as langbot
 
 pytestmark = [pytest.mark.anyio]
 
@@ -141,7 +142,18 @@ async def test_a_pooled_sandbox_takes_a_host_directory_workspace(
             status = await pool(peer)
             assert (status["hits"], status["misses"]) == (2, 0)
 
-            for session in ("host-rw", "host-ro"):
+            # A directory root made (LangBot's tenant workspace) is written through an ACL entry.
+            tenant = langbot.tenant_workspace(mounts, "ws-00112233445566778899aabb")
+            await wait_ready(peer, 2)
+            rooted = {"session_id": "host-root", "host_path": str(tenant)}
+            await peer.call("box_exec", {**rooted, "cmd": "echo made > out", "workdir": "/workspace/sub"}, timeout=60)
+            assert (tenant / "sub" / "out").stat().st_uid == 1000
+            langbot.write_inbox(tenant, "run-1", {"in.txt": b"attached"})
+            read = await peer.call("box_exec", {**rooted, "cmd": "cat inbox/run-1/in.txt"}, timeout=60)
+            assert read["stdout"] == "attached"
+            assert (await pool(peer))["hits"] == 3
+
+            for session in ("host-rw", "host-ro", "host-root"):
                 await peer.call("box_delete_session", {"session_id": session})
             # Unmounted, never deleted through: the host directories keep every file.
             assert (writable / "seed").read_text() == "from the host\n"

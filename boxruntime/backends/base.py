@@ -22,6 +22,7 @@ from boxruntime.backends.agent.client import AgentClient, AgentProcess
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, CompletedCommand, Output
 from boxruntime.backends.agent.fd_passing import HandedPipes
 from boxruntime.backends.workspace import WorkspacePlan
+from boxruntime.backends.workspace_acl import WorkspaceAcl, before_command
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError, BoxSessionConflictError
 from boxruntime.instance import instance_alive
@@ -47,13 +48,21 @@ class SandboxHandle:
     workspace_quota_enforced: bool | None = None
     notes: list[str] = field(default_factory=list)
     private_workspace: Path | None = None
+    workspace_acl: WorkspaceAcl | None = None  # see workspace_acl: refreshed before each command
     state_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def adopt_workspace(self, plan: WorkspacePlan) -> None:
         self.private_workspace = plan.private
+        self.close_workspace_acl()
+        self.workspace_acl = plan.acl
         self.workspace_quota_enforced = plan.quota_enforced
         self.notes.extend(plan.notes)
+
+    def close_workspace_acl(self) -> None:
+        if self.workspace_acl is not None:
+            self.workspace_acl.close()
+            self.workspace_acl = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,12 +261,14 @@ class AgentSandbox(Backend):
         agent = self.agent_of(handle)
         command = self.exec_command(handle, req)
         await self._ensure_connected(handle, agent)
+        await before_command(handle.workspace_acl, req.workdir)
         return await agent.run(command)
 
     async def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]:
         agent = self.agent_of(handle)
         command = self.exec_command(handle, req)
         await self._ensure_connected(handle, agent)
+        await before_command(handle.workspace_acl, req.workdir)
         proc = await agent.spawn(command)
         finished = False
         try:
@@ -273,6 +284,7 @@ class AgentSandbox(Backend):
         agent = self.agent_of(handle)
         command = self.process_command(handle, req)
         await self._ensure_connected(handle, agent)
+        await before_command(handle.workspace_acl, req.cwd)
         return await agent.spawn(command)
 
     async def take_pipes(self, handle: SandboxHandle, proc: AgentProcess) -> HandedPipes:
@@ -283,6 +295,8 @@ class AgentSandbox(Backend):
     ) -> tuple[dict[str, Any], bytes]:
         agent = self.agent_of(handle)
         await self._ensure_connected(handle, agent)
+        if isinstance(path := fields.get("path"), str):
+            await before_command(handle.workspace_acl, path)
         return await agent.request("fs", {**fields, "fs": op}, body)
 
     async def _ensure_connected(self, handle: SandboxHandle, agent: AgentClient) -> None:

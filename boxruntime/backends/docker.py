@@ -37,6 +37,7 @@ from boxruntime.backends.base import (
     SandboxHandle,
     installed_agent,
 )
+from boxruntime.backends.workspace_acl import before_command
 from boxruntime.config import Settings
 from boxruntime.errors import (
     BoxBackendUnavailableError,
@@ -192,9 +193,10 @@ class DockerBackend(AgentSandbox):
             state_dir=self.state_dir(key),
         )
         uid, gid = workspaces.sandbox_identity(self.settings, workspace_mount, handle.notes)
-        agent_dir = self.agent_dir(handle, uid, gid)
+        # The workspace first: a refusal there must leave nothing behind (no agent directory).
         ws = workspaces.plan(self.settings.data_dir, spec, key, workspace_mount, uid, gid)
         handle.adopt_workspace(ws)
+        agent_dir = self.agent_dir(handle, uid, gid)
         mounts = [
             Mount(AGENT_DIR_OF_SCRIPTS, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
             Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
@@ -326,6 +328,7 @@ class DockerBackend(AgentSandbox):
         if not handle.extra.get("engine_exec"):
             return await super().exec(handle, req)
         container_id = handle.extra["container_id"]
+        await before_command(handle.workspace_acl, req.workdir)
         with anyio.fail_after(req.timeout + ENGINE_EXEC_GRACE_SEC):
             return await self._call(lambda: engine_exec.run(self._engine().api, container_id, req))
 
@@ -350,6 +353,7 @@ class DockerBackend(AgentSandbox):
         if handle.agent is not None:
             await handle.agent.close()
         await self._call(self._remove_container, handle.sandbox_id)
+        handle.close_workspace_acl()
         workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
         if handle.state_dir is not None:
             host_mounts.remove_tree(handle.state_dir)

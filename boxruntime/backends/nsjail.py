@@ -143,9 +143,10 @@ class NsjailBackend(AgentSandbox):
             backend=self.name, sandbox_id=f"nsjail-{self.instance_id}-{key}", key=key, state_dir=state
         )
         uid, gid = workspaces.sandbox_identity(self.settings, workspace_mount, handle.notes)
-        agent_dir = self.agent_dir(handle, uid, gid)
+        # The workspace first: a refusal there must leave nothing behind (no agent directory).
         ws = workspaces.plan(self.settings.data_dir, spec, key, workspace_mount, uid, gid)
         handle.adopt_workspace(ws)
+        agent_dir = self.agent_dir(handle, uid, gid)
         if not spec.read_only_rootfs:
             handle.notes.append("read_only_rootfs=false has no effect on nsjail: system directories stay read-only")
         plan = JailPlan(
@@ -238,6 +239,7 @@ class NsjailBackend(AgentSandbox):
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
                 await process.wait()
+        handle.close_workspace_acl()
         workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
         if handle.state_dir is not None:
             host_mounts.remove_tree(handle.state_dir)

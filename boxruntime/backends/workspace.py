@@ -9,6 +9,7 @@ sandbox instead, and says so.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -17,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from boxruntime.backends import host_mounts, workspace_lease
+from boxruntime.backends.workspace_acl import WorkspaceAcl
 from boxruntime.config import Settings
-from boxruntime.errors import BoxSandboxError
+from boxruntime.errors import BoxSandboxError, BoxValidationError
 from boxruntime.models import BoxSpec
 from boxruntime.security import ResolvedMount
 
@@ -162,6 +164,7 @@ class WorkspacePlan:
     private: Path | None = None  # our own directory (its files persist between daemons)
     quota_enforced: bool | None = None
     notes: list[str] = field(default_factory=list)
+    acl: WorkspaceAcl | None = None  # the sandbox user's access to a host directory root owns
 
 
 def plan(
@@ -171,6 +174,7 @@ def plan(
     result = WorkspacePlan(spec.mount_path)
     if host_mount is not None:
         result.host = host_mount
+        result.acl = for_host_workspace(host_mount, uid, gid, result.notes)
         if quota > 0:
             result.quota_enforced = False
             result.notes.append(
@@ -197,7 +201,8 @@ def plan(
 
 def sandbox_identity(settings: Settings, workspace: ResolvedMount | None, notes: list[str]) -> tuple[int, int]:
     """The uid:gid the sandbox runs as: the configured non-root user, or the owner of a writable
-    host workspace when that owner is not root, so files keep their owner on both sides."""
+    host workspace when that owner is not root, so files keep their owner on both sides. (A
+    root-owned one is made writable for the sandbox user by ``plan``: see workspace_acl.)"""
     uid, gid = settings.sandbox_uid, settings.sandbox_gid
     if workspace is None or workspace.read_only:
         return uid, gid
@@ -206,10 +211,50 @@ def sandbox_identity(settings: Settings, workspace: ResolvedMount | None, notes:
         if (st.st_uid, st.st_gid) != (uid, gid):
             notes.append(f"sandbox runs as {st.st_uid}:{st.st_gid}, the owner of host_path {workspace.host_path}")
         return st.st_uid, st.st_gid
-    writable = bool(st.st_mode & 0o002) or (st.st_gid == gid and st.st_mode & 0o020)
-    if not writable:
-        notes.append(
-            f"host_path {workspace.host_path} is owned by root and not writable by the sandbox user "
-            f"{uid}:{gid}; the sandbox can read it but not write it (chown {uid}:{gid} it to allow writes)"
-        )
     return uid, gid
+
+
+def for_host_workspace(mount: ResolvedMount, uid: int, gid: int, notes: list[str]) -> WorkspaceAcl | None:
+    """The ACL that lets sandbox user ``uid`` write the writable host workspace ``mount``, when
+    someone else (root) owns it; None when nothing is needed. Refuses with a
+    ``BoxValidationError`` that says what to do where it cannot be given."""
+    if mount.read_only or uid == 0:
+        return None
+    st = os.stat(mount.host_path)
+    if st.st_uid == uid:
+        return None
+    acl = WorkspaceAcl(mount.host_path, mount.mount_path, uid)
+    try:
+        acl.grant_root()
+    except OSError as exc:
+        why = _why_not(exc, uid, gid)
+        if _writable_by(st, gid):
+            notes.append(
+                f"host_path {mount.host_path} is writable by the sandbox user {uid}:{gid}, but the "
+                f"directories its owner (uid {st.st_uid}) creates inside may not be: {why}"
+            )
+            return None
+        raise BoxValidationError(
+            f"host_path {mount.host_path} is owned by uid {st.st_uid} and the sandbox runs as {uid}:{gid}, "
+            f"which can write it only through a POSIX ACL entry, and {why}"
+        ) from exc
+    notes.append(
+        f"host_path {mount.host_path} is owned by uid {st.st_uid}: the sandbox user {uid} writes it through "
+        "a POSIX ACL entry (what it creates stays owned by it)"
+    )
+    return acl
+
+
+def _writable_by(st: os.stat_result, gid: int) -> bool:
+    return bool(st.st_mode & 0o002) or (st.st_gid == gid and bool(st.st_mode & 0o020))
+
+
+def _why_not(exc: OSError, uid: int, gid: int) -> str:
+    instead = f"chown the directory to {uid}:{gid}, or mount it read-only (host_path_mode: ro)"
+    if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+        return f"its filesystem does not support POSIX ACLs: mount it with ACL support (-o acl), {instead}"
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return f"this daemon (uid {os.geteuid()}) may not set it: run the daemon as root, {instead}"
+    if exc.errno == errno.EROFS:
+        return f"it is on a read-only filesystem: mount it read-only (host_path_mode: ro), or {instead}"
+    return f"setting it failed ({exc.strerror}): {instead}"
