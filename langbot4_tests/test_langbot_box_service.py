@@ -171,7 +171,12 @@ async def test_langbot_runner_box_with_attachments(langbot_box: LangBotBox) -> N
         [imported] = (await runner.import_attachments(query, None))["items"]
         assert imported["path"] == "/workspace/inbox/run-1-attachment-0/hello.txt"
         tool = await box.execute_tool(
-            {"command": f"tr a-z A-Z < {imported['path']} > /workspace/outbox/run-1/answer.txt && echo done"}, query
+            # LangBot makes no outbox directory: the agent does, as its prompt tells it to.
+            {
+                "command": f"mkdir -p /workspace/outbox/run-1 && tr a-z A-Z < {imported['path']}"
+                " > /workspace/outbox/run-1/answer.txt && echo done"
+            },
+            query,
         )
         assert tool["ok"] is True, json.dumps(tool)
         assert tool["stdout"] == "done"

@@ -222,7 +222,20 @@ def for_host_workspace(mount: ResolvedMount, uid: int, gid: int, notes: list[str
         return None
     st = os.stat(mount.host_path)
     if st.st_uid == uid:
-        return None
+        # The sandbox owns the root, but a root process (LangBot, sharing the directory) may
+        # still make 0700/0600 entries in it later: a root daemon keeps those open to it too.
+        if os.geteuid() != 0:
+            return None
+        owned = WorkspaceAcl(mount.host_path, mount.mount_path, uid)
+        try:
+            owned.grant_root()
+        except OSError as exc:
+            notes.append(
+                f"entries a root process makes in host_path {mount.host_path} may stay closed to the "
+                f"sandbox: {_why_not(exc, uid, gid)}"
+            )
+            return None
+        return owned
     acl = WorkspaceAcl(mount.host_path, mount.mount_path, uid)
     try:
         acl.grant_root()

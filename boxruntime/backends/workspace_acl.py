@@ -42,7 +42,7 @@ from boxruntime.backends import posix_acl
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("inbox", "outbox")  # where LangBot writes 0700/0600 entries after the session started
+WATCHED = ("inbox", "outbox", ".mcp")  # where LangBot writes (0700/0600, copytree chmods) after the session started
 MAX_ENTRIES_PER_PASS = 20_000
 RACY_NS = 50_000_000
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
