@@ -196,14 +196,29 @@ def test_a_chmod_by_the_sandbox_cannot_make_a_setuid_root_file(tenant: tuple[Pat
     assert (root / "mine").stat().st_uid == SANDBOX  # setuid, but to the sandbox user, never root
 
 
-def test_nothing_is_needed_for_read_only_or_own_directories(default_workspace: Path) -> None:
+def test_nothing_is_needed_for_read_only_directories(default_workspace: Path) -> None:
     notes: list[str] = []
     read_only = ResolvedMount(str(default_workspace), "/workspace", True)
     assert for_host_workspace(read_only, SANDBOX, SANDBOX, notes) is None
+    assert notes == [] and os.listxattr(default_workspace) == []
+
+
+def test_what_root_makes_in_the_sandboxs_own_directory_stays_open_to_it(default_workspace: Path) -> None:
+    # The daemon made the workspace for the sandbox (so the sandbox owns it); LangBot, as root,
+    # then writes its inbox into it with 0700/0600.
     os.chown(default_workspace, SANDBOX, SANDBOX)
     own = ResolvedMount(str(default_workspace), "/workspace", False)
-    assert for_host_workspace(own, SANDBOX, SANDBOX, notes) is None
-    assert notes == [] and os.listxattr(default_workspace) == []
+    notes: list[str] = []
+    acl = for_host_workspace(own, SANDBOX, SANDBOX, notes)
+    assert acl is not None and notes == []
+    try:
+        langbot.write_inbox(default_workspace, "run-1", {"photo.txt": b"attached"})
+        assert "Permission denied" in sandbox_fails(f"cat {default_workspace}/inbox/run-1/photo.txt")
+        acl.refresh("/workspace")
+        assert sandbox(f"cat {default_workspace}/inbox/run-1/photo.txt") == "attached"
+        assert as_user(1234, f"cat {default_workspace}/inbox/run-1/photo.txt").returncode != 0
+    finally:
+        acl.close()
 
 
 @pytest.fixture
