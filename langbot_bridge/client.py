@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from typing import Annotated, Any, Protocol, TypeVar
@@ -29,7 +30,10 @@ from boxruntime.models import (
     BoxSpec,
     ChunkReceipt,
     CreateSkillRequest,
+    ExecInputRequest,
+    ExecResizeRequest,
     ExecResult,
+    ExecStarted,
     FileChunk,
     FsListRequest,
     FsListResult,
@@ -42,6 +46,7 @@ from boxruntime.models import (
     FsWriteRequest,
     FsWriteResult,
     InstallSkillZipRequest,
+    InteractiveExecRequest,
     ListSkillFilesRequest,
     ManagedProcessInfo,
     OutputChunk,
@@ -74,6 +79,7 @@ from boxruntime.models import (
 from boxruntime.protocol import DEFAULT_TIMEOUT, Payload
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+S = TypeVar("S")
 
 # Client-side waits (reference §B.1 / §E.7), longer where our daemon may do more.
 SESSION_START_TIMEOUT = 120.0  # creating a sandbox: image resolution, container, agent start
@@ -86,6 +92,9 @@ PREVIEW_TIMEOUT = 60.0  # LangBot's, for box_preview_skill_zip
 INSTALL_TIMEOUT = 120.0  # LangBot's, for box_install_skill_zip
 
 FILE_CHUNK_BYTES = 16 * 1024  # raw bytes per __file_chunk, before base64 (reference §A.7)
+# Input is answered once the command has read it: as long as the command takes, bounded by its
+# own end (which fails the call).
+INPUT_TIMEOUT = 24 * 3600.0
 
 
 class ActionCaller(Protocol):
@@ -98,6 +107,10 @@ class ActionCaller(Protocol):
 
 StreamItem = Annotated[OutputChunk | StreamedResult, pydantic.Field(discriminator="kind")]
 _STREAM_ITEM: pydantic.TypeAdapter[OutputChunk | StreamedResult] = pydantic.TypeAdapter(StreamItem)
+InteractiveItem = ExecStarted | OutputChunk | StreamedResult
+_INTERACTIVE_ITEM: pydantic.TypeAdapter[InteractiveItem] = pydantic.TypeAdapter(
+    Annotated[InteractiveItem, pydantic.Field(discriminator="kind")]
+)
 
 
 class _SessionsReply(pydantic.BaseModel):
@@ -190,13 +203,38 @@ class BoxClient:
         """
         # The timeout bounds each wait for the next message; a quiet command may stay silent
         # for its whole time limit.
-        stream = self.caller.call_stream("box_exec_stream", _dump(spec), exec_timeout(spec))
+        async for item in self._stream("box_exec_stream", spec, exec_timeout(spec), _STREAM_ITEM):
+            yield item
+
+    async def exec_interactive(self, request: InteractiveExecRequest) -> AsyncGenerator[InteractiveItem, None]:
+        """``box_exec_interactive``: ``ExecStarted`` (its ``exec_id`` is for ``exec_input`` and
+        ``exec_resize``), output chunks, then the result. Leaving the iterator early (close it
+        with ``contextlib.aclosing``) cancels the command."""
+        # A command without a time limit (an interactive shell) may be quiet for as long as it runs.
+        wait = math.inf if request.no_timeout else exec_timeout(request)
+        async for item in self._stream("box_exec_interactive", request, wait, _INTERACTIVE_ITEM):
+            yield item
+
+    async def exec_input(self, exec_id: str, data: bytes, *, eof: bool = False) -> None:
+        """Send ``data`` to an interactive command's stdin (``eof``: then close it). Returns once
+        the command has taken it; BoxValidationError once it takes no more input."""
+        request = ExecInputRequest(exec_id=exec_id, data=base64.b64encode(data).decode("ascii"), eof=eof)
+        await self.caller.call("box_exec_input", _dump(request), INPUT_TIMEOUT)
+
+    async def exec_resize(self, exec_id: str, rows: int, cols: int) -> None:
+        """Set the size of an interactive command's terminal."""
+        await self.caller.call("box_exec_resize", _dump(ExecResizeRequest(exec_id=exec_id, rows=rows, cols=cols)))
+
+    async def _stream(
+        self, action: str, request: pydantic.BaseModel, timeout: float, items: pydantic.TypeAdapter[S]
+    ) -> AsyncGenerator[S, None]:
+        stream = self.caller.call_stream(action, _dump(request), timeout)
         try:
             async for item in stream:
                 try:
-                    yield _STREAM_ITEM.validate_python(item)
+                    yield items.validate_python(item)
                 except pydantic.ValidationError as exc:
-                    raise ActionCallError(f"unexpected item in box_exec_stream: {exc}") from None
+                    raise ActionCallError(f"unexpected item in {action}: {exc}") from None
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:

@@ -1,7 +1,8 @@
 """The contract: payload models shared by the daemon and the bridge (``boxruntime.models``).
 
 One module per area: ``box`` (sessions, exec, processes, status), ``files`` (``box_fs_*``),
-``skills`` (the skill actions). Everything is importable from here.
+``interactive`` (commands that take input or run on a terminal), ``skills`` (the skill
+actions). Everything is importable from here.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ from boxruntime.models.files import (
     FsWriteRequest,
     FsWriteResult,
 )
+from boxruntime.models.interactive import (
+    ExecInputRequest,
+    ExecResizeRequest,
+    ExecStarted,
+    InteractiveExecRequest,
+    TerminalSize,
+)
 from boxruntime.models.skills import (
     FILE_KEY_PATTERN,
     MAX_LISTED_ENTRIES,
@@ -101,7 +109,10 @@ __all__ = [
     "ChunkReceipt",
     "CreateSkillRequest",
     "EndReason",
+    "ExecInputRequest",
+    "ExecResizeRequest",
     "ExecResult",
+    "ExecStarted",
     "ExecStatus",
     "FileChunk",
     "FileType",
@@ -118,6 +129,7 @@ __all__ = [
     "FsWriteResult",
     "HostMountMode",
     "InstallSkillZipRequest",
+    "InteractiveExecRequest",
     "ListSkillFilesRequest",
     "ManagedProcessInfo",
     "ManagedProcessSpec",
@@ -157,6 +169,7 @@ __all__ = [
     "SkillUpdate",
     "StartProcessRequest",
     "StreamedResult",
+    "TerminalSize",
     "UpdateSkillRequest",
     "WriteSkillFileRequest",
     "check_file_key",
