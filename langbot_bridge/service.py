@@ -27,6 +27,7 @@ from boxruntime.errors import BoxError, BoxRuntimeUnavailableError, BoxValidatio
 from boxruntime.models import (
     BoxSpec,
     ExecResult,
+    InteractiveExecRequest,
     ManagedProcessInfo,
     ManagedProcessSpec,
     OutputChunk,
@@ -34,6 +35,7 @@ from boxruntime.models import (
     SessionInfo,
     StartProcessRequest,
     StreamedResult,
+    TerminalSize,
 )
 from langbot_bridge.audit import AuditEntry, AuditLog
 from langbot_bridge.client import ActionCaller, BoxClient
@@ -130,6 +132,22 @@ class BoxService:
         return truncate_output(text, self.output_limit)
 
     # ── calls ───────────────────────────────────────────────────────────
+
+    def interactive_request(
+        self,
+        session_id: str,
+        command: str,
+        request: Mapping[str, Any] | None = None,
+        *,
+        stdin: bool = True,
+        tty: TerminalSize | None = None,
+        no_timeout: bool = False,
+    ) -> InteractiveExecRequest:
+        """The checked request for a command that takes input or runs on a terminal
+        (``client.exec_interactive``); ``no_timeout``: it runs until it exits or is cancelled."""
+        spec = self.build_spec(session_id, {**(request or {}), "cmd": command})
+        self.require()
+        return InteractiveExecRequest(**spec.model_dump(), stdin=stdin, tty=tty, no_timeout=no_timeout)
 
     async def ensure_session(self, session_id: str, request: Mapping[str, Any] | None = None) -> SessionInfo:
         """The session, created with this service's spec if it does not exist yet (the fs
