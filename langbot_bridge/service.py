@@ -7,6 +7,7 @@ call to the daemon, and the daemon's answer into something an LLM can read.
   decides which chats share a sandbox.
 - Mount policy: every host mount is checked against the allow-list before anything is sent.
 - Output for an LLM: ``truncate_output`` keeps the head and tail of long output.
+- Files: ``files`` reads and writes whole files as bytes or text (``session_files``).
 - Audit: every exec and managed-process start/stop is appended to the audit log, when one
   is configured; so is every skill change made through ``skills`` (``langbot_bridge.skills``).
 - Degradation: while the daemon is unreachable, ``available`` is False and every call raises
@@ -40,6 +41,7 @@ from boxruntime.models import (
 from langbot_bridge.audit import AuditEntry, AuditLog
 from langbot_bridge.client import ActionCaller, BoxClient
 from langbot_bridge.profiles import BoxProfile, MountPolicy, load_profiles, merge_spec
+from langbot_bridge.session_files import SessionFiles
 from langbot_bridge.skills import SkillService
 from langbot_bridge.templates import DEFAULT_TEMPLATE, ChatContext, SessionTemplate
 
@@ -103,6 +105,7 @@ class BoxService:
         self.output_limit = output_limit
         self.audit = audit
         self.skills = SkillService(self.client, audit)
+        self.files = SessionFiles(self)  # whole files, the session created first when needed
 
     # ── availability ────────────────────────────────────────────────────
 
