@@ -59,7 +59,10 @@ def runtime_target(endpoint: str | None = None, token: str | None = None, *, dae
             raise BoxValidationError(f"daemon_args configure a spawned daemon, but the sandbox uses {endpoint}")
         return RemoteTarget(endpoint, token or os.environ.get(TOKEN_ENV))
     env = {k: v for k, v in os.environ.items() if k != ENDPOINT_ENV}
-    return SpawnTarget(args=tuple(daemon_args), env=env)
+    args = tuple(daemon_args)
+    if "--log-level" not in args:
+        args += ("--log-level", "warning")  # its start and stop are not the script's business
+    return SpawnTarget(args=args, env=env)
 
 
 def _mount_specs(mounts: Mapping[str, str] | Sequence[MountSpec] | None) -> list[MountSpec]:
