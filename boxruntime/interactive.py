@@ -1,4 +1,4 @@
-"""Interactive exec: ``box_exec_interactive``, ``box_exec_input``, ``box_exec_resize`` (ours).
+"""Interactive exec: ``box_exec_interactive``, ``_input``, ``_resize``, ``_signal`` (ours).
 
 A command that takes input, optionally on a terminal: what ``boxruntime exec -i`` and ``-t``
 use. Payloads are ``boxruntime.models.interactive``. The command runs under the session's agent
@@ -28,6 +28,7 @@ from boxruntime.models import (
     ExecInputRequest,
     ExecResizeRequest,
     ExecResult,
+    ExecSignalRequest,
     ExecStarted,
     ExecStatus,
     InteractiveExecRequest,
@@ -86,6 +87,7 @@ class InteractiveExecs:
             "box_exec_interactive": self.run,
             "box_exec_input": self.input,
             "box_exec_resize": self.resize,
+            "box_exec_signal": self.signal,
         }
 
     def _find(self, exec_id: str) -> tuple[AgentProcess, InteractiveExecRequest]:
@@ -148,4 +150,10 @@ class InteractiveExecs:
             await proc.resize(req.rows, req.cols)
         except AgentOpError as exc:
             raise BoxValidationError(f"interactive exec {req.exec_id}: {exc}") from None
+        return {}
+
+    async def signal(self, data: Payload) -> Payload:
+        req = parse(ExecSignalRequest, data)
+        proc, _ = self._find(req.exec_id)
+        await proc.signal(req.signal, cancel=True)
         return {}

@@ -33,6 +33,7 @@ from boxruntime.models import (
     ExecInputRequest,
     ExecResizeRequest,
     ExecResult,
+    ExecSignalRequest,
     ExecStarted,
     FileChunk,
     FsListRequest,
@@ -220,6 +221,11 @@ class BoxClient:
         the command has taken it; BoxValidationError once it takes no more input."""
         request = ExecInputRequest(exec_id=exec_id, data=base64.b64encode(data).decode("ascii"), eof=eof)
         await self.caller.call("box_exec_input", _dump(request), INPUT_TIMEOUT)
+
+    async def exec_signal(self, exec_id: str, signal: int = 9) -> None:
+        """Signal an interactive command's process group (default SIGKILL); its stream then ends
+        with its result."""
+        await self.caller.call("box_exec_signal", _dump(ExecSignalRequest(exec_id=exec_id, signal=signal)))
 
     async def exec_resize(self, exec_id: str, rows: int, cols: int) -> None:
         """Set the size of an interactive command's terminal."""

@@ -56,6 +56,7 @@ from boxruntime.models.files import (
 from boxruntime.models.interactive import (
     ExecInputRequest,
     ExecResizeRequest,
+    ExecSignalRequest,
     ExecStarted,
     InteractiveExecRequest,
     TerminalSize,
@@ -112,6 +113,7 @@ __all__ = [
     "ExecInputRequest",
     "ExecResizeRequest",
     "ExecResult",
+    "ExecSignalRequest",
     "ExecStarted",
     "ExecStatus",
     "FileChunk",

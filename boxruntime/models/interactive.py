@@ -1,8 +1,8 @@
 """Interactive exec payloads (ours): a command that takes input, optionally on a terminal.
 
 ``box_exec_interactive`` streams like ``box_exec_stream`` but starts with ``ExecStarted``,
-whose ``exec_id`` names the command for ``box_exec_input`` (stdin data, then ``eof``) and
-``box_exec_resize`` (a terminal's size) on the same connection. The command ends when it
+whose ``exec_id`` names the command for ``box_exec_input`` (stdin data, then ``eof``),
+``box_exec_resize`` (a terminal's size) and ``box_exec_signal`` on the same connection. The command ends when it
 exits, on its timeout, or when its stream is cancelled or its connection closes.
 """
 
@@ -54,6 +54,14 @@ class ExecInputRequest(pydantic.BaseModel):
     exec_id: str
     data: str = ""
     eof: bool = False
+
+
+class ExecSignalRequest(pydantic.BaseModel):
+    """``box_exec_signal``: send a signal to the command's process group and session (default
+    SIGKILL). Its stream then ends with its result, as for any other end."""
+
+    exec_id: str
+    signal: int = pydantic.Field(default=9, ge=1, le=64)
 
 
 class ExecResizeRequest(TerminalSize):

@@ -11,6 +11,7 @@ import codecs
 import contextlib
 import inspect
 import shlex
+import signal
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -149,10 +150,18 @@ class CommandHandle:
         """End its stdin (it reads EOF)."""
         await self._sandbox.service.client.exec_input(await self._id(), b"", eof=True)
 
-    async def kill(self) -> None:
-        """Stop it (the daemon kills its process group) and wait until it is gone."""
-        self._scope.cancel()
+    async def kill(self) -> CommandResult | None:
+        """Kill it (SIGKILL to its process group and session) and wait until it is gone; its
+        result (killed by signal 9), or None if it never got that far."""
+        if not self._done.is_set() and self._exec_id is not None:
+            try:
+                await self._sandbox.service.client.exec_signal(self._exec_id, signal.SIGKILL)
+            except BoxError:
+                self._scope.cancel()  # gone or unreachable: stop reading, which cancels it too
+        else:
+            self._scope.cancel()
         await self._done.wait()
+        return self._result
 
     async def _id(self) -> str:
         with anyio.move_on_after(60):
