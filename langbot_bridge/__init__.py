@@ -118,4 +118,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """The exported names (what ``from langbot_bridge import …`` offers)."""
+    return sorted(__all__)

@@ -101,9 +101,11 @@ INPUT_TIMEOUT = 24 * 3600.0
 class ActionCaller(Protocol):
     """What the client needs from a link: ``Connector`` and ``Peer`` both fit."""
 
-    async def call(self, action: str, data: Payload, timeout: float = ...) -> Payload: ...
+    async def call(self, action: str, data: Payload, timeout: float = ...) -> Payload:
+        """Call ``action`` with ``data``; its reply, or the daemon's error as its typed class."""
 
-    def call_stream(self, action: str, data: Payload, timeout: float = ...) -> AsyncIterator[Payload]: ...
+    def call_stream(self, action: str, data: Payload, timeout: float = ...) -> AsyncIterator[Payload]:
+        """Call a streamed ``action``; each chunk of its reply as it arrives."""
 
 
 StreamItem = Annotated[OutputChunk | StreamedResult, pydantic.Field(discriminator="kind")]
@@ -161,6 +163,8 @@ def exec_timeout(spec: BoxSpec) -> float:
 
 
 class BoxClient:
+    """One typed async method per daemon action, over a ``Connector`` or a ``Peer``."""
+
     def __init__(self, caller: ActionCaller) -> None:
         self.caller = caller
 
@@ -173,6 +177,7 @@ class BoxClient:
     # ── runtime ─────────────────────────────────────────────────────────
 
     async def ping(self) -> None:
+        """``__ping``: the daemon answers (raises otherwise)."""
         await self.caller.call("__ping", {})
 
     async def init(self, config: dict[str, Any]) -> None:
@@ -180,12 +185,15 @@ class BoxClient:
         await self.caller.call("box_init", config)
 
     async def health(self) -> BackendInfo:
+        """``box_health``: the selected backend and whether it is available."""
         return await self._call("box_health", None, BackendInfo)
 
     async def backend_info(self) -> BackendInfo:
+        """``box_get_backend_info``: the backend, and which limits it really enforces."""
         return await self._call("box_get_backend_info", None, BackendInfo)
 
     async def status(self) -> RuntimeStatus:
+        """``box_status``: backend, session and process counts, TTL, capacity, warm pool."""
         return await self._call("box_status", None, RuntimeStatus)
 
     async def shutdown(self) -> None:
@@ -195,6 +203,7 @@ class BoxClient:
     # ── exec ────────────────────────────────────────────────────────────
 
     async def exec(self, spec: BoxSpec) -> ExecResult:
+        """``box_exec``: run ``spec.cmd`` in its session (created if needed); LangBot's result shape."""
         return await self._call("box_exec", spec, ExecResult, exec_timeout(spec))
 
     async def exec_stream(self, spec: BoxSpec) -> AsyncGenerator[OutputChunk | StreamedResult, None]:
@@ -257,9 +266,11 @@ class BoxClient:
         return await self._call("box_get_session", SessionIdRequest(session_id=session_id), SessionDetails)
 
     async def list_sessions(self) -> list[SessionInfo]:
+        """``box_get_sessions``: every live session."""
         return (await self._call("box_get_sessions", None, _SessionsReply)).sessions
 
     async def delete_session(self, session_id: str) -> None:
+        """``box_delete_session``: remove the session, its sandbox and its private files."""
         await self.caller.call("box_delete_session", _dump(SessionIdRequest(session_id=session_id)), DELETE_TIMEOUT)
 
     # ── managed processes ───────────────────────────────────────────────
@@ -270,10 +281,12 @@ class BoxClient:
         return await self._call("box_start_managed_process", request, ManagedProcessInfo, PROCESS_TIMEOUT)
 
     async def get_managed_process(self, session_id: str, process_id: str = "default") -> ManagedProcessInfo:
+        """``box_get_managed_process``: the process now (running, or exited with its code)."""
         ref = ProcessRef(session_id=session_id, process_id=process_id)
         return await self._call("box_get_managed_process", ref, ManagedProcessInfo)
 
     async def stop_managed_process(self, session_id: str, process_id: str = "default") -> None:
+        """``box_stop_managed_process``: close stdin, SIGTERM, SIGKILL after 5 s."""
         ref = ProcessRef(session_id=session_id, process_id=process_id)
         await self.caller.call("box_stop_managed_process", _dump(ref), PROCESS_TIMEOUT)
 
@@ -284,23 +297,29 @@ class BoxClient:
     # ── files (box_fs_*) ────────────────────────────────────────────────
 
     async def fs_read(self, request: FsReadRequest) -> FsReadResult:
+        """``box_fs_read``: up to 8 MiB of a file from ``offset`` (base64 unless asked for UTF-8)."""
         return await self._call("box_fs_read", request, FsReadResult, FS_TIMEOUT)
 
     async def fs_write(self, request: FsWriteRequest) -> FsWriteResult:
+        """``box_fs_write``: write (or append, or write at ``offset``) up to 8 MiB of a file."""
         return await self._call("box_fs_write", request, FsWriteResult, FS_TIMEOUT)
 
     async def fs_list(self, request: FsListRequest) -> FsListResult:
+        """``box_fs_list``: the entries of a directory, recursively if asked."""
         return await self._call("box_fs_list", request, FsListResult, FS_TIMEOUT)
 
     async def fs_stat(self, request: FsRequest) -> FsStatResult:
+        """``box_fs_stat``: what is at a path (``exists`` False when nothing is)."""
         return await self._call("box_fs_stat", request, FsStatResult, FS_TIMEOUT)
 
     async def fs_remove(self, request: FsRemoveRequest) -> FsRemoveResult:
+        """``box_fs_remove``: remove a file, or a directory (``recursive`` when not empty)."""
         return await self._call("box_fs_remove", request, FsRemoveResult, FS_TIMEOUT)
 
     # ── skills (LangBot 0.5's 11 actions, reference §B.1, §D.14) ───────
 
     async def list_skills(self) -> list[Skill]:
+        """``box_list_skills``: every installed skill."""
         return (await self._call("box_list_skills", None, SkillList, SKILL_TIMEOUT)).skills
 
     async def get_skill(self, name: str) -> Skill | None:
@@ -322,6 +341,7 @@ class BoxClient:
         return _present(_validated(SkillResult, "box_update_skill", reply), "box_update_skill")
 
     async def delete_skill(self, name: str) -> None:
+        """``box_delete_skill``: remove the skill's package from the store."""
         await self._call("box_delete_skill", SkillNameRequest(name=name), SkillDeleted, SKILL_TIMEOUT)
 
     async def scan_skill_directory(self, path: str) -> Skill:
@@ -336,6 +356,7 @@ class BoxClient:
         return await self._call("box_list_skill_files", request, SkillFileListing, SKILL_TIMEOUT)
 
     async def read_skill_file(self, name: str, path: str) -> SkillFileContent:
+        """``box_read_skill_file``: one file of the package (text, up to 1 MiB)."""
         request = ReadSkillFileRequest(name=name, path=path)
         return await self._call("box_read_skill_file", request, SkillFileContent, SKILL_TIMEOUT)
 

@@ -33,6 +33,7 @@ WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
 
 def bearer_headers(token: str | None) -> dict[str, str]:
+    """The upgrade headers that carry ``token`` (none without one)."""
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
@@ -46,9 +47,11 @@ class SpawnTarget:
     stderr: int | IO[Any] | None = None  # where the daemon logs; None = our stderr
 
     def argv(self) -> list[str]:
+        """The command line of the spawned daemon."""
         return [self.python, "-m", "boxruntime", "serve", "--stdio", *self.args]
 
     def describe(self) -> str:
+        """The target in words, for logs and errors."""
         return "local daemon (boxruntime serve --stdio)"
 
 
@@ -61,12 +64,15 @@ class RemoteTarget:
 
     @property
     def url(self) -> str:
+        """The daemon's RPC URL (``websocket_url`` of the endpoint)."""
         return websocket_url(self.endpoint)
 
     def headers(self) -> dict[str, str]:
+        """The upgrade headers: the bearer token, when there is one."""
         return bearer_headers(self.token)
 
     def describe(self) -> str:
+        """The target in words, for logs and errors."""
         return self.url
 
 
@@ -94,20 +100,27 @@ def websocket_url(endpoint: str) -> str:
 
 
 class Link(Protocol):
+    """One open transport with a ``Peer`` on it."""
+
     peer: Peer
 
-    def describe_loss(self) -> str: ...
+    def describe_loss(self) -> str:
+        """How the link ended, in words, once it has."""
 
-    async def close(self, graceful: bool, exit_grace: float) -> None: ...
+    async def close(self, graceful: bool, exit_grace: float) -> None:
+        """Close the transport (``graceful``: give a spawned daemon ``exit_grace`` to exit)."""
 
 
 class ChildLink:
+    """A spawned daemon's pipes, with a ``Peer`` on them."""
+
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None and process.stdin is not None
         self.process = process
         self.peer = Peer(StreamConnection(process.stdout, process.stdin), name="bridge-stdio")
 
     def describe_loss(self) -> str:
+        """How the link ended: the daemon closed its pipes, or exited with a code."""
         code = self.process.returncode
         return "the local daemon closed its pipes" if code is None else f"the local daemon exited with code {code}"
 
@@ -134,23 +147,28 @@ class ChildLink:
 
 
 class WebSocketLink:
+    """A WebSocket to a remote daemon, with a ``Peer`` on it."""
+
     def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.http = http
         self.ws = ws
         self.peer = Peer(WebSocketConnection(ws), name="bridge-ws")
 
     def describe_loss(self) -> str:
+        """How the link ended: the daemon closed the WebSocket (with its close code)."""
         code = self.ws.close_code
         return "the daemon closed the WebSocket" + (f" (code {code})" if code is not None else "")
 
     async def close(self, graceful: bool, exit_grace: float) -> None:
         # A hung daemon never answers the close handshake: do not wait long for it.
+        """Close the WebSocket (a hung daemon is not waited for long) and the HTTP session."""
         with anyio.move_on_after(2 if graceful else 0.2):
             await self.peer.aclose()
         await self.http.close()
 
 
 async def spawn(target: SpawnTarget) -> ChildLink:
+    """Start ``boxruntime serve --stdio`` as our child; BoxRuntimeUnavailableError if it cannot start."""
     env = dict(target.env) if target.env is not None else None
     try:
         process = await asyncio.create_subprocess_exec(
@@ -167,6 +185,7 @@ async def spawn(target: SpawnTarget) -> ChildLink:
 
 
 async def dial(target: RemoteTarget) -> WebSocketLink:
+    """Open the WebSocket to a remote daemon; BoxAuthError on HTTP 401, BoxRuntimeUnavailableError otherwise."""
     url = target.url
     http = aiohttp.ClientSession()
     try:

@@ -53,9 +53,11 @@ class RuntimeLink(ActionCaller, Protocol):
     """A link that knows whether it is up: ``Connector`` is one."""
 
     @property
-    def available(self) -> bool: ...
+    def available(self) -> bool:
+        """A link to the daemon is up."""
 
-    def unavailable_reason(self) -> str: ...
+    def unavailable_reason(self) -> str:
+        """Why no link is up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class Truncated:
 
     @property
     def truncated(self) -> bool:
+        """Whether anything was cut."""
         return self.cut_chars > 0
 
 
@@ -81,6 +84,8 @@ def truncate_output(text: str, limit: int = OUTPUT_LIMIT_CHARS) -> Truncated:
 
 
 class BoxService:
+    """What a chat bot calls: profiles, session scopes, mount policy, files, output for an LLM, audit."""
+
     def __init__(
         self,
         link: RuntimeLink,
@@ -111,18 +116,22 @@ class BoxService:
 
     @property
     def available(self) -> bool:
+        """The daemon is reachable (the tools built on this service offer nothing otherwise)."""
         return self.link.available
 
     def unavailable_reason(self) -> str | None:
+        """Why the daemon is not reachable, or None when it is."""
         return None if self.link.available else self.link.unavailable_reason()
 
     def require(self) -> None:
+        """Raise BoxRuntimeUnavailableError saying why, unless the daemon is reachable."""
         if not self.link.available:
             raise BoxRuntimeUnavailableError(self.link.unavailable_reason())
 
     # ── specs and scopes ────────────────────────────────────────────────
 
     def session_id_for(self, chat: ChatContext) -> str:
+        """The session id this service's template gives ``chat``."""
         return self.template.render(chat)
 
     def build_spec(self, session_id: str, request: Mapping[str, Any] | None = None) -> BoxSpec:
@@ -132,6 +141,7 @@ class BoxService:
         return spec
 
     def truncate(self, text: str) -> Truncated:
+        """``text`` cut to this service's output limit (head and tail kept)."""
         return truncate_output(text, self.output_limit)
 
     # ── calls ───────────────────────────────────────────────────────────
@@ -271,6 +281,7 @@ class BoxService:
     async def stop_process(
         self, session_id: str, process_id: str = "default", *, chat: ChatContext | None = None, actor: str = "bridge"
     ) -> None:
+        """Stop a managed process (audited)."""
         self.require()
         entry = AuditEntry(
             event="process_stop",
@@ -291,13 +302,16 @@ class BoxService:
             await self.audit.record(entry)
 
     async def status(self) -> RuntimeStatus:
+        """The daemon's status."""
         self.require()
         return await self.client.status()
 
     async def sessions(self) -> list[SessionInfo]:
+        """The daemon's live sessions."""
         self.require()
         return await self.client.list_sessions()
 
     async def delete_session(self, session_id: str) -> None:
+        """Remove a session, its sandbox and its private files."""
         self.require()
         await self.client.delete_session(session_id)
