@@ -17,12 +17,13 @@ call to the daemon, and the daemon's answer into something an LLM can read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shlex
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from boxruntime.errors import BoxError, BoxRuntimeUnavailableError, BoxValidationError
 from boxruntime.models import (
@@ -38,12 +39,14 @@ from boxruntime.models import (
     StreamedResult,
     TerminalSize,
 )
-from langbot_bridge.audit import AuditEntry, AuditLog
 from langbot_bridge.client import ActionCaller, BoxClient
 from langbot_bridge.profiles import BoxProfile, MountPolicy, load_profiles, merge_spec
-from langbot_bridge.session_files import SessionFiles
-from langbot_bridge.skills import SkillService
 from langbot_bridge.templates import DEFAULT_TEMPLATE, ChatContext, SessionTemplate
+
+if TYPE_CHECKING:
+    from langbot_bridge.audit import AuditEntry, AuditLog
+    from langbot_bridge.session_files import SessionFiles
+    from langbot_bridge.skills import SkillService
 
 OUTPUT_LIMIT_CHARS = 4000
 HEAD_SHARE = 0.6
@@ -83,6 +86,13 @@ def truncate_output(text: str, limit: int = OUTPUT_LIMIT_CHARS) -> Truncated:
     return Truncated(text[:head] + notice + (text[-tail:] if tail else ""), cut)
 
 
+def audit_entry(**fields: Any) -> AuditEntry:
+    """An audit log entry (its model is loaded only by services that keep a log)."""
+    from langbot_bridge.audit import AuditEntry
+
+    return AuditEntry(**fields)
+
+
 class BoxService:
     """What a chat bot calls: profiles, session scopes, mount policy, files, output for an LLM, audit."""
 
@@ -109,8 +119,20 @@ class BoxService:
         self.mounts = MountPolicy(allowed_mount_roots)
         self.output_limit = output_limit
         self.audit = audit
-        self.skills = SkillService(self.client, audit)
-        self.files = SessionFiles(self)  # whole files, the session created first when needed
+
+    # Built on first use: most scripts touch neither, and their models cost start-up time.
+
+    @functools.cached_property
+    def skills(self) -> SkillService:
+        """Install, change and mount skills (audited)."""
+
+        return SkillService(self.client, self.audit)
+
+    @functools.cached_property
+    def files(self) -> SessionFiles:
+        """Whole files in this service's sessions, the session created first when needed."""
+
+        return SessionFiles(self)
 
     # ── availability ────────────────────────────────────────────────────
 
@@ -231,6 +253,8 @@ class BoxService:
         started: float,
         error: BaseException | None,
     ) -> None:
+        if self.audit is None:
+            return  # nothing to write to: not even the entry is built
         if result is not None:
             status, exit_code, duration = result.status.value, result.exit_code, result.duration_ms
         else:
@@ -238,7 +262,7 @@ class BoxService:
             if error is None:
                 error = BoxError("stream ended without a result")
         await self._record(
-            AuditEntry(
+            audit_entry(
                 event="exec",
                 actor=actor,
                 chat=chat.variables() if chat is not None else {},
@@ -262,7 +286,7 @@ class BoxService:
     ) -> ManagedProcessInfo:
         """Start a managed process in the session (created first with this service's spec)."""
         await self.ensure_session(session_id, request)
-        entry = AuditEntry(
+        entry = audit_entry(
             event="process_start",
             actor=actor,
             chat=chat.variables() if chat is not None else {},
@@ -283,7 +307,7 @@ class BoxService:
     ) -> None:
         """Stop a managed process (audited)."""
         self.require()
-        entry = AuditEntry(
+        entry = audit_entry(
             event="process_stop",
             actor=actor,
             chat=chat.variables() if chat is not None else {},

@@ -12,12 +12,13 @@ from typing import Literal
 
 import pydantic
 
+from boxruntime.models.base import Model
 from boxruntime.models.box import BoxSpec
 
 MAX_TERMINAL_SIDE = 10_000
 
 
-class TerminalSize(pydantic.BaseModel):
+class TerminalSize(Model):
     """A terminal's size in character cells."""
 
     rows: int = pydantic.Field(ge=1, le=MAX_TERMINAL_SIDE)
@@ -38,14 +39,14 @@ class InteractiveExecRequest(BoxSpec):
     no_timeout: bool = False
 
 
-class ExecStarted(pydantic.BaseModel):
+class ExecStarted(Model):
     """The first message of ``box_exec_interactive``: the command is running."""
 
     kind: Literal["started"] = "started"
     exec_id: str
 
 
-class ExecInputRequest(pydantic.BaseModel):
+class ExecInputRequest(Model):
     """``box_exec_input``: bytes for the command's stdin (base64), and whether they are the last.
 
     Answered once the command has taken them, so a client sending one request at a time never
@@ -56,7 +57,7 @@ class ExecInputRequest(pydantic.BaseModel):
     eof: bool = False
 
 
-class ExecSignalRequest(pydantic.BaseModel):
+class ExecSignalRequest(Model):
     """``box_exec_signal``: send a signal to the command's process group and session (default
     SIGKILL). Its stream then ends with its result, as for any other end."""
 

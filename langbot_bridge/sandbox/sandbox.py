@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boxruntime.errors import BoxSessionNotFoundError, BoxValidationError
 from boxruntime.models import (
@@ -34,7 +34,6 @@ from boxruntime.models import (
     SessionDetails,
     SessionInfo,
 )
-from langbot_bridge.audit import AuditLog
 from langbot_bridge.connector import Connector
 from langbot_bridge.links import RemoteTarget, SpawnTarget, Target
 from langbot_bridge.profiles import MountPolicy
@@ -44,6 +43,9 @@ from langbot_bridge.sandbox.host import Host
 from langbot_bridge.sandbox.mcp import McpServers
 from langbot_bridge.sandbox.processes import Processes
 from langbot_bridge.service import BoxService
+
+if TYPE_CHECKING:
+    from langbot_bridge.audit import AuditLog
 
 ENDPOINT_ENV = "BOXRUNTIME_ENDPOINT"
 TOKEN_ENV = "BOXRUNTIME_TOKEN"
