@@ -70,7 +70,9 @@ def connection_options(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--local", action="store_true", help=f"spawn a local daemon even if ${ENDPOINT_ENV} is set")
     where.add_argument("--data-dir", type=Path, help="data dir of a spawned local daemon")
     where.add_argument("--backend", choices=names.CHOICES, help="backend of a spawned local daemon (default: local)")
-    where.add_argument("--log-level", default="warning", help="log level (also the spawned daemon's)")
+    where.add_argument(
+        "--log-level", help="log level (default warning; a spawned daemon's default is error: this command reports)"
+    )
 
 
 def endpoint_of(args: argparse.Namespace) -> str | None:
@@ -102,7 +104,9 @@ def _target(args: argparse.Namespace) -> SpawnTarget | RemoteTarget:
     endpoint = endpoint_of(args)
     if endpoint is not None:
         return RemoteTarget(endpoint, args.token or os.environ.get(TOKEN_ENV))
-    serve_args = ["--log-level", args.log_level]
+    # Its failed requests come back to this command, which reports them: by default the daemon
+    # says nothing more (its warnings would repeat what this command prints).
+    serve_args = ["--log-level", args.log_level or "error"]
     if args.data_dir:
         serve_args += ["--data-dir", str(args.data_dir)]
     if args.backend:
@@ -134,7 +138,8 @@ def run(main: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Nam
 
     from boxruntime.errors import BoxError
 
-    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.WARNING))
+    level = (args.log_level or "warning").upper()
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level, logging.WARNING))
 
     async def guarded() -> int:
         try:

@@ -125,14 +125,16 @@ class BoxService:
     @functools.cached_property
     def skills(self) -> SkillService:
         """Install, change and mount skills (audited)."""
+        from langbot_bridge import skills
 
-        return SkillService(self.client, self.audit)
+        return skills.SkillService(self.client, self.audit)
 
     @functools.cached_property
     def files(self) -> SessionFiles:
         """Whole files in this service's sessions, the session created first when needed."""
+        from langbot_bridge import session_files
 
-        return SessionFiles(self)
+        return session_files.SessionFiles(self)
 
     # ── availability ────────────────────────────────────────────────────
 

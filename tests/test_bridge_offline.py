@@ -90,6 +90,12 @@ async def test_service_calls_say_why_they_cannot_run(offline: Connector) -> None
         await service.exec("s", "ls")
     with pytest.raises(BoxRuntimeUnavailableError, match="cannot reach"):
         await service.status()
+    # The parts built on first use say the same.
+    with pytest.raises(BoxRuntimeUnavailableError, match="cannot reach"):
+        await service.files.write("s", "f.txt", "x")
+    with pytest.raises(BoxRuntimeUnavailableError, match="cannot reach"):
+        await service.skills.delete("demo")
+    assert service.files is service.files and service.skills is service.skills
 
 
 async def test_service_configuration_errors_fail_at_start(offline: Connector) -> None:

@@ -63,7 +63,8 @@ def runtime_target(endpoint: str | None = None, token: str | None = None, *, dae
     env = {k: v for k, v in os.environ.items() if k != ENDPOINT_ENV}
     args = tuple(daemon_args)
     if "--log-level" not in args:
-        args += ("--log-level", "warning")  # its start and stop are not the script's business
+        # Its start and stop are not the script's business, and a failed call raises there.
+        args += ("--log-level", "error")
     return SpawnTarget(args=args, env=env)
 
 
