@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 
 import anyio
@@ -18,6 +19,8 @@ import anyio.abc
 
 from boxruntime.errors import BoxRuntimeUnavailableError
 from langbot_bridge.connector import Connector
+
+log = logging.getLogger(__name__)
 
 
 class Host:
@@ -59,7 +62,9 @@ class Host:
                 self._ready.set()
                 await self._stop.wait()
                 self._task_group.cancel_scope.cancel()
-        except Exception as exc:  # reported by open(), or lost once the sandbox is in use
+        except Exception as exc:  # reported by open(); once the sandbox is in use, logged here
+            if self._ready.is_set():
+                log.error("the sandbox's connection ended: %s", exc, exc_info=exc)
             self._failure = exc
         finally:
             self._task_group = None
