@@ -16,6 +16,7 @@ from boxruntime.errors import BoxSessionNotFoundError, BoxValidationError
 from integration_tests.daemon import Daemon, sandboxes_of, start_daemon
 from integration_tests.mcp_site import FIXTURE_SERVER, WHEELED_MODULE, WHEELED_PROJECT, build_wheel, copy_distributions
 from langbot_bridge import BoxService, CommandExitError, Connector, RemoteTarget, Sandbox
+from langbot_bridge.mcp import McpInstall
 
 pytestmark = [pytest.mark.anyio]
 
@@ -192,16 +193,28 @@ async def test_mcp_server_installed_inside_from_host_wheels(
     wheels.mkdir()
     copy_distributions(["mcp"], site)  # what the server imports
     build_wheel(wheels, WHEELED_PROJECT, WHEELED_MODULE, FIXTURE_SERVER)  # the server, as a wheel
-    installed_wheel("pip", wheels)  # the sandbox image has no pip: it runs from its wheel
-    daemon = start_daemon(data_dir, "--backend", "docker")
+    pip = installed_wheel("pip", wheels)  # the sandbox image has no pip: it runs from its wheel
+    daemon = start_daemon(data_dir, "--backend", "docker", "--allow-mount-root", str(tmp_path))
     try:
-        async with Sandbox(endpoint=daemon.url) as sbx:  # network off: pip finds everything in the wheels
+        # The wheels copied in (any daemon), or mounted from this host (a daemon that allows it).
+        async with Sandbox(endpoint=daemon.url, mounts={wheels: "/opt/wheels"}) as sbx:  # network off
             server = await sbx.mcp.start(
                 "wheeled", "python3", ["-m", WHEELED_MODULE], packages=site, install=[WHEELED_PROJECT], wheels=wheels
             )
             assert server.installed
             echoed = await server.call_tool("echo", {"text": "from a wheel"})
             assert echoed.content[0].text == "from a wheel"  # type: ignore[union-attr]
+            mounted_install = McpInstall(
+                requirements=[WHEELED_PROJECT],
+                find_links="/opt/wheels",
+                pip=["python3", f"/opt/wheels/{pip.name}/pip"],
+                target="/workspace/.mounted-site",
+            )
+            mounted = await sbx.mcp.start(
+                "mounted", "python3", ["-m", WHEELED_MODULE], packages=site, install=mounted_install
+            )
+            assert mounted.installed
+            assert (await mounted.call_tool("echo", {"text": "mounted"})).content[0].text == "mounted"  # type: ignore[union-attr]
             with pytest.raises(BoxValidationError, match="name them with install"):
                 await sbx.mcp.start("bad", "python3", wheels=wheels)
     finally:

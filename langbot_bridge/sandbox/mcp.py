@@ -10,7 +10,11 @@ Python packages get into the sandbox one of three ways:
 - ``install=[...]`` with ``wheels=DIR``: a host directory of wheels (``pip download``; add pip's
   own wheel when the image has no pip) copied in, then ``pip install --no-index`` inside;
 - ``install=[...]`` alone: pip inside, from the package index: the image needs pip and the
-  sandbox ``network="on"``.
+  sandbox ``network="on"``;
+- a mounted wheel directory: ``Sandbox(mounts={DIR: "/opt/wheels"})`` and
+  ``install=McpInstall(requirements=[...], find_links="/opt/wheels")`` (with ``pip=`` naming
+  pip's wheel in there when the image has none); the daemon must allow DIR
+  (``--allow-mount-root``). Nothing is copied: for large or shared wheel directories.
 
 Closing the sandbox object disconnects its servers and leaves their processes running (a
 reconnected sandbox reuses them); removing the sandbox stops them.

@@ -68,7 +68,7 @@ def runtime_target(endpoint: str | None = None, token: str | None = None, *, dae
     return SpawnTarget(args=args, env=env)
 
 
-def _mount_specs(mounts: Mapping[str, str] | Sequence[MountSpec] | None) -> list[MountSpec]:
+def _mount_specs(mounts: Mapping[str | Path, str] | Sequence[MountSpec] | None) -> list[MountSpec]:
     """``{host_dir: sandbox_dir}`` (read-only) or MountSpec objects."""
     if mounts is None:
         return []
@@ -99,7 +99,7 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         timeout: float | None = None,
-        mounts: Mapping[str, str] | Sequence[MountSpec] | None = None,
+        mounts: Mapping[str | Path, str] | Sequence[MountSpec] | None = None,
         spec: Mapping[str, Any] | None = None,
         kill_on_exit: bool | None = None,
         audit: AuditLog | None = None,
