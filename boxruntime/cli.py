@@ -1,30 +1,40 @@
-"""``boxruntime serve | image build | doctor``."""
+"""``boxruntime serve | image build | doctor`` and the parser of every command.
+
+Start-up cost is paid by every command, so this module imports only what parsing needs; each
+command loads its own modules when it runs (a client command never loads the daemon, and
+``serve`` never loads the client library).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
-
-import anyio
-import pydantic
+from typing import TYPE_CHECKING
 
 from boxruntime import __version__
+from boxruntime.backends import names
 from boxruntime.cli_client import add_client_commands
 from boxruntime.cli_skill import add_skill_commands
-from boxruntime.config import BACKEND_NAMES, Settings, load_settings
+
+if TYPE_CHECKING:
+    from boxruntime.config import Settings
+
+log = logging.getLogger("boxruntime")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
-    )
+class SettingsRefused(Exception):
+    """The settings cannot be used; the message says why, without echoing any value."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    import pydantic
+
+    from boxruntime.config import load_settings
+    from boxruntime.errors import BoxValidationError, validation_summary
+
     overrides = {
         "backend": getattr(args, "backend", None),
         "host": getattr(args, "host", None),
@@ -34,14 +44,32 @@ def _settings(args: argparse.Namespace) -> Settings:
     roots = getattr(args, "allow_mount_root", None)
     if roots:
         overrides["allowed_mount_roots"] = [Path(r).resolve() for r in roots]
-    return load_settings(config_file=getattr(args, "config", None), **overrides)
+    try:
+        return load_settings(config_file=getattr(args, "config", None), **overrides)
+    except pydantic.ValidationError as exc:
+        # Never str(exc): pydantic echoes each refused value, and one may be the token.
+        raise SettingsRefused(f"invalid settings: {validation_summary(exc)}") from None
+    except (OSError, ValueError, BoxValidationError) as exc:
+        raise SettingsRefused(f"cannot read the settings: {exc}") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import anyio
+
+    from boxruntime import logs
     from boxruntime.event_loop import LoopUnavailable, run_options
     from boxruntime.server import StartupRefused, serve_stdio, serve_websocket
 
+    logs.setup(args.log_level, args.log_format, access_log=args.access_log)
     settings = _settings(args)
+    if settings.backend in names.NOT_IMPLEMENTED:
+        print(
+            f"boxruntime: the {settings.backend} backend is not part of this build; "
+            f"choose one of: {', '.join(names.CHOICES)}",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.monotonic()
     try:
         options = run_options(settings.event_loop)
         if args.stdio:
@@ -56,12 +84,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         where = f"{settings.host}:{settings.port}"
         print(f"boxruntime: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    log.info("boxruntime stopped after %.1f s; every sandbox it started is removed", time.monotonic() - started)
     return 0
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     from boxruntime.image import BuildOptions, ImageBuildError, build
 
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO))
     options = BuildOptions(name=args.name, suite=args.suite, force=args.force)
     if args.mirror:
         options = BuildOptions(name=args.name, suite=args.suite, force=args.force, mirror=args.mirror)
@@ -74,8 +104,11 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    import anyio
+
     from boxruntime.backends.selection import candidates, probe_all
 
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper(), logging.INFO))
     settings = _settings(args)
     infos = anyio.run(probe_all, settings, "doctor")
     usable = [i.name for i in infos if i.available]
@@ -101,7 +134,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=BACKEND_NAMES,
+        choices=names.CHOICES,
         help="sandbox backend (default local: docker, else nsjail; host = UNSAFE, no isolation)",
     )
     parser.add_argument("--log-level", default="info")
@@ -128,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="port of /rpc/ws and the relay (default 5410; with --stdio, the relay's)",
     )
     serve.add_argument("--allow-mount-root", action="append", help="allow host mounts under this directory")
+    serve.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="text lines, or one JSON object per line"
+    )
+    serve.add_argument("--access-log", action="store_true", help="also log every HTTP request (off by default)")
     serve.set_defaults(func=cmd_serve)
 
     image = sub.add_parser("image", help="sandbox images")
@@ -150,12 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``boxruntime`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
     try:
         return int(args.func(args))
-    except pydantic.ValidationError as exc:
-        print(f"boxruntime: invalid settings: {exc}", file=sys.stderr)
+    except SettingsRefused as exc:
+        print(f"boxruntime: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boxruntime.cli_client import connected, connection_options, print_table, run, say
 from boxruntime.errors import BoxError
-from boxruntime.models import Skill
+
+if TYPE_CHECKING:
+    from boxruntime.models import Skill
 
 # langbot_bridge is imported inside the commands, as in cli_client: the daemon builds this parser.
 

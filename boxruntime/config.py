@@ -15,14 +15,15 @@ from typing import Any
 
 import pydantic
 
-from boxruntime.errors import BoxValidationError
+from boxruntime.backends import names
+from boxruntime.errors import BoxValidationError, validation_summary
 from boxruntime.event_loop import LoopChoice
 from boxruntime.models import DEFAULT_IMAGE
 from boxruntime.tenancy.placement import INSTANCE_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("local", "docker", "nsjail", "e2b", "host")
+BACKEND_NAMES = names.LANGBOT_NAMES  # accepted; boxruntime.backends.names says which exist
 MIN_TOKEN_LENGTH = 32
 # LangBot 0.7's text for the refusal (reference §B.2 box_init).
 HOST_BACKEND_REFUSAL = (
@@ -261,7 +262,7 @@ def apply_box_config(settings: Settings, config: dict[str, Any]) -> list[str]:
         for name, value in updates.items():
             setattr(candidate, name, value)
     except pydantic.ValidationError as exc:
-        raise BoxValidationError(f"invalid box config: {exc}") from exc
+        raise BoxValidationError(f"invalid box config: {validation_summary(exc)}") from None
     for name in updates:
         setattr(settings, name, getattr(candidate, name))
     if ignored:

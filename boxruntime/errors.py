@@ -8,6 +8,11 @@ an error becomes a string; ``error_from_message`` turns the string back into the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pydantic
+
 
 class BoxError(RuntimeError):
     """Base error for every Box failure."""
@@ -138,3 +143,13 @@ def error_from_message(message: str) -> BoxError:
         if head == BoxPermissionError.wire:
             return BoxPermissionError(message)
     return ActionCallError(message)
+
+
+def validation_summary(exc: pydantic.ValidationError) -> str:
+    """What a pydantic validation error says, without the values it refused: ``str(exc)`` echoes
+    each input, and an input may be a token or an API key."""
+    parts = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    return "; ".join(parts)

@@ -1,12 +1,14 @@
 """Action name -> runtime call: validation in, models out.
 
-Names and payloads are LangBot 0.5.0a2's (reference §B.1); ``box_exec_stream`` is ours.
+Names and payloads are LangBot 0.5.0a2's (reference §B.1); ``box_exec_stream`` and the
+interactive exec actions (``boxruntime.interactive``) are ours.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from boxruntime.interactive import InteractiveExecs
 from boxruntime.models import (
     BoxSpec,
     FsListRequest,
@@ -34,8 +36,10 @@ class BoxActions:
         self.relay = relay or RelayInfo(base_url=None)
 
     def table(self) -> dict[str, ActionHandler]:
+        """The action table of one connection (its interactive execs are its own)."""
         return {
             **self.skills.table(),
+            **InteractiveExecs(self.runtime).table(),
             "box_init": self.init,
             "box_health": self.health,
             "box_status": self.status,

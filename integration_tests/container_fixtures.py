@@ -47,6 +47,7 @@ SERVICE_PORT = 5410
 # The variables deploy/docker-compose.yml reads. Compose prefers the shell's values over the
 # env file's, so the compose command runs with these unset.
 COMPOSE_VARIABLES = (
+    "BOXRUNTIME_DAEMON_IMAGE",
     "BOXRUNTIME_TOKEN",
     "BOXRUNTIME_DATA_DIR",
     "BOXRUNTIME_PUBLISH_ADDR",
@@ -88,6 +89,7 @@ class ComposeStack:
         env_file = workdir / "compose.env"
         env_file.touch(mode=0o600)
         env_file.write_text(
+            f"BOXRUNTIME_DAEMON_IMAGE={DAEMON_IMAGE}\n"
             f"BOXRUNTIME_TOKEN={token}\n"
             f"BOXRUNTIME_DATA_DIR={data_dir}\n"
             "BOXRUNTIME_PUBLISH_ADDR=127.0.0.1\n"

@@ -26,6 +26,8 @@ DEFAULT_BACKUPS = 5
 
 
 class AuditEntry(pydantic.BaseModel):
+    """One audited event: an exec, a managed process started or stopped, a skill changed."""
+
     time: dt.datetime = pydantic.Field(default_factory=utcnow)
     event: AuditEvent
     actor: str  # who asked: "tool:exec", "cli", a user id ...
@@ -42,6 +44,8 @@ class AuditEntry(pydantic.BaseModel):
 
 
 class AuditLog:
+    """An append-only JSON-lines file of ``AuditEntry``s, rotated by size (``backups`` kept)."""
+
     def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS) -> None:
         if max_bytes < 1 or backups < 1:
             raise ValueError("the audit log needs max_bytes >= 1 and backups >= 1")
@@ -52,6 +56,7 @@ class AuditLog:
         self._lock = threading.Lock()
 
     async def record(self, entry: AuditEntry) -> None:
+        """Append ``entry`` as one line (in a worker thread: file I/O never blocks the loop)."""
         line = entry.model_dump_json() + "\n"
         await anyio.to_thread.run_sync(self._append, line.encode("utf-8"))
 

@@ -6,20 +6,17 @@ class (``boxruntime.errors``), so callers ``except BoxSessionNotFoundError`` as 
 meant it.
 
 The client talks through anything with ``call``/``call_stream`` — a ``Connector`` (which
-reconnects) or a bare ``Peer``. A new action is one short method over ``_call``.
-
-Skill zips travel as LangBot's client sends them (reference §A.7): ``__file_chunk`` calls of
-16 KiB raw bytes each, base64-encoded, under a key ``<sha256[:16]>-<uuid hex>.zip``; then the
-action that consumes the upload names that key.
+reconnects) or a bare ``Peer``. A new action is one short method over ``_call``. The skill
+actions are in ``client_skills``.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
-from typing import Annotated, Any, Protocol, TypeVar
+import functools
+import math
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any, TypeVar
 
 import pydantic
 
@@ -27,10 +24,11 @@ from boxruntime.errors import ActionCallError
 from boxruntime.models import (
     BackendInfo,
     BoxSpec,
-    ChunkReceipt,
-    CreateSkillRequest,
+    ExecInputRequest,
+    ExecResizeRequest,
     ExecResult,
-    FileChunk,
+    ExecSignalRequest,
+    ExecStarted,
     FsListRequest,
     FsListResult,
     FsReadRequest,
@@ -41,63 +39,54 @@ from boxruntime.models import (
     FsStatResult,
     FsWriteRequest,
     FsWriteResult,
-    InstallSkillZipRequest,
-    ListSkillFilesRequest,
+    InteractiveExecRequest,
     ManagedProcessInfo,
     OutputChunk,
-    PreviewSkillZipRequest,
     ProcessRef,
-    ReadSkillFileRequest,
     RelayInfo,
     RuntimeStatus,
-    ScanSkillRequest,
     SessionDetails,
     SessionIdRequest,
     SessionInfo,
-    Skill,
-    SkillDeleted,
-    SkillFields,
-    SkillFileContent,
-    SkillFileListing,
-    SkillFileWritten,
-    SkillList,
-    SkillNameRequest,
-    SkillPreview,
-    SkillPreviewList,
-    SkillResult,
-    SkillUpdate,
     StartProcessRequest,
     StreamedResult,
-    UpdateSkillRequest,
-    WriteSkillFileRequest,
 )
-from boxruntime.protocol import DEFAULT_TIMEOUT, Payload
+from langbot_bridge.client_base import (
+    DELETE_TIMEOUT,
+    FS_TIMEOUT,
+    INPUT_TIMEOUT,
+    PROCESS_TIMEOUT,
+    SESSION_START_TIMEOUT,
+    SHUTDOWN_TIMEOUT,
+    ActionCaller,
+    dump,
+)
+from langbot_bridge.client_skills import FILE_CHUNK_BYTES, SkillCalls, file_chunks, upload_key
 
-M = TypeVar("M", bound=pydantic.BaseModel)
+S = TypeVar("S")
+InteractiveItem = ExecStarted | OutputChunk | StreamedResult
 
-# Client-side waits (reference §B.1 / §E.7), longer where our daemon may do more.
-SESSION_START_TIMEOUT = 120.0  # creating a sandbox: image resolution, container, agent start
-DELETE_TIMEOUT = 60.0
-PROCESS_TIMEOUT = 60.0  # starting or stopping (SIGTERM, grace, SIGKILL) a managed process
-SHUTDOWN_TIMEOUT = 120.0
-FS_TIMEOUT = 60.0  # up to 8 MiB each way
-SKILL_TIMEOUT = 60.0  # a store change copies and hashes a package
-PREVIEW_TIMEOUT = 60.0  # LangBot's, for box_preview_skill_zip
-INSTALL_TIMEOUT = 120.0  # LangBot's, for box_install_skill_zip
-
-FILE_CHUNK_BYTES = 16 * 1024  # raw bytes per __file_chunk, before base64 (reference §A.7)
-
-
-class ActionCaller(Protocol):
-    """What the client needs from a link: ``Connector`` and ``Peer`` both fit."""
-
-    async def call(self, action: str, data: Payload, timeout: float = ...) -> Payload: ...
-
-    def call_stream(self, action: str, data: Payload, timeout: float = ...) -> AsyncIterator[Payload]: ...
+# Re-exported: where callers have always found them.
+__all__ = [
+    "FILE_CHUNK_BYTES",
+    "ActionCaller",
+    "BoxClient",
+    "InteractiveItem",
+    "chunk_bytes",
+    "file_chunks",
+    "upload_key",
+]
 
 
-StreamItem = Annotated[OutputChunk | StreamedResult, pydantic.Field(discriminator="kind")]
-_STREAM_ITEM: pydantic.TypeAdapter[OutputChunk | StreamedResult] = pydantic.TypeAdapter(StreamItem)
+@functools.cache
+def _stream_items() -> pydantic.TypeAdapter[OutputChunk | StreamedResult]:
+    # Built on first use, not at import: a TypeAdapter builds its models' validators at once.
+    return pydantic.TypeAdapter(Annotated[OutputChunk | StreamedResult, pydantic.Field(discriminator="kind")])
+
+
+@functools.cache
+def _interactive_items() -> pydantic.TypeAdapter[InteractiveItem]:
+    return pydantic.TypeAdapter(Annotated[InteractiveItem, pydantic.Field(discriminator="kind")])
 
 
 class _SessionsReply(pydantic.BaseModel):
@@ -109,56 +98,18 @@ def chunk_bytes(chunk: OutputChunk) -> bytes:
     return base64.b64decode(chunk.data) if chunk.encoding == "base64" else chunk.data.encode("utf-8")
 
 
-def _validated(model: type[M], action: str, data: Any) -> M:
-    try:
-        return model.model_validate(data)
-    except pydantic.ValidationError as exc:
-        raise ActionCallError(f"unexpected reply to {action}: {exc}") from None
-
-
-def _dump(request: pydantic.BaseModel) -> Payload:
-    return request.model_dump(mode="json")
-
-
-def upload_key(data: bytes, extension: str = "zip") -> str:
-    """LangBot's upload key: ``<sha256[:16]>-<uuid hex>[.<extension>]``, new for every upload."""
-    suffix = f".{extension.strip('.')}" if extension.strip(".") else ""
-    return f"{hashlib.sha256(data).hexdigest()[:16]}-{uuid.uuid4().hex}{suffix}"
-
-
-def file_chunks(data: bytes, file_key: str) -> Iterator[FileChunk]:
-    """``data`` as ``__file_chunk`` payloads, in order; an empty file is one empty chunk."""
-    amount = max(1, -(-len(data) // FILE_CHUNK_BYTES))
-    for index in range(amount):
-        piece = data[index * FILE_CHUNK_BYTES : (index + 1) * FILE_CHUNK_BYTES]
-        yield FileChunk(
-            file_key=file_key,
-            file_length=len(data),
-            chunk_base64=base64.b64encode(piece).decode("ascii"),
-            chunk_index=index,
-            chunk_amount=amount,
-            chunk_size=len(piece),
-        )
-
-
 def exec_timeout(spec: BoxSpec) -> float:
     """How long to wait for a command: its own limit plus time to start a sandbox for it."""
     return spec.timeout_sec + SESSION_START_TIMEOUT
 
 
-class BoxClient:
-    def __init__(self, caller: ActionCaller) -> None:
-        self.caller = caller
-
-    async def _call(
-        self, action: str, request: pydantic.BaseModel | None, reply: type[M], timeout: float = DEFAULT_TIMEOUT
-    ) -> M:
-        data = _dump(request) if request is not None else {}
-        return _validated(reply, action, await self.caller.call(action, data, timeout))
+class BoxClient(SkillCalls):
+    """One typed async method per daemon action, over a ``Connector`` or a ``Peer``."""
 
     # ── runtime ─────────────────────────────────────────────────────────
 
     async def ping(self) -> None:
+        """``__ping``: the daemon answers (raises otherwise)."""
         await self.caller.call("__ping", {})
 
     async def init(self, config: dict[str, Any]) -> None:
@@ -166,12 +117,15 @@ class BoxClient:
         await self.caller.call("box_init", config)
 
     async def health(self) -> BackendInfo:
+        """``box_health``: the selected backend and whether it is available."""
         return await self._call("box_health", None, BackendInfo)
 
     async def backend_info(self) -> BackendInfo:
+        """``box_get_backend_info``: the backend, and which limits it really enforces."""
         return await self._call("box_get_backend_info", None, BackendInfo)
 
     async def status(self) -> RuntimeStatus:
+        """``box_status``: backend, session and process counts, TTL, capacity, warm pool."""
         return await self._call("box_status", None, RuntimeStatus)
 
     async def shutdown(self) -> None:
@@ -181,6 +135,7 @@ class BoxClient:
     # ── exec ────────────────────────────────────────────────────────────
 
     async def exec(self, spec: BoxSpec) -> ExecResult:
+        """``box_exec``: run ``spec.cmd`` in its session (created if needed); LangBot's result shape."""
         return await self._call("box_exec", spec, ExecResult, exec_timeout(spec))
 
     async def exec_stream(self, spec: BoxSpec) -> AsyncGenerator[OutputChunk | StreamedResult, None]:
@@ -190,13 +145,43 @@ class BoxClient:
         """
         # The timeout bounds each wait for the next message; a quiet command may stay silent
         # for its whole time limit.
-        stream = self.caller.call_stream("box_exec_stream", _dump(spec), exec_timeout(spec))
+        async for item in self._stream("box_exec_stream", spec, exec_timeout(spec), _stream_items()):
+            yield item
+
+    async def exec_interactive(self, request: InteractiveExecRequest) -> AsyncGenerator[InteractiveItem, None]:
+        """``box_exec_interactive``: ``ExecStarted`` (its ``exec_id`` is for ``exec_input`` and
+        ``exec_resize``), output chunks, then the result. Leaving the iterator early (close it
+        with ``contextlib.aclosing``) cancels the command."""
+        # A command without a time limit (an interactive shell) may be quiet for as long as it runs.
+        wait = math.inf if request.no_timeout else exec_timeout(request)
+        async for item in self._stream("box_exec_interactive", request, wait, _interactive_items()):
+            yield item
+
+    async def exec_input(self, exec_id: str, data: bytes, *, eof: bool = False) -> None:
+        """Send ``data`` to an interactive command's stdin (``eof``: then close it). Returns once
+        the command has taken it; BoxValidationError once it takes no more input."""
+        request = ExecInputRequest(exec_id=exec_id, data=base64.b64encode(data).decode("ascii"), eof=eof)
+        await self.caller.call("box_exec_input", dump(request), INPUT_TIMEOUT)
+
+    async def exec_signal(self, exec_id: str, signal: int = 9) -> None:
+        """Signal an interactive command's process group (default SIGKILL); its stream then ends
+        with its result."""
+        await self.caller.call("box_exec_signal", dump(ExecSignalRequest(exec_id=exec_id, signal=signal)))
+
+    async def exec_resize(self, exec_id: str, rows: int, cols: int) -> None:
+        """Set the size of an interactive command's terminal."""
+        await self.caller.call("box_exec_resize", dump(ExecResizeRequest(exec_id=exec_id, rows=rows, cols=cols)))
+
+    async def _stream(
+        self, action: str, request: pydantic.BaseModel, timeout: float, items: pydantic.TypeAdapter[S]
+    ) -> AsyncGenerator[S, None]:
+        stream = self.caller.call_stream(action, dump(request), timeout)
         try:
             async for item in stream:
                 try:
-                    yield _STREAM_ITEM.validate_python(item)
+                    yield items.validate_python(item)
                 except pydantic.ValidationError as exc:
-                    raise ActionCallError(f"unexpected item in box_exec_stream: {exc}") from None
+                    raise ActionCallError(f"unexpected item in {action}: {exc}") from None
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
@@ -213,10 +198,12 @@ class BoxClient:
         return await self._call("box_get_session", SessionIdRequest(session_id=session_id), SessionDetails)
 
     async def list_sessions(self) -> list[SessionInfo]:
+        """``box_get_sessions``: every live session."""
         return (await self._call("box_get_sessions", None, _SessionsReply)).sessions
 
     async def delete_session(self, session_id: str) -> None:
-        await self.caller.call("box_delete_session", _dump(SessionIdRequest(session_id=session_id)), DELETE_TIMEOUT)
+        """``box_delete_session``: remove the session, its sandbox and its private files."""
+        await self.caller.call("box_delete_session", dump(SessionIdRequest(session_id=session_id)), DELETE_TIMEOUT)
 
     # ── managed processes ───────────────────────────────────────────────
 
@@ -226,12 +213,14 @@ class BoxClient:
         return await self._call("box_start_managed_process", request, ManagedProcessInfo, PROCESS_TIMEOUT)
 
     async def get_managed_process(self, session_id: str, process_id: str = "default") -> ManagedProcessInfo:
+        """``box_get_managed_process``: the process now (running, or exited with its code)."""
         ref = ProcessRef(session_id=session_id, process_id=process_id)
         return await self._call("box_get_managed_process", ref, ManagedProcessInfo)
 
     async def stop_managed_process(self, session_id: str, process_id: str = "default") -> None:
+        """``box_stop_managed_process``: close stdin, SIGTERM, SIGKILL after 5 s."""
         ref = ProcessRef(session_id=session_id, process_id=process_id)
-        await self.caller.call("box_stop_managed_process", _dump(ref), PROCESS_TIMEOUT)
+        await self.caller.call("box_stop_managed_process", dump(ref), PROCESS_TIMEOUT)
 
     async def relay_info(self) -> RelayInfo:
         """Where relay clients connect (None base URL: the control endpoint's own host)."""
@@ -240,109 +229,21 @@ class BoxClient:
     # ── files (box_fs_*) ────────────────────────────────────────────────
 
     async def fs_read(self, request: FsReadRequest) -> FsReadResult:
+        """``box_fs_read``: up to 8 MiB of a file from ``offset`` (base64 unless asked for UTF-8)."""
         return await self._call("box_fs_read", request, FsReadResult, FS_TIMEOUT)
 
     async def fs_write(self, request: FsWriteRequest) -> FsWriteResult:
+        """``box_fs_write``: write (or append, or write at ``offset``) up to 8 MiB of a file."""
         return await self._call("box_fs_write", request, FsWriteResult, FS_TIMEOUT)
 
     async def fs_list(self, request: FsListRequest) -> FsListResult:
+        """``box_fs_list``: the entries of a directory, recursively if asked."""
         return await self._call("box_fs_list", request, FsListResult, FS_TIMEOUT)
 
     async def fs_stat(self, request: FsRequest) -> FsStatResult:
+        """``box_fs_stat``: what is at a path (``exists`` False when nothing is)."""
         return await self._call("box_fs_stat", request, FsStatResult, FS_TIMEOUT)
 
     async def fs_remove(self, request: FsRemoveRequest) -> FsRemoveResult:
+        """``box_fs_remove``: remove a file, or a directory (``recursive`` when not empty)."""
         return await self._call("box_fs_remove", request, FsRemoveResult, FS_TIMEOUT)
-
-    # ── skills (LangBot 0.5's 11 actions, reference §B.1, §D.14) ───────
-
-    async def list_skills(self) -> list[Skill]:
-        return (await self._call("box_list_skills", None, SkillList, SKILL_TIMEOUT)).skills
-
-    async def get_skill(self, name: str) -> Skill | None:
-        """The skill called ``name``, or None when there is none."""
-        return (await self._call("box_get_skill", SkillNameRequest(name=name), SkillResult, SKILL_TIMEOUT)).skill
-
-    async def create_skill(self, fields: SkillFields) -> Skill:
-        """A new skill: empty, or the package at ``fields.package_root`` (adopted when it is in
-        the store, copied in when it is elsewhere on the daemon's host)."""
-        reply = await self._call("box_create_skill", CreateSkillRequest(skill=fields), SkillResult, SKILL_TIMEOUT)
-        return _present(reply, "box_create_skill")
-
-    async def update_skill(self, name: str, fields: SkillUpdate) -> Skill:
-        """Rewrite the skill's SKILL.md with the fields that were set (renaming is refused)."""
-        request = UpdateSkillRequest(name=name, skill=fields)
-        # Only the fields the caller set: the daemon tells "left out" from "set to null".
-        data = request.model_dump(mode="json", exclude_unset=True)
-        reply = await self.caller.call("box_update_skill", data, SKILL_TIMEOUT)
-        return _present(_validated(SkillResult, "box_update_skill", reply), "box_update_skill")
-
-    async def delete_skill(self, name: str) -> None:
-        await self._call("box_delete_skill", SkillNameRequest(name=name), SkillDeleted, SKILL_TIMEOUT)
-
-    async def scan_skill_directory(self, path: str) -> Skill:
-        """The one skill in a directory on the daemon's host (or at most two levels below it)."""
-        return await self._call("box_scan_skill_directory", ScanSkillRequest(path=path), Skill, SKILL_TIMEOUT)
-
-    async def list_skill_files(
-        self, name: str, path: str = ".", *, include_hidden: bool = False, max_entries: int = 200
-    ) -> SkillFileListing:
-        """One directory of the package (not recursive); ``truncated`` once ``max_entries`` is reached."""
-        request = ListSkillFilesRequest(name=name, path=path, include_hidden=include_hidden, max_entries=max_entries)
-        return await self._call("box_list_skill_files", request, SkillFileListing, SKILL_TIMEOUT)
-
-    async def read_skill_file(self, name: str, path: str) -> SkillFileContent:
-        request = ReadSkillFileRequest(name=name, path=path)
-        return await self._call("box_read_skill_file", request, SkillFileContent, SKILL_TIMEOUT)
-
-    async def write_skill_file(self, name: str, path: str, content: str) -> SkillFileWritten:
-        """Write a UTF-8 file in the package, creating parent directories."""
-        request = WriteSkillFileRequest(name=name, path=path, content=content)
-        return await self._call("box_write_skill_file", request, SkillFileWritten, SKILL_TIMEOUT)
-
-    async def upload_file(self, data: bytes, extension: str = "zip") -> str:
-        """Send ``data`` with ``__file_chunk``; returns the key an action then consumes (once)."""
-        key = upload_key(data, extension)
-        receipt: ChunkReceipt | None = None
-        for chunk in file_chunks(data, key):
-            receipt = await self._call("__file_chunk", chunk, ChunkReceipt)
-        if receipt is None or not receipt.complete or receipt.received_bytes != len(data):
-            raise ActionCallError(f"the daemon did not confirm the whole upload of {len(data)} bytes: {receipt}")
-        return key
-
-    async def preview_skill_zip(
-        self, data: bytes, filename: str = "skill.zip", *, source_subdir: str = "", target_suffix: str = "upload"
-    ) -> list[SkillPreview]:
-        """The skills a zip holds and where each would be installed; installs nothing."""
-        key = await self.upload_file(data)
-        request = PreviewSkillZipRequest(
-            file_key=key, filename=filename, source_subdir=source_subdir, target_suffix=target_suffix
-        )
-        return (await self._call("box_preview_skill_zip", request, SkillPreviewList, PREVIEW_TIMEOUT)).skills
-
-    async def install_skill_zip(
-        self,
-        data: bytes,
-        filename: str,
-        *,
-        source_paths: Sequence[str] = (),
-        source_subdir: str = "",
-        target_suffix: str = "upload",
-    ) -> list[Skill]:
-        """Install the zip's skill, or those ``source_paths`` name when it holds several, at
-        ``<skills>/<filename stem>[-<leaf>][-<target_suffix>]``; all or nothing."""
-        key = await self.upload_file(data)
-        request = InstallSkillZipRequest(
-            file_key=key,
-            filename=filename,
-            source_paths=list(source_paths),
-            source_subdir=source_subdir,
-            target_suffix=target_suffix,
-        )
-        return (await self._call("box_install_skill_zip", request, SkillList, INSTALL_TIMEOUT)).skills
-
-
-def _present(reply: SkillResult, action: str) -> Skill:
-    if reply.skill is None:
-        raise ActionCallError(f"unexpected reply to {action}: no skill")
-    return reply.skill

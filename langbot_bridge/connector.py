@@ -95,10 +95,12 @@ class Connector:
 
     @property
     def available(self) -> bool:
+        """A link is up and answering."""
         return self._link is not None and not self._link.peer.closed
 
     @property
     def last_error(self) -> BoxError | None:
+        """Why the last attempt or link failed; None while a link is up."""
         return self._last_error
 
     @property
@@ -108,6 +110,7 @@ class Connector:
         return link.process.pid if isinstance(link, ChildLink) else None
 
     def unavailable_reason(self) -> str:
+        """Why no link is up, in words for a log or an error."""
         where = self.target.describe()
         if self._closing:
             return f"Box runtime ({where}) is closed"
@@ -151,9 +154,11 @@ class Connector:
         return link.peer
 
     async def call(self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT) -> Payload:
+        """``call`` over the link that is up (BoxRuntimeUnavailableError when none is)."""
         return await self._peer().call(action, data, timeout)
 
     async def call_stream(self, action: str, data: Payload, timeout: float = DEFAULT_TIMEOUT) -> AsyncIterator[Payload]:
+        """``call_stream`` over the link that is up (BoxRuntimeUnavailableError when none is)."""
         stream = self._peer().call_stream(action, data, timeout)
         try:
             async for item in stream:

@@ -2,7 +2,9 @@
 
 - ``SpawnTarget`` runs ``boxruntime serve --stdio`` as our child and speaks over its pipes.
 - ``RemoteTarget`` connects to ``ws://host:port/rpc/ws`` with a bearer token; an HTTP 401 on
-  the upgrade is a ``BoxAuthError``, not a generic failure.
+  the upgrade is a ``BoxAuthError``, not a generic failure. The WebSocket is our own small
+  client (``boxruntime.protocol.ws_client``), not aiohttp's, whose import alone costs more than a
+  one-shot command's whole budget.
 
 A link is one open transport with a ``Peer`` on it; keeping one up is the connector's job.
 """
@@ -18,11 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-import aiohttp
 import anyio
 
 from boxruntime.errors import BoxAuthError, BoxError, BoxRuntimeUnavailableError
-from boxruntime.protocol import MAX_MESSAGE_BYTES, Peer, StreamConnection, WebSocketConnection
+from boxruntime.protocol.connection import StreamConnection
+from boxruntime.protocol.envelope import MAX_MESSAGE_BYTES
+from boxruntime.protocol.peer import Peer
+from boxruntime.protocol.ws_client import ClientWebSocket
+from boxruntime.protocol.ws_client import dial as dial_websocket
+from boxruntime.protocol.ws_frames import HandshakeRefused, WebSocketError
 
 DEFAULT_PORT = 5410
 RPC_PATH = "/rpc/ws"
@@ -33,6 +39,7 @@ WS_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
 
 
 def bearer_headers(token: str | None) -> dict[str, str]:
+    """The upgrade headers that carry ``token`` (none without one)."""
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
@@ -46,9 +53,11 @@ class SpawnTarget:
     stderr: int | IO[Any] | None = None  # where the daemon logs; None = our stderr
 
     def argv(self) -> list[str]:
+        """The command line of the spawned daemon."""
         return [self.python, "-m", "boxruntime", "serve", "--stdio", *self.args]
 
     def describe(self) -> str:
+        """The target in words, for logs and errors."""
         return "local daemon (boxruntime serve --stdio)"
 
 
@@ -61,12 +70,15 @@ class RemoteTarget:
 
     @property
     def url(self) -> str:
+        """The daemon's RPC URL (``websocket_url`` of the endpoint)."""
         return websocket_url(self.endpoint)
 
     def headers(self) -> dict[str, str]:
+        """The upgrade headers: the bearer token, when there is one."""
         return bearer_headers(self.token)
 
     def describe(self) -> str:
+        """The target in words, for logs and errors."""
         return self.url
 
 
@@ -94,20 +106,27 @@ def websocket_url(endpoint: str) -> str:
 
 
 class Link(Protocol):
+    """One open transport with a ``Peer`` on it."""
+
     peer: Peer
 
-    def describe_loss(self) -> str: ...
+    def describe_loss(self) -> str:
+        """How the link ended, in words, once it has."""
 
-    async def close(self, graceful: bool, exit_grace: float) -> None: ...
+    async def close(self, graceful: bool, exit_grace: float) -> None:
+        """Close the transport (``graceful``: give a spawned daemon ``exit_grace`` to exit)."""
 
 
 class ChildLink:
+    """A spawned daemon's pipes, with a ``Peer`` on them."""
+
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None and process.stdin is not None
         self.process = process
         self.peer = Peer(StreamConnection(process.stdout, process.stdin), name="bridge-stdio")
 
     def describe_loss(self) -> str:
+        """How the link ended: the daemon closed its pipes, or exited with a code."""
         code = self.process.returncode
         return "the local daemon closed its pipes" if code is None else f"the local daemon exited with code {code}"
 
@@ -134,23 +153,25 @@ class ChildLink:
 
 
 class WebSocketLink:
-    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.http = http
+    """A WebSocket to a remote daemon, with a ``Peer`` on it."""
+
+    def __init__(self, ws: ClientWebSocket) -> None:
         self.ws = ws
-        self.peer = Peer(WebSocketConnection(ws), name="bridge-ws")
+        self.peer = Peer(ws, name="bridge-ws")
 
     def describe_loss(self) -> str:
+        """How the link ended: the daemon closed the WebSocket (with its close code)."""
         code = self.ws.close_code
         return "the daemon closed the WebSocket" + (f" (code {code})" if code is not None else "")
 
     async def close(self, graceful: bool, exit_grace: float) -> None:
-        # A hung daemon never answers the close handshake: do not wait long for it.
+        """Close the WebSocket; a hung daemon is not waited for long."""
         with anyio.move_on_after(2 if graceful else 0.2):
             await self.peer.aclose()
-        await self.http.close()
 
 
 async def spawn(target: SpawnTarget) -> ChildLink:
+    """Start ``boxruntime serve --stdio`` as our child; BoxRuntimeUnavailableError if it cannot start."""
     env = dict(target.env) if target.env is not None else None
     try:
         process = await asyncio.create_subprocess_exec(
@@ -167,27 +188,21 @@ async def spawn(target: SpawnTarget) -> ChildLink:
 
 
 async def dial(target: RemoteTarget) -> WebSocketLink:
+    """Open the WebSocket to a remote daemon; BoxAuthError on HTTP 401, BoxRuntimeUnavailableError otherwise."""
     url = target.url
-    http = aiohttp.ClientSession()
     try:
-        ws = await http.ws_connect(url, headers=target.headers(), max_msg_size=MAX_MESSAGE_BYTES)
-    except (aiohttp.ClientError, OSError) as exc:
-        with anyio.CancelScope(shield=True):
-            await http.close()
+        ws = await dial_websocket(url, target.headers(), MAX_MESSAGE_BYTES)
+    except (WebSocketError, OSError) as exc:
         raise _dial_error(url, target, exc) from None
-    except BaseException:  # cancelled (e.g. the connect timeout): still release the session
-        with anyio.CancelScope(shield=True):
-            await http.close()
-        raise
-    return WebSocketLink(http, ws)
+    return WebSocketLink(ws)
 
 
 def _dial_error(url: str, target: RemoteTarget, exc: Exception) -> BoxError:
-    if isinstance(exc, aiohttp.WSServerHandshakeError):
+    if isinstance(exc, HandshakeRefused):
         if exc.status == 401:
             how = "refused the token" if target.token else "requires a token and none was given"
             return BoxAuthError(f"the Box daemon at {url} {how} (HTTP 401); check --token or BOXRUNTIME_TOKEN")
-        return BoxRuntimeUnavailableError(f"WebSocket upgrade to {url} failed: HTTP {exc.status} {exc.message}")
+        return BoxRuntimeUnavailableError(f"WebSocket upgrade to {url} failed: {exc}")
     return BoxRuntimeUnavailableError(f"cannot reach the Box daemon at {url}: {exc}")
 
 

@@ -78,6 +78,7 @@ class BoxProfile(pydantic.BaseModel):
         return self
 
     def defaults(self) -> dict[str, Any]:
+        """The spec fields this profile sets, by name."""
         return {name: getattr(self, name) for name in PROFILE_SPEC_FIELDS}
 
 
@@ -157,10 +158,12 @@ class MountPolicy:
         self.roots = tuple(os.path.realpath(root) for root in allowed_roots)
 
     def allows(self, host_path: str) -> bool:
+        """Whether ``host_path`` (after realpath) lies at or under an allowed root."""
         real = os.path.realpath(host_path)
         return any(real == root or real.startswith(root.rstrip("/") + "/") for root in self.roots)
 
     def check(self, spec: BoxSpec) -> None:
+        """BoxValidationError naming the first mount of ``spec`` outside the allowed roots."""
         mounts: list[tuple[str, str]] = []
         if spec.has_host_mount():
             assert spec.host_path is not None

@@ -7,6 +7,7 @@ call to the daemon, and the daemon's answer into something an LLM can read.
   decides which chats share a sandbox.
 - Mount policy: every host mount is checked against the allow-list before anything is sent.
 - Output for an LLM: ``truncate_output`` keeps the head and tail of long output.
+- Files: ``files`` reads and writes whole files as bytes or text (``session_files``).
 - Audit: every exec and managed-process start/stop is appended to the audit log, when one
   is configured; so is every skill change made through ``skills`` (``langbot_bridge.skills``).
 - Degradation: while the daemon is unreachable, ``available`` is False and every call raises
@@ -16,17 +17,19 @@ call to the daemon, and the daemon's answer into something an LLM can read.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shlex
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from boxruntime.errors import BoxError, BoxRuntimeUnavailableError, BoxValidationError
 from boxruntime.models import (
     BoxSpec,
     ExecResult,
+    InteractiveExecRequest,
     ManagedProcessInfo,
     ManagedProcessSpec,
     OutputChunk,
@@ -34,12 +37,16 @@ from boxruntime.models import (
     SessionInfo,
     StartProcessRequest,
     StreamedResult,
+    TerminalSize,
 )
-from langbot_bridge.audit import AuditEntry, AuditLog
 from langbot_bridge.client import ActionCaller, BoxClient
 from langbot_bridge.profiles import BoxProfile, MountPolicy, load_profiles, merge_spec
-from langbot_bridge.skills import SkillService
 from langbot_bridge.templates import DEFAULT_TEMPLATE, ChatContext, SessionTemplate
+
+if TYPE_CHECKING:
+    from langbot_bridge.audit import AuditEntry, AuditLog
+    from langbot_bridge.session_files import SessionFiles
+    from langbot_bridge.skills import SkillService
 
 OUTPUT_LIMIT_CHARS = 4000
 HEAD_SHARE = 0.6
@@ -49,9 +56,11 @@ class RuntimeLink(ActionCaller, Protocol):
     """A link that knows whether it is up: ``Connector`` is one."""
 
     @property
-    def available(self) -> bool: ...
+    def available(self) -> bool:
+        """A link to the daemon is up."""
 
-    def unavailable_reason(self) -> str: ...
+    def unavailable_reason(self) -> str:
+        """Why no link is up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,7 @@ class Truncated:
 
     @property
     def truncated(self) -> bool:
+        """Whether anything was cut."""
         return self.cut_chars > 0
 
 
@@ -76,7 +86,16 @@ def truncate_output(text: str, limit: int = OUTPUT_LIMIT_CHARS) -> Truncated:
     return Truncated(text[:head] + notice + (text[-tail:] if tail else ""), cut)
 
 
+def audit_entry(**fields: Any) -> AuditEntry:
+    """An audit log entry (its model is loaded only by services that keep a log)."""
+    from langbot_bridge.audit import AuditEntry
+
+    return AuditEntry(**fields)
+
+
 class BoxService:
+    """What a chat bot calls: profiles, session scopes, mount policy, files, output for an LLM, audit."""
+
     def __init__(
         self,
         link: RuntimeLink,
@@ -100,24 +119,43 @@ class BoxService:
         self.mounts = MountPolicy(allowed_mount_roots)
         self.output_limit = output_limit
         self.audit = audit
-        self.skills = SkillService(self.client, audit)
+
+    # Built on first use: most scripts touch neither, and their models cost start-up time.
+
+    @functools.cached_property
+    def skills(self) -> SkillService:
+        """Install, change and mount skills (audited)."""
+        from langbot_bridge import skills
+
+        return skills.SkillService(self.client, self.audit)
+
+    @functools.cached_property
+    def files(self) -> SessionFiles:
+        """Whole files in this service's sessions, the session created first when needed."""
+        from langbot_bridge import session_files
+
+        return session_files.SessionFiles(self)
 
     # ── availability ────────────────────────────────────────────────────
 
     @property
     def available(self) -> bool:
+        """The daemon is reachable (the tools built on this service offer nothing otherwise)."""
         return self.link.available
 
     def unavailable_reason(self) -> str | None:
+        """Why the daemon is not reachable, or None when it is."""
         return None if self.link.available else self.link.unavailable_reason()
 
     def require(self) -> None:
+        """Raise BoxRuntimeUnavailableError saying why, unless the daemon is reachable."""
         if not self.link.available:
             raise BoxRuntimeUnavailableError(self.link.unavailable_reason())
 
     # ── specs and scopes ────────────────────────────────────────────────
 
     def session_id_for(self, chat: ChatContext) -> str:
+        """The session id this service's template gives ``chat``."""
         return self.template.render(chat)
 
     def build_spec(self, session_id: str, request: Mapping[str, Any] | None = None) -> BoxSpec:
@@ -127,9 +165,26 @@ class BoxService:
         return spec
 
     def truncate(self, text: str) -> Truncated:
+        """``text`` cut to this service's output limit (head and tail kept)."""
         return truncate_output(text, self.output_limit)
 
     # ── calls ───────────────────────────────────────────────────────────
+
+    def interactive_request(
+        self,
+        session_id: str,
+        command: str,
+        request: Mapping[str, Any] | None = None,
+        *,
+        stdin: bool = True,
+        tty: TerminalSize | None = None,
+        no_timeout: bool = False,
+    ) -> InteractiveExecRequest:
+        """The checked request for a command that takes input or runs on a terminal
+        (``client.exec_interactive``); ``no_timeout``: it runs until it exits or is cancelled."""
+        spec = self.build_spec(session_id, {**(request or {}), "cmd": command})
+        self.require()
+        return InteractiveExecRequest(**spec.model_dump(), stdin=stdin, tty=tty, no_timeout=no_timeout)
 
     async def ensure_session(self, session_id: str, request: Mapping[str, Any] | None = None) -> SessionInfo:
         """The session, created with this service's spec if it does not exist yet (the fs
@@ -200,6 +255,8 @@ class BoxService:
         started: float,
         error: BaseException | None,
     ) -> None:
+        if self.audit is None:
+            return  # nothing to write to: not even the entry is built
         if result is not None:
             status, exit_code, duration = result.status.value, result.exit_code, result.duration_ms
         else:
@@ -207,7 +264,7 @@ class BoxService:
             if error is None:
                 error = BoxError("stream ended without a result")
         await self._record(
-            AuditEntry(
+            audit_entry(
                 event="exec",
                 actor=actor,
                 chat=chat.variables() if chat is not None else {},
@@ -231,7 +288,7 @@ class BoxService:
     ) -> ManagedProcessInfo:
         """Start a managed process in the session (created first with this service's spec)."""
         await self.ensure_session(session_id, request)
-        entry = AuditEntry(
+        entry = audit_entry(
             event="process_start",
             actor=actor,
             chat=chat.variables() if chat is not None else {},
@@ -250,8 +307,9 @@ class BoxService:
     async def stop_process(
         self, session_id: str, process_id: str = "default", *, chat: ChatContext | None = None, actor: str = "bridge"
     ) -> None:
+        """Stop a managed process (audited)."""
         self.require()
-        entry = AuditEntry(
+        entry = audit_entry(
             event="process_stop",
             actor=actor,
             chat=chat.variables() if chat is not None else {},
@@ -270,13 +328,16 @@ class BoxService:
             await self.audit.record(entry)
 
     async def status(self) -> RuntimeStatus:
+        """The daemon's status."""
         self.require()
         return await self.client.status()
 
     async def sessions(self) -> list[SessionInfo]:
+        """The daemon's live sessions."""
         self.require()
         return await self.client.list_sessions()
 
     async def delete_session(self, session_id: str) -> None:
+        """Remove a session, its sandbox and its private files."""
         self.require()
         await self.client.delete_session(session_id)

@@ -254,15 +254,19 @@ class SkillService:
         )
 
     async def create(self, fields: SkillFields, *, actor: str = "bridge") -> Skill:
+        """Create a skill (empty, or from ``fields.package_root``); audited."""
         return await self._change(actor, "create", fields.name, functools.partial(self.client.create_skill, fields))
 
     async def update(self, name: str, fields: SkillUpdate, *, actor: str = "bridge") -> Skill:
+        """Rewrite the fields of the skill's SKILL.md that are set; audited."""
         return await self._change(actor, "update", name, functools.partial(self.client.update_skill, name, fields))
 
     async def delete(self, name: str, *, actor: str = "bridge") -> None:
+        """Remove the skill's package; audited."""
         await self._change(actor, "delete", name, functools.partial(self.client.delete_skill, name))
 
     async def write_file(self, name: str, path: str, content: str, *, actor: str = "bridge") -> SkillFileWritten:
+        """Write a UTF-8 file in the skill's package; audited."""
         write = functools.partial(self.client.write_skill_file, name, path, content)
         return await self._change(actor, f"write {path}", name, write)
 

@@ -72,6 +72,7 @@ class SessionTemplate:
 
     @classmethod
     def parse(cls, text: str) -> SessionTemplate:
+        """The template ``text``; BoxValidationError for an empty one or an unknown variable."""
         if not text or not text.strip():
             raise BoxValidationError("the session id template is empty")
         literals: list[str] = []
@@ -113,6 +114,7 @@ class SessionTemplate:
         return cls(text, tuple(literals), tuple(variables))
 
     def render(self, context: ChatContext) -> str:
+        """The session id for ``context``; BoxValidationError when a variable it needs is unset."""
         values = context.variables()
         missing = [name for name in self.variables if name not in values]
         if missing:

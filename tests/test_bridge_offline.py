@@ -90,6 +90,12 @@ async def test_service_calls_say_why_they_cannot_run(offline: Connector) -> None
         await service.exec("s", "ls")
     with pytest.raises(BoxRuntimeUnavailableError, match="cannot reach"):
         await service.status()
+    # The parts built on first use say the same.
+    with pytest.raises(BoxRuntimeUnavailableError, match="cannot reach"):
+        await service.files.write("s", "f.txt", "x")
+    with pytest.raises(BoxRuntimeUnavailableError, match="cannot reach"):
+        await service.skills.delete("demo")
+    assert service.files is service.files and service.skills is service.skills
 
 
 async def test_service_configuration_errors_fail_at_start(offline: Connector) -> None:
@@ -165,9 +171,28 @@ async def test_json_text_arguments_are_accepted(offline: Connector) -> None:
 
 
 def test_the_bridge_imports_only_the_daemons_contract() -> None:
-    code = "import sys, langbot_bridge; print(sorted(m for m in sys.modules if m.startswith('boxruntime')))"
+    # Every exported name and every subpackage, loaded.
+    code = (
+        "import sys, langbot_bridge, langbot_bridge.mcp, langbot_bridge.sandbox; "
+        "[getattr(langbot_bridge, name) for name in langbot_bridge.__all__]; "
+        "print(sorted(m for m in sys.modules if m.startswith('boxruntime')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     loaded = {name.strip("' ") for name in done.stdout.strip("[]\n").split(",")}
     allowed = ("boxruntime.protocol", "boxruntime.models", "boxruntime.errors")
     assert {m for m in loaded if m != "boxruntime" and not m.startswith(allowed)} == set()
     assert {"boxruntime.protocol", "boxruntime.models", "boxruntime.errors"} <= loaded
+
+
+def test_importing_the_bridge_loads_only_what_is_used() -> None:
+    heavy = "('boxruntime', 'pydantic', 'aiohttp', 'langbot_bridge.')"
+    code = f"import sys, langbot_bridge; print(sorted(m for m in sys.modules if m.startswith({heavy})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip() == "[]"
+    code = "import langbot_bridge; print(sorted(n for n in dir(langbot_bridge) if not n.startswith('_')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    import langbot_bridge
+
+    assert done.stdout.strip() == str(sorted(langbot_bridge.__all__))
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchName'"):
+        langbot_bridge.NoSuchName  # noqa: B018 - the lookup is what is tested

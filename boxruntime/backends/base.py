@@ -97,6 +97,10 @@ class Backend(abc.ABC):
     async def probe(self) -> BackendInfo:
         """Is this backend usable here, and if not, why (and what to install)."""
 
+    def check_spec(self, spec: BoxSpec) -> None:  # noqa: B027 - most backends can serve any spec
+        """Refuse, with a BoxValidationError saying why, a spec this backend cannot honour, before
+        any sandbox (pooled or new) is handed out for it."""
+
     @abc.abstractmethod
     async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
         """Create and start a sandbox for ``spec``; mounts were already checked by the caller.

@@ -32,8 +32,8 @@ from boxruntime.backends.cgroups import CgroupSupport, detect
 from boxruntime.backends.jail_args import JailPlan, jail_argv
 from boxruntime.backends.parent_death import die_with_parent
 from boxruntime.config import Settings
-from boxruntime.errors import BoxSandboxError
-from boxruntime.models import BackendInfo, BoxSpec, NetworkMode
+from boxruntime.errors import BoxSandboxError, BoxValidationError
+from boxruntime.models import DEFAULT_IMAGE, LANGBOT_DEFAULT_IMAGE, BackendInfo, BoxSpec, NetworkMode
 from boxruntime.security import prepare_host_dirs, resolve_mounts
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,17 @@ class NsjailBackend(AgentSandbox):
         }
         return BackendInfo(name=self.name, available=True, reason=cgroups.reason or None, enforced_limits=limits)
 
+    def check_spec(self, spec: BoxSpec) -> None:
+        """A jail is built from the host's own /usr: it cannot run an image, and running the host
+        instead of the image asked for would be a silent substitution."""
+        if spec.image not in (DEFAULT_IMAGE, LANGBOT_DEFAULT_IMAGE, self.settings.default_image):
+            raise BoxValidationError(
+                f"the nsjail backend runs the host's own /usr and cannot run image {spec.image!r}: "
+                "leave the image unset, or use the docker backend (boxruntime serve --backend docker)"
+            )
+
     async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
+        self.check_spec(spec)
         if self._binary is None or (python := jail_python()) is None:
             raise BoxSandboxError(self._unavailable_reason() or "nsjail is unavailable")
         workspace_mount, extra_mounts = resolve_mounts(spec, self.settings.mount_roots())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from boxruntime.backends import names
 from boxruntime.backends.base import Backend
 from boxruntime.config import Settings
 from boxruntime.errors import BoxBackendUnavailableError
@@ -16,7 +17,7 @@ from boxruntime.models import BackendInfo
 
 log = logging.getLogger(__name__)
 
-LOCAL_CANDIDATES = ("docker", "nsjail")
+LOCAL_CANDIDATES = ("docker", "nsjail")  # never an unsafe one (host) by default
 
 
 def make_backend(name: str, settings: Settings, instance_id: str) -> Backend:
@@ -42,7 +43,7 @@ def candidates(settings: Settings) -> tuple[str, ...]:
 async def probe_all(settings: Settings, instance_id: str) -> list[BackendInfo]:
     """Availability of every backend, for ``boxruntime doctor``."""
     infos = []
-    for name in ("docker", "nsjail", "e2b", "host"):
+    for name in (*names.IMPLEMENTED, *names.NOT_IMPLEMENTED):
         try:
             backend = make_backend(name, settings, instance_id)
         except BoxBackendUnavailableError as exc:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import pydantic
 
+from boxruntime.models.base import Model
+
 DEFAULT_IMAGE = "boxruntime/sandbox:latest"
 # What LangBot's client sends when its user did not choose an image. It lives on a registry
 # we may not reach, so the daemon maps it to its own default image when it is not present.
@@ -91,7 +93,7 @@ def _string_map(value: Any) -> Any:
     return value
 
 
-class MountSpec(pydantic.BaseModel):
+class MountSpec(Model):
     """One additional bind mount (LangBot's BoxMountSpec)."""
 
     model_config = pydantic.ConfigDict(extra="ignore")
@@ -117,7 +119,7 @@ class MountSpec(pydantic.BaseModel):
         return value
 
 
-class BoxSpec(pydantic.BaseModel):
+class BoxSpec(Model):
     """A request for a sandbox (and, for exec, a command in it). LangBot's BoxSpec.
 
     Unknown keys are ignored, as LangBot 0.5 does, so newer clients can talk to us.
@@ -262,7 +264,7 @@ SESSION_IDENTITY_FIELDS: tuple[str, ...] = (
 )
 
 
-class SessionInfo(pydantic.BaseModel):
+class SessionInfo(Model):
     """LangBot's BoxSessionInfo, plus what we know beyond it."""
 
     session_id: str
@@ -300,7 +302,7 @@ class SessionDetails(SessionInfo):
         return self.model_dump(mode="json", exclude=absent)
 
 
-class ExecResult(pydantic.BaseModel):
+class ExecResult(Model):
     """LangBot's BoxExecutionResult, plus per-command accounting."""
 
     session_id: str
@@ -323,7 +325,7 @@ class ExecResult(pydantic.BaseModel):
         return self.status == ExecStatus.COMPLETED and self.exit_code == 0
 
 
-class ManagedProcessSpec(pydantic.BaseModel):
+class ManagedProcessSpec(Model):
     model_config = pydantic.ConfigDict(extra="ignore")
 
     process_id: str = "default"
@@ -361,7 +363,7 @@ class ManagedProcessSpec(pydantic.BaseModel):
         return _stripped_absolute_sandbox_path(value, "cwd")
 
 
-class ManagedProcessInfo(pydantic.BaseModel):
+class ManagedProcessInfo(Model):
     session_id: str
     process_id: str = "default"
     status: ManagedProcessStatus
@@ -378,7 +380,7 @@ class ManagedProcessInfo(pydantic.BaseModel):
     pending_output_bytes: int = 0
 
 
-class BackendInfo(pydantic.BaseModel):
+class BackendInfo(Model):
     name: str | None
     available: bool
     # LangBot 0.7: present, and true, only for a backend that runs commands with no isolation.
@@ -395,14 +397,14 @@ class BackendInfo(pydantic.BaseModel):
         return data
 
 
-class PoolStatus(pydantic.BaseModel):
+class PoolStatus(Model):
     size: int
     ready: int
     hits: int
     misses: int
 
 
-class RuntimeStatus(pydantic.BaseModel):
+class RuntimeStatus(Model):
     backend: BackendInfo
     active_sessions: int
     managed_processes: int
@@ -411,7 +413,7 @@ class RuntimeStatus(pydantic.BaseModel):
     pool: PoolStatus | None = None
 
 
-class SessionIdRequest(pydantic.BaseModel):
+class SessionIdRequest(Model):
     model_config = pydantic.ConfigDict(extra="ignore")
 
     session_id: str
@@ -426,7 +428,7 @@ class ProcessRef(SessionIdRequest):
     process_id: str = "default"
 
 
-class OutputChunk(pydantic.BaseModel):
+class OutputChunk(Model):
     """One streamed piece of a command's output (``box_exec_stream``)."""
 
     kind: Literal["output"] = "output"
@@ -435,21 +437,21 @@ class OutputChunk(pydantic.BaseModel):
     encoding: Literal["utf-8", "base64"] = "utf-8"
 
 
-class StreamedResult(pydantic.BaseModel):
+class StreamedResult(Model):
     """The last message of ``box_exec_stream``: the command's result."""
 
     kind: Literal["result"] = "result"
     result: ExecResult
 
 
-SessionDetails.model_rebuild()
+# SessionDetails names ManagedProcessInfo, defined after it: resolved when it is first built (Model).
 
 
 class StartProcessRequest(SessionIdRequest):
     spec: ManagedProcessSpec
 
 
-class RelayInfo(pydantic.BaseModel):
+class RelayInfo(Model):
     """Where relay clients connect: ``base_url`` is None when it is the control endpoint itself."""
 
     base_url: str | None

@@ -6,6 +6,7 @@ from typing import Literal
 
 import pydantic
 
+from boxruntime.models.base import Model
 from boxruntime.models.box import SessionIdRequest
 
 FS_MAX_CHUNK_BYTES = 8 * 1024 * 1024
@@ -50,7 +51,7 @@ class FsRemoveRequest(FsRequest):
     recursive: bool = False
 
 
-class FsEntry(pydantic.BaseModel):
+class FsEntry(Model):
     name: str
     path: str  # relative to the listed directory
     type: FileType
@@ -59,7 +60,7 @@ class FsEntry(pydantic.BaseModel):
     mtime: float
 
 
-class FsReadResult(pydantic.BaseModel):
+class FsReadResult(Model):
     path: str
     size: int
     offset: int
@@ -71,20 +72,20 @@ class FsReadResult(pydantic.BaseModel):
     mtime: float
 
 
-class FsWriteResult(pydantic.BaseModel):
+class FsWriteResult(Model):
     path: str
     size: int
     bytes_written: int
     mode: int
 
 
-class FsListResult(pydantic.BaseModel):
+class FsListResult(Model):
     path: str
     entries: list[FsEntry]
     truncated: bool
 
 
-class FsStatResult(pydantic.BaseModel):
+class FsStatResult(Model):
     path: str
     exists: bool
     type: FileType | None = None
@@ -94,6 +95,6 @@ class FsStatResult(pydantic.BaseModel):
     target: str | None = None
 
 
-class FsRemoveResult(pydantic.BaseModel):
+class FsRemoveResult(Model):
     removed: str
     type: FileType

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import pydantic
 
+from boxruntime.models.base import Model
+
 # LangBot 0.7's rule for upload keys; LangBot 0.5's keys (``<sha256[:16]>-<uuid hex>.zip``) match it.
 FILE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 # The most entries one box_list_skill_files answer may carry, whatever max_entries asks for.
@@ -41,7 +43,7 @@ NullAsFalse = Annotated[bool, _none_as(False)]
 NullAsNoPaths = Annotated[list[str], _none_as([])]
 
 
-class _Request(pydantic.BaseModel):
+class _Request(Model):
     # LangBot str()s what it is given, so a number where a string belongs is not an error.
     model_config = pydantic.ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
@@ -49,7 +51,7 @@ class _Request(pydantic.BaseModel):
 # ── the skill itself ─────────────────────────────────────────────────────
 
 
-class Skill(pydantic.BaseModel):
+class Skill(Model):
     """A skill package: LangBot's eight public fields, then ours."""
 
     name: str
@@ -78,11 +80,11 @@ class SkillPreview(Skill):
     source_path: str
 
 
-class SkillRef(pydantic.BaseModel):
+class SkillRef(Model):
     name: str
 
 
-class SkillFileEntry(pydantic.BaseModel):
+class SkillFileEntry(Model):
     path: str
     name: str
     is_dir: bool
@@ -92,42 +94,42 @@ class SkillFileEntry(pydantic.BaseModel):
 # ── responses ────────────────────────────────────────────────────────────
 
 
-class SkillList(pydantic.BaseModel):
+class SkillList(Model):
     skills: list[Skill]
 
 
-class SkillPreviewList(pydantic.BaseModel):
+class SkillPreviewList(Model):
     skills: list[SkillPreview]
 
 
-class SkillResult(pydantic.BaseModel):
+class SkillResult(Model):
     skill: Skill | None
 
 
-class SkillDeleted(pydantic.BaseModel):
+class SkillDeleted(Model):
     deleted: str
 
 
-class SkillFileListing(pydantic.BaseModel):
+class SkillFileListing(Model):
     skill: SkillRef
     base_path: str
     entries: list[SkillFileEntry]
     truncated: bool
 
 
-class SkillFileContent(pydantic.BaseModel):
+class SkillFileContent(Model):
     skill: SkillRef
     path: str
     content: str
 
 
-class SkillFileWritten(pydantic.BaseModel):
+class SkillFileWritten(Model):
     skill: SkillRef
     path: str
     bytes_written: int
 
 
-class ChunkReceipt(pydantic.BaseModel):
+class ChunkReceipt(Model):
     """LangBot answers ``{}``; the counters are ours and LangBot ignores them."""
 
     received_bytes: int

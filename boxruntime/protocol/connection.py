@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
-
-import aiohttp
-from aiohttp import web
+from typing import TYPE_CHECKING, Any, Protocol
 
 from boxruntime.errors import ConnectionClosedError
 from boxruntime.protocol.envelope import MAX_MESSAGE_BYTES
 from boxruntime.protocol.stdio_framing import StdioDecoder, encode_lines
 from boxruntime.protocol.ws_framing import MessageJoiner
+
+if TYPE_CHECKING:
+    import aiohttp
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,10 @@ class WebSocketConnection:
     """
 
     def __init__(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
+        # Imported here: a client that dials with ws_client never loads aiohttp at all.
+        from aiohttp import WSMsgType
+
+        self._types = WSMsgType
         self._ws: _AiohttpWebSocket = ws
         self._joiner = MessageJoiner()
         self._pending: list[dict[str, Any]] = []
@@ -99,11 +104,11 @@ class WebSocketConnection:
     async def receive(self) -> dict[str, Any] | None:
         while not self._pending:
             msg = await self._ws.receive()
-            if msg.type == aiohttp.WSMsgType.TEXT:
+            if msg.type == self._types.TEXT:
                 self._pending.extend(self._joiner.feed(msg.data))
-            elif msg.type == aiohttp.WSMsgType.BINARY:
+            elif msg.type == self._types.BINARY:
                 log.warning("websocket: ignored a binary message of %d bytes", len(msg.data))
-            elif msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+            elif msg.type in (self._types.PING, self._types.PONG):
                 continue
             else:  # CLOSE, CLOSING, CLOSED, ERROR
                 return None

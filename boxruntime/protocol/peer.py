@@ -15,6 +15,7 @@ import inspect
 import logging
 import math
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
@@ -42,6 +43,7 @@ from boxruntime.protocol.envelope import (
     request,
     success,
 )
+from boxruntime.protocol.request_log import request_failed
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +131,9 @@ class Peer:
                 elif isinstance(message, Request):
                     self._dispatch(message)
                 elif isinstance(message, BadRequest):
-                    self._start(self._send_error(message.seq_id, BoxValidationError(message.reason)))
+                    bad = BoxValidationError(message.reason)
+                    request_failed(self.name, "(malformed request)", None, bad, time.monotonic())
+                    self._start(self._send_error(message.seq_id, bad))
         finally:
             self._closed.set()
             for waiter in list(self._waiters.values()):
@@ -210,6 +214,7 @@ class Peer:
             await self._send_error(req.seq_id, BoxError(f"Action {req.action} was cancelled"))
 
     async def _answer(self, req: Request) -> None:
+        started = time.monotonic()
         try:
             handler = self._handler(req)
             result = self._gate(req, handler) if self._gate is not None else handler(req.data)
@@ -223,8 +228,7 @@ class Peer:
         except _PeerGone:
             log.debug("%s: peer gone before %s was answered", self.name, req.action)
         except Exception as exc:
-            if not isinstance(exc, BoxError):
-                log.exception("%s: action %s failed unexpectedly", self.name, req.action)
+            request_failed(self.name, req.action, req.data, exc, started)  # one line per failure
             await self._send_error(req.seq_id, exc)
 
     async def _send_error(self, seq_id: int, exc: BaseException) -> None:

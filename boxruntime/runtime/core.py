@@ -5,8 +5,6 @@ The server and the stdio loop each hold one; handlers translate actions into its
 
 from __future__ import annotations
 
-import base64
-import codecs
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -31,6 +29,7 @@ from boxruntime.models import (
     SessionInfo,
     StreamedResult,
 )
+from boxruntime.runtime.chunks import ChunkText
 from boxruntime.runtime.files import SessionFiles
 from boxruntime.runtime.pool import WarmPool
 from boxruntime.runtime.processes import ProcessManager
@@ -199,7 +198,7 @@ class BoxRuntime:
     async def exec_stream(self, spec: BoxSpec) -> AsyncIterator[dict[str, Any]]:
         """Output chunks as they are produced, then the result (``box_exec_stream``)."""
         req = self._request(spec)
-        decoders = {1: _ChunkText(), 2: _ChunkText()}
+        decoders = {1: ChunkText(), 2: ChunkText()}
         collected: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         async with self.sessions.lease(spec) as session:
             async for event in session.backend.exec_stream(session.handle, req):
@@ -213,19 +212,3 @@ class BoxRuntime:
                     done = CompletedCommand(event, bytes(collected[1]), bytes(collected[2]))
                     result = exec_result(spec.session_id, session.handle.backend, done, req.timeout, req.output_cap)
                     yield StreamedResult(result=result).model_dump(mode="json")
-
-
-class _ChunkText:
-    """UTF-8 text where the bytes allow it (characters split across chunks are held back),
-    base64 for whatever is not text."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
-
-    def convert(self, data: bytes) -> tuple[str, Literal["utf-8", "base64"]]:
-        try:
-            return self._decoder.decode(data), "utf-8"
-        except UnicodeDecodeError:
-            pending, _ = self._decoder.getstate()
-            self._decoder.reset()
-            return base64.b64encode(pending + data).decode("ascii"), "base64"

@@ -228,6 +228,7 @@ class SessionManager:
         self._creating += 1
         try:
             backend = await self._backend()
+            backend.check_spec(spec)  # before the pool: a pooled sandbox must not hide a refusal
             key = safe_key(spec.session_id)
             handle = await self._pool.take(backend, spec, key) if self._pool is not None else None
             if handle is None:

@@ -25,6 +25,7 @@ class RelayAddress:
     path_template: str = RelayInfo.model_fields["path_template"].default
 
     def url(self, session_id: str, process_id: str) -> str:
+        """The relay URL of one managed process (ids quoted for the path)."""
         parts = urllib.parse.urlsplit(self.base_url.strip())
         scheme = WS_SCHEMES.get(parts.scheme.lower())
         if scheme is None or not parts.netloc:
@@ -35,6 +36,7 @@ class RelayAddress:
         return urllib.parse.urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + path, "", ""))
 
     def headers(self) -> dict[str, str]:
+        """The upgrade headers: the relay's token, when it has one."""
         return bearer_headers(self.token)
 
 

@@ -52,6 +52,7 @@ class RequestIdFence:
 
     # Wire form: "<tag>:i<int>" or "<tag>:s<str>", so the original type comes back too.
     def wire_id(self, request_id: types.RequestId) -> str:
+        """``request_id`` as sent on the relay: tagged with this client's tag."""
         kind = "i" if isinstance(request_id, int) else "s"
         return f"{self.tag}:{kind}{request_id}"
 
@@ -70,6 +71,7 @@ class RequestIdFence:
         return None
 
     def outgoing(self, message: types.JSONRPCMessage) -> types.JSONRPCMessage:
+        """``message`` with our request ids (and the progress tokens that are ids) tagged."""
         if isinstance(message, types.JSONRPCRequest):
             update: dict[str, Any] = {"id": self.wire_id(message.id)}
             meta = (message.params or {}).get("_meta")

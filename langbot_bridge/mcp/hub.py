@@ -96,9 +96,11 @@ class McpHub:
 
     @property
     def servers(self) -> dict[str, BoxMcpServer]:
+        """The hub's servers, by name."""
         return dict(self._servers)
 
     def get(self, name: str) -> BoxMcpServer:
+        """A started server; BoxValidationError naming the started ones if there is none."""
         server = self._servers.get(name)
         if server is None:
             known = ", ".join(sorted(self._servers)) or "none"
@@ -190,4 +192,5 @@ class McpHub:
     async def call_tool(
         self, server: str, tool: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> types.CallToolResult:
+        """Call ``tool`` of ``server`` with ``arguments``."""
         return await self.get(server).call_tool(tool, arguments, timeout=timeout)

@@ -160,18 +160,22 @@ class BoxMcpServer:
 
     @property
     def name(self) -> str:
+        """The server's name (its spec's)."""
         return self.spec.name
 
     @property
     def process_id(self) -> str:
+        """The managed-process id it runs as."""
         return self.spec.process_id
 
     @property
     def transport(self) -> RelayTransport | None:
+        """The relay transport of the current connection, if connected."""
         return self._connection.transport if self._connection is not None else None
 
     @property
     def connected(self) -> bool:
+        """The relay is connected right now."""
         return self._connection is not None and self._connection.transport.connected
 
     @property
@@ -182,10 +186,12 @@ class BoxMcpServer:
 
     @property
     def initialize_result(self) -> types.InitializeResult | None:
+        """What the server answered to ``initialize``, once connected."""
         return self._connection.initialize_result if self._connection is not None else None
 
     @property
     def capabilities(self) -> types.ServerCapabilities | None:
+        """The server's capabilities, once connected."""
         result = self.initialize_result
         return result.capabilities if result is not None else None
 
@@ -378,9 +384,11 @@ class BoxMcpServer:
             raise McpServerError(self.name, f"MCP server {self.name!r}: {method} gave a bad answer: {exc}") from None
 
     async def ping(self, *, timeout: float | None = None) -> None:
+        """MCP ``ping``: the server answers."""
         await self._request("ping", lambda s: s.send_ping(), timeout)
 
     async def list_tools(self, *, timeout: float | None = None) -> list[types.Tool]:
+        """Every tool of the server (all pages)."""
         tools: list[types.Tool] = []
         cursor: str | None = None
         while True:
@@ -392,6 +400,7 @@ class BoxMcpServer:
     async def call_tool(
         self, name: str, arguments: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> types.CallToolResult:
+        """Call tool ``name`` with ``arguments``; the tool's result (``is_error`` for its own failures)."""
         args = dict(arguments) if arguments is not None else None
         return await self._request(f"tools/call {name}", lambda s: s.call_tool(name, args), timeout)
 
@@ -408,6 +417,7 @@ class BoxMcpServer:
                 return resources
 
     async def read_resource(self, uri: str, *, timeout: float | None = None) -> types.ReadResourceResult:
+        """Read the resource at ``uri``."""
         return await self._request(f"resources/read {uri}", lambda s: s.read_resource(uri), timeout)
 
     async def list_prompts(self, *, timeout: float | None = None) -> list[types.Prompt]:
@@ -425,6 +435,7 @@ class BoxMcpServer:
     async def get_prompt(
         self, name: str, arguments: Mapping[str, str] | None = None, *, timeout: float | None = None
     ) -> types.GetPromptResult:
+        """The prompt ``name`` filled with ``arguments``."""
         args = dict(arguments) if arguments is not None else None
         return await self._request(f"prompts/get {name}", lambda s: s.get_prompt(name, args), timeout)
 

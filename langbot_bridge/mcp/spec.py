@@ -87,6 +87,7 @@ class McpInstall(pydantic.BaseModel):
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def describe(self) -> str:
+        """The requirements, as one line for messages and the audit log."""
         return " ".join(self.requirements)
 
 
@@ -124,9 +125,11 @@ class McpServerSpec(pydantic.BaseModel):
 
     @property
     def process_id(self) -> str:
+        """The managed-process id this server runs as (``process_id_for`` its name)."""
         return process_id_for(self.name)
 
     def install_target(self) -> str | None:
+        """Where ``install`` puts the packages in the sandbox, or None without one."""
         if self.install is None:
             return None
         return self.install.target or posixpath.join(self.cwd, ".mcp", self.process_id, "site")

@@ -98,10 +98,12 @@ class RelayTransport:
 
     @property
     def connected(self) -> bool:
+        """A relay WebSocket is open right now."""
         return self._connected
 
     @property
     def reconnects(self) -> int:
+        """How many times the relay was dialled again after the first link."""
         return max(0, self.links - 1)
 
     # ── lifecycle ─────────────────────────────────────────────────────────

@@ -28,10 +28,13 @@ ALL_TOOLS: tuple[Tool[Any], ...] = (EXEC, READ, WRITE, EDIT, GLOB, GREP)
 
 
 def failure(error: str) -> dict[str, Any]:
+    """A failed tool result saying ``error``."""
     return ToolResult(ok=False, error=error).model_dump(mode="json")
 
 
 class BoxTools:
+    """The sandbox tools for an LLM (exec, read, write, edit, glob, grep), each chat in its own session."""
+
     def __init__(self, service: BoxService, tools: Sequence[Tool[Any]] = ALL_TOOLS, actor_prefix: str = "tool") -> None:
         self.service = service
         self.tools = {tool.name: tool for tool in tools}

@@ -24,10 +24,14 @@ class ToolError(Exception):
 
 
 class ToolArgs(pydantic.BaseModel):
+    """A tool's arguments: validated before it runs, and its JSON schema for the model."""
+
     model_config = pydantic.ConfigDict(extra="forbid")
 
 
 class ToolResult(pydantic.BaseModel):
+    """What a tool answers: ``ok``, and ``error`` in words a model can act on when not."""
+
     ok: bool = True
     error: str | None = None
 
@@ -46,8 +50,10 @@ class ToolScope:
 
 
 def openai_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    """The model's JSON schema without the ``title`` keys pydantic adds."""
+    """The model's JSON schema without the ``title`` keys pydantic adds, and without the class
+    docstring (written for developers; the tool's own description is the model's)."""
     schema: dict[str, Any] = _untitled(model.model_json_schema())
+    schema.pop("description", None)
     return schema
 
 
@@ -60,6 +66,7 @@ def _untitled(node: Any) -> Any:
 
 
 def describe_validation_error(tool: str, exc: pydantic.ValidationError) -> str:
+    """The problems pydantic found in a tool's arguments, in one line for the model."""
     problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "arguments"
@@ -82,6 +89,7 @@ class Tool(Generic[A]):
         }
 
     def parse(self, arguments: dict[str, Any]) -> A:
+        """The arguments validated; ToolError saying what is wrong otherwise."""
         try:
             return self.args.model_validate(arguments)
         except pydantic.ValidationError as exc:

@@ -45,6 +45,8 @@ async def _stat(scope: ToolScope, path: str) -> FsStatResult:
 
 
 class ReadArgs(ToolArgs):
+    """Arguments of the ``read`` tool."""
+
     path: str = pydantic.Field(min_length=1, description=PATH_HELP + " A directory lists its entries.")
     offset: int = pydantic.Field(default=1, ge=1, description="First line to return (1-based), for text.")
     limit: int = pydantic.Field(
@@ -60,6 +62,8 @@ class ReadArgs(ToolArgs):
 
 
 class ReadTextResult(ToolResult):
+    """``read`` of a text file: a window of lines, and how to read on."""
+
     path: str
     content: str
     size_bytes: int
@@ -71,6 +75,8 @@ class ReadTextResult(ToolResult):
 
 
 class ReadBinaryResult(ToolResult):
+    """``read`` with ``encoding=base64``: a window of bytes, and how to read on."""
+
     path: str
     content: str
     encoding: Literal["base64"] = "base64"
@@ -82,6 +88,8 @@ class ReadBinaryResult(ToolResult):
 
 
 class ReadDirectoryResult(ToolResult):
+    """``read`` of a directory: its entries, one per line."""
+
     path: str
     content: str  # one name per line, directories with a trailing "/"
     is_directory: bool = True
@@ -193,6 +201,7 @@ async def _read_directory(args: ReadArgs, scope: ToolScope) -> ReadDirectoryResu
 
 
 async def run_read(args: ReadArgs, scope: ToolScope) -> ToolResult:
+    """The ``read`` tool: a file's lines or bytes, or a directory's entries."""
     stat = await _stat(scope, args.path)
     if not stat.exists:
         raise ToolError(f"no such file or directory: {args.path}")
@@ -218,6 +227,8 @@ READ = Tool(
 
 
 class WriteArgs(ToolArgs):
+    """Arguments of the ``write`` tool."""
+
     path: str = pydantic.Field(min_length=1, description=PATH_HELP + " Parent directories are created.")
     content: str = pydantic.Field(description="What to write.")
     encoding: Literal["text", "base64"] = pydantic.Field(
@@ -227,6 +238,8 @@ class WriteArgs(ToolArgs):
 
 
 class WriteResult(ToolResult):
+    """``write``: where, and how many bytes."""
+
     path: str
     bytes_written: int
     size_bytes: int
@@ -264,6 +277,7 @@ async def _write_bytes(scope: ToolScope, path: str, data: bytes, append: bool, m
 
 
 async def run_write(args: WriteArgs, scope: ToolScope) -> ToolResult:
+    """The ``write`` tool: create or replace a file in the sandbox."""
     data = _content_bytes(args)
     if len(data) > WRITE_MAX_BYTES:
         raise ToolError(f"content is {len(data)} bytes; one write takes at most {WRITE_MAX_BYTES}")
@@ -285,6 +299,8 @@ WRITE = Tool(
 
 
 class EditArgs(ToolArgs):
+    """Arguments of the ``edit`` tool."""
+
     path: str = pydantic.Field(min_length=1, description=PATH_HELP)
     old_string: str = pydantic.Field(min_length=1, description="Exact text to replace, including whitespace.")
     new_string: str = pydantic.Field(description="The replacement text.")
@@ -294,12 +310,15 @@ class EditArgs(ToolArgs):
 
 
 class EditResult(ToolResult):
+    """``edit``: where, and how many replacements."""
+
     path: str
     replacements: int
     size_bytes: int
 
 
 async def run_edit(args: EditArgs, scope: ToolScope) -> ToolResult:
+    """The ``edit`` tool: replace text in a file, refusing an ambiguous match."""
     if args.old_string == args.new_string:
         raise ToolError("old_string and new_string are the same; there is nothing to change")
     stat = await _stat(scope, args.path)

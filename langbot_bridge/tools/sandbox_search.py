@@ -122,6 +122,7 @@ def _root(args: dict[str, Any]) -> str:
 
 
 def run_glob(args: dict[str, Any]) -> dict[str, Any]:
+    """Paths under ``root`` matching ``pattern``, newest first, within the walk's budget."""
     pattern = args.get("pattern")
     if not isinstance(pattern, str) or not pattern:
         raise Refused("pattern must be a non-empty string")
@@ -193,6 +194,7 @@ def _search_file(full: str, regex: re.Pattern[str], matches: list[dict[str, Any]
 
 
 def run_grep(args: dict[str, Any]) -> dict[str, Any]:
+    """Lines matching a regular expression in the files under ``root``, within the walk's budget."""
     pattern = args.get("pattern")
     if not isinstance(pattern, str) or not pattern:
         raise Refused("pattern must be a non-empty string")
@@ -238,6 +240,7 @@ OPERATIONS = {"glob": run_glob, "grep": run_grep}
 
 
 def main() -> int:
+    """Read the request (JSON) on stdin, print the answer (JSON); exit 0 either way."""
     try:
         args = json.loads(os.environ.get("BOXTOOL_ARGS", ""))
         if not isinstance(args, dict) or args.get("op") not in OPERATIONS:

@@ -54,6 +54,8 @@ async def run_script(scope: ToolScope, request: dict[str, Any], summary: str) ->
 
 
 class GlobArgs(ToolArgs):
+    """Arguments of the ``glob`` tool."""
+
     pattern: str = pydantic.Field(
         min_length=1, description="Glob such as '*.py', 'src/**/*.ts' or '/workspace/**/test_*.py'."
     )
@@ -61,6 +63,8 @@ class GlobArgs(ToolArgs):
 
 
 class GlobResult(ToolResult):
+    """``glob``: the matching paths."""
+
     matches: list[str]  # absolute paths of files, newest first
     total: int
     truncated: bool
@@ -68,6 +72,7 @@ class GlobResult(ToolResult):
 
 
 async def run_glob(args: GlobArgs, scope: ToolScope) -> ToolResult:
+    """The ``glob`` tool, run inside the sandbox by the search script."""
     reply = await run_script(
         scope, {"op": "glob", "pattern": args.pattern, "path": args.path}, f"[glob] {args.pattern} in {args.path}"
     )
@@ -89,6 +94,8 @@ GLOB = Tool(
 
 
 class GrepArgs(ToolArgs):
+    """Arguments of the ``grep`` tool."""
+
     pattern: str = pydantic.Field(min_length=1, max_length=1024, description="Python regular expression.")
     path: str = pydantic.Field(default=DEFAULT_MOUNT_PATH, description="File or directory to search.")
     include: str = pydantic.Field(
@@ -98,12 +105,16 @@ class GrepArgs(ToolArgs):
 
 
 class GrepMatch(pydantic.BaseModel):
+    """One matching line: file, line number, text."""
+
     file: str
     line: int
     content: str
 
 
 class GrepResult(ToolResult):
+    """``grep``: the matching lines."""
+
     matches: list[GrepMatch]
     files_scanned: int
     truncated: bool
@@ -111,6 +122,7 @@ class GrepResult(ToolResult):
 
 
 async def run_grep(args: GrepArgs, scope: ToolScope) -> ToolResult:
+    """The ``grep`` tool, run inside the sandbox by the search script."""
     request = {"op": "grep", **args.model_dump()}
     reply = await run_script(scope, request, f"[grep] {args.pattern!r} in {args.path}")
     return GrepResult.model_validate(reply)

@@ -11,6 +11,8 @@ from langbot_bridge.tools.base import Tool, ToolArgs, ToolResult, ToolScope
 
 
 class ExecArgs(ToolArgs):
+    """Arguments of the ``exec`` tool."""
+
     command: str = pydantic.Field(min_length=1, description="Shell command, run with /bin/sh -c in the sandbox.")
     workdir: str = pydantic.Field(
         default=DEFAULT_MOUNT_PATH, description="Absolute working directory inside the sandbox."
@@ -23,6 +25,8 @@ class ExecArgs(ToolArgs):
 
 
 class ExecToolResult(ToolResult):
+    """``exec``: exit code and output, cut for a model."""
+
     session_id: str
     status: str
     exit_code: int | None
@@ -35,6 +39,7 @@ class ExecToolResult(ToolResult):
 
 
 async def run_exec(args: ExecArgs, scope: ToolScope) -> ToolResult:
+    """The ``exec`` tool: a shell command in the chat's sandbox."""
     request: dict[str, Any] = {"workdir": args.workdir, "env": args.env}
     if args.timeout_sec is not None:
         request["timeout_sec"] = args.timeout_sec

@@ -38,6 +38,9 @@ AGENT_SOCKET_NAME = "agent.sock"
 # Time the daemon allows past a command's own timeout for the agent to report the kill.
 REPORT_GRACE_SEC = 10.0
 HELLO_TIMEOUT_SEC = 5.0  # the agent greets a new connection at once
+# Input is answered once the command has taken it, which may be never: its exit, or the end of
+# the connection, answers it too.
+INPUT_TIMEOUT_SEC = 24 * 3600.0
 _MAX_UNIX_PATH = 100
 
 
@@ -102,6 +105,16 @@ class AgentProcess:
 
     async def signal(self, sig: int = signal.SIGTERM, cancel: bool = False) -> None:
         await self._client._send({"op": "signal", "id": self.id, "signal": int(sig), "cancel": cancel})
+
+    async def write_input(self, data: bytes, eof: bool = False) -> None:
+        """Feed the command's stdin (spawned with ``stdin`` or ``tty``); returns once the agent
+        has written it, so a command that reads slowly slows the writer down. ``eof`` closes
+        the stdin after ``data``. BoxValidationError once the command takes no more input."""
+        await self._client.request("input", {"target": self.id, "eof": eof}, data, timeout=INPUT_TIMEOUT_SEC)
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the size of the command's terminal (spawned with ``tty``)."""
+        await self._client.request("resize", {"target": self.id, "rows": rows, "cols": cols})
 
     def kill_soon(self) -> None:
         """Best-effort SIGKILL without awaiting: usable while the caller is being cancelled."""
@@ -311,6 +324,8 @@ class AgentClient:
             header["argv"] = req.argv
         if req.kill_grace:
             header["kill_grace"] = req.kill_grace
+        if req.tty is not None:
+            header["tty"] = {"rows": req.tty[0], "cols": req.tty[1]}
         if collect:
             header["collect"] = True
         body = (req.script or "").encode("utf-8", "surrogateescape")

@@ -17,7 +17,8 @@ class CommandRequest:
     argv: list[str] | None = None
     timeout: float | None = None
     output_cap: int | None = None
-    stdin: bool = False  # a stdin pipe; only with handoff (the daemon writes to it directly)
+    stdin: bool = False  # a stdin pipe: the daemon writes to it directly (handoff) or via ``input``
+    tty: tuple[int, int] | None = None  # (rows, cols): run on a new terminal of that size
     keep_on_disconnect: bool = False  # survives a lost connection; only with handoff
     notify_started: bool = False  # the agent reports the pid (a frame execs do without)
     handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames

@@ -27,6 +27,7 @@ import boxagent_host
 import boxagent_spare
 import boxagent_spawn
 from boxagent_conn import Conn
+from boxagent_input import InputPipes
 from boxagent_output import OutputPipes
 from boxagent_proc import ExitWatch, OomCounter, Proc, kill_rest, kill_tree, now
 
@@ -35,7 +36,7 @@ EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background childr
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 
 
-class Agent(OutputPipes):
+class Agent(OutputPipes, InputPipes):
     def __init__(self, socket_path, host=False):
         self.socket_path = socket_path
         self.host = boxagent_host.HostMode() if host else None
@@ -244,16 +245,22 @@ class Agent(OutputPipes):
             if error is not None:
                 conn.send({"ev": "failed", "id": pid_key, "error": error})
                 return
+        if header.get("tty") and header.get("handoff"):
+            conn.send({"ev": "failed", "id": pid_key, "error": "a terminal cannot be handed over"})
+            return
+        master = None
         script = self.spare.script_for(header, body) if self.spare is not None else None
-        if script is not None:
-            popen = self.spare.hand_over(script)
-            self.spare = None
-        else:
-            try:
+        try:
+            if script is not None:
+                popen = self.spare.hand_over(script)
+                self.spare = None
+            elif header.get("tty"):
+                popen, master = boxagent_spawn.tty_spawn(self.base_env, header, body, cwd)
+            else:
                 popen = boxagent_spawn.fresh_spawn(self.base_env, header, body, cwd)
-            except boxagent_spawn.SpawnError as exc:
-                conn.send({"ev": "failed", "id": pid_key, "error": str(exc)})
-                return
+        except boxagent_spawn.SpawnError as exc:
+            conn.send({"ev": "failed", "id": pid_key, "error": str(exc)})
+            return
         proc = Proc(popen.pid, popen, conn, header)
         self.procs[pid_key] = proc
         self.by_pid[popen.pid] = proc
@@ -262,8 +269,14 @@ class Agent(OutputPipes):
             # The daemon takes the pipes themselves (op take_fds): its data need not pass
             # through this process. The agent still reaps, signals and reports the exit.
             proc.handoff = [popen.stdin, popen.stdout, popen.stderr]
+        elif master is not None:
+            proc.tty_fd = master
+            self.keep_stdin(proc, open(os.dup(master), "wb", buffering=0))  # noqa: SIM115
+            self.read_output_of(proc, ((1, open(master, "rb", buffering=0)),))  # noqa: SIM115
         else:
-            self.read_output_of(proc, popen)
+            if popen.stdin is not None:
+                self.keep_stdin(proc, popen.stdin)
+            self.read_output_of(proc, ((1, popen.stdout), (2, popen.stderr)))
         if header.get("notify_started"):
             conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
 
@@ -322,6 +335,7 @@ class Agent(OutputPipes):
             proc.status = status
             proc.rusage = rusage
             proc.exited_at = now()
+            self.close_stdin(proc, "the command has exited")
             proc.popen.returncode = status  # keep Popen from waiting on a reaped pid
             self.drain_exited(proc)
             if not proc.pipes:

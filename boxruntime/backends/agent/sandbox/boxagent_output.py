@@ -20,9 +20,10 @@ PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output w
 
 
 class OutputPipes:
-    def read_output_of(self, proc, popen):
-        """Take over the stdout and stderr pipes of a process the agent just started."""
-        for stream, pipe in ((1, popen.stdout), (2, popen.stderr)):
+    def read_output_of(self, proc, pipes):
+        """Take over the output of a process the agent just started: ``(stream, file)`` pairs,
+        its stdout and stderr pipes, or a terminal's master side as stream 1."""
+        for stream, pipe in pipes:
             fd = pipe.fileno()
             os.set_blocking(fd, False)
             proc.pipes[fd] = stream
@@ -41,7 +42,7 @@ class OutputPipes:
                 data = os.read(fd, READ_CHUNK)
             except (BlockingIOError, InterruptedError):
                 return False
-            except OSError:
+            except OSError:  # EIO: a terminal whose last user has gone
                 data = b""
             if not data:
                 self.close_pipe(proc, fd)
@@ -107,6 +108,8 @@ class OutputPipes:
         # then possibly another process's pipe.
         proc.files.pop(fd).close()
         proc.readers.pop(fd, None)
+        if fd == proc.tty_fd:
+            proc.tty_fd = None  # the number may be reused: never resize through it again
         if proc.status is not None and not proc.pipes:
             self.finish(proc)
 

@@ -163,6 +163,16 @@ class Proc:
         self.listen_at = None  # when the pipes start being watched, if they are not yet
         self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
         self.paused = False
+        # Input the agent writes for the daemon (boxagent_input): the file it goes to, what
+        # waits to be written, and the requests answered once their data is written.
+        self.stdin_file = None
+        self.stdin_watched = False
+        self.stdin_eof = False
+        self.inbuf = bytearray()
+        self.queued = 0
+        self.written = 0
+        self.acks = []  # (conn, request id, byte count it is answered at)
+        self.tty_fd = None  # the terminal's master side, while the command has one
 
     def exit_frame(self, oom):
         """The exit event (header, body) of this reaped process; a collected command's output

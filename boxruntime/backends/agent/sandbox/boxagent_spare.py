@@ -1,10 +1,16 @@
 """A shell started ahead of time, so a command does not wait for the fork and exec of /bin/sh.
 
-Stdlib only, Python >= 3.8. The spare shell runs ``. /proc/self/fd/N`` and blocks reading its
-script from a pipe. A command is handed over by writing a prologue (``cd`` to the workdir,
+Stdlib only, Python >= 3.8. The spare shell is ``sh -s``: it blocks reading its script from
+a pipe on its stdin. A command is handed over by writing a prologue (``cd`` to the workdir,
 ``export`` of the environment) and the command itself into that pipe and closing it: the
 shell then behaves as ``sh -c <command>`` would in that directory with that environment.
 The agent makes the next spare only when it is idle, so that cost is off everyone's path.
+
+The command runs as the shell's own script, not sourced (``. FILE`` made dash name the file in
+every error: ``/bin/sh: 5: /proc/self/fd/3: nosuchcmd: not found``): errors read
+``sh: 1: nosuchcmd: not found``, as after ``sh -c``. The prologue and the command share line 1,
+and the command is a brace group with its stdin on /dev/null (``group``): the shell keeps
+reading its script from the pipe, the command never does.
 
 Only small scripts go this way (they fit the pipe buffer, so writing never blocks the agent)
 and only environments whose names the shell can export; anything else uses a fresh spawn.
@@ -15,7 +21,7 @@ import re
 import signal
 
 SHELL = "/bin/sh"
-SCRIPT_FD = 3  # where the shell finds its script pipe
+SHELL_NAME = "sh"  # argv[0], and so $0 and the prefix of the shell's own error messages
 SCRIPT_MAX = 48 * 1024  # well inside the 64 KiB pipe buffer
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Python ignores these two, and an ignored signal stays ignored across exec: back to the
@@ -29,10 +35,18 @@ def quote(value):
 
 
 def prologue(cwd, env):
-    lines = ["cd -- %s || exit 126\n" % quote(cwd)]
+    """``cd`` and ``export``s on one line, which the command continues (so it starts on line 1)."""
+    parts = ["cd -- %s || exit 126; " % quote(cwd)]
     for key, value in env.items():
-        lines.append("export %s=%s\n" % (key, quote(value)))
-    return "".join(lines).encode("utf-8", "surrogateescape")
+        parts.append("export %s=%s; " % (key, quote(value)))
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+def group(body):
+    """The command as a brace group reading /dev/null: run as the script of ``sh -s``, it must
+    not read the rest of that script as its own input. The leading ``:`` keeps a command that
+    is only a comment from making an empty (invalid) group."""
+    return b"{ :; " + body + b"\n} </dev/null\n"
 
 
 def _pipe_or_close(*opened):
@@ -68,13 +82,12 @@ class SpareShell:
         try:
             pid = os.posix_spawn(
                 SHELL,
-                [SHELL, "-c", ". /proc/self/fd/%d" % SCRIPT_FD],
+                [SHELL_NAME, "-s"],
                 base_env,
                 file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, read_end, 0),
                     (os.POSIX_SPAWN_DUP2, out_w, 1),
                     (os.POSIX_SPAWN_DUP2, err_w, 2),
-                    (os.POSIX_SPAWN_DUP2, read_end, SCRIPT_FD),
                 ],
                 setsid=True,
                 setsigdef=RESTORED_SIGNALS,
@@ -92,12 +105,12 @@ class SpareShell:
 
     def script_for(self, header, body):
         """The bytes to feed this shell for the spawn request, or None if it cannot take it."""
-        if self.dead or header.get("argv") or header.get("stdin"):
+        if self.dead or header.get("argv") or header.get("stdin") or header.get("tty"):
             return None
         env = header.get("env") or {}
         if not all(_NAME.match(key) for key in env):
             return None
-        script = prologue(header.get("cwd") or "/", env) + body
+        script = prologue(header.get("cwd") or "/", env) + group(body)
         return script if len(script) <= SCRIPT_MAX else None
 
     def hand_over(self, script):

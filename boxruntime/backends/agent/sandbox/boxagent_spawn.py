@@ -2,13 +2,19 @@
 every command (stdlib only, Python >= 3.8).
 
 A fresh spawn serves what a spare shell cannot take: argv commands, long scripts (through a
-memfd, never argv: ARG_MAX), a stdin, environment names the shell cannot export.
+memfd, never argv: ARG_MAX), a stdin, a terminal, environment names the shell cannot export.
+
+Shell commands run as ``sh`` (argv[0]), so the shell's own errors read
+``sh: 1: nosuchcmd: not found`` and never name a file of ours.
 """
 
+import fcntl
 import os
+import struct
 import subprocess
+import termios
 
-from boxagent_spare import SHELL
+from boxagent_spare import SHELL, SHELL_NAME, group
 
 SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
 
@@ -18,17 +24,28 @@ class SpawnError(Exception):
 
 
 def fresh_spawn(base_env, header, body, cwd):
-    """A Popen for the spawn request ``header`` (its script in ``body``), in ``cwd``."""
+    """A Popen for the spawn request ``header`` (its script in ``body``), in ``cwd``.
+
+    With ``stdin`` the command gets a pipe the agent (``op_input``) or, with ``handoff``, the
+    daemon writes to; otherwise /dev/null."""
     env = dict(base_env)
     env.update(header.get("env") or {})
-    argv, pass_fds, script_fd = command_argv(header, body)
+    wants_stdin = bool(header.get("stdin"))
+    argv, script_fd = command_argv(header, body, wants_stdin)
+    stdin = subprocess.PIPE if wants_stdin else subprocess.DEVNULL
+    pass_fds = ()
+    if script_fd is not None:
+        if wants_stdin:
+            pass_fds = (script_fd,)  # sourced by number; the pipe is the stdin
+        else:
+            stdin = script_fd  # the script of ``sh -s``
     try:
         return subprocess.Popen(
             argv,
+            executable=None if header.get("argv") else SHELL,
             cwd=cwd,
             env=env,
-            # Only a process whose pipes go to the daemon gets a stdin it can write to.
-            stdin=subprocess.PIPE if header.get("stdin") and header.get("handoff") else subprocess.DEVNULL,
+            stdin=stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             pass_fds=pass_fds,
@@ -42,16 +59,70 @@ def fresh_spawn(base_env, header, body, cwd):
             os.close(script_fd)
 
 
-def command_argv(header, body):
-    """argv for the request; a long shell script goes through a memfd, not argv."""
+def command_argv(header, body, wants_stdin):
+    """argv for the request, and the memfd holding a long script (or None).
+
+    A long script is read by ``sh -s`` from the memfd as its stdin, the command itself reading
+    /dev/null (``group``). One that also wants a stdin pipe is sourced from the memfd instead,
+    the one case where the shell's errors name ``/proc/self/fd/N``."""
     if header.get("argv"):
-        return [str(a) for a in header["argv"]], (), None
+        return [str(a) for a in header["argv"]], None
     if len(body) <= SCRIPT_INLINE_MAX:
-        return [SHELL, "-c", body.decode("utf-8", "surrogateescape")], (), None
+        return [SHELL_NAME, "-c", body.decode("utf-8", "surrogateescape")], None
     fd = os.memfd_create("boxagent-script", 0)
-    os.write(fd, body)
+    os.write(fd, body if wants_stdin else group(body))
     os.lseek(fd, 0, os.SEEK_SET)
-    return [SHELL, "/proc/self/fd/%d" % fd], (fd,), fd
+    if wants_stdin:
+        return [SHELL_NAME, "-c", ". /proc/self/fd/%d" % fd], fd
+    return [SHELL_NAME, "-s"], fd
+
+
+def set_window(fd, rows, cols):
+    """The terminal size a program in the sandbox sees (and is sent SIGWINCH for)."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", int(rows), int(cols), 0, 0))
+
+
+def _take_terminal():  # runs in the child between fork and exec: after setsid, before exec
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def tty_spawn(base_env, header, body, cwd):
+    """A command on a new pseudo-terminal, as its session leader with the terminal as its
+    controlling one (job control and ^C work as in a shell). Returns the Popen and the master
+    side, which carries both the command's output and its input."""
+    size = header.get("tty") or {}
+    master, slave = os.openpty()
+    argv = [SHELL]
+    try:
+        set_window(master, size.get("rows", 24), size.get("cols", 80))
+        env = dict(base_env)
+        env.setdefault("TERM", "xterm")
+        env.update(header.get("env") or {})
+        if header.get("argv"):
+            argv, executable = [str(a) for a in header["argv"]], None
+        else:
+            argv, executable = [SHELL_NAME, "-c", body.decode("utf-8", "surrogateescape")], SHELL
+        popen = subprocess.Popen(
+            argv,
+            executable=executable,
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_take_terminal,  # the agent is single-threaded: safe here
+        )
+    except OSError as exc:
+        os.close(master)
+        raise SpawnError("cannot start %s on a terminal: %s" % (argv[0], exc.strerror)) from None
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return popen, master
 
 
 def close_on_exec_inherited():

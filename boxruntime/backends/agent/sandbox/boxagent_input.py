@@ -1,0 +1,105 @@
+"""Feeding a command's stdin (stdlib only, Python >= 3.8).
+
+A mixin of the agent, which owns the selector (``sel``) and the processes (``procs``). The
+daemon sends ``input`` requests (data, and ``eof`` to close the stdin after it); each is
+answered once its data is in the command's pipe or terminal, so the daemon never has more in
+flight than the command has read. A command that exits or closes its input fails the requests
+still waiting, which tells the daemon to stop sending.
+
+A command on a terminal (``tty``) is written through a duplicate of the terminal's master side
+and can be resized (``resize``); its output is read from the master itself.
+"""
+
+import os
+import selectors
+
+from boxagent_spawn import set_window
+
+
+def _reply(conn, token, error=None):
+    if conn.closed:
+        return
+    frame = {"ev": "reply", "id": token}
+    if error is not None:
+        frame["error"] = error
+        frame["code"] = "EPIPE"
+    conn.send(frame)
+
+
+class InputPipes:
+    def keep_stdin(self, proc, fileobj):
+        """Write the process's input to ``fileobj`` from now on (without ever blocking)."""
+        os.set_blocking(fileobj.fileno(), False)
+        proc.stdin_file = fileobj
+
+    def op_input(self, conn, header, body):
+        proc = self.procs.get(header.get("target"))
+        token = header.get("id")
+        if proc is None or proc.stdin_file is None:
+            _reply(conn, token, "the command takes no more input")
+            return
+        proc.inbuf += body
+        proc.queued += len(body)
+        proc.acks.append((conn, token, proc.queued))
+        if header.get("eof"):
+            proc.stdin_eof = True
+        self.write_input(proc)
+
+    def op_resize(self, conn, header, _body):
+        proc = self.procs.get(header.get("target"))
+        token = header.get("id")
+        if proc is None or proc.tty_fd is None:
+            conn.send({"ev": "reply", "id": token, "error": "the command has no terminal", "code": "ENOTTY"})
+            return
+        set_window(proc.tty_fd, header.get("rows", 24), header.get("cols", 80))
+        conn.send({"ev": "reply", "id": token})
+
+    def write_input(self, proc):
+        fileobj = proc.stdin_file
+        if fileobj is None:
+            return
+        while proc.inbuf:
+            try:
+                written = os.write(fileobj.fileno(), proc.inbuf)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.close_stdin(proc, "the command closed its input")
+                return
+            del proc.inbuf[:written]
+            proc.written += written
+        while proc.acks and proc.acks[0][2] <= proc.written:
+            conn, token, _ = proc.acks.pop(0)
+            _reply(conn, token)
+        if proc.inbuf:
+            self._watch_stdin(proc, True)
+        else:
+            self._watch_stdin(proc, False)
+            if proc.stdin_eof:
+                self.close_stdin(proc)
+
+    def _watch_stdin(self, proc, writable):
+        if writable == proc.stdin_watched:
+            return
+        fd = proc.stdin_file.fileno()
+        if writable:
+            self.sel.register(fd, selectors.EVENT_WRITE, lambda _mask: self.write_input(proc))
+        else:
+            self.sel.unregister(fd)
+        proc.stdin_watched = writable
+
+    def close_stdin(self, proc, error=None):
+        """Close the process's input; requests still waiting get ``error`` (None: they are done)."""
+        fileobj = proc.stdin_file
+        if fileobj is None:
+            return
+        self._watch_stdin(proc, False)
+        proc.stdin_file = None
+        try:
+            fileobj.close()
+        except OSError:
+            pass
+        del proc.inbuf[:]
+        acks, proc.acks = proc.acks, []
+        for conn, token, _ in acks:
+            _reply(conn, token, error)

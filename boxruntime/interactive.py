@@ -1,0 +1,159 @@
+"""Interactive exec: ``box_exec_interactive``, ``_input``, ``_resize``, ``_signal`` (ours).
+
+A command that takes input, optionally on a terminal: what ``boxruntime exec -i`` and ``-t``
+use. Payloads are ``boxruntime.models.interactive``. The command runs under the session's agent
+like any exec; its output streams as ``box_exec_stream``'s does (after an ``ExecStarted`` that
+names it) and its result comes last, without the output (already streamed).
+
+Input and resizes reach only the commands started on the same connection: the registry belongs
+to one connection's action table, and an exec id means nothing anywhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from boxruntime.backends.agent.client import AgentOpError, AgentProcess
+from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
+from boxruntime.backends.base import sandbox_env
+from boxruntime.errors import BoxSandboxError, BoxValidationError
+from boxruntime.models import (
+    BoxSpec,
+    EndReason,
+    ExecInputRequest,
+    ExecResizeRequest,
+    ExecResult,
+    ExecSignalRequest,
+    ExecStarted,
+    ExecStatus,
+    InteractiveExecRequest,
+    OutputChunk,
+    StreamedResult,
+)
+from boxruntime.payloads import dump, parse
+from boxruntime.protocol import ActionHandler, Payload
+from boxruntime.runtime.chunks import ChunkText
+from boxruntime.runtime.core import BoxRuntime
+
+_SPEC_FIELDS = set(BoxSpec.model_fields)
+
+
+def command_for(req: InteractiveExecRequest) -> CommandRequest:
+    """What the agent runs: the command with a stdin pipe, or on a terminal; output uncapped
+    (it is streamed, never kept)."""
+    return CommandRequest(
+        cwd=req.workdir,
+        env=sandbox_env(req.env),
+        script=req.cmd,
+        timeout=None if req.no_timeout else float(req.timeout_sec),
+        stdin=req.stdin and req.tty is None,
+        tty=(req.tty.rows, req.tty.cols) if req.tty is not None else None,
+    )
+
+
+def interactive_result(session_id: str, backend: str, exit: CommandExit, timeout_sec: int) -> ExecResult:
+    reason = EndReason(exit.reason)
+    timed_out = reason == EndReason.TIMEOUT
+    return ExecResult(
+        session_id=session_id,
+        backend_name=backend,
+        status=ExecStatus.TIMED_OUT if timed_out else ExecStatus.COMPLETED,
+        exit_code=None if timed_out else exit.code,
+        stderr=f"Command timed out after {timeout_sec} seconds." if timed_out else "",
+        duration_ms=exit.wall_ms,
+        end_reason=reason,
+        signal=exit.signal,
+        cpu_ms=exit.cpu_ms,
+        peak_rss_kb=exit.peak_rss_kb,
+        stdout_bytes=exit.stdout_total,
+        stderr_bytes=exit.stderr_total,
+    )
+
+
+class InteractiveExecs:
+    """The interactive commands of one control connection."""
+
+    def __init__(self, runtime: BoxRuntime) -> None:
+        self.runtime = runtime
+        self._running: dict[str, tuple[AgentProcess, InteractiveExecRequest]] = {}
+
+    def table(self) -> dict[str, ActionHandler]:
+        return {
+            "box_exec_interactive": self.run,
+            "box_exec_input": self.input,
+            "box_exec_resize": self.resize,
+            "box_exec_signal": self.signal,
+        }
+
+    def _find(self, exec_id: str) -> tuple[AgentProcess, InteractiveExecRequest]:
+        found = self._running.get(exec_id)
+        if found is None:
+            raise BoxValidationError(f"no running interactive exec {exec_id!r} on this connection")
+        return found
+
+    async def run(self, data: Payload) -> AsyncIterator[Payload]:
+        req = parse(InteractiveExecRequest, data)
+        if not req.cmd:
+            raise BoxValidationError("cmd must not be empty")
+        spec = BoxSpec.model_validate(req.model_dump(include=_SPEC_FIELDS))
+        async with self.runtime.sessions.lease(spec) as session:
+            proc = await session.backend.spawn(session.handle, command_for(req))
+            exec_id = secrets.token_hex(8)
+            self._running[exec_id] = (proc, req)
+            finished = False
+            try:
+                yield dump(ExecStarted(exec_id=exec_id))
+                decoders = {1: ChunkText(), 2: ChunkText()}
+                async for event in proc.events():
+                    if isinstance(event, Output):
+                        text, encoding = decoders[event.stream].convert(event.data)
+                        name: Literal["stdout", "stderr"] = "stdout" if event.stream == 1 else "stderr"
+                        yield dump(OutputChunk(stream=name, data=text, encoding=encoding))
+                    elif isinstance(event, CommandExit):
+                        finished = True
+                        result = interactive_result(spec.session_id, session.handle.backend, event, spec.timeout_sec)
+                        yield dump(StreamedResult(result=result))
+            finally:
+                self._running.pop(exec_id, None)
+                if not finished:  # cancelled, or the client went away: the command goes too
+                    with contextlib.suppress(BoxSandboxError):
+                        proc.kill_soon()
+
+    async def input(self, data: Payload) -> Payload:
+        req = parse(ExecInputRequest, data)
+        proc, started = self._find(req.exec_id)
+        if not started.stdin:
+            raise BoxValidationError(f"interactive exec {req.exec_id} was started without stdin")
+        try:
+            raw = base64.b64decode(req.data, validate=True)
+        except binascii.Error:
+            raise BoxValidationError("box_exec_input data must be base64") from None
+        try:
+            await proc.write_input(raw, req.eof)
+        except AgentOpError:
+            raise BoxValidationError(
+                f"interactive exec {req.exec_id} takes no more input (it has exited or closed its stdin)"
+            ) from None
+        return {"written": len(raw)}
+
+    async def resize(self, data: Payload) -> Payload:
+        req = parse(ExecResizeRequest, data)
+        proc, started = self._find(req.exec_id)
+        if started.tty is None:
+            raise BoxValidationError(f"interactive exec {req.exec_id} has no terminal to resize")
+        try:
+            await proc.resize(req.rows, req.cols)
+        except AgentOpError as exc:
+            raise BoxValidationError(f"interactive exec {req.exec_id}: {exc}") from None
+        return {}
+
+    async def signal(self, data: Payload) -> Payload:
+        req = parse(ExecSignalRequest, data)
+        proc, _ = self._find(req.exec_id)
+        await proc.signal(req.signal, cancel=True)
+        return {}
