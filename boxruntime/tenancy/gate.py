@@ -14,6 +14,7 @@ daemon's handlers (reference §A.9, §B.2), as a thin layer the runtime never se
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 
 import anyio
@@ -47,7 +48,6 @@ HOST_CONTROL_ACTIONS = frozenset(
     }
 )
 _SPEC_ACTIONS = frozenset({"box_exec", "box_exec_stream", "box_create_session"})
-_STREAMS = frozenset({"box_exec_stream"})
 
 
 class TenantGate:
@@ -82,11 +82,11 @@ class TenantGate:
         if context is None:
             if self._identified:
                 raise BoxPermissionError("Box tenant action requires a trusted Workspace context")
-            if req.action in _STREAMS:
+            if inspect.isasyncgenfunction(handler):  # a streamed answer (box_exec_stream, interactive)
                 return handler(self._inbound(req.action, req.data, LEGACY, strict=False))
             return self._legacy(req, handler)
         placement = Placement.of(context)
-        if req.action in _STREAMS:
+        if inspect.isasyncgenfunction(handler):
             return self._stream(req, handler, placement)
         return self._fenced(req, handler, placement)
 
