@@ -44,6 +44,7 @@ class Agent(OutputPipes):
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
         self.dirty = set()  # connections with frames waiting to be written
         self.spare = None  # a shell started ahead of time for the next command
+        self.spare_shape = None  # the shape of the last command, which the next spare takes
         self.oom = OomCounter()
         self.exits = ExitWatch(self.sel)
 
@@ -159,9 +160,10 @@ class Agent(OutputPipes):
 
     def make_spare(self):
         try:
-            self.spare = boxagent_spare.SpareShell(self.base_env)
+            self.spare = boxagent_spare.SpareShell(self.base_env, self.spare_shape)
         except OSError:
             self.spare = None
+            self.spare_shape = None  # that shell cannot be started: fall back to the plain one
 
     def next_timeout(self):
         moments = []
@@ -223,11 +225,15 @@ class Agent(OutputPipes):
             if error is not None:
                 conn.send({"ev": "failed", "id": pid_key, "error": error})
                 return
-        script = self.spare.script_for(header, body) if self.spare is not None else None
+        self.spare_shape = boxagent_spare.shape_of(header, self.base_env)
+        script = self.spare.script_for(header, body, self.base_env) if self.spare is not None else None
         if script is not None:
             popen = self.spare.hand_over(script)
             self.spare = None
         else:
+            if self.spare is not None and self.spare.shape != self.spare_shape:
+                self.spare.discard()  # of another shape than the commands now coming: make a new one
+                self.spare = None
             try:
                 popen = boxagent_spawn.fresh_spawn(self.base_env, header, body, cwd)
             except boxagent_spawn.SpawnError as exc:

@@ -8,6 +8,13 @@ The agent makes the next spare only when it is idle, so that cost is off everyon
 
 Only small scripts go this way (they fit the pipe buffer, so writing never blocks the agent)
 and only environments whose names the shell can export; anything else uses a fresh spawn.
+
+A spare can also take the *shape* of the last command: an argv ``bash [-l] -c COMMAND`` (how
+E2B's SDK runs every command) in a given environment. The spare is then that bash, started with
+that environment (so a login shell has read its profile ahead of time); it reads the workdir and
+the command from the pipe and ``eval``s the command, which behaves as ``-c`` would (same ``$0``,
+same error messages). The next spare takes the shape of the last command, so a sandbox that runs
+one kind of command keeps a spare of that kind.
 """
 
 import os
@@ -18,6 +25,32 @@ SHELL = "/bin/sh"
 SCRIPT_FD = 3  # where the shell finds its script pipe
 SCRIPT_MAX = 48 * 1024  # well inside the 64 KiB pipe buffer
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BASH_FLAGS = ("-l", "--login")  # options of a shaped spare's bash besides -c (read before the command)
+# What a shaped spare runs: the workdir and the command, each ended by a NUL, come from the pipe.
+# bash's ``read -d ''`` stops at the NUL; the pipe is closed before the command runs.
+SHAPED_BOOT = (
+    "IFS= read -r -d '' __boxagent_cwd <&%d; IFS= read -r -d '' __boxagent_cmd <&%d; exec %d<&-; "
+    # cd sets OLDPWD, which a fresh `bash -c` would not have: put back what the environment said.
+    '[ -n "${OLDPWD+set}" ] && __boxagent_old=$OLDPWD; cd -- "$__boxagent_cwd" || exit 126; '
+    'if [ -n "${__boxagent_old+set}" ]; then OLDPWD=$__boxagent_old; else unset OLDPWD; fi; '
+    "unset __boxagent_old __boxagent_cwd; "
+    'eval "unset __boxagent_cmd; $__boxagent_cmd"'
+) % (SCRIPT_FD, SCRIPT_FD, SCRIPT_FD)
+
+
+def shape_of(header, base_env):
+    """``(argv before -c, environment)`` of a spawn request a shaped spare could serve, else None."""
+    argv = header.get("argv")
+    if not argv or header.get("stdin") or len(argv) < 3 or argv[-2] != "-c":
+        return None
+    shell, flags = argv[0], argv[1:-2]
+    if os.path.basename(str(shell)) != "bash" or not all(f in BASH_FLAGS for f in flags):
+        return None
+    env = dict(base_env)
+    env.update(header.get("env") or {})
+    return [str(a) for a in argv[:-2]], env
+
+
 # Python ignores these two, and an ignored signal stays ignored across exec: back to the
 # default for the command, as subprocess's restore_signals does for a fresh spawn. Else
 # ``yes | head -n1`` has yes report a broken pipe instead of dying of SIGPIPE.
@@ -58,18 +91,23 @@ class Spawned:
 
 
 class SpareShell:
-    def __init__(self, base_env):
+    def __init__(self, base_env, shape=None):
         # posix_spawn (vfork underneath) blocks the agent a third as long as Popen: the agent
         # makes a spare after every command, so this is paid once per command. Every fd the
         # agent opens is close-on-exec, so the shell gets only the three below and the script.
+        self.shape = shape
+        if shape is None:
+            argv, env = [SHELL, "-c", ". /proc/self/fd/%d" % SCRIPT_FD], base_env
+        else:
+            argv, env = shape[0] + ["-c", SHAPED_BOOT], shape[1]
         read_end, self.script_fd = os.pipe()
         out_r, out_w = _pipe_or_close(read_end, self.script_fd)
         err_r, err_w = _pipe_or_close(read_end, self.script_fd, out_r, out_w)
         try:
-            pid = os.posix_spawn(
-                SHELL,
-                [SHELL, "-c", ". /proc/self/fd/%d" % SCRIPT_FD],
-                base_env,
+            pid = os.posix_spawnp(
+                argv[0],
+                argv,
+                env,
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_DUP2, out_w, 1),
@@ -90,9 +128,19 @@ class SpareShell:
         self.pid = pid
         self.dead = False
 
-    def script_for(self, header, body):
+    def script_for(self, header, body, base_env):
         """The bytes to feed this shell for the spawn request, or None if it cannot take it."""
-        if self.dead or header.get("argv") or header.get("stdin"):
+        if self.dead:
+            return None
+        if self.shape is not None:
+            if shape_of(header, base_env) != self.shape:
+                return None
+            parts = [header.get("cwd") or "/", header["argv"][-1]]
+            if any("\0" in part for part in parts):
+                return None
+            script = "".join(part + "\0" for part in parts).encode("utf-8", "surrogateescape")
+            return script if len(script) <= SCRIPT_MAX else None
+        if header.get("argv") or header.get("stdin"):
             return None
         env = header.get("env") or {}
         if not all(_NAME.match(key) for key in env):
