@@ -30,6 +30,7 @@ from boxruntime.backends.agent.commands import (
 )
 from boxruntime.backends.agent.fd_passing import HEADER, HandedPipes, fetch_fds, pipes_from
 from boxruntime.backends.agent.frames import FrameProtocol
+from boxruntime.backends.agent.watch import AgentWatch, parse_events
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class AgentClient:
         self._protocol: FrameProtocol | None = None
         self._procs: dict[str, AgentProcess] = {}
         self._replies: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._watches: dict[str, AgentWatch] = {}
         self._connect_lock = asyncio.Lock()
         self._dir_fd: int | None = None
         self._ever_connected = False
@@ -208,6 +210,9 @@ class AgentClient:
             if not fut.done():
                 fut.set_exception(exc)
         self._replies.clear()
+        for watch in self._watches.values():
+            watch._deliver(exc)  # a watch does not survive its connection (the agent ends it)
+        self._watches.clear()
 
     def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
         ev = header.get("ev")
@@ -216,6 +221,11 @@ class AgentClient:
             fut = self._replies.pop(str(proc_id), None)
             if fut is not None and not fut.done():
                 fut.set_result((header, body))
+            return
+        if ev == "fsevent":
+            watch = self._watches.get(str(proc_id))
+            if watch is not None:
+                watch._deliver(parse_events(header))
             return
         proc = self._procs.get(proc_id) if isinstance(proc_id, str) else None
         if proc is None:
@@ -280,6 +290,21 @@ class AgentClient:
     async def ping(self, timeout: float = 5.0) -> None:
         await self.request("ping", {}, timeout=timeout)
 
+    async def watch(self, fields: dict[str, Any]) -> AgentWatch:
+        """Watch a directory (``path``, ``recursive``, ``roots``); events until ``close()``."""
+        watch = AgentWatch(f"w{next(self._ids)}", self._unwatch)
+        self._watches[watch.id] = watch  # before the reply: the first events may follow it at once
+        try:
+            await self.request("watch", {**fields, "watch": watch.id})
+        except BaseException:
+            self._watches.pop(watch.id, None)
+            raise
+        return watch
+
+    def _unwatch(self, watch_id: str) -> None:
+        if self._watches.pop(watch_id, None) is not None:
+            self._send_nowait({"op": "unwatch", "watch": watch_id})
+
     async def take_fds(self, proc: AgentProcess, timeout: float = 10.0) -> HandedPipes:
         """The pipes of a process spawned with ``handoff`` (see fd_passing)."""
         path = self._socket_path()
@@ -306,6 +331,7 @@ class AgentClient:
             "keep_on_disconnect": req.keep_on_disconnect,
             "notify_started": req.notify_started,
             "handoff": req.handoff,
+            "make_cwd": req.make_cwd,
         }
         if req.argv is not None:
             header["argv"] = req.argv

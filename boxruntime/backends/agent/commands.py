@@ -21,6 +21,7 @@ class CommandRequest:
     keep_on_disconnect: bool = False  # survives a lost connection; only with handoff
     notify_started: bool = False  # the agent reports the pid (a frame execs do without)
     handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames
+    make_cwd: bool = True  # create a missing workdir (else the spawn fails, naming it)
 
 
 @dataclass(frozen=True, slots=True)

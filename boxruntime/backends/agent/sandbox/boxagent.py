@@ -27,13 +27,14 @@ import boxagent_spawn
 from boxagent_conn import Conn
 from boxagent_output import OutputPipes
 from boxagent_proc import ExitWatch, OomCounter, Proc, now, session_members
+from boxagent_watch import WatchOps
 
 VERSION = 3
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 
 
-class Agent(OutputPipes):
+class Agent(OutputPipes, WatchOps):
     def __init__(self, socket_path):
         self.socket_path = socket_path
         self.sel = selectors.DefaultSelector()
@@ -45,6 +46,7 @@ class Agent(OutputPipes):
         self.dirty = set()  # connections with frames waiting to be written
         self.spare = None  # a shell started ahead of time for the next command
         self.spare_shape = None  # the shape of the last command, which the next spare takes
+        self.watches = {}  # id -> (Watch, the connection its events go to)
         self.oom = OomCounter()
         self.exits = ExitWatch(self.sel)
 
@@ -88,6 +90,7 @@ class Agent(OutputPipes):
         except (KeyError, ValueError):
             pass
         conn.sock.close()
+        self.end_watches_of(conn)
         for proc in list(self.procs.values()):
             if proc.conn is conn:
                 proc.conn = None

@@ -10,7 +10,9 @@ errors raise ``FsError`` with a message meant for the user.
 """
 
 import errno
+import grp
 import os
+import pwd
 import shutil
 import stat
 
@@ -57,8 +59,30 @@ def _kind(mode):
     return "other"
 
 
+_NAMES = {}  # (database, id) -> name, as this sandbox's /etc/passwd and /etc/group say
+
+
+def _name(database, ident):
+    key = (database, ident)
+    if key not in _NAMES:
+        try:
+            _NAMES[key] = (pwd.getpwuid if database == "user" else grp.getgrgid)(ident)[0]
+        except KeyError:
+            _NAMES[key] = str(ident)
+    return _NAMES[key]
+
+
 def _describe(st):
-    return {"type": _kind(st.st_mode), "size": st.st_size, "mode": stat.S_IMODE(st.st_mode), "mtime": st.st_mtime}
+    return {
+        "type": _kind(st.st_mode),
+        "size": st.st_size,
+        "mode": stat.S_IMODE(st.st_mode),
+        "mtime": st.st_mtime,
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+        "owner": _name("user", st.st_uid),
+        "group": _name("group", st.st_gid),
+    }
 
 
 def _oserror(exc, path):
@@ -135,11 +159,12 @@ def listing(header, _body, roots, _max_bytes):
     limit = int(header.get("max_entries") or 1000)
     hidden = bool(header.get("include_hidden", True))
     recursive = bool(header.get("recursive"))
+    max_depth = int(header.get("max_depth") or 0)  # with recursive: 0 = no limit
     entries = []
     truncated = False
-    pending = [(real, "")]
+    pending = [(real, "", 1)]
     while pending and not truncated:
-        directory, prefix = pending.pop(0)
+        directory, prefix, depth = pending.pop(0)
         try:
             with os.scandir(directory) as it:
                 items = sorted(it, key=lambda e: e.name)
@@ -161,8 +186,8 @@ def listing(header, _body, roots, _max_bytes):
             entry = _describe(st)
             entry.update({"name": item.name, "path": rel})
             entries.append(entry)
-            if recursive and stat.S_ISDIR(st.st_mode):
-                pending.append((item.path, rel + "/"))
+            if recursive and stat.S_ISDIR(st.st_mode) and (max_depth <= 0 or depth < max_depth):
+                pending.append((item.path, rel + "/", depth + 1))
     return {"path": header["path"], "entries": entries, "truncated": truncated}, b""
 
 
@@ -202,4 +227,61 @@ def remove(header, _body, roots, _max_bytes):
     return {"path": header["path"], "type": _kind(st.st_mode)}, b""
 
 
-OPERATIONS = {"read": read, "write": write, "list": listing, "stat": status, "remove": remove}
+def make_dir(header, _body, roots, _max_bytes):
+    """Create a directory and its parents; EEXIST if it is already there, ENOTDIR if something
+    else is."""
+    path = confined(header["path"], roots)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise _oserror(exc, header["path"]) from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise FsError("directory already exists: %s" % header["path"], "EEXIST")
+        raise FsError("path already exists but it is not a directory: %s" % header["path"], "ENOTDIR")
+    try:
+        os.makedirs(path, exist_ok=True)
+        st = os.stat(path)
+    except OSError as exc:
+        raise _oserror(exc, header["path"]) from None
+    reply = _describe(st)
+    reply["path"] = header["path"]
+    return reply, b""
+
+
+def move(header, _body, roots, _max_bytes):
+    """Rename ``path`` to ``destination`` (parents made), across file systems too."""
+    source = confined_entry(header["path"], roots)
+    target = header["destination"]
+    parent = confined(os.path.dirname(target) or "/", roots)
+    destination = confined_entry(target, roots)
+    try:
+        os.lstat(source)
+        os.makedirs(parent, exist_ok=True)
+        try:
+            os.rename(source, destination)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.move(source, destination)  # another mount (the workspace and /tmp)
+        st = os.lstat(destination)
+    except OSError as exc:
+        raise _oserror(exc, header["path"]) from None
+    reply = _describe(st)
+    reply["path"] = target
+    if stat.S_ISLNK(st.st_mode):
+        reply["target"] = os.readlink(destination)
+    return reply, b""
+
+
+OPERATIONS = {
+    "read": read,
+    "write": write,
+    "list": listing,
+    "stat": status,
+    "remove": remove,
+    "mkdir": make_dir,
+    "move": move,
+}
