@@ -17,7 +17,6 @@ import posixpath
 from typing import Any
 
 from boxruntime.backends.agent.watch import AgentWatch
-
 from boxruntime.errors import BoxValidationError
 from boxruntime.models import (
     BoxSpec,
