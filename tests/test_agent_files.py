@@ -57,10 +57,8 @@ async def test_watch_reports_what_happens_in_a_directory_and_below(agent: AgentC
     (tmp_path / "g.txt").unlink()
     seen: list[WatchEvent] = []
     expected = WatchEvent("g.txt", "remove")
-    async for batch in watch.batches():
-        seen.extend(batch)
-        if expected in seen:
-            break
+    while expected not in seen:
+        seen.extend(await watch.next_batch())
     kinds = [(e.name, e.kind) for e in seen]
     assert kinds[:6] == [
         ("f.txt", "create"),

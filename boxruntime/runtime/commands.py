@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import math
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import anyio
@@ -78,12 +78,27 @@ class Watcher:
     receive: MemoryObjectReceiveStream[Event]
     queued: int = 0  # bytes of output sent to it and not yet taken
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Output as it comes, then the end (CommandExit, Lost or Overflowed)."""
-        async for event in self.receive:
-            if isinstance(event, Output):
-                self.queued -= len(event.data)
-            yield event
+    async def next(self) -> Event:
+        """The next event: output as it comes, then the end (CommandExit, Lost or Overflowed).
+        Cancelling the wait loses nothing."""
+        try:
+            return self._took(await self.receive.receive())
+        except anyio.EndOfStream:
+            return Lost("the command's events ended")
+
+    def next_nowait(self) -> Event | None:
+        """The next event if one is waiting already."""
+        try:
+            return self._took(self.receive.receive_nowait())
+        except anyio.WouldBlock:
+            return None
+        except anyio.EndOfStream:
+            return Lost("the command's events ended")
+
+    def _took(self, event: Event) -> Event:
+        if isinstance(event, Output):
+            self.queued -= len(event.data)
+        return event
 
 
 @dataclass(eq=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -45,12 +45,13 @@ class AgentWatch:
     def _deliver(self, batch: list[WatchEvent] | BaseException) -> None:
         self._queue.put_nowait(batch)
 
-    async def batches(self) -> AsyncIterator[list[WatchEvent]]:
-        while not self.closed:
-            batch = await self._queue.get()
-            if isinstance(batch, BaseException):
-                raise batch
-            yield batch
+    async def next_batch(self) -> list[WatchEvent]:
+        """The next events (waiting for them; cancelling the wait loses nothing)."""
+        batch = await self._queue.get()
+        if isinstance(batch, BaseException):
+            self._queue.put_nowait(batch)  # the watch stays broken for whoever asks next
+            raise batch
+        return batch
 
     def pending(self) -> list[WatchEvent]:
         """Every event received so far and not yet taken (without waiting)."""
@@ -58,6 +59,7 @@ class AgentWatch:
         while not self._queue.empty():
             batch = self._queue.get_nowait()
             if isinstance(batch, BaseException):
+                self._queue.put_nowait(batch)
                 raise batch
             events.extend(batch)
         return events

@@ -30,6 +30,7 @@ from boxagent_proc import ExitWatch, OomCounter, Proc, now, session_members
 from boxagent_watch import WatchOps
 
 VERSION = 3
+SPARES = 2
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 
@@ -44,8 +45,11 @@ class Agent(OutputPipes, WatchOps):
         self.stopping = False
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
         self.dirty = set()  # connections with frames waiting to be written
-        self.spare = None  # a shell started ahead of time for the next command
-        self.spare_shape = None  # the shape of the last command, which the next spare takes
+        # Shells started ahead of time for the next commands. Two: a login shell reads its
+        # profile for a few ms, and a command that comes right after another still finds one
+        # that has done so.
+        self.spares = []
+        self.spare_shape = None  # the shape of the last command, which the next spares take
         self.watches = {}  # id -> (Watch, the connection its events go to)
         self.oom = OomCounter()
         self.exits = ExitWatch(self.sel)
@@ -126,9 +130,7 @@ class Agent(OutputPipes, WatchOps):
 
     def on_stop_signal(self, signum, _frame):
         self.stopping = True
-        if self.spare is not None:
-            self.spare.discard()
-            self.spare = None
+        self.discard_spares(lambda spare: True)
         for proc in list(self.procs.values()):
             self.kill_tree(proc, signal.SIGTERM)
 
@@ -146,7 +148,7 @@ class Agent(OutputPipes, WatchOps):
         self.reap()
         self.check_times()
         self.flush_all()
-        if self.spare is None and not self.stopping and self.idle():
+        if len(self.spares) < SPARES and not self.stopping and self.idle():
             self.make_spare()  # pay for the next command's shell now, while nothing waits on us
 
     def idle(self):
@@ -163,10 +165,14 @@ class Agent(OutputPipes, WatchOps):
 
     def make_spare(self):
         try:
-            self.spare = boxagent_spare.SpareShell(self.base_env, self.spare_shape)
+            self.spares.append(boxagent_spare.SpareShell(self.base_env, self.spare_shape))
         except OSError:
-            self.spare = None
             self.spare_shape = None  # that shell cannot be started: fall back to the plain one
+
+    def discard_spares(self, which):
+        for spare in [s for s in self.spares if which(s)]:
+            self.spares.remove(spare)
+            spare.discard()
 
     def next_timeout(self):
         moments = []
@@ -229,14 +235,17 @@ class Agent(OutputPipes, WatchOps):
                 conn.send({"ev": "failed", "id": pid_key, "error": error})
                 return
         self.spare_shape = boxagent_spare.shape_of(header, self.base_env)
-        script = self.spare.script_for(header, body, self.base_env) if self.spare is not None else None
+        spare, script = None, None
+        for spare in self.spares:
+            script = spare.script_for(header, body, self.base_env)
+            if script is not None:
+                break
         if script is not None:
-            popen = self.spare.hand_over(script)
-            self.spare = None
+            self.spares.remove(spare)
+            popen = spare.hand_over(script)
         else:
-            if self.spare is not None and self.spare.shape != self.spare_shape:
-                self.spare.discard()  # of another shape than the commands now coming: make a new one
-                self.spare = None
+            # Spares of another shape than the commands now coming are replaced when idle.
+            self.discard_spares(lambda spare: spare.shape != self.spare_shape)
             try:
                 popen = boxagent_spawn.fresh_spawn(self.base_env, header, body, cwd)
             except boxagent_spawn.SpawnError as exc:
@@ -315,9 +324,8 @@ class Agent(OutputPipes, WatchOps):
             self.exits.forget(pid)
             proc = self.by_pid.pop(pid, None)
             if proc is None:
-                if self.spare is not None and pid == self.spare.pid:
-                    self.spare.discard()  # died before it was used; another is made when idle
-                    self.spare = None
+                # A spare that died before it was used is replaced when idle.
+                self.discard_spares(lambda spare, pid=pid: spare.pid == pid)
                 continue  # an orphan reparented to us; reaping it is all it needs
             proc.status = status
             proc.rusage = rusage

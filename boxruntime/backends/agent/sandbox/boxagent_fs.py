@@ -16,6 +16,8 @@ import pwd
 import shutil
 import stat
 
+import boxagent_usage
+
 
 class FsError(Exception):
     def __init__(self, message, code="EINVAL"):
@@ -143,6 +145,10 @@ def write(header, body, roots, _max_bytes):
             view = view[written:]
         if mode is not None:
             os.fchmod(fd, int(mode))
+        if header.get("own"):
+            # Give the file to the sandbox user, as E2B's envd does after an upload (a no-op
+            # here, since the agent is that user; watchers see it, as they see envd's).
+            os.fchown(fd, os.getuid(), os.getgid())
         st = os.fstat(fd)
     except OSError as exc:
         raise _oserror(exc, target) from None
@@ -284,4 +290,5 @@ OPERATIONS = {
     "remove": remove,
     "mkdir": make_dir,
     "move": move,
+    "usage": boxagent_usage.usage,  # not a file, but as small and local: what the sandbox uses
 }
