@@ -1,7 +1,7 @@
 """envd's plain-HTTP routes: ``GET /files`` (download), ``POST /files`` (upload), ``GET /health``.
 
 - Download: the file's bytes, streamed in pieces from the sandbox's agent; gzip when the
-  client accepts it. 404 for a missing file, 400 for a directory.
+  client asks for gzip alone. 404 for a missing file, 400 for a directory.
 - Upload: multipart (field ``file``; the ``path`` query wins, else each part's filename is its
   path) or ``application/octet-stream`` with ``path`` (gzip ``Content-Encoding`` is undone by
   the server). Parents are made, existing files replaced; the answer lists what was written.
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import base64
+import email.message
 import hashlib
 import time
 import zlib
@@ -52,6 +53,14 @@ HTTP_STATUS = {
 def signature(path: str, operation: str, user: str, token: str, expiration: str | None) -> str:
     raw = f"{path}:{operation}:{user}:{token}" + (f":{expiration}" if expiration else "")
     return "v1_" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).rstrip(b"=").decode("ascii")
+
+
+def part_path(part: BodyPartReader) -> str | None:
+    """The filename of a multipart part as sent: envd takes it as the file's path, so a leading
+    slash matters (aiohttp's own ``filename`` strips it, as a browser upload would want)."""
+    header = email.message.Message()
+    header["content-disposition"] = part.headers.get("Content-Disposition", "")
+    return header.get_filename()
 
 
 class FilesHttp:
@@ -113,7 +122,9 @@ class FilesHttp:
             )
         except (ConnectError, BoxError) as exc:
             return self._error(exc)
-        compress = "gzip" in request.headers.get("Accept-Encoding", "")
+        # gzip when asked for it alone (``files.read(gzip=True)``); httpx lists gzip in every
+        # request by default, and on the daemon's own machine compressing only costs time.
+        compress = request.headers.get("Accept-Encoding", "").strip().lower() == "gzip"
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         if compress:
             response.headers["Content-Encoding"] = "gzip"
@@ -149,7 +160,7 @@ class FilesHttp:
                 async for part in reader:
                     if not isinstance(part, BodyPartReader) or part.name != "file":
                         continue
-                    path = self._path(request, single or part.filename)
+                    path = self._path(request, single or part_path(part))
                     written.append(await self._write(sandbox, path, self._part_chunks(part)))
             else:
                 path = self._path(request, request.query.get("path"))
