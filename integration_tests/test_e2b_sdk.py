@@ -22,6 +22,7 @@ from e2b import (
     FileNotFoundException,
     InvalidArgumentException,
     NotFoundException,
+    PtySize,
     Sandbox,
     SandboxException,
     SandboxNotRunningException,
@@ -180,6 +181,23 @@ def test_killing_the_sandbox_breaks_a_running_command(e2b_env: E2BSite, sandbox:
     with pytest.raises(SandboxNotRunningException):
         handle.wait()
     assert not sandbox.is_running()
+
+
+def test_a_pty(sandbox: Sandbox) -> None:
+    terminal = sandbox.pty.create(PtySize(cols=100, rows=30))
+    sandbox.pty.send_stdin(terminal.pid, b"stty size; tty\n")
+    out = bytearray()
+    for _, _, chunk in terminal:  # as a terminal user does: read, then resize and type on
+        out.extend(chunk or b"")
+        if b"/dev/pts/" in out and b"\n" in out[out.index(b"/dev/pts/") :]:
+            break
+    assert b"30 100" in out
+    sandbox.pty.resize(terminal.pid, PtySize(cols=120, rows=40))
+    sandbox.pty.send_stdin(terminal.pid, b"stty size; exit 0\n")
+    assert terminal.wait(on_pty=out.extend).exit_code == 0
+    assert b"40 120" in out
+    with pytest.raises(SandboxException, match="has a PTY"):
+        sandbox.commands.send_stdin(sandbox.pty.create(PtySize(cols=80, rows=24)).pid, "not this way")
 
 
 # ── files ─────────────────────────────────────────────────────────────────

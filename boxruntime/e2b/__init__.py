@@ -19,6 +19,6 @@ from boxruntime.runtime.core import BoxRuntime
 
 
 def add_e2b_routes(app: web.Application, runtime: BoxRuntime, token: str | None) -> None:
-    sandboxes = Sandboxes(runtime)
+    sandboxes = Sandboxes(runtime, token_required=token is not None)
     app.add_routes(ControlPlane(sandboxes, token).routes())
     app.add_routes(Envd(sandboxes).routes())

@@ -10,7 +10,9 @@
   ProcessState says it). If the sandbox goes away the connection breaks without an end, as
   E2B's does, so the SDK probes ``/health`` and raises ``SandboxNotRunningException``.
 - ``Connect`` watches a running command (by pid or tag) from now on; ``List``, ``SendInput``,
-  ``StreamInput``, ``CloseStdin``, ``SendSignal`` do what their names say. PTYs are not there.
+  ``StreamInput``, ``CloseStdin``, ``SendSignal`` do what their names say.
+- A PTY (``Start`` with ``pty``) is a terminal the agent opens; its output comes as ``pty``
+  data, input goes to it (``SendInput`` ``pty``), ``Update`` resizes it.
 """
 
 from __future__ import annotations
@@ -50,15 +52,15 @@ from boxruntime.e2b.users import resolve
 from boxruntime.errors import BoxError, BoxValidationError
 from boxruntime.runtime.commands import Command, CommandSpec, Event, Lost, Watcher
 
-NO_PTY = "PTY sessions are not supported by boxruntime yet: run commands without pty (sandbox.commands.run)"
+DEFAULT_PTY = (80, 24)
 
 
 def start_event(pid: int) -> dict[str, Any]:
     return {"event": {"start": {"pid": pid}}}
 
 
-def data_event(output: Output) -> dict[str, Any]:
-    name = "stdout" if output.stream == 1 else "stderr"
+def data_event(output: Output, pty: bool = False) -> dict[str, Any]:
+    name = "pty" if pty else "stdout" if output.stream == 1 else "stderr"
     return {"event": {"data": {name: base64.b64encode(output.data).decode("ascii")}}}
 
 
@@ -97,9 +99,11 @@ class ProcessService:
 
     async def start(self, call: EnvdCall) -> web.StreamResponse:
         req = parse(StartRequest, await read_single_envelope(call.request))
-        if req.pty is not None:
-            raise ConnectError("unimplemented", NO_PTY)
         config = req.process
+        pty = None
+        if req.pty is not None:
+            size = req.pty.size
+            pty = (size.cols, size.rows) if size is not None and size.cols and size.rows else DEFAULT_PTY
         cwd = resolve(config.cwd) if config.cwd else USER_HOME
         env = {"PATH": SANDBOX_PATH, "HOME": USER_HOME, "USER": USER_NAME, "LOGNAME": USER_NAME}
         env.update(call.sandbox.env_vars)
@@ -112,6 +116,7 @@ class ProcessService:
             timeout=call.timeout,
             tag=req.tag,
             make_cwd=False,
+            pty=pty,
         )
         try:
             command, watcher = await call.sandboxes.runtime.commands.start(call.session_id, spec)
@@ -119,7 +124,10 @@ class ProcessService:
             if "workdir" in str(exc):
                 raise ConnectError("invalid_argument", f"cwd '{cwd}' does not exist") from None
             raise
-        call.sandbox.processes[command.pid] = (config, req.tag)
+        known = call.sandbox.processes
+        for gone in set(known) - {c.pid for c in call.sandboxes.runtime.commands.commands(call.session_id)}:
+            del known[gone]
+        known[command.pid] = (config, req.tag)
         return await self._stream(call, command, watcher, kill_at_deadline=True)
 
     async def connect(self, call: EnvdCall) -> web.StreamResponse:
@@ -135,7 +143,7 @@ class ProcessService:
             await stream.open()
             await stream.send(start_event(command.pid))
             with anyio.move_on_after(call.timeout if call.timeout is not None else float("inf")) as deadline:
-                await self._pass_on(call, stream, watcher)
+                await self._pass_on(call, stream, watcher, pty=command.spec.pty is not None)
             if deadline.cancelled_caught:
                 # The agent ends the command itself at the same moment (its own timeout).
                 message = "context deadline exceeded" if kill_at_deadline else "stream deadline exceeded"
@@ -146,7 +154,7 @@ class ProcessService:
             command.unwatch(watcher)
         return stream.response
 
-    async def _pass_on(self, call: EnvdCall, stream: ServerStream, watcher: Watcher) -> None:
+    async def _pass_on(self, call: EnvdCall, stream: ServerStream, watcher: Watcher, pty: bool) -> None:
         keepalive = call.keepalive_sec()
         while True:
             with anyio.move_on_after(keepalive) as idle:
@@ -156,7 +164,7 @@ class ProcessService:
                 continue
             chunk = bytearray()  # what is already waiting goes out in the same write
             while isinstance(event, Output):
-                chunk += envelope(data_event(event))
+                chunk += envelope(data_event(event, pty))
                 event = watcher.next_nowait()
             if event is None:
                 await stream.response.write(bytes(chunk))
@@ -222,7 +230,10 @@ class ProcessService:
         return {}
 
     async def close_stdin(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
-        self._select(call, parse(SelectorRequest, body).process).close_stdin()
+        command = self._select(call, parse(SelectorRequest, body).process)
+        if command.spec.pty is not None:
+            raise ConnectError("failed_precondition", "cannot close stdin for PTY process — send Ctrl+D (0x04) instead")
+        command.close_stdin()
         return {}
 
     async def send_signal(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
@@ -236,8 +247,11 @@ class ProcessService:
         return {}
 
     async def update(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
-        parse(UpdateRequest, body)
-        raise ConnectError("unimplemented", NO_PTY)
+        req = parse(UpdateRequest, body)
+        command = self._select(call, req.process)
+        if req.pty is not None and req.pty.size is not None:
+            command.resize(req.pty.size.cols, req.pty.size.rows)
+        return {}
 
     # ── helpers ──────────────────────────────────────────────────────────
 
@@ -252,7 +266,11 @@ class ProcessService:
 
     @staticmethod
     async def _write_input(command: Command, stdin: bytes | None, pty: bytes | None) -> None:
-        if pty is not None:
+        on_terminal = command.spec.pty is not None
+        if pty is not None and not on_terminal:
             raise ConnectError("failed_precondition", f"process {command.pid} has no PTY; send input to its stdin")
-        if stdin:
-            await command.write_stdin(stdin)
+        if stdin is not None and on_terminal:
+            raise ConnectError("failed_precondition", f"process {command.pid} has a PTY; send input to the PTY")
+        data = pty if on_terminal else stdin
+        if data:
+            await command.write_stdin(data)

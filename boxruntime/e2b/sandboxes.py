@@ -69,8 +69,9 @@ def sandbox_spec(session_id: str, image: str, internet: bool) -> BoxSpec:
 
 
 class Sandboxes:
-    def __init__(self, runtime: BoxRuntime) -> None:
+    def __init__(self, runtime: BoxRuntime, token_required: bool) -> None:
         self._runtime = runtime
+        self._token_required = token_required
         self._by_id: dict[str, E2BSandbox] = {}
         runtime.sessions.on_remove.append(self._session_removed)
         runtime.pool.add_shape(sandbox_spec("warm-pool", runtime.settings.default_image, internet=False))
@@ -92,7 +93,9 @@ class Sandboxes:
             internet=bool(body.allow_internet_access),  # off unless asked: boxruntime's default
             metadata=dict(body.metadata or {}),
             env_vars=dict(body.env_vars or {}),
-            access_token=None if body.secure is False else secrets.token_urlsafe(24),
+            # An open envd (``secure: false``, SDKs up to 2.50) only where the daemon itself is
+            # open: behind a token, code must not run for whoever merely knows a sandbox id.
+            access_token=None if body.secure is False and not self._token_required else secrets.token_urlsafe(24),
         )
         spec = sandbox_spec(sandbox.session_id, self.image_of(body.template_id), sandbox.internet)
         self._by_id[sandbox_id] = sandbox  # before the session exists: its removal hook finds it

@@ -17,7 +17,6 @@ import contextlib
 import datetime as dt
 import logging
 import math
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -55,6 +54,7 @@ class CommandSpec:
     timeout: float | None = None  # seconds the command may live; None: no limit
     tag: str | None = None
     make_cwd: bool = True
+    pty: tuple[int, int] | None = None  # (cols, rows): on a terminal; its output comes as stdout
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +153,8 @@ class Command:
         watcher.send.close()
 
     def _finish(self, end: CommandExit | Lost) -> None:
+        if not self.running:
+            return  # already lost with its sandbox
         if isinstance(end, CommandExit):
             self.exit = end
         else:
@@ -170,8 +172,11 @@ class Command:
         async def read_pipes(pipes: ProcessPipes) -> None:
             async def read_one(stream: int) -> None:
                 source = pipes.stdout if stream == 1 else pipes.stderr
-                while data := await source.read(READ_SIZE):
-                    self._publish(Output(stream, data))
+                try:
+                    while data := await source.read(READ_SIZE):
+                        self._publish(Output(stream, data))
+                except OSError:
+                    pass  # a terminal's master side says EIO, not EOF, once the command is gone
 
             async with anyio.create_task_group() as readers:
                 readers.start_soon(read_one, 1)
@@ -207,7 +212,7 @@ class Command:
     # ── feeding and signalling ───────────────────────────────────────────
 
     async def write_stdin(self, data: bytes) -> None:
-        if self.pipes is None or self.pipes.stdin is None:
+        if self.pipes is None or not self.pipes.has_stdin:
             raise BoxManagedProcessConflictError(f"process {self.pid} was started without stdin")
         if not self.running:
             raise BoxManagedProcessConflictError(f"process {self.pid} has exited")
@@ -219,6 +224,12 @@ class Command:
     def close_stdin(self) -> None:
         if self.pipes is not None:
             self.pipes.close_stdin()
+
+    def resize(self, cols: int, rows: int) -> None:
+        if self.spec.pty is None or self.pipes is None:
+            raise BoxManagedProcessConflictError(f"process {self.pid} has no terminal")
+        if self.running:
+            self.pipes.set_window(cols, rows)
 
     async def signal(self, sig: int) -> None:
         if self.running:
@@ -267,22 +278,24 @@ class CommandManager:
         if tg is None:
             raise BoxRuntimeUnavailableError("the runtime is not running its background tasks")
         async with self._sessions.lease_existing(session_id) as session:
+            piped = spec.stdin or spec.pty is not None  # the daemon writes straight into the pipe
             request = CommandRequest(
                 cwd=spec.cwd,
                 env=sandbox_env(spec.env),
                 argv=spec.argv,
                 timeout=spec.timeout,
-                stdin=spec.stdin,
-                handoff=spec.stdin,  # a stdin is written by the daemon straight into the pipe
-                keep_on_disconnect=spec.stdin,
+                stdin=piped,
+                handoff=piped,
+                keep_on_disconnect=piped,
                 notify_started=True,
                 make_cwd=spec.make_cwd,
+                pty=spec.pty,
             )
             proc = await session.backend.spawn(session.handle, request)
             try:
                 pid = await proc.started()
                 pipes = None
-                if spec.stdin:
+                if piped:
                     pipes = await ProcessPipes.open(await session.backend.take_pipes(session.handle, proc))
             except BaseException:
                 with contextlib.suppress(BoxSandboxError):
@@ -295,6 +308,7 @@ class CommandManager:
         return command, watcher
 
     def _register(self, session: Session, command: Command) -> None:
+        self._forget_old_exits(session.session_id)
         commands = self._by_session.setdefault(session.session_id, {})
         if not commands:  # a running command keeps its session from being reaped as idle
             session.keepalive.append(lambda: any(c.running for c in commands.values()))
@@ -313,9 +327,10 @@ class CommandManager:
                 commands.pop(command.pid, None)
 
     async def _session_removed(self, session: Session) -> None:
-        commands = self._by_session.pop(session.session_id, {})
-        for command in commands.values():
-            await command.signal(signal.SIGKILL)  # the sandbox goes next; its pumps end with it
+        # The sandbox goes next, and every process in it: watchers learn it now, whatever the
+        # agent still manages to report (their pumps end when its connection closes).
+        for command in self._by_session.pop(session.session_id, {}).values():
+            command._finish(Lost(f"session {session.session_id} was removed"))
 
     def iter_running(self) -> Iterator[Command]:
         for commands in self._by_session.values():

@@ -333,6 +333,8 @@ class AgentClient:
             "handoff": req.handoff,
             "make_cwd": req.make_cwd,
         }
+        if req.pty is not None:
+            header["pty"] = list(req.pty)
         if req.argv is not None:
             header["argv"] = req.argv
         if collect:

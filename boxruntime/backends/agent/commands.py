@@ -22,6 +22,7 @@ class CommandRequest:
     notify_started: bool = False  # the agent reports the pid (a frame execs do without)
     handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames
     make_cwd: bool = True  # create a missing workdir (else the spawn fails, naming it)
+    pty: tuple[int, int] | None = None  # (cols, rows): on a terminal; only with handoff and stdin
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ SHAPED_BOOT = (
 def shape_of(header, base_env):
     """``(argv before -c, environment)`` of a spawn request a shaped spare could serve, else None."""
     argv = header.get("argv")
-    if not argv or header.get("stdin") or len(argv) < 3 or argv[-2] != "-c":
+    if not argv or header.get("stdin") or header.get("pty") or len(argv) < 3 or argv[-2] != "-c":
         return None
     shell, flags = argv[0], argv[1:-2]
     if os.path.basename(str(shell)) != "bash" or not all(f in BASH_FLAGS for f in flags):

@@ -5,8 +5,11 @@ A fresh spawn serves what a spare shell cannot take: argv commands, long scripts
 memfd, never argv: ARG_MAX), a stdin, environment names the shell cannot export.
 """
 
+import fcntl
 import os
+import struct
 import subprocess
+import termios
 
 from boxagent_spare import SHELL
 
@@ -22,6 +25,11 @@ def fresh_spawn(base_env, header, body, cwd):
     env = dict(base_env)
     env.update(header.get("env") or {})
     argv, pass_fds, script_fd = command_argv(header, body)
+    if header.get("pty") and header.get("handoff"):
+        try:
+            return pty_spawn(argv, cwd, env, header["pty"])
+        except OSError as exc:
+            raise SpawnError("cannot start %s on a terminal: %s" % (argv[0], exc.strerror)) from None
     try:
         return subprocess.Popen(
             argv,
@@ -67,3 +75,42 @@ def close_on_exec_inherited():
                 os.set_inheritable(fd, False)
             except OSError:
                 pass  # the listing's own descriptor, closed by now
+
+
+def _take_terminal():  # in the child, before exec: the pty becomes its controlling terminal
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def set_window(fd, cols, rows):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", int(rows), int(cols), 0, 0))
+
+
+def pty_spawn(argv, cwd, env, size):
+    """A command on a new terminal (``size`` = [cols, rows]), in a session of its own. Its
+    stdin and stdout are the terminal's master side (handed to the daemon); its stderr, which
+    a terminal merges into stdout, is an empty pipe."""
+    master, slave = os.openpty()
+    try:
+        set_window(master, size[0], size[1])
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_take_terminal,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    empty_r, empty_w = os.pipe()
+    os.close(empty_w)
+    popen.stdin = os.fdopen(os.dup(master), "wb", buffering=0)
+    popen.stdout = os.fdopen(master, "rb", buffering=0)
+    popen.stderr = os.fdopen(empty_r, "rb", buffering=0)
+    return popen
