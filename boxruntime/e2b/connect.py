@@ -168,11 +168,12 @@ class ServerStream:
     async def send(self, message: dict[str, Any]) -> None:
         await self.response.write(envelope(message))
 
-    async def end(self, error: ConnectError | None = None) -> None:
+    async def end(self, error: ConnectError | None = None, before: bytes = b"") -> None:
+        """The end-stream envelope (after ``before``: envelopes still to send), in one write
+        with the end of the body."""
         if not self.ended:
             self.ended = True
-            await self.response.write(end_stream(error))
-            await self.response.write_eof()
+            await self.response.write_eof(before + end_stream(error))
 
     def abort(self) -> None:
         """Break the connection without an end: what a client sees when the sandbox dies."""

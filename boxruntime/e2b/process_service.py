@@ -30,7 +30,6 @@ from boxruntime.e2b.connect import (
     ConnectError,
     ServerStream,
     client_messages,
-    end_stream,
     envelope,
     read_single_envelope,
 )
@@ -169,9 +168,7 @@ class ProcessService:
             if event is None:
                 await stream.response.write(bytes(chunk))
             elif isinstance(event, CommandExit):
-                stream.ended = True
-                await stream.response.write(bytes(chunk + envelope(end_event(event)) + end_stream()))
-                await stream.response.write_eof()
+                await stream.end(before=bytes(chunk + envelope(end_event(event))))
                 return
             elif isinstance(event, Lost):
                 if chunk:
@@ -179,8 +176,7 @@ class ProcessService:
                 stream.abort()  # as E2B's stream breaks when its sandbox dies
                 return
             else:  # Overflowed
-                await stream.response.write(bytes(chunk))
-                await stream.end(ConnectError("resource_exhausted", "the client fell too far behind the output"))
+                await stream.end(ConnectError("resource_exhausted", "the client fell too far behind"), bytes(chunk))
                 return
 
     async def stream_input(self, call: EnvdCall) -> web.StreamResponse:

@@ -113,6 +113,8 @@ class Command:
     exit: CommandExit | None = None
     lost: Lost | None = None
     watchers: set[Watcher] = field(default_factory=set)
+    _agent_end: CommandExit | Lost | None = None
+    _agent_ended: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def running(self) -> bool:
@@ -165,8 +167,28 @@ class Command:
 
     # ── running ──────────────────────────────────────────────────────────
 
+    def _on_agent_event(self, event: Output | CommandExit | BaseException) -> None:
+        """The agent's events, as they arrive (``AgentProcess.deliver_to``): output goes to the
+        watchers at once; the end too, unless the pipes still have to be drained (pump)."""
+        if isinstance(event, Output):
+            self._publish(event)
+            return
+        end: CommandExit | Lost
+        if isinstance(event, CommandExit):
+            end = event
+        elif isinstance(event, BoxSandboxError):
+            end = Lost(str(event))  # the sandbox went away under the command
+        else:
+            end = Lost(f"{type(event).__name__}: {event}")
+        self._agent_end = end
+        self._agent_ended.set()
+        if self.pipes is None:
+            self._finish(end)
+
     async def pump(self) -> None:
-        """Pass output on until the command ends (a task owned by the manager)."""
+        """Read the command's own pipes, if the daemon holds them, until it ends; then report the
+        end (a task owned by the manager). Output still in the pipes after the exit is drained
+        briefly; children that keep the pipes open past that do not hold the end up."""
         drained = anyio.Event()
 
         async def read_pipes(pipes: ProcessPipes) -> None:
@@ -176,19 +198,18 @@ class Command:
                     while data := await source.read(READ_SIZE):
                         self._publish(Output(stream, data))
                 except OSError:
-                    pass  # a terminal's master side says EIO, not EOF, once the command is gone
+                    pass  # a broken pipe or terminal ends its output like EOF
 
             async with anyio.create_task_group() as readers:
                 readers.start_soon(read_one, 1)
                 readers.start_soon(read_one, 2)
             drained.set()
 
-        end: CommandExit | Lost = Lost("cancelled")
         try:
             async with anyio.create_task_group() as tg:
                 if self.pipes is not None:
                     tg.start_soon(read_pipes, self.pipes)
-                end = await self._events_until_exit()
+                await self._agent_ended.wait()
                 if self.pipes is not None:
                     with anyio.move_on_after(EXIT_DRAIN_SEC):
                         await drained.wait()
@@ -196,18 +217,7 @@ class Command:
         finally:
             if self.pipes is not None:
                 self.pipes.close()
-            self._finish(end)
-
-    async def _events_until_exit(self) -> CommandExit | Lost:
-        try:
-            async for event in self.proc.events():
-                if isinstance(event, Output):
-                    self._publish(event)
-                else:
-                    return event
-        except BoxSandboxError as exc:
-            return Lost(str(exc))
-        return Lost("the command's events ended without an exit")
+            self._finish(self._agent_end or Lost("the daemon stopped watching the command"))
 
     # ── feeding and signalling ───────────────────────────────────────────
 
@@ -303,6 +313,7 @@ class CommandManager:
                 raise
             command = Command(session_id=session_id, spec=spec, proc=proc, pid=pid, pipes=pipes)
             watcher = command.watch()
+            proc.deliver_to(command._on_agent_event)
             self._register(session, command)
             tg.start_soon(self._pump, session, command, name=f"command-{session_id}-{pid}")
         return command, watcher

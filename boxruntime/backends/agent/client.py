@@ -64,6 +64,7 @@ class AgentProcess:
         self.pid: int | None = None
         self.exit: CommandExit | None = None
         self._events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self._sink: Callable[[Event | BaseException], None] | None = None
         loop = asyncio.get_running_loop()
         self._started: asyncio.Future[int] = loop.create_future()
         # A collected command's one result (spawned with ``collect``: no output events).
@@ -75,7 +76,18 @@ class AgentProcess:
     def _deliver(self, event: Event | BaseException) -> None:
         if isinstance(event, CommandExit):
             self.exit = event
-        self._events.put_nowait(event)
+        if self._sink is not None:
+            self._sink(event)
+        else:
+            self._events.put_nowait(event)
+
+    def deliver_to(self, sink: Callable[[Event | BaseException], None]) -> None:
+        """Hand every event (output, the exit, or the error that ended it) to ``sink`` as it
+        arrives, in the frame's own callback, instead of queueing it for ``events()``; what is
+        queued already goes first."""
+        while not self._events.empty():
+            sink(self._events.get_nowait())
+        self._sink = sink
 
     def _complete(self, done: CompletedCommand) -> None:
         self.exit = done.exit
@@ -86,7 +98,7 @@ class AgentProcess:
         for fut in (self._started, self._completed):
             if not fut.done():
                 fut.set_exception(exc)
-        self._events.put_nowait(exc)
+        self._deliver(exc)
 
     async def started(self) -> int:
         return await self._started
