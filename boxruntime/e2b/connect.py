@@ -161,19 +161,31 @@ class ServerStream:
         self.response = web.StreamResponse(headers={"Content-Type": STREAM_CONTENT_TYPE})
         self.response.enable_chunked_encoding()
         self.ended = False
+        self.held = bytearray()  # envelopes that go out with the next write
 
     async def open(self) -> None:
         await self.response.prepare(self._request)
 
+    def hold(self, message: dict[str, Any]) -> None:
+        self.held += envelope(message)
+
+    async def write(self, data: bytes = b"") -> None:
+        """Held envelopes and ``data`` (envelopes), in one write."""
+        if self.held:
+            data, self.held = bytes(self.held + data), bytearray()
+        if data:
+            await self.response.write(data)
+
     async def send(self, message: dict[str, Any]) -> None:
-        await self.response.write(envelope(message))
+        await self.write(envelope(message))
 
     async def end(self, error: ConnectError | None = None, before: bytes = b"") -> None:
-        """The end-stream envelope (after ``before``: envelopes still to send), in one write
-        with the end of the body."""
+        """The end-stream envelope (after what is held and ``before``), in one write with the
+        end of the body."""
         if not self.ended:
             self.ended = True
-            await self.response.write_eof(before + end_stream(error))
+            data, self.held = bytes(self.held + before), bytearray()
+            await self.response.write_eof(data + end_stream(error))
 
     def abort(self) -> None:
         """Break the connection without an end: what a client sees when the sandbox dies."""

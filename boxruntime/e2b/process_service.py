@@ -52,6 +52,7 @@ from boxruntime.errors import BoxError, BoxValidationError
 from boxruntime.runtime.commands import Command, CommandSpec, Event, Lost, Watcher
 
 DEFAULT_PTY = (80, 24)
+START_HOLD_SEC = 0.003
 
 
 def start_event(pid: int) -> dict[str, Any]:
@@ -140,7 +141,9 @@ class ProcessService:
         stream = ServerStream(call.request)
         try:
             await stream.open()
-            await stream.send(start_event(command.pid))
+            # The start goes out with what follows if that comes within START_HOLD_SEC: a short
+            # command's whole stream is then one write (on these machines each costs ~0.5 ms).
+            stream.hold(start_event(command.pid))
             with anyio.move_on_after(call.timeout if call.timeout is not None else float("inf")) as deadline:
                 await self._pass_on(call, stream, watcher, pty=command.spec.pty is not None)
             if deadline.cancelled_caught:
@@ -156,23 +159,22 @@ class ProcessService:
     async def _pass_on(self, call: EnvdCall, stream: ServerStream, watcher: Watcher, pty: bool) -> None:
         keepalive = call.keepalive_sec()
         while True:
-            with anyio.move_on_after(keepalive) as idle:
+            with anyio.move_on_after(START_HOLD_SEC if stream.held else keepalive) as idle:
                 event: Event | None = await watcher.next()
             if idle.cancelled_caught:
-                await stream.send(KEEPALIVE)
+                await (stream.write() if stream.held else stream.send(KEEPALIVE))
                 continue
             chunk = bytearray()  # what is already waiting goes out in the same write
             while isinstance(event, Output):
                 chunk += envelope(data_event(event, pty))
                 event = watcher.next_nowait()
             if event is None:
-                await stream.response.write(bytes(chunk))
+                await stream.write(bytes(chunk))
             elif isinstance(event, CommandExit):
                 await stream.end(before=bytes(chunk + envelope(end_event(event))))
                 return
             elif isinstance(event, Lost):
-                if chunk:
-                    await stream.response.write(bytes(chunk))
+                await stream.write(bytes(chunk))
                 stream.abort()  # as E2B's stream breaks when its sandbox dies
                 return
             else:  # Overflowed
