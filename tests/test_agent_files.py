@@ -73,3 +73,16 @@ async def test_watch_reports_what_happens_in_a_directory_and_below(agent: AgentC
     with pytest.raises(AgentOpError) as missing:
         await agent.watch({"path": str(tmp_path / "nope"), "roots": ["/"]})
     assert missing.value.code == "ENOENT"
+
+
+async def test_files_that_say_size_zero_are_read_in_pieces(agent: AgentClient) -> None:  # noqa: F811
+    # /proc files report size 0 and refuse to fill a megabytes-large read (sysctls: ENOMEM).
+    reply, data = await agent.request("fs", {"fs": "read", "path": "/proc/sys/kernel/random/boot_id", "roots": ["/"]})
+    assert reply["eof"] and len(data.strip()) == 36
+
+
+async def test_a_request_the_agent_cannot_handle_fails_at_once(agent: AgentClient) -> None:  # noqa: F811
+    with pytest.raises(AgentOpError, match="ValueError"):
+        await agent.request(
+            "fs", {"fs": "read", "path": "/etc/hostname", "offset": "not a number", "roots": ["/"]}, timeout=5
+        )

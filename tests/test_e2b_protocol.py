@@ -125,3 +125,16 @@ def test_entries_read_as_envd_describes_them() -> None:
         "drwxr-xr-x",
         "root",
     )
+
+
+def test_a_symlink_is_stated_as_envd_does_and_listed_as_a_link() -> None:
+    link = {"type": "symlink", "size": 8, "mode": 0o777, "mtime": 0.0, "uid": 1000, "gid": 1000, "target": "test.txt"}
+    listed = AgentEntry.model_validate(link).entry("/home/user/l", "l", (1000, 1000, "user")).wire()
+    assert (listed["type"], listed["permissions"], listed["symlinkTarget"]) == (
+        "FILE_TYPE_SYMLINK",
+        "Lrwxrwxrwx",
+        "test.txt",
+    )
+    resolved = {**link, "resolved": "/home/user/test.txt", "resolved_type": "file", "resolved_mode": 0o644}
+    stated = AgentEntry.model_validate(resolved).entry("/home/user/l", "l", (1000, 1000, "user")).wire()
+    assert (stated["type"], stated["mode"], stated["symlinkTarget"]) == ("FILE_TYPE_FILE", 0o644, "/home/user/test.txt")

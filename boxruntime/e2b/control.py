@@ -204,6 +204,16 @@ class ControlPlane:
         return found
 
     async def metrics(self, request: web.Request) -> web.Response:
+        """One sample, now, if now is within ``start``..``end`` (unix seconds) when given."""
         sandbox = self._sandbox(request)
+        bounds = [request.query.get(k, "") for k in ("start", "end")]
+        if any(b and not b.lstrip("-").isdigit() for b in bounds):
+            raise ApiFailure(400, "start and end are unix timestamps in seconds")
         samples: list[SandboxMetric] = await self._sandboxes.metrics(sandbox)
-        return self._json(list(samples))
+        start, end = (int(b) if b else None for b in bounds)
+        kept = [
+            m
+            for m in samples
+            if (start is None or m.timestamp_unix >= start) and (end is None or m.timestamp_unix <= end)
+        ]
+        return self._json(list(kept))

@@ -148,6 +148,7 @@ FILE_TYPES: dict[str, FileType] = {
     "dir": "FILE_TYPE_DIRECTORY",
     "symlink": "FILE_TYPE_SYMLINK",
 }
+FILE_MODES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "other": 0}
 EVENT_TYPES = {
     "create": "EVENT_TYPE_CREATE",
     "write": "EVENT_TYPE_WRITE",
@@ -185,20 +186,30 @@ class AgentEntry(pydantic.BaseModel):
     uid: int = -1
     gid: int = -1
     target: str | None = None
+    resolved: str | None = None  # a symlink's target, absolute (stat only)
+    resolved_type: Literal["file", "dir", "symlink", "other"] | None = None
+    resolved_mode: int | None = None
 
     def entry(self, path: str, name: str, user: tuple[int, int, str]) -> EntryInfo:
         """As envd describes it; ``user`` (uid, gid, name) is the sandbox user, named as E2B
-        names it whatever the sandbox's /etc/passwd says."""
-        kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "other": 0}.get(self.type, stat.S_IFREG)
+        names it whatever the sandbox's /etc/passwd says. A symlink that was resolved (stat)
+        reads as envd reads one: the type and mode of what it leads to, its absolute target,
+        and Go's "L" in the permissions."""
+        kind, mode, target = self.type, self.mode, self.target
+        if self.type == "symlink" and self.resolved is not None:
+            kind, mode, target = self.resolved_type or "other", self.resolved_mode or 0, self.resolved
+        permissions = stat.filemode(FILE_MODES[self.type] | self.mode)
+        if self.type == "symlink":
+            permissions = "L" + permissions[1:]
         return EntryInfo(
             name=name,
-            type=FILE_TYPES.get(self.type, "FILE_TYPE_UNSPECIFIED"),
+            type=FILE_TYPES.get(kind, "FILE_TYPE_UNSPECIFIED"),
             path=path,
             size=str(self.size),
-            mode=self.mode,
-            permissions=stat.filemode(kind | self.mode),
+            mode=mode,
+            permissions=permissions,
             owner=user[2] if self.uid == user[0] else self.owner,
             group=user[2] if self.gid == user[1] else self.group,
             modified_time=dt.datetime.fromtimestamp(self.mtime, dt.UTC).isoformat().replace("+00:00", "Z"),
-            symlink_target=self.target,
+            symlink_target=target,
         )

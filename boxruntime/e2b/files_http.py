@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import email.message
 import hashlib
+import json
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -40,6 +41,7 @@ from boxruntime.errors import BoxError
 
 CHUNK = 8 * 1024 * 1024  # one agent file operation moves at most this much
 ROOTS = ["/"]
+NO_ACCESS = "unauthorized access, please provide a valid access token or method signing if supported"
 HTTP_STATUS = {
     "not_found": 404,
     "invalid_argument": 400,
@@ -55,6 +57,18 @@ def signature(path: str, operation: str, user: str, token: str, expiration: str 
     return "v1_" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).rstrip(b"=").decode("ascii")
 
 
+def expired(expiration: str) -> bool:
+    try:
+        return int(expiration) < time.time()
+    except ValueError:
+        return True
+
+
+def unauthorized(message: str) -> web.HTTPException:
+    """401 as envd writes it: ``{"code": 401, "message": ...}``."""
+    return web.HTTPUnauthorized(text=json.dumps({"code": 401, "message": message}), content_type="application/json")
+
+
 def part_path(part: BodyPartReader) -> str | None:
     """The filename of a multipart part as sent: envd takes it as the file's path, so a leading
     slash matters (aiohttp's own ``filename`` strips it, as a browser upload would want)."""
@@ -68,13 +82,12 @@ class FilesHttp:
         self._sandboxes = sandboxes
 
     def _signed_sandbox(self, request: web.Request, operation: str) -> E2BSandbox | None:
-        """The sandbox whose access token signed this URL, if it is signed and still valid."""
+        """The sandbox whose access token signed this URL, if it is signed (envd's order: the
+        signature first, then its expiry). A token in the header goes before a signature."""
         offered = request.query.get("signature")
-        if not offered:
+        if not offered or request.headers.get(ACCESS_TOKEN_HEADER):
             return None
         expiration = request.query.get("signature_expiration")
-        if expiration and (not expiration.isdigit() or int(expiration) < time.time()):
-            raise web.HTTPUnauthorized(text="signature expired")
         path, user = request.query.get("path", ""), request.query.get("username", "")
         wanted = request.headers.get(SANDBOX_HEADER)
         for sandbox in self._sandboxes.all():
@@ -83,8 +96,10 @@ class FilesHttp:
             if sandbox.access_token and token_matches(
                 offered, signature(path, operation, user, sandbox.access_token, expiration)
             ):
+                if expiration is not None and expired(expiration):
+                    raise unauthorized("signature is already expired")
                 return sandbox
-        raise web.HTTPUnauthorized(text="invalid signature")
+        raise unauthorized("invalid signature")
 
     def _authorized(self, request: web.Request, operation: str) -> E2BSandbox:
         signed = self._signed_sandbox(request, operation)
@@ -94,7 +109,7 @@ class FilesHttp:
         if sandbox.access_token is not None and not token_matches(
             request.headers.get(ACCESS_TOKEN_HEADER), sandbox.access_token
         ):
-            raise web.HTTPUnauthorized(text="invalid or missing access token (X-Access-Token)")
+            raise unauthorized(NO_ACCESS)
         return sandbox
 
     @staticmethod
@@ -128,8 +143,8 @@ class FilesHttp:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         if compress:
             response.headers["Content-Encoding"] = "gzip"
-        else:
-            response.content_length = first["size"]
+        elif first["eof"]:
+            response.content_length = len(data)  # not the size stat gives: /proc files say 0
         await response.prepare(request)
         packer = zlib.compressobj(level=1, wbits=31) if compress else None  # 31: gzip framing
         offset, eof = len(data), first["eof"]

@@ -229,6 +229,10 @@ class AgentClient:
     def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
         ev = header.get("ev")
         proc_id = header.get("id")
+        if ev == "error" and str(proc_id) in self._replies:
+            # A request the agent could not handle at all: its reply is this error.
+            header = {"error": header.get("error", "unknown agent error"), "code": "EIO"}
+            ev = "reply"
         if ev == "reply":
             fut = self._replies.pop(str(proc_id), None)
             if fut is not None and not fut.done():

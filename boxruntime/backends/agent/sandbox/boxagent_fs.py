@@ -18,6 +18,8 @@ import stat
 
 import boxagent_usage
 
+SPECIAL_READ = 65536
+
 
 class FsError(Exception):
     def __init__(self, message, code="EINVAL"):
@@ -106,11 +108,18 @@ def read(header, _body, roots, max_bytes):
             raise FsError(
                 "%s is not a regular file" % header["path"], "EISDIR" if stat.S_ISDIR(st.st_mode) else "EINVAL"
             )
+        if st.st_size == 0:
+            # /proc and /sys files say 0 and make what they hold as they are read; the kernel
+            # refuses to prepare megabytes for one read (ENOMEM): ask for pieces, up to a short one.
+            length = min(length, SPECIAL_READ)
         data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise _oserror(exc, header["path"]) from None
     finally:
         os.close(fd)
     reply = _describe(st)
-    reply.update({"path": header["path"], "offset": offset, "eof": offset + len(data) >= st.st_size})
+    eof = len(data) < length if st.st_size == 0 else offset + len(data) >= st.st_size
+    reply.update({"path": header["path"], "offset": offset, "eof": eof})
     return reply, data
 
 
@@ -159,42 +168,47 @@ def write(header, body, roots, _max_bytes):
     return reply, b""
 
 
+def _sorted_entries(directory, hidden):
+    with os.scandir(directory) as it:
+        return sorted((e for e in it if hidden or not e.name.startswith(".")), key=lambda e: e.name)
+
+
 def listing(header, _body, roots, _max_bytes):
+    """Entries in name order, each directory's contents right after it (a depth-first walk,
+    as ``find`` and Go's WalkDir list them); symlinks are listed, not followed."""
     base = header["path"].rstrip("/") or "/"
     real = confined(base, roots)
     limit = int(header.get("max_entries") or 1000)
     hidden = bool(header.get("include_hidden", True))
     recursive = bool(header.get("recursive"))
     max_depth = int(header.get("max_depth") or 0)  # with recursive: 0 = no limit
+    try:
+        top = _sorted_entries(real, hidden)
+    except OSError as exc:
+        raise _oserror(exc, base) from None
     entries = []
-    truncated = False
-    pending = [(real, "", 1)]
-    while pending and not truncated:
-        directory, prefix, depth = pending.pop(0)
-        try:
-            with os.scandir(directory) as it:
-                items = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            if directory == real:
-                raise _oserror(exc, base) from None
+    stack = [(iter(top), "", 1)]  # the directories being walked, innermost last
+    while stack:
+        items, prefix, depth = stack[-1]
+        item = next(items, None)
+        if item is None:
+            stack.pop()
             continue
-        for item in items:
-            if not hidden and item.name.startswith("."):
-                continue
-            if len(entries) >= limit:
-                truncated = True
-                break
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if len(entries) >= limit:
+            return {"path": header["path"], "entries": entries, "truncated": True}, b""
+        entry = _describe(st)
+        entry.update({"name": item.name, "path": prefix + item.name})
+        entries.append(entry)
+        if recursive and stat.S_ISDIR(st.st_mode) and (max_depth <= 0 or depth < max_depth):
             try:
-                st = item.stat(follow_symlinks=False)
+                stack.append((iter(_sorted_entries(item.path, hidden)), entry["path"] + "/", depth + 1))
             except OSError:
-                continue
-            rel = prefix + item.name
-            entry = _describe(st)
-            entry.update({"name": item.name, "path": rel})
-            entries.append(entry)
-            if recursive and stat.S_ISDIR(st.st_mode) and (max_depth <= 0 or depth < max_depth):
-                pending.append((item.path, rel + "/", depth + 1))
-    return {"path": header["path"], "entries": entries, "truncated": truncated}, b""
+                pass  # unreadable below: listed, not walked
+    return {"path": header["path"], "entries": entries, "truncated": False}, b""
 
 
 def status(header, _body, roots, _max_bytes):
@@ -209,6 +223,14 @@ def status(header, _body, roots, _max_bytes):
     reply.update({"path": header["path"], "exists": True})
     if stat.S_ISLNK(st.st_mode):
         reply["target"] = os.readlink(path)
+        # Where it leads, and what is there (nothing, for a dangling link).
+        reply["resolved"] = os.path.realpath(path)
+        try:
+            target = os.stat(path)
+            reply["resolved_type"] = _kind(target.st_mode)
+            reply["resolved_mode"] = stat.S_IMODE(target.st_mode)
+        except OSError:
+            pass
     return reply, b""
 
 
