@@ -145,7 +145,7 @@ class ProcessService:
             # command's whole stream is then one write (on these machines each costs ~0.5 ms).
             stream.hold(start_event(command.pid))
             with anyio.move_on_after(call.timeout if call.timeout is not None else float("inf")) as deadline:
-                await self._pass_on(call, stream, watcher, pty=command.spec.pty is not None)
+                await self._pass_on(call, stream, watcher, command.spec.pty is not None, kill_at_deadline)
             if deadline.cancelled_caught:
                 # The agent ends the command itself at the same moment (its own timeout).
                 message = "context deadline exceeded" if kill_at_deadline else "stream deadline exceeded"
@@ -156,7 +156,12 @@ class ProcessService:
             command.unwatch(watcher)
         return stream.response
 
-    async def _pass_on(self, call: EnvdCall, stream: ServerStream, watcher: Watcher, pty: bool) -> None:
+    async def _pass_on(
+        self, call: EnvdCall, stream: ServerStream, watcher: Watcher, pty: bool, own_deadline: bool
+    ) -> None:
+        """Events until the end. ``own_deadline``: the command's time limit is this call's
+        (Start): when the agent ends it for that, the call ends as envd's does, past its
+        deadline, whichever of the two timers fired first."""
         keepalive = call.keepalive_sec()
         while True:
             with anyio.move_on_after(START_HOLD_SEC if stream.held else keepalive) as idle:
@@ -170,6 +175,9 @@ class ProcessService:
                 event = watcher.next_nowait()
             if event is None:
                 await stream.write(bytes(chunk))
+            elif isinstance(event, CommandExit) and own_deadline and event.reason == "timeout":
+                await stream.end(ConnectError("deadline_exceeded", "context deadline exceeded"), bytes(chunk))
+                return
             elif isinstance(event, CommandExit):
                 await stream.end(before=bytes(chunk + envelope(end_event(event))))
                 return
