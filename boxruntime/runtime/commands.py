@@ -242,9 +242,10 @@ class Command:
             self.pipes.set_window(cols, rows)
 
     async def signal(self, sig: int) -> None:
+        """Signal the command's process tree; returns once the signal is sent."""
         if self.running:
-            with contextlib.suppress(BoxSandboxError):
-                await self.proc.signal(sig)
+            with contextlib.suppress(BoxSandboxError, TimeoutError):
+                await self.proc.signal_sent(sig)
 
 
 class CommandManager:

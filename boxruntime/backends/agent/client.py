@@ -116,6 +116,12 @@ class AgentProcess:
     async def signal(self, sig: int = signal.SIGTERM, cancel: bool = False) -> None:
         await self._client._send({"op": "signal", "id": self.id, "signal": int(sig), "cancel": cancel})
 
+    async def signal_sent(self, sig: int, timeout: float = 10.0) -> None:
+        """Signal the process, and return once the agent has sent the signal (a caller that
+        answers "killed" must not answer before it is)."""
+        fields = {"id": self.id, "signal": int(sig), "cancel": False}
+        await self._client.request("signal", fields, timeout=timeout, token_field="ack")
+
     def kill_soon(self) -> None:
         """Best-effort SIGKILL without awaiting: usable while the caller is being cancelled."""
         self._client._send_nowait({"op": "signal", "id": self.id, "signal": int(signal.SIGKILL), "cancel": True})
@@ -288,14 +294,15 @@ class AgentClient:
     # ── operations ───────────────────────────────────────────────────────
 
     async def request(
-        self, op: str, fields: dict[str, Any], body: bytes = b"", timeout: float = 30.0
+        self, op: str, fields: dict[str, Any], body: bytes = b"", timeout: float = 30.0, token_field: str = "id"
     ) -> tuple[dict[str, Any], bytes]:
-        """One request/reply exchange (ping, file operations); errors come back as AgentOpError."""
+        """One request/reply exchange (ping, file operations); errors come back as AgentOpError.
+        The reply names the request by ``token_field`` ("id", unless the op uses that already)."""
         token = f"r{next(self._ids)}"
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
         self._replies[token] = fut
         try:
-            await self._send({**fields, "op": op, "id": token}, body)
+            await self._send({**fields, "op": op, token_field: token}, body)
             header, data = await asyncio.wait_for(fut, timeout)
         finally:
             self._replies.pop(token, None)

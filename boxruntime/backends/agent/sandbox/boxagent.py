@@ -214,6 +214,9 @@ class Agent(OutputPipes, WatchOps):
         except boxagent_fs.FsError as exc:
             conn.send({"ev": "reply", "id": header.get("id"), "error": str(exc), "code": exc.code})
             return
+        finally:
+            if self.watches:
+                self.pass_all_events()
         reply["ev"] = "reply"
         reply["id"] = header.get("id")
         conn.send(reply, data)
@@ -286,6 +289,8 @@ class Agent(OutputPipes, WatchOps):
             if header.get("cancel"):
                 proc.cancelled = True
             self.kill_tree(proc, sig)
+        if header.get("ack"):  # the caller waits until the signal is sent
+            conn.send({"ev": "reply", "id": header["ack"], "found": proc is not None})
 
     def op_attach(self, conn, header, _body):
         proc = self.procs.get(header["id"])

@@ -159,14 +159,21 @@ class WatchOps:
             conn.send({"ev": "reply", "id": header.get("id"), "error": str(exc), "code": exc.code})
             return
 
-        def on_readable(_mask):
-            events = watch.read_events()
-            if events:
-                conn.send({"ev": "fsevent", "id": watch_id, "events": events})
-
         self.watches[watch_id] = (watch, conn)
-        self.sel.register(watch.fd, selectors.EVENT_READ, on_readable)
+        self.sel.register(watch.fd, selectors.EVENT_READ, lambda _mask: self.pass_events(watch_id))
         conn.send({"ev": "reply", "id": header.get("id")})
+
+    def pass_events(self, watch_id):
+        watch, conn = self.watches[watch_id]
+        events = watch.read_events()
+        if events:
+            conn.send({"ev": "fsevent", "id": watch_id, "events": events})
+
+    def pass_all_events(self):
+        """What the watches saw so far, sent now: after a file operation, before its reply, so
+        a change made through the file API reaches its watchers before the call returns."""
+        for watch_id in list(self.watches):
+            self.pass_events(watch_id)
 
     def op_unwatch(self, _conn, header, _body):
         self.end_watch(header.get("watch"))
