@@ -9,9 +9,17 @@ One ``boxruntime serve`` (warm pool on, no token), three clients in one interlea
   controller): ``box_exec`` ``echo hi`` and ``box_create_session``.
 
 Warm exec: blocks of 20 back to back per client after a 0.5 s pause, the clients taking turns
-to lead (as bench_exec.py measures); the first of a block is the "after idle" sample. Create:
-each round waits for the warm pool to be full, then times one create per client (and removes
-the sandbox, untimed); every timed create must be a pool hit (``box_status`` counters).
+to lead (as bench_exec.py measures); the first of a block is the "after idle" sample. Two
+floors of the E2B exec are measured in the same blocks:
+
+- ``sdk floor``: the sync SDK against a stub in this process that answers at once (no daemon,
+  no sandbox): what the SDK and HTTP themselves cost;
+- ``sandbox``: the sync sandbox's agent asked directly (an AgentClient over its unix socket) to
+  run what the front door asks it for ``commands.run("echo hi")``: ``bash -l -c`` with envd's
+  environment, no RPC, no daemon.
+
+Create: each round waits for the warm pool to be full, then times one create per client (and
+removes the sandbox, untimed); every timed create must be a pool hit (``box_status`` counters).
 
     .venv/bin/python bench/bench_e2b.py                    # Docker: about a minute
     .venv/bin/python bench/bench_e2b.py --backend nsjail
@@ -27,41 +35,73 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from bench_daemons import DaemonProc, preflight, start_ours
+from bench_breakdown import agent_socket_dir
+from bench_daemons import OURS_DATA, DaemonProc, free_port, preflight, start_ours
 from bench_harness import DEFAULT_IMAGE, OURS, BenchError, Side, connect, disconnect, log, pool_status
 from bench_report import pct
 
+from boxruntime.backends.agent.client import AgentClient
+from boxruntime.backends.agent.commands import CommandRequest, Output
+from boxruntime.backends.base import sandbox_env
+from boxruntime.e2b.connect import end_stream, envelope
+from boxruntime.e2b.process_service import command_env
+from boxruntime.e2b.sandboxes import USER_HOME
+
 BLOCK = 20
 SETTLE_SEC = 0.5
-KINDS = ("e2b_sync", "e2b_async", "langbot")
-LABELS = {"e2b_sync": "E2B SDK (sync)", "e2b_async": "E2B SDK (async)", "langbot": "LangBot RPC"}
+KINDS = ("e2b_sync", "e2b_async", "langbot", "sdk_floor", "sandbox")
+CLIENTS = KINDS[:3]
+LABELS = {
+    "e2b_sync": "E2B SDK (sync)",
+    "e2b_async": "E2B SDK (async)",
+    "langbot": "LangBot RPC",
+    "sdk_floor": "sdk floor",
+    "sandbox": "sandbox",
+}
+STUB_EVENTS = (
+    {"event": {"start": {"pid": 1}}},
+    {"event": {"data": {"stdout": "aGkK"}}},
+    {"event": {"end": {"exited": True, "status": "exit status 0"}}},
+)
 
 
 class Clients:
     """The three ways in, each with one warm sandbox (or session) to run commands in."""
 
-    def __init__(self, daemon: DaemonProc, side: Side) -> None:
+    def __init__(self, daemon: DaemonProc, side: Side, data_dir: Path) -> None:
         import e2b
 
         self.url = f"http://127.0.0.1:{daemon.port}"
         self.e2b = e2b.E2B(api_key="bench", api_url=self.url, sandbox_url=self.url)
         self.side = side
+        self.data_dir = data_dir
         self.sync_box: Any = None
         self.async_box: Any = None
         self.lb_spec: Any = None
+        self.stub = Stub()
+        self.stub_box: Any = None
+        self.agent: AgentClient | None = None
 
     async def open(self) -> None:
+        import e2b
         from langbot_plugin.box.models import BoxSpec
 
         self.sync_box = await asyncio.to_thread(self.e2b.Sandbox.create, timeout=3600)
         self.async_box = await self.e2b.AsyncSandbox.create(timeout=3600)
         self.lb_spec = BoxSpec(session_id="bench-e2b-langbot", image=DEFAULT_IMAGE, cmd="echo hi")
         await self.side.client.create_session(self.lb_spec)
+        info = await self.side.client.get_session(f"e2b-{self.sync_box.sandbox_id}")
+        self.agent = AgentClient(agent_socket_dir(self.data_dir, info["backend_session_id"]), "bench")
+        await self.agent.connect(timeout=30)
+        stub_url = self.stub.start()
+        stub = e2b.E2B(api_key="stub", api_url=stub_url, sandbox_url=stub_url)
+        self.stub_box = await asyncio.to_thread(stub.Sandbox.create)
 
     async def close(self) -> None:
         for box in (self.sync_box, self.async_box):
@@ -69,16 +109,40 @@ class Clients:
                 await asyncio.to_thread(self.e2b.Sandbox.kill, box.sandbox_id)
         with contextlib.suppress(Exception):
             await self.side.client.delete_session(self.lb_spec.session_id)
+        if self.agent is not None:
+            await self.agent.close()
+        self.stub.stop()
+
+    async def sandbox_run(self) -> bytes:
+        """What the front door asks the sandbox's agent for ``commands.run("echo hi")``."""
+        assert self.agent is not None
+        request = CommandRequest(
+            cwd=USER_HOME,
+            env=sandbox_env(command_env({}, {})),
+            argv=["/bin/bash", "-l", "-c", "echo hi"],
+            timeout=60.0,
+            notify_started=True,
+            make_cwd=False,
+        )
+        proc = await self.agent.spawn(request)
+        out = b""
+        async for event in proc.events():
+            if isinstance(event, Output):
+                out += event.data
+        return out
 
     async def exec_block(self, kind: str, count: int) -> list[float]:
         """``count`` runs of ``echo hi`` back to back, in milliseconds; each result checked."""
-        if kind == "e2b_sync":
-            return await asyncio.to_thread(self._sync_block, count)
+        if kind in ("e2b_sync", "sdk_floor"):
+            box = self.sync_box if kind == "e2b_sync" else self.stub_box
+            return await asyncio.to_thread(self._sync_block, box, count)
         samples = []
         for _ in range(count):
             start = time.perf_counter()
             if kind == "e2b_async":
                 out = (await self.async_box.commands.run("echo hi")).stdout
+            elif kind == "sandbox":
+                out = (await self.sandbox_run()).decode()
             else:
                 out = (await self.side.client.execute(self.lb_spec)).stdout + "\n"
             samples.append((time.perf_counter() - start) * 1000)
@@ -86,11 +150,12 @@ class Clients:
                 raise BenchError(f"{LABELS[kind]}: unexpected output {out!r}")
         return samples
 
-    def _sync_block(self, count: int) -> list[float]:
+    @staticmethod
+    def _sync_block(box: Any, count: int) -> list[float]:
         samples = []
         for _ in range(count):
             start = time.perf_counter()
-            out = self.sync_box.commands.run("echo hi").stdout
+            out = box.commands.run("echo hi").stdout
             samples.append((time.perf_counter() - start) * 1000)
             if out != "hi\n":
                 raise BenchError(f"E2B SDK (sync): unexpected output {out!r}")
@@ -120,6 +185,57 @@ class Clients:
         return self.e2b.Sandbox.create()
 
 
+class Stub:
+    """An envd that answers at once, on its own thread and loop: the SDK's floor."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> str:
+        from aiohttp import web
+
+        async def create(_request: web.Request) -> web.Response:
+            body = {"templateID": "base", "sandboxID": "stub", "clientID": "stub", "envdVersion": "0.6.1"}
+            return web.json_response(body, status=201)
+
+        async def start(request: web.Request) -> web.StreamResponse:
+            await request.read()
+            response = web.StreamResponse(headers={"Content-Type": "application/connect+json"})
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write_eof(b"".join(envelope(e) for e in STUB_EVENTS) + end_stream())
+            return response
+
+        ready = threading.Event()
+        port = free_port()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            app = web.Application()
+            app.router.add_post("/v2/sandboxes", create)
+            app.router.add_post("/process.Process/Start", start)
+            runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="envd-stub", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise BenchError("the SDK-floor stub did not start")
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+
 async def pool_full(side: Side, size: int, timeout: float = 90.0) -> dict[str, int]:
     """Wait until both pool shapes (LangBot's default and E2B's) hold ``size`` sandboxes."""
     deadline = time.monotonic() + timeout
@@ -132,10 +248,10 @@ async def pool_full(side: Side, size: int, timeout: float = 90.0) -> dict[str, i
         await asyncio.sleep(0.05)
 
 
-async def bench(args: argparse.Namespace, daemon: DaemonProc) -> dict[str, Any]:
+async def bench(args: argparse.Namespace, daemon: DaemonProc, data_dir: Path) -> dict[str, Any]:
     side = Side(OURS, "ours", daemon)
     await connect(side)
-    clients = Clients(daemon, side)
+    clients = Clients(daemon, side, data_dir)
     try:
         await clients.open()
         await pool_full(side, args.pool_size)
@@ -145,15 +261,15 @@ async def bench(args: argparse.Namespace, daemon: DaemonProc) -> dict[str, Any]:
         idle: dict[str, list[float]] = {k: [] for k in KINDS}
         log(f"warm exec: {args.warm} runs of `echo hi` per client, in blocks of {BLOCK}")
         for i in range(-(-args.warm // BLOCK)):
-            for kind in KINDS[i % 3 :] + KINDS[: i % 3]:
+            for kind in KINDS[i % len(KINDS) :] + KINDS[: i % len(KINDS)]:
                 await asyncio.sleep(SETTLE_SEC)
                 samples = await clients.exec_block(kind, min(BLOCK, args.warm - i * BLOCK))
                 idle[kind].append(samples[0])
                 burst[kind].extend(samples[1:])
-        creates: dict[str, list[float]] = {k: [] for k in KINDS}
+        creates: dict[str, list[float]] = {k: [] for k in CLIENTS}
         log(f"create: {args.create} rounds, each from a full warm pool")
         for i in range(args.create):
-            for kind in KINDS[i % 3 :] + KINDS[: i % 3]:
+            for kind in CLIENTS[i % 3 :] + CLIENTS[: i % 3]:
                 before = await pool_full(side, args.pool_size)
                 start = time.perf_counter()
                 remove = await clients.create_call(kind, i)()
@@ -176,18 +292,20 @@ def table(samples: dict[str, Any]) -> str:
         ("create (warm pool hit), p50", samples["create"], 50),
     ]
     header = ["metric", *(LABELS[k] for k in KINDS)]
-    body = [[label, *(f"{pct(data[k], q):.2f} ms" for k in KINDS)] for label, data, q in rows]
+    body = [[label, *(cell(data.get(k), q) for k in KINDS)] for label, data, q in rows]
     widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
 
     def fmt(row: list[str]) -> str:
-        return (
-            "| "
-            + " | ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths, strict=True)))
-            + " |"
-        )
+        cells = (v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths, strict=True)))
+        return "| " + " | ".join(cells) + " |"
 
     return "\n".join([line, fmt(header), line, *(fmt(r) for r in body), line])
+
+
+def cell(values: list[float] | None, q: float) -> str:
+    value = pct(values, q) if values else None
+    return "-" if value is None else f"{value:.2f} ms"
 
 
 def main() -> int:
@@ -209,7 +327,7 @@ def main() -> int:
             daemon = start_ours(Path(work), mounts, args.backend, args.image, args.pool_size)
             try:
                 daemon.wait_listening()
-                samples = asyncio.run(bench(args, daemon))
+                samples = asyncio.run(bench(args, daemon, Path(work) / OURS_DATA))
             finally:
                 log(f"daemon {daemon.stop()}")
     except BenchError as exc:

@@ -55,6 +55,12 @@ DEFAULT_PTY = (80, 24)
 START_HOLD_SEC = 0.003
 
 
+def command_env(sandbox_envs: dict[str, str], envs: dict[str, str]) -> dict[str, str]:
+    """A command's environment as envd makes it: PATH, the user's HOME, USER and LOGNAME, the
+    sandbox's variables, then the command's own."""
+    return {"PATH": SANDBOX_PATH, "HOME": USER_HOME, "USER": USER_NAME, "LOGNAME": USER_NAME, **sandbox_envs, **envs}
+
+
 def start_event(pid: int) -> dict[str, Any]:
     return {"event": {"start": {"pid": pid}}}
 
@@ -105,13 +111,10 @@ class ProcessService:
             size = req.pty.size
             pty = (size.cols, size.rows) if size is not None and size.cols and size.rows else DEFAULT_PTY
         cwd = resolve(config.cwd) if config.cwd else USER_HOME
-        env = {"PATH": SANDBOX_PATH, "HOME": USER_HOME, "USER": USER_NAME, "LOGNAME": USER_NAME}
-        env.update(call.sandbox.env_vars)
-        env.update(config.envs)
         spec = CommandSpec(
             argv=[config.cmd, *config.args],
             cwd=cwd,
-            env=env,
+            env=command_env(call.sandbox.env_vars, config.envs),
             stdin=req.stdin is not False,  # unset: on, as envd keeps it for older SDKs
             timeout=call.timeout,
             tag=req.tag,
