@@ -117,8 +117,9 @@ class AgentProcess:
         await self._client._send({"op": "signal", "id": self.id, "signal": int(sig), "cancel": cancel})
 
     async def signal_sent(self, sig: int, timeout: float = 10.0) -> None:
-        """Signal the process, and return once the agent has sent the signal (a caller that
-        answers "killed" must not answer before it is)."""
+        """Signal the process's tree, and return once the agent has sent the signal, or, for
+        SIGKILL, once the process is gone (a caller that answers "killed" must not answer
+        before it is)."""
         fields = {"id": self.id, "signal": int(sig), "cancel": False}
         await self._client.request("signal", fields, timeout=timeout, token_field="ack")
 

@@ -289,8 +289,11 @@ class Agent(OutputPipes, WatchOps):
             if header.get("cancel"):
                 proc.cancelled = True
             self.kill_tree(proc, sig)
-        if header.get("ack"):  # the caller waits until the signal is sent
-            conn.send({"ev": "reply", "id": header["ack"], "found": proc is not None})
+        ack = header.get("ack")
+        if ack and proc is not None and proc.status is None and int(header.get("signal", 0)) == signal.SIGKILL:
+            proc.kill_acks.append((conn, ack))  # answered once it is gone (reap): killed means dead
+        elif ack:  # the caller waits until the signal is sent
+            conn.send({"ev": "reply", "id": ack, "found": proc is not None})
 
     def op_attach(self, conn, header, _body):
         proc = self.procs.get(header["id"])
@@ -336,6 +339,9 @@ class Agent(OutputPipes, WatchOps):
             proc.rusage = rusage
             proc.exited_at = now()
             proc.popen.returncode = status  # keep Popen from waiting on a reaped pid
+            for conn, ack in proc.kill_acks:
+                conn.send({"ev": "reply", "id": ack, "found": True})
+            proc.kill_acks = []
             self.drain_exited(proc)
             if not proc.pipes:
                 self.finish(proc)

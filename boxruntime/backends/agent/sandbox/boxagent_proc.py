@@ -97,6 +97,7 @@ class Proc:
         self.listen_at = None  # when the pipes start being watched, if they are not yet
         self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
         self.paused = False
+        self.kill_acks = []  # (connection, token): told once the process is gone (op_signal)
 
     def exit_frame(self, oom):
         """The exit event (header, body) of this reaped process; a collected command's output
