@@ -21,6 +21,7 @@ import anyio
 from aiohttp import web
 
 from boxruntime.config import HOST_BACKEND_REFUSAL, Settings, host_backend_refusal
+from boxruntime.e2b import add_e2b_routes
 from boxruntime.event_loop import running_loop_name
 from boxruntime.handlers import BoxActions
 from boxruntime.models import RelayInfo
@@ -176,6 +177,7 @@ def create_app(tenancy: Tenancy, skills: SkillActions, token: str | None, contro
     app[SOCKETS_KEY] = set()
     if control:
         app.router.add_get("/rpc/ws", require_auth(rpc_ws))
+        add_e2b_routes(app, tenancy.runtime, token)  # E2B's API on the same port (boxruntime/e2b)
     for path in RELAY_PATHS:
         app.router.add_get(path, require_auth(relay))
     app.router.add_get("/healthz", healthz)

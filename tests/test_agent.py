@@ -13,9 +13,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from boxruntime.backends.agent.client import AgentClient, AgentLostError
@@ -100,6 +101,43 @@ async def test_commands_get_the_signals_python_ignores_back_at_their_default(age
             assert done.stderr == b"" and done.stdout.startswith(b"y\nSigIgn:")
             ignored = int(done.stdout.split()[-1], 16)
             assert [sig for sig in (signal.SIGPIPE, signal.SIGXFSZ) if ignored & 1 << (sig - 1)] == []
+
+
+async def test_a_spare_bash_login_shell_takes_the_shape_of_the_last_command(agent: AgentClient, tmp_path: Path) -> None:
+    # E2B runs every command as `bash -l -c CMD`: after one such command the agent keeps spare
+    # login shells of that shape, whose profile has run before the next command is asked for.
+    home = tmp_path / "home"
+    home.mkdir()
+    log = home / "profiles.log"
+    (home / ".bash_profile").write_text(f'echo "$$" >> {log}\n')
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "QUOTED": "it's $HOME"}
+    script = 'echo "$$ $0 $PWD ${OLDPWD-unset} $QUOTED"; no-such-command-here; exit 3'
+
+    def bash(cwd: Path, env: dict[str, str] = env) -> CommandRequest:
+        return CommandRequest(cwd=str(cwd), env=env, argv=["/bin/bash", "-l", "-c", script], notify_started=True)
+
+    fresh = await agent.run(bash(tmp_path))
+    await eventually_true(lambda: len(log.read_text().split()) == 3)  # both spares have read their profile
+    spare_pids = [int(pid) for pid in log.read_text().split()[1:]]
+    through_spare = await agent.run(bash(home))
+    oldpwd = os.environ.get("OLDPWD", "unset")  # the agent's own environment is the base
+    for done, pids, cwd in ((fresh, None, tmp_path), (through_spare, spare_pids, home)):
+        first, _, rest = done.stdout.decode().partition(" ")
+        assert pids is None or int(first) in pids
+        assert rest == f"/bin/bash {cwd} {oldpwd} it's $HOME\n"
+        assert done.stderr.endswith(b"no-such-command-here: command not found\n") and done.exit.code == 3
+    assert through_spare.stderr == fresh.stderr
+    # Another environment is another shape: served fresh (its profile runs now), like the first.
+    other = await agent.run(bash(home, {**env, "QUOTED": "other"}))
+    assert other.stdout.endswith(b" other\n") and other.exit.code == 3
+    other_pid = int(other.stdout.split()[0])
+    assert other_pid not in spare_pids and str(other_pid) in log.read_text().split()
+
+
+async def eventually_true(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with anyio.fail_after(timeout):
+        while not predicate():  # noqa: ASYNC110 - the agent's spare is another process's state
+            await anyio.sleep(0.02)
 
 
 async def test_binary_output_and_long_scripts(agent: AgentClient) -> None:

@@ -21,6 +21,7 @@ from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import AgentClient, AgentProcess
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, CompletedCommand, Output
 from boxruntime.backends.agent.fd_passing import HandedPipes
+from boxruntime.backends.agent.watch import AgentWatch
 from boxruntime.backends.workspace import WorkspacePlan
 from boxruntime.backends.workspace_acl import WorkspaceAcl, before_command
 from boxruntime.config import Settings
@@ -142,6 +143,10 @@ class Backend(abc.ABC):
     ) -> tuple[dict[str, Any], bytes]:
         """One file operation inside the sandbox (read, write, list, stat, remove)."""
         raise BoxSandboxError(f"{self.name} backend does not support file operations")
+
+    async def watch(self, handle: SandboxHandle, fields: dict[str, Any]) -> AgentWatch:
+        """Watch a directory inside the sandbox (``path``, ``recursive``, ``roots``)."""
+        raise BoxSandboxError(f"{self.name} backend does not support watching files")
 
     async def extend_mounts(self, handle: SandboxHandle, current: BoxSpec, requested: BoxSpec) -> BoxSpec:
         """A live session asked for other extra mounts: add what can be added and return the
@@ -302,6 +307,11 @@ class AgentSandbox(Backend):
         if isinstance(path := fields.get("path"), str):
             await before_command(handle.workspace_acl, path)
         return await agent.request("fs", {**fields, "fs": op}, body)
+
+    async def watch(self, handle: SandboxHandle, fields: dict[str, Any]) -> AgentWatch:
+        agent = self.agent_of(handle)
+        await self._ensure_connected(handle, agent)
+        return await agent.watch(fields)
 
     async def _ensure_connected(self, handle: SandboxHandle, agent: AgentClient) -> None:
         if not agent.connected:

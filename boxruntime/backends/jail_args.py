@@ -106,7 +106,8 @@ def jail_argv(plan: JailPlan) -> list[str]:
     # No tmpfs on /dev: the device nodes are bound into the jail's root, which nsjail remounts
     # read-only, so nothing can be created next to them. nsjail mounts /proc itself.
     args += [item for dev in DEVICES if os.path.exists(dev) for item in ("--bindmount", dev)]
-    # A private devpts for commands on a terminal (``exec -t``); the jail sees none of the host's.
+    # A private devpts for commands on a terminal (``exec -t``, E2B's PTY); the jail sees none of
+    # the host's.
     args += ["--mount", "none:/dev/pts:devpts:newinstance,ptmxmode=0666,mode=0620", "--symlink", "pts/ptmx:/dev/ptmx"]
     args += ["--mount", f"none:/tmp:tmpfs:size={plan.tmp_size_mb * 1024 * 1024},mode=1777"]
     if plan.workspace is not None:

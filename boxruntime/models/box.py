@@ -289,6 +289,7 @@ class SessionInfo(Model):
     resolved_image: str | None = None
     workspace_quota_enforced: bool | None = None
     notes: list[str] = pydantic.Field(default_factory=list)
+    expires_at: dt.datetime | None = None  # removed then, busy or not (an E2B sandbox's timeout)
 
 
 class SessionDetails(SessionInfo):

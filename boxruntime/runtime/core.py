@@ -30,6 +30,7 @@ from boxruntime.models import (
     StreamedResult,
 )
 from boxruntime.runtime.chunks import ChunkText
+from boxruntime.runtime.commands import CommandManager
 from boxruntime.runtime.files import SessionFiles
 from boxruntime.runtime.pool import WarmPool
 from boxruntime.runtime.processes import ProcessManager
@@ -59,6 +60,7 @@ class BoxRuntime:
         )
         self.files = SessionFiles(self.sessions)
         self.processes = ProcessManager(self.sessions)
+        self.commands = CommandManager(self.sessions)
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
@@ -92,6 +94,7 @@ class BoxRuntime:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.sessions.run_reaper, lambda: float(min(30, self.settings.session_ttl_sec)))
             tg.start_soon(self.pool.run)
+            tg.start_soon(self.commands.run)
             tg.start_soon(self._sweep_periodically)
 
     async def close(self) -> None:

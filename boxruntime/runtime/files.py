@@ -3,6 +3,10 @@
 Relative paths start at the session's workspace. Every path must stay under the workspace,
 /tmp or an extra mount; the agent resolves it *inside* the sandbox, so symlinks are followed
 the way the sandbox sees them and cannot lead elsewhere.
+
+``op`` and ``watch`` take absolute paths and the roots to confine them to: a front door whose
+API reaches the whole sandbox (E2B's) names ``/``; the sandbox's own permissions still apply,
+since the agent runs as the sandbox user.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import binascii
 import posixpath
 from typing import Any
 
+from boxruntime.backends.agent.watch import AgentWatch
 from boxruntime.errors import BoxValidationError
 from boxruntime.models import (
     BoxSpec,
@@ -51,6 +56,20 @@ class SessionFiles:
             header = {**fields, "path": sandbox_path(spec, req.path), "roots": allowed_roots(spec)}
             reply, data = await session.backend.file_op(session.handle, op, header, body)
         return session, reply, data
+
+    async def op(
+        self, session_id: str, op: str, fields: dict[str, Any], roots: list[str], body: bytes = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        """One agent file operation (read, write, list, stat, remove, mkdir, move) on absolute
+        paths, confined to ``roots``."""
+        async with self._sessions.lease_existing(session_id) as session:
+            return await session.backend.file_op(session.handle, op, {**fields, "roots": roots}, body)
+
+    async def watch(self, session_id: str, path: str, recursive: bool, roots: list[str]) -> AgentWatch:
+        """Watch a directory in the session's sandbox; the caller closes the watch."""
+        async with self._sessions.lease_existing(session_id) as session:
+            fields = {"path": path, "recursive": recursive, "roots": roots}
+            return await session.backend.watch(session.handle, fields)
 
     async def read(self, req: FsReadRequest) -> FsReadResult:
         _, reply, data = await self._op(req, "read", {"offset": req.offset, "length": req.length})

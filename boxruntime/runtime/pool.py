@@ -8,6 +8,10 @@ session's on hand-out, so it is indistinguishable from one made for that session
 whose workspace already exists on disk (files kept from an earlier daemon) is a deliberate
 miss, so those files are found again. Pooled sandboxes are ordinary sandboxes of this daemon:
 labelled, and removed at shutdown like the rest.
+
+Besides the default spec, a front door may name other *shapes* it creates sessions in (E2B's
+sandboxes: the workspace at /home/user). A shape is kept warm, ``size`` sandboxes of it, from the
+first time a session of that shape is asked for: a daemon nobody uses that way pays nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ REFILL_DELAY_SEC = 0.5
 class _Pooled:
     backend: Backend
     handle: SandboxHandle
+    shape: int  # index into the pool's shapes; 0 is the default spec
 
 
 class WarmPool:
@@ -43,7 +48,9 @@ class WarmPool:
         self._backend = backend
         self._settings = settings
         self._ready: list[_Pooled] = []
-        self._filling = 0
+        self._filling: dict[int, int] = {}
+        self._extra_shapes: list[BoxSpec] = []
+        self._wanted = {0}  # shapes kept warm: the default always, the others once asked for
         self._wake = anyio.Event()
         self.hits = 0
         self.misses = 0
@@ -58,8 +65,24 @@ class WarmPool:
     def template(self) -> BoxSpec:
         return BoxSpec(session_id="warm-pool", image=self._settings.default_image)
 
+    def add_shape(self, spec: BoxSpec) -> None:
+        """Also keep sandboxes of ``spec``'s shape (default image), once one is asked for."""
+        self._extra_shapes.append(spec.model_copy(update={"session_id": "warm-pool", "cmd": ""}))
+
+    def _shapes(self) -> list[BoxSpec]:
+        default = self.template()
+        return [default, *(s.model_copy(update={"image": default.image}) for s in self._extra_shapes)]
+
     def serves(self, backend: Backend, spec: BoxSpec) -> bool:
-        template = self.template()
+        return self._shape_of(backend, spec) is not None
+
+    def _shape_of(self, backend: Backend, spec: BoxSpec) -> int | None:
+        for index, template in enumerate(self._shapes()):
+            if self._fits(backend, spec, template):
+                return index
+        return None
+
+    def _fits(self, backend: Backend, spec: BoxSpec, template: BoxSpec) -> bool:
         skipped = {"image", "persistent"}  # persistence is the session's, not the sandbox's
         if backend.swaps_workspace():
             skipped |= {"host_path", "host_path_mode"}  # adopt() binds the host directory in
@@ -76,8 +99,11 @@ class WarmPool:
         if self.size <= 0:
             return None
         self._wake.set()  # a hand-out or a miss: either way, time to look at the pool
-        entry = next((e for e in self._ready if e.backend is backend), None)
-        if entry is None or not self.serves(backend, spec):
+        shape = self._shape_of(backend, spec)
+        if shape is not None:
+            self._wanted.add(shape)
+        entry = next((e for e in self._ready if e.backend is backend and e.shape == shape), None)
+        if entry is None or shape is None:
             self.misses += 1
             return None
         try:
@@ -117,15 +143,17 @@ class WarmPool:
         self._wake = anyio.Event()
 
     async def _fill(self) -> None:
-        while len(self._ready) + self._filling < self.size:
-            backend = await self._backend()
-            self._filling += 1
-            try:
-                handle = await backend.start(self.template(), f"pool-{secrets.token_hex(6)}", pooled=True)
-            finally:
-                self._filling -= 1
-            self._ready.append(_Pooled(backend, handle))
-            log.info("warm pool: %d/%d ready", len(self._ready), self.size)
+        shapes = self._shapes()
+        for shape in sorted(self._wanted):
+            while sum(1 for e in self._ready if e.shape == shape) + self._filling.get(shape, 0) < self.size:
+                backend = await self._backend()
+                self._filling[shape] = self._filling.get(shape, 0) + 1
+                try:
+                    handle = await backend.start(shapes[shape], f"pool-{secrets.token_hex(6)}", pooled=True)
+                finally:
+                    self._filling[shape] -= 1
+                self._ready.append(_Pooled(backend, handle, shape))
+                log.info("warm pool: %d/%d ready (shape %d)", len(self._ready), self.size * len(self._wanted), shape)
 
     async def drain(self) -> None:
         """Remove every pooled sandbox (backend reselected, or daemon exit)."""

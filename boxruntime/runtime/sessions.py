@@ -5,6 +5,8 @@ reaper, capacity, delete and shutdown (reference §D.3, without the anchor's def
   for each other and no lock is held across another id's backend call (seed S7).
 - An exec timeout kills the command, never the session (§G.8).
 - ``max_sessions`` counts live sessions plus creations in flight (seed S3).
+- A session may have a deadline (E2B's sandbox timeout): it is removed then, busy or not, and
+  is not reaped as idle before.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Session:
     closing: bool = False
     keepalive: list[Callable[[], bool]] = field(default_factory=list)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    expires_at: dt.datetime | None = None  # removed at this moment whatever its use
 
     @property
     def session_id(self) -> str:
@@ -87,6 +90,7 @@ class Session:
             resolved_image=self.handle.resolved_image,
             workspace_quota_enforced=self.handle.workspace_quota_enforced,
             notes=list(self.handle.notes),
+            expires_at=self.expires_at,
         )
 
 
@@ -161,6 +165,7 @@ class SessionManager:
         self._locks = _IdLocks()
         self._creating = 0
         self._closing = 0  # removals still tearing their sandbox down count against capacity
+        self._deadline_changed = anyio.Event()
         self.on_remove: list[Callable[[Session], Awaitable[None]]] = []
 
     # ── queries ──────────────────────────────────────────────────────────
@@ -278,27 +283,45 @@ class SessionManager:
                 self._closing -= 1
         log.info("session %s removed", session.session_id)
 
+    def set_deadline(self, session_id: str, when: dt.datetime | None) -> Session:
+        """Remove the session at ``when`` (None: only when idle past the TTL, as usual)."""
+        session = self.get(session_id)
+        session.expires_at = when
+        self._deadline_changed.set()  # the reaper may have to wake up sooner
+        return session
+
+    def _due(self, session: Session, cutoff: dt.datetime, now: dt.datetime) -> bool:
+        if session.expires_at is not None:
+            return session.expires_at <= now
+        return not session.spec.persistent and not session.busy() and session.last_used_at < cutoff
+
     async def reap_expired(self) -> list[str]:
-        """Remove idle, non-persistent sessions unused for longer than the TTL."""
-        cutoff = utcnow() - dt.timedelta(seconds=self._ttl_sec())
-        expired = [
-            s for s in self._sessions.values() if not s.spec.persistent and not s.busy() and s.last_used_at < cutoff
-        ]
+        """Remove sessions past their deadline, and idle, non-persistent sessions unused for
+        longer than the TTL."""
+        now = utcnow()
+        cutoff = now - dt.timedelta(seconds=self._ttl_sec())
+        expired = [s for s in self._sessions.values() if self._due(s, cutoff, now)]
         reaped = []
         for session in expired:
             async with self._locks.hold(session.session_id):
-                # Re-check under the lock: it may have been used or removed meanwhile.
-                if self._sessions.get(session.session_id) is not session or session.busy():
-                    continue
-                if session.last_used_at >= cutoff:
+                # Re-check under the lock: it may have been used, extended or removed meanwhile.
+                if self._sessions.get(session.session_id) is not session or not self._due(session, cutoff, now):
                     continue
                 await self._remove(session, keep_workspace=False)
                 reaped.append(session.session_id)
         return reaped
 
+    def _next_wake(self, interval: float) -> float:
+        deadlines = [s.expires_at for s in self._sessions.values() if s.expires_at is not None]
+        if not deadlines:
+            return interval
+        return max(0.0, min(interval, (min(deadlines) - utcnow()).total_seconds()))
+
     async def run_reaper(self, interval: Callable[[], float]) -> None:
         while True:
-            await anyio.sleep(interval())
+            with anyio.move_on_after(self._next_wake(interval())):
+                await self._deadline_changed.wait()
+            self._deadline_changed = anyio.Event()
             try:
                 reaped = await self.reap_expired()
             except Exception:

@@ -30,6 +30,7 @@ from boxruntime.backends.agent.commands import (
 )
 from boxruntime.backends.agent.fd_passing import HEADER, HandedPipes, fetch_fds, pipes_from
 from boxruntime.backends.agent.frames import FrameProtocol
+from boxruntime.backends.agent.watch import AgentWatch, parse_events
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class AgentProcess:
         self.pid: int | None = None
         self.exit: CommandExit | None = None
         self._events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self._sink: Callable[[Event | BaseException], None] | None = None
         loop = asyncio.get_running_loop()
         self._started: asyncio.Future[int] = loop.create_future()
         # A collected command's one result (spawned with ``collect``: no output events).
@@ -77,7 +79,18 @@ class AgentProcess:
     def _deliver(self, event: Event | BaseException) -> None:
         if isinstance(event, CommandExit):
             self.exit = event
-        self._events.put_nowait(event)
+        if self._sink is not None:
+            self._sink(event)
+        else:
+            self._events.put_nowait(event)
+
+    def deliver_to(self, sink: Callable[[Event | BaseException], None]) -> None:
+        """Hand every event (output, the exit, or the error that ended it) to ``sink`` as it
+        arrives, in the frame's own callback, instead of queueing it for ``events()``; what is
+        queued already goes first."""
+        while not self._events.empty():
+            sink(self._events.get_nowait())
+        self._sink = sink
 
     def _complete(self, done: CompletedCommand) -> None:
         self.exit = done.exit
@@ -88,7 +101,7 @@ class AgentProcess:
         for fut in (self._started, self._completed):
             if not fut.done():
                 fut.set_exception(exc)
-        self._events.put_nowait(exc)
+        self._deliver(exc)
 
     async def started(self) -> int:
         return await self._started
@@ -116,6 +129,13 @@ class AgentProcess:
         """Set the size of the command's terminal (spawned with ``tty``)."""
         await self._client.request("resize", {"target": self.id, "rows": rows, "cols": cols})
 
+    async def signal_sent(self, sig: int, timeout: float = 10.0) -> None:
+        """Signal the process's tree, and return once the agent has sent the signal, or, for
+        SIGKILL, once the process is gone (a caller that answers "killed" must not answer
+        before it is)."""
+        fields = {"id": self.id, "signal": int(sig), "cancel": False}
+        await self._client.request("signal", fields, timeout=timeout, token_field="ack")
+
     def kill_soon(self) -> None:
         """Best-effort SIGKILL without awaiting: usable while the caller is being cancelled."""
         self._client._send_nowait({"op": "signal", "id": self.id, "signal": int(signal.SIGKILL), "cancel": True})
@@ -133,6 +153,7 @@ class AgentClient:
         self._protocol: FrameProtocol | None = None
         self._procs: dict[str, AgentProcess] = {}
         self._replies: dict[str, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._watches: dict[str, AgentWatch] = {}
         self._connect_lock = asyncio.Lock()
         self._dir_fd: int | None = None
         self._ever_connected = False
@@ -221,14 +242,26 @@ class AgentClient:
             if not fut.done():
                 fut.set_exception(exc)
         self._replies.clear()
+        for watch in self._watches.values():
+            watch._deliver(exc)  # a watch does not survive its connection (the agent ends it)
+        self._watches.clear()
 
     def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
         ev = header.get("ev")
         proc_id = header.get("id")
+        if ev == "error" and str(proc_id) in self._replies:
+            # A request the agent could not handle at all: its reply is this error.
+            header = {"error": header.get("error", "unknown agent error"), "code": "EIO"}
+            ev = "reply"
         if ev == "reply":
             fut = self._replies.pop(str(proc_id), None)
             if fut is not None and not fut.done():
                 fut.set_result((header, body))
+            return
+        if ev == "fsevent":
+            watch = self._watches.get(str(proc_id))
+            if watch is not None:
+                watch._deliver(parse_events(header))
             return
         proc = self._procs.get(proc_id) if isinstance(proc_id, str) else None
         if proc is None:
@@ -275,14 +308,15 @@ class AgentClient:
     # ── operations ───────────────────────────────────────────────────────
 
     async def request(
-        self, op: str, fields: dict[str, Any], body: bytes = b"", timeout: float = 30.0
+        self, op: str, fields: dict[str, Any], body: bytes = b"", timeout: float = 30.0, token_field: str = "id"
     ) -> tuple[dict[str, Any], bytes]:
-        """One request/reply exchange (ping, file operations); errors come back as AgentOpError."""
+        """One request/reply exchange (ping, file operations); errors come back as AgentOpError.
+        The reply names the request by ``token_field`` ("id", unless the op uses that already)."""
         token = f"r{next(self._ids)}"
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
         self._replies[token] = fut
         try:
-            await self._send({**fields, "op": op, "id": token}, body)
+            await self._send({**fields, "op": op, token_field: token}, body)
             header, data = await asyncio.wait_for(fut, timeout)
         finally:
             self._replies.pop(token, None)
@@ -292,6 +326,21 @@ class AgentClient:
 
     async def ping(self, timeout: float = 5.0) -> None:
         await self.request("ping", {}, timeout=timeout)
+
+    async def watch(self, fields: dict[str, Any]) -> AgentWatch:
+        """Watch a directory (``path``, ``recursive``, ``roots``); events until ``close()``."""
+        watch = AgentWatch(f"w{next(self._ids)}", self._unwatch)
+        self._watches[watch.id] = watch  # before the reply: the first events may follow it at once
+        try:
+            await self.request("watch", {**fields, "watch": watch.id})
+        except BaseException:
+            self._watches.pop(watch.id, None)
+            raise
+        return watch
+
+    def _unwatch(self, watch_id: str) -> None:
+        if self._watches.pop(watch_id, None) is not None:
+            self._send_nowait({"op": "unwatch", "watch": watch_id})
 
     async def take_fds(self, proc: AgentProcess, timeout: float = 10.0) -> HandedPipes:
         """The pipes of a process spawned with ``handoff`` (see fd_passing)."""
@@ -319,7 +368,10 @@ class AgentClient:
             "keep_on_disconnect": req.keep_on_disconnect,
             "notify_started": req.notify_started,
             "handoff": req.handoff,
+            "make_cwd": req.make_cwd,
         }
+        if req.pty is not None:
+            header["pty"] = list(req.pty)
         if req.argv is not None:
             header["argv"] = req.argv
         if req.kill_grace:

@@ -24,6 +24,8 @@ class CommandRequest:
     handoff: bool = False  # the daemon takes the process's pipes (take_fds) instead of frames
     # On timeout: SIGTERM, then SIGKILL this much later (None: SIGKILL at once).
     kill_grace: float | None = None
+    make_cwd: bool = True  # create a missing workdir (else the spawn fails, naming it)
+    pty: tuple[int, int] | None = None  # (cols, rows): on a terminal; only with handoff and stdin
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,13 +30,15 @@ from boxagent_conn import Conn
 from boxagent_input import InputPipes
 from boxagent_output import OutputPipes
 from boxagent_proc import ExitWatch, OomCounter, Proc, kill_rest, kill_tree, now
+from boxagent_watch import WatchOps
 
 VERSION = 3
+SPARES = 2
 EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
 FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 
 
-class Agent(OutputPipes, InputPipes):
+class Agent(OutputPipes, InputPipes, WatchOps):
     def __init__(self, socket_path, host=False):
         self.socket_path = socket_path
         self.host = boxagent_host.HostMode() if host else None
@@ -48,7 +50,12 @@ class Agent(OutputPipes, InputPipes):
         self.stopping = False
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
         self.dirty = set()  # connections with frames waiting to be written
-        self.spare = None  # a shell started ahead of time for the next command
+        # Shells started ahead of time for the next commands. Two: a login shell reads its
+        # profile for a few ms, and a command that comes right after another still finds one
+        # that has done so.
+        self.spares = []
+        self.spare_shape = None  # the shape of the last command, which the next spares take
+        self.watches = {}  # id -> (Watch, the connection its events go to)
         self.oom = OomCounter(enabled=not host)
         self.exits = ExitWatch(self.sel)
 
@@ -92,6 +99,7 @@ class Agent(OutputPipes, InputPipes):
         except (KeyError, ValueError):
             pass
         conn.sock.close()
+        self.end_watches_of(conn)
         for proc in list(self.procs.values()):
             if proc.conn is conn:
                 proc.conn = None
@@ -136,9 +144,7 @@ class Agent(OutputPipes, InputPipes):
 
     def on_stop_signal(self, signum, _frame):
         self.stopping = True
-        if self.spare is not None:
-            self.spare.discard()
-            self.spare = None
+        self.discard_spares(lambda spare: True)
         for proc in list(self.procs.values()):
             kill_tree(proc, signal.SIGTERM)
         if self.host is not None:
@@ -160,7 +166,7 @@ class Agent(OutputPipes, InputPipes):
         if self.host is not None:
             self.host.tick()
         self.flush_all()
-        if self.spare is None and not self.stopping and self.idle():
+        if len(self.spares) < SPARES and not self.stopping and self.idle():
             self.make_spare()  # pay for the next command's shell now, while nothing waits on us
 
     def idle(self):
@@ -177,9 +183,14 @@ class Agent(OutputPipes, InputPipes):
 
     def make_spare(self):
         try:
-            self.spare = boxagent_spare.SpareShell(self.base_env)
+            self.spares.append(boxagent_spare.SpareShell(self.base_env, self.spare_shape))
         except OSError:
-            self.spare = None
+            self.spare_shape = None  # that shell cannot be started: fall back to the plain one
+
+    def discard_spares(self, which):
+        for spare in [s for s in self.spares if which(s)]:
+            self.spares.remove(spare)
+            spare.discard()
 
     def next_timeout(self):
         moments = []
@@ -225,6 +236,9 @@ class Agent(OutputPipes, InputPipes):
         except boxagent_fs.FsError as exc:
             conn.send({"ev": "reply", "id": header.get("id"), "error": str(exc), "code": exc.code})
             return
+        finally:
+            if self.watches:
+                self.pass_all_events()
         reply["ev"] = "reply"
         reply["id"] = header.get("id")
         conn.send(reply, data)
@@ -246,17 +260,24 @@ class Agent(OutputPipes, InputPipes):
                 conn.send({"ev": "failed", "id": pid_key, "error": error})
                 return
         if header.get("tty") and header.get("handoff"):
-            conn.send({"ev": "failed", "id": pid_key, "error": "a terminal cannot be handed over"})
+            conn.send({"ev": "failed", "id": pid_key, "error": "a tty terminal cannot be handed over (ask for pty)"})
             return
+        self.spare_shape = boxagent_spare.shape_of(header, self.base_env)
         master = None
-        script = self.spare.script_for(header, body) if self.spare is not None else None
+        spare, script = None, None
+        for spare in self.spares:
+            script = spare.script_for(header, body, self.base_env)
+            if script is not None:
+                break
         try:
             if script is not None:
-                popen = self.spare.hand_over(script)
-                self.spare = None
+                self.spares.remove(spare)
+                popen = spare.hand_over(script)
             elif header.get("tty"):
                 popen, master = boxagent_spawn.tty_spawn(self.base_env, header, body, cwd)
             else:
+                # Spares of another shape than the commands now coming are replaced when idle.
+                self.discard_spares(lambda spare: spare.shape != self.spare_shape)
                 popen = boxagent_spawn.fresh_spawn(self.base_env, header, body, cwd)
         except boxagent_spawn.SpawnError as exc:
             conn.send({"ev": "failed", "id": pid_key, "error": str(exc)})
@@ -302,6 +323,11 @@ class Agent(OutputPipes, InputPipes):
             if header.get("cancel"):
                 proc.cancelled = True
             kill_tree(proc, sig)
+        ack = header.get("ack")
+        if ack and proc is not None and proc.status is None and int(header.get("signal", 0)) == signal.SIGKILL:
+            proc.kill_acks.append((conn, ack))  # answered once it is gone (reap): killed means dead
+        elif ack:  # the caller waits until the signal is sent
+            conn.send({"ev": "reply", "id": ack, "found": proc is not None})
 
     def op_attach(self, conn, header, _body):
         proc = self.procs.get(header["id"])
@@ -328,15 +354,17 @@ class Agent(OutputPipes, InputPipes):
             self.exits.forget(pid)
             proc = self.by_pid.pop(pid, None)
             if proc is None:
-                if self.spare is not None and pid == self.spare.pid:
-                    self.spare.discard()  # died before it was used; another is made when idle
-                    self.spare = None
+                # A spare that died before it was used is replaced when idle.
+                self.discard_spares(lambda spare, pid=pid: spare.pid == pid)
                 continue  # an orphan reparented to us; reaping it is all it needs
             proc.status = status
             proc.rusage = rusage
             proc.exited_at = now()
             self.close_stdin(proc, "the command has exited")
             proc.popen.returncode = status  # keep Popen from waiting on a reaped pid
+            for conn, ack in proc.kill_acks:
+                conn.send({"ev": "reply", "id": ack, "found": True})
+            proc.kill_acks = []
             self.drain_exited(proc)
             if not proc.pipes:
                 self.finish(proc)

@@ -173,6 +173,7 @@ class Proc:
         self.written = 0
         self.acks = []  # (conn, request id, byte count it is answered at)
         self.tty_fd = None  # the terminal's master side, while the command has one
+        self.kill_acks = []  # (connection, token): told once the process is gone (op_signal)
 
     def exit_frame(self, oom):
         """The exit event (header, body) of this reaped process; a collected command's output

@@ -14,6 +14,13 @@ reading its script from the pipe, the command never does.
 
 Only small scripts go this way (they fit the pipe buffer, so writing never blocks the agent)
 and only environments whose names the shell can export; anything else uses a fresh spawn.
+
+A spare can also take the *shape* of the last command: an argv ``bash [-l] -c COMMAND`` (how
+E2B's SDK runs every command) in a given environment. The spare is then that bash, started with
+that environment (so a login shell has read its profile ahead of time); it reads the workdir and
+the command from the pipe and ``eval``s the command, which behaves as ``-c`` would (same ``$0``,
+same error messages). The next spare takes the shape of the last command, so a sandbox that runs
+one kind of command keeps a spare of that kind.
 """
 
 import os
@@ -22,8 +29,35 @@ import signal
 
 SHELL = "/bin/sh"
 SHELL_NAME = "sh"  # argv[0], and so $0 and the prefix of the shell's own error messages
+SCRIPT_FD = 3  # where a shaped spare finds its script pipe
 SCRIPT_MAX = 48 * 1024  # well inside the 64 KiB pipe buffer
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BASH_FLAGS = ("-l", "--login")  # options of a shaped spare's bash besides -c (read before the command)
+# What a shaped spare runs: the workdir and the command, each ended by a NUL, come from the pipe.
+# bash's ``read -d ''`` stops at the NUL; the pipe is closed before the command runs.
+SHAPED_BOOT = (
+    "IFS= read -r -d '' __boxagent_cwd <&%d; IFS= read -r -d '' __boxagent_cmd <&%d; exec %d<&-; "
+    # cd sets OLDPWD, which a fresh `bash -c` would not have: put back what the environment said.
+    '[ -n "${OLDPWD+set}" ] && __boxagent_old=$OLDPWD; cd -- "$__boxagent_cwd" || exit 126; '
+    'if [ -n "${__boxagent_old+set}" ]; then OLDPWD=$__boxagent_old; else unset OLDPWD; fi; '
+    "unset __boxagent_old __boxagent_cwd; "
+    'eval "unset __boxagent_cmd; $__boxagent_cmd"'
+) % (SCRIPT_FD, SCRIPT_FD, SCRIPT_FD)
+
+
+def shape_of(header, base_env):
+    """``(argv before -c, environment)`` of a spawn request a shaped spare could serve, else None."""
+    argv = header.get("argv")
+    if not argv or header.get("stdin") or header.get("pty") or header.get("tty") or len(argv) < 3 or argv[-2] != "-c":
+        return None
+    shell, flags = argv[0], argv[1:-2]
+    if os.path.basename(str(shell)) != "bash" or not all(f in BASH_FLAGS for f in flags):
+        return None
+    env = dict(base_env)
+    env.update(header.get("env") or {})
+    return [str(a) for a in argv[:-2]], env
+
+
 # Python ignores these two, and an ignored signal stays ignored across exec: back to the
 # default for the command, as subprocess's restore_signals does for a fresh spawn. Else
 # ``yes | head -n1`` has yes report a broken pipe instead of dying of SIGPIPE.
@@ -72,20 +106,30 @@ class Spawned:
 
 
 class SpareShell:
-    def __init__(self, base_env):
+    def __init__(self, base_env, shape=None):
         # posix_spawn (vfork underneath) blocks the agent a third as long as Popen: the agent
         # makes a spare after every command, so this is paid once per command. Every fd the
         # agent opens is close-on-exec, so the shell gets only the three below and the script.
+        self.shape = shape
         read_end, self.script_fd = os.pipe()
+        if shape is None:  # ``sh -s``: the script is its stdin
+            argv, env = [SHELL_NAME, "-s"], base_env
+            script_actions = [(os.POSIX_SPAWN_DUP2, read_end, 0)]
+        else:  # the shape's bash: the script on SCRIPT_FD, stdin /dev/null as ``bash -c`` has it
+            argv, env = shape[0] + ["-c", SHAPED_BOOT], shape[1]
+            script_actions = [
+                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, read_end, SCRIPT_FD),
+            ]
         out_r, out_w = _pipe_or_close(read_end, self.script_fd)
         err_r, err_w = _pipe_or_close(read_end, self.script_fd, out_r, out_w)
         try:
-            pid = os.posix_spawn(
-                SHELL,
-                [SHELL_NAME, "-s"],
-                base_env,
+            pid = os.posix_spawnp(
+                SHELL if shape is None else argv[0],
+                argv,
+                env,
                 file_actions=[
-                    (os.POSIX_SPAWN_DUP2, read_end, 0),
+                    *script_actions,
                     (os.POSIX_SPAWN_DUP2, out_w, 1),
                     (os.POSIX_SPAWN_DUP2, err_w, 2),
                 ],
@@ -103,9 +147,19 @@ class SpareShell:
         self.pid = pid
         self.dead = False
 
-    def script_for(self, header, body):
+    def script_for(self, header, body, base_env):
         """The bytes to feed this shell for the spawn request, or None if it cannot take it."""
-        if self.dead or header.get("argv") or header.get("stdin") or header.get("tty"):
+        if self.dead:
+            return None
+        if self.shape is not None:
+            if shape_of(header, base_env) != self.shape:
+                return None
+            parts = [header.get("cwd") or "/", header["argv"][-1]]
+            if any("\0" in part for part in parts):
+                return None
+            script = "".join(part + "\0" for part in parts).encode("utf-8", "surrogateescape")
+            return script if len(script) <= SCRIPT_MAX else None
+        if header.get("argv") or header.get("stdin") or header.get("tty") or header.get("pty"):
             return None
         env = header.get("env") or {}
         if not all(_NAME.match(key) for key in env):
@@ -124,7 +178,7 @@ class SpareShell:
 
     def discard(self):
         if self.script_fd is not None:
-            os.close(self.script_fd)  # EOF: the shell sources nothing and exits
+            os.close(self.script_fd)  # EOF: the shell reads no script and exits
             self.script_fd = None
         for pipe in (self.popen.stdout, self.popen.stderr):
             pipe.close()

@@ -3,6 +3,8 @@ every command (stdlib only, Python >= 3.8).
 
 A fresh spawn serves what a spare shell cannot take: argv commands, long scripts (through a
 memfd, never argv: ARG_MAX), a stdin, a terminal, environment names the shell cannot export.
+A terminal is the agent's (``tty``: it reads the output and writes the input, for interactive
+exec) or the daemon's (``pty`` with ``handoff``: its master side is handed over).
 
 Shell commands run as ``sh`` (argv[0]), so the shell's own errors read
 ``sh: 1: nosuchcmd: not found`` and never name a file of ours.
@@ -32,6 +34,14 @@ def fresh_spawn(base_env, header, body, cwd):
     env.update(header.get("env") or {})
     wants_stdin = bool(header.get("stdin"))
     argv, script_fd = command_argv(header, body, wants_stdin)
+    if header.get("pty") and header.get("handoff"):
+        if script_fd is not None:
+            os.close(script_fd)
+            raise SpawnError("a command on a terminal must be at most %d bytes" % SCRIPT_INLINE_MAX)
+        try:
+            return pty_spawn(argv, cwd, env, header["pty"])
+        except OSError as exc:
+            raise SpawnError("cannot start %s on a terminal: %s" % (argv[0], exc.strerror)) from None
     stdin = subprocess.PIPE if wants_stdin else subprocess.DEVNULL
     pass_fds = ()
     if script_fd is not None:
@@ -123,6 +133,38 @@ def tty_spawn(base_env, header, body, cwd):
     finally:
         os.close(slave)
     return popen, master
+
+
+def pty_spawn(argv, cwd, env, size):
+    """A command on a new terminal (``size`` = [cols, rows]) whose pipes are handed to the daemon,
+    in a session of its own. Its stdin and stdout are the terminal's master side; its stderr,
+    which a terminal merges into stdout, is an empty pipe."""
+    master, slave = os.openpty()
+    try:
+        set_window(master, size[1], size[0])
+        popen = subprocess.Popen(
+            argv,
+            executable=SHELL if argv and argv[0] == SHELL_NAME else None,
+            cwd=cwd,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+            close_fds=True,
+            preexec_fn=_take_terminal,  # the agent is single-threaded: safe here
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    empty_r, empty_w = os.pipe()
+    os.close(empty_w)
+    popen.stdin = os.fdopen(os.dup(master), "wb", buffering=0)
+    popen.stdout = os.fdopen(master, "rb", buffering=0)
+    popen.stderr = os.fdopen(empty_r, "rb", buffering=0)
+    return popen
 
 
 def close_on_exec_inherited():
