@@ -49,9 +49,9 @@ from bench_report import pct
 from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.agent.commands import CommandRequest, Output
 from boxruntime.backends.base import sandbox_env
-from boxruntime.e2b.connect import end_stream, envelope
-from boxruntime.e2b.process_service import command_env
-from boxruntime.e2b.sandboxes import USER_HOME
+from boxruntime.edges.e2b.connect import end_stream, envelope
+from boxruntime.edges.e2b.process_service import command_env
+from boxruntime.edges.e2b.sandboxes import USER_HOME
 
 BLOCK = 20
 SETTLE_SEC = 0.5

@@ -31,7 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 TARGETS_MS = {"import langbot_bridge": 150.0, "boxruntime exec -- true": 300.0}
-EXEC_IMPORTS = "import boxruntime.cli, boxruntime.cli_exec, langbot_bridge.service, langbot_bridge.connector, anyio"
+EXEC_IMPORTS = (
+    "import boxruntime_cli, langbot_bridge.cli.exec_command, langbot_bridge.service, langbot_bridge.connector, anyio"
+)
 
 
 def kinds(url: str) -> dict[str, list[str]]:
@@ -40,9 +42,9 @@ def kinds(url: str) -> dict[str, list[str]]:
         "python -c pass": [PYTHON, "-c", "pass"],
         "import langbot_bridge": [PYTHON, "-c", "import langbot_bridge"],
         "from langbot_bridge import Sandbox": [PYTHON, "-c", "from langbot_bridge import Sandbox"],
-        "boxruntime --version": [PYTHON, "-m", "boxruntime", "--version"],
+        "boxruntime --version": [PYTHON, "-m", "boxruntime_cli", "--version"],
         "imports of exec": [PYTHON, "-c", EXEC_IMPORTS],
-        "boxruntime exec -- true": [PYTHON, "-m", "boxruntime", "exec", "--endpoint", url, "--", "true"],
+        "boxruntime exec -- true": [PYTHON, "-m", "boxruntime_cli", "exec", "--endpoint", url, "--", "true"],
     }
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from boxruntime.cli import main
+from boxruntime.edges.cli import main
 
 sys.exit(main())

@@ -15,15 +15,15 @@ from typing import Any
 
 import pydantic
 
-from boxruntime.backends import names
 from boxruntime.errors import BoxValidationError, validation_summary
 from boxruntime.event_loop import LoopChoice
 from boxruntime.models import DEFAULT_IMAGE
+from boxruntime.models import backend_names as names
 from boxruntime.tenancy.placement import INSTANCE_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = names.LANGBOT_NAMES  # accepted; boxruntime.backends.names says which exist
+BACKEND_NAMES = names.LANGBOT_NAMES  # accepted; boxruntime.models.backend_names says which exist
 MIN_TOKEN_LENGTH = 32
 # LangBot 0.7's text for the refusal (reference §B.2 box_init).
 HOST_BACKEND_REFUSAL = (

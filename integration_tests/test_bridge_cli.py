@@ -23,7 +23,7 @@ TIMEOUT = 180
 
 def boxruntime(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "boxruntime", *args],
+        [sys.executable, "-m", "boxruntime_cli", *args],
         env=daemon_env(data_dir, **env),
         cwd=ROOT,
         capture_output=True,
@@ -83,7 +83,7 @@ def test_local_exec_streams_and_exits_with_the_commands_code(
 
 
 def test_local_output_arrives_while_the_command_runs(docker_engine: docker.DockerClient, data_dir: Path) -> None:
-    argv = [sys.executable, "-m", "boxruntime", "exec", "--backend", "docker", "--timeout", "100"]
+    argv = [sys.executable, "-m", "boxruntime_cli", "exec", "--backend", "docker", "--timeout", "100"]
     argv += ["--", "sh", "-c", "echo first; sleep 90; echo never"]
     proc = subprocess.Popen(argv, env=daemon_env(data_dir), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

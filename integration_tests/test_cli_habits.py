@@ -46,7 +46,7 @@ def cli(daemon: Daemon | None, *args: str, stdin: bytes = b"", **env: str) -> su
     extra = {"BOXRUNTIME_ENDPOINT": daemon.url} if daemon is not None else {}
     data_dir = daemon.data_dir if daemon is not None else ROOT / "unused-data"
     return subprocess.run(
-        [sys.executable, "-m", "boxruntime", *args],
+        [sys.executable, "-m", "boxruntime_cli", *args],
         env=daemon_env(data_dir, **extra, **env),
         cwd=ROOT,
         input=stdin,
@@ -79,7 +79,7 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: the CLI, its stdin/stdout/stderr on the terminal
             os.chdir(ROOT)
-            os.execve(sys.executable, [sys.executable, "-m", "boxruntime", *argv], env)
+            os.execve(sys.executable, [sys.executable, "-m", "boxruntime_cli", *argv], env)
         self.resize(rows, cols)
         self.seen = b""
 

@@ -109,7 +109,7 @@ def test_the_chat_bot_example(box: Daemon) -> None:
         "bob> exit 3",
         "carol> say !run <command>, !save <file> <text> or !show <file>",
     ]
-    listed = run([str(PYTHON), "-m", "boxruntime", "sessions", "--json"], reader_env(box))
+    listed = run([str(PYTHON), "-m", "boxruntime_cli", "sessions", "--json"], reader_env(box))
     assert listed.stdout.strip() == "[]"  # the bot removed its sandboxes when its input ended
 
 

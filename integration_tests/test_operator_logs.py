@@ -80,7 +80,7 @@ def test_a_bad_token_never_reaches_a_log_line(data_dir: Path, tmp_path: Path) ->
     wrong = "wrong-" + secrets.token_urlsafe(32)
     try:
         refused = subprocess.run(
-            [sys.executable, "-m", "boxruntime", "sessions", "--endpoint", daemon.url, f"--token={wrong}"],
+            [sys.executable, "-m", "boxruntime_cli", "sessions", "--endpoint", daemon.url, f"--token={wrong}"],
             env=daemon_env(tmp_path / "client"),
             cwd=ROOT,
             capture_output=True,

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from boxruntime.backends import posix_acl
-from boxruntime.backends.posix_acl import UNDEFINED_ID, Tag
+from boxruntime.backends.common import posix_acl
+from boxruntime.backends.common.posix_acl import UNDEFINED_ID, Tag
 from boxruntime.errors import BoxValidationError
 from boxruntime.ids import safe_key
 from boxruntime.protocol import Peer

@@ -134,9 +134,11 @@ async def test_a_terminal_is_the_controlling_one_and_can_be_resized(agent: Agent
     seen.clear()
     await proc.write_input(b"stty size\n")
     await read_until(events, seen, b"40 120")
-    # ^C reaches the foreground command through the terminal, not the shell.
+    # ^C reaches the foreground command through the terminal, not the shell. It is typed once
+    # the foreground job has printed "sleeping": that job is then running, so ^C reaches it.
     seen.clear()
-    await proc.write_input(b"sleep 30; echo after-sleep\n")
+    await proc.write_input(b"sh -c 'echo sleep\"\"ing; exec sleep 30'; echo after-sleep\n")
+    await read_until(events, seen, b"sleeping\r\n")
     await proc.write_input(b"\x03")
     await read_until(events, seen, b"$ ")
     assert b"\nafter-sleep" not in seen  # the echo of the typed line holds "echo after-sleep"

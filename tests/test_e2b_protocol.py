@@ -15,12 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from boxruntime.backends.agent.commands import CommandExit
-from boxruntime.e2b.connect import ConnectError, EnvelopeReader, end_stream, envelope
-from boxruntime.e2b.envd_messages import AgentEntry, SendInputRequest, StartRequest
-from boxruntime.e2b.files_http import signature
-from boxruntime.e2b.parsing import parse
-from boxruntime.e2b.process_service import end_event
-from boxruntime.e2b.users import check_user, resolve
+from boxruntime.edges.e2b.connect import ConnectError, EnvelopeReader, end_stream, envelope
+from boxruntime.edges.e2b.envd_messages import AgentEntry, SendInputRequest, StartRequest
+from boxruntime.edges.e2b.files_http import signature
+from boxruntime.edges.e2b.parsing import parse
+from boxruntime.edges.e2b.process_service import end_event
+from boxruntime.edges.e2b.users import check_user, resolve
 
 
 def test_envelopes_are_a_flag_byte_a_big_endian_length_and_json() -> None:

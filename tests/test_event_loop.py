@@ -10,8 +10,9 @@ import anyio
 import pydantic
 import pytest
 
-from boxruntime import cli, event_loop
+from boxruntime import event_loop
 from boxruntime.config import load_settings
+from boxruntime.edges import cli
 
 
 def hide_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:

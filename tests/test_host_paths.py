@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from boxruntime.backends.host_paths import PathMap
-from boxruntime.backends.host_session import INHERITED_ENV, HostSession, inherited_env
+from boxruntime.backends.host.paths import PathMap
+from boxruntime.backends.host.session import INHERITED_ENV, HostSession, inherited_env
 from boxruntime.backends.selection import candidates
 from boxruntime.config import HOST_BACKEND_REFUSAL, Settings, host_backend_refusal
 from boxruntime.errors import BoxValidationError

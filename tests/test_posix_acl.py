@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from boxruntime.backends import posix_acl
-from boxruntime.backends.posix_acl import UNDEFINED_ID, AclFormatError, Entry, Tag
+from boxruntime.backends.common import posix_acl
+from boxruntime.backends.common.posix_acl import UNDEFINED_ID, AclFormatError, Entry, Tag
 
 perms = st.integers(min_value=0, max_value=7)
 ids = st.integers(min_value=1, max_value=60000)

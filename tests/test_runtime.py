@@ -14,6 +14,8 @@ from langbot_plugin.box.models import BoxExecutionResult, BoxSessionInfo
 
 from boxruntime.backends.base import ExecRequest
 from boxruntime.config import Settings
+from boxruntime.edges.handlers import BoxActions
+from boxruntime.edges.server import skill_actions
 from boxruntime.errors import (
     BoxBackendUnavailableError,
     BoxCapacityExceededError,
@@ -21,12 +23,10 @@ from boxruntime.errors import (
     BoxSessionNotFoundError,
     BoxValidationError,
 )
-from boxruntime.handlers import BoxActions
 from boxruntime.ids import safe_key
 from boxruntime.models import OUTPUT_CAP_BYTES, BackendInfo
 from boxruntime.protocol import ActionHandler
 from boxruntime.runtime.core import BoxRuntime
-from boxruntime.server import skill_actions
 from tests.fakes import CHUNK, FakeBackend, Scripted
 
 pytestmark = pytest.mark.anyio

@@ -13,12 +13,12 @@ import anyio
 import pytest
 
 from boxruntime.config import Settings
+from boxruntime.edges.handlers import BoxActions
+from boxruntime.edges.server import skill_actions
 from boxruntime.errors import BoxPermissionError, BoxSessionNotFoundError, BoxValidationError
-from boxruntime.handlers import BoxActions
 from boxruntime.protocol import ActionHandler
 from boxruntime.protocol.envelope import Request
 from boxruntime.runtime.core import BoxRuntime
-from boxruntime.server import skill_actions
 from boxruntime.tenancy.fence import GenerationFence
 from boxruntime.tenancy.gate import TenantGate
 from boxruntime.tenancy.placement import Placement, Workspace, is_physical_id, sanitize_session_id

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from boxruntime.backends import posix_acl, workspace_acl
-from boxruntime.backends.posix_acl import UNDEFINED_ID, Tag
-from boxruntime.backends.workspace import for_host_workspace
-from boxruntime.backends.workspace_acl import WorkspaceAcl
+from boxruntime.backends.common import posix_acl, workspace_acl
+from boxruntime.backends.common.posix_acl import UNDEFINED_ID, Tag
+from boxruntime.backends.common.workspace import for_host_workspace
+from boxruntime.backends.common.workspace_acl import WorkspaceAcl
 from boxruntime.errors import BoxValidationError
 from boxruntime.security import ResolvedMount
 from tests import langbot_host_fs as langbot

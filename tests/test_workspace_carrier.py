@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from boxruntime.backends import host_mounts, workspace_carrier
+from boxruntime.backends.common import host_mounts
+from boxruntime.backends.docker import workspace_carrier
 from boxruntime.errors import BoxSandboxError
 
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from boxruntime.backends import host_mounts
-from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.client import AgentClient, AgentProcess
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, CompletedCommand, Output
 from boxruntime.backends.agent.fd_passing import HandedPipes
 from boxruntime.backends.agent.watch import AgentWatch
-from boxruntime.backends.workspace import WorkspacePlan
-from boxruntime.backends.workspace_acl import WorkspaceAcl, before_command
+from boxruntime.backends.common import host_mounts
+from boxruntime.backends.common import workspace as workspaces
+from boxruntime.backends.common.workspace import WorkspacePlan
+from boxruntime.backends.common.workspace_acl import WorkspaceAcl, before_command
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError, BoxSessionConflictError
 from boxruntime.instance import instance_alive

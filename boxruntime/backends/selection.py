@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 
-from boxruntime.backends import names
 from boxruntime.backends.base import Backend
 from boxruntime.config import Settings
 from boxruntime.errors import BoxBackendUnavailableError
 from boxruntime.models import BackendInfo
+from boxruntime.models import backend_names as names
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,15 @@ LOCAL_CANDIDATES = ("docker", "nsjail")  # never an unsafe one (host) by default
 
 def make_backend(name: str, settings: Settings, instance_id: str) -> Backend:
     if name == "docker":
-        from boxruntime.backends.docker import DockerBackend
+        from boxruntime.backends.docker.backend import DockerBackend
 
         return DockerBackend(settings, instance_id)
     if name == "nsjail":
-        from boxruntime.backends.nsjail import NsjailBackend
+        from boxruntime.backends.nsjail.backend import NsjailBackend
 
         return NsjailBackend(settings, instance_id)
     if name == "host":
-        from boxruntime.backends.host import HostBackend
+        from boxruntime.backends.host.backend import HostBackend
 
         return HostBackend(settings, instance_id)
     raise BoxBackendUnavailableError(f"the {name} backend is not part of this build yet")

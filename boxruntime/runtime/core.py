@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 import anyio
 
-from boxruntime.backends import workspace as workspaces
 from boxruntime.backends.agent.commands import CommandExit, CompletedCommand, Output
 from boxruntime.backends.base import Backend, ExecRequest
+from boxruntime.backends.common import workspace as workspaces
 from boxruntime.backends.selection import select_backend
 from boxruntime.config import Settings, apply_box_config
 from boxruntime.errors import BoxBackendUnavailableError, BoxRuntimeUnavailableError, BoxValidationError

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from boxruntime.backends import workspace as workspaces
+from boxruntime.backends.common import workspace as workspaces
 from boxruntime.errors import BoxAdmissionError, BoxPermissionError, BoxReadinessError
 from boxruntime.payloads import parse
 from boxruntime.protocol import Payload

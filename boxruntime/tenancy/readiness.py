@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from boxruntime.backends import workspace as workspaces
+from boxruntime.backends.common import workspace as workspaces
 from boxruntime.models import BackendInfo, BoxSpec, NetworkMode
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.tenancy.admission import Admission

