@@ -24,8 +24,9 @@ from typing import Any
 from bench_harness import OURS, BenchError, Shape, Side, check_error_budget, check_result, log, timed
 from bench_sections import WARM_BLOCK, WARM_SETTLE_SEC
 
+from boxruntime.backends.agent.backend import sandbox_env
 from boxruntime.backends.agent.client import AGENT_SOCKET_NAME, AgentClient
-from boxruntime.backends.base import ExecRequest, agent_command
+from boxruntime.backends.agent.commands import CommandRequest
 from boxruntime.models.box import OUTPUT_CAP_BYTES
 
 KINDS = ("exec", "noop", "agent_run", "agent_ping")
@@ -51,8 +52,14 @@ async def bench_breakdown(side: Side, data_dir: Path, shape: Shape, rounds: int)
     agent = AgentClient(agent_socket_dir(data_dir, info["backend_session_id"]), "bench")
     await agent.connect(timeout=30)
     # What the daemon asks the agent for a box_exec of this spec.
-    exec_req = ExecRequest(shape.cmd, spec.workdir, spec.env, float(spec.timeout_sec), OUTPUT_CAP_BYTES)
-    command = agent_command(exec_req)
+    # What the daemon asks the agent for an exec (AgentBackend.request): the same request here.
+    command = CommandRequest(
+        cwd=spec.workdir,
+        env=sandbox_env(spec.env),
+        script=shape.cmd,
+        timeout=float(spec.timeout_sec),
+        output_cap=OUTPUT_CAP_BYTES,
+    )
 
     async def agent_run() -> None:
         done = await agent.run(command)

@@ -46,9 +46,9 @@ from bench_daemons import OURS_DATA, DaemonProc, free_port, preflight, start_our
 from bench_harness import DEFAULT_IMAGE, OURS, BenchError, Side, connect, disconnect, log, pool_status
 from bench_report import pct
 
+from boxruntime.backends.agent.backend import sandbox_env
 from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.agent.commands import CommandRequest, Output
-from boxruntime.backends.base import sandbox_env
 from boxruntime.edges.e2b.connect import end_stream, envelope
 from boxruntime.edges.e2b.process_service import command_env
 from boxruntime.edges.e2b.sandboxes import USER_HOME

@@ -1,9 +1,9 @@
 """An in-memory sandbox backend for fast runtime tests (no Docker, no agent).
 
 It keeps the ``Backend`` contract the runtime relies on: ``start`` returns a fresh handle per
-sandbox, output is capped per stream at ``req.output_cap`` while totals count every byte (as
-the in-sandbox agent does), ``exec`` on a removed sandbox raises ``BoxSandboxError``, and
-``stop`` never raises for a sandbox that is already gone. Tests steer it through plain
+sandbox, output is capped per stream at the command's ``output_cap`` while totals count every
+byte (as the in-sandbox agent does), a command on a removed sandbox raises ``BoxSandboxError``,
+and ``stop`` never raises for a sandbox that is already gone. Tests steer it through plain
 attributes: gates to hold a call open, failures to inject, scripted command results.
 """
 
@@ -17,8 +17,17 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 
-from boxruntime.backends.agent.commands import CommandExit, CompletedCommand, Output
-from boxruntime.backends.base import Backend, ExecRequest, SandboxHandle
+from boxruntime.backends.contract import (
+    Backend,
+    Command,
+    CommandExit,
+    CompletedCommand,
+    Output,
+    Process,
+    ProcessEvent,
+    SandboxHandle,
+    TerminalSize,
+)
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BackendInfo, BoxSpec
@@ -45,7 +54,47 @@ class Scripted:
         return cls(code=137, stdout=stdout, stderr=stderr, reason="timeout", signal=9)
 
 
-class FakeBackend(Backend):
+@dataclass(kw_only=True)
+class FakeSandbox(SandboxHandle):
+    session_id: str
+
+
+class StreamedFake:
+    """A started fake command: its output in pieces, then its end."""
+
+    def __init__(self, events: list[ProcessEvent]) -> None:
+        self._events = events
+        self.cancelled = False
+
+    @property
+    def pid(self) -> int | None:
+        return 1
+
+    async def started(self) -> int:
+        return 1
+
+    async def events(self) -> AsyncIterator[ProcessEvent]:
+        for event in self._events:
+            await anyio.lowlevel.checkpoint()
+            yield event
+
+    async def write(self, data: bytes, eof: bool = False) -> None:
+        raise BoxSandboxError("fake commands take no input")
+
+    async def resize(self, size: TerminalSize) -> None:
+        raise BoxSandboxError("fake commands have no terminal")
+
+    async def signal(self, sig: int, *, until_gone: bool = False) -> None:
+        self.cancelled = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    async def close(self) -> None:
+        return None
+
+
+class FakeBackend(Backend[FakeSandbox]):
     name = "fake"
 
     def __init__(self, settings: Settings | None = None, instance_id: str = "fake0instance") -> None:
@@ -57,7 +106,7 @@ class FakeBackend(Backend):
         self.fail_start: dict[str, Exception] = {}  # session id -> start raises it (once)
         self.dead: set[str] = set()  # sandbox ids alive() reports as gone
         self.results: list[Scripted] = []  # consumed in order; default: exit 0, no output
-        self.requests: list[ExecRequest] = []
+        self.requests: list[Command] = []
         self.live: dict[str, SandboxHandle] = {}  # sandbox id -> handle
         self.stopped: list[tuple[str, bool]] = []  # (sandbox id, keep_workspace)
         self.available = True
@@ -83,7 +132,7 @@ class FakeBackend(Backend):
             return BackendInfo(name=self.name, available=False, reason="fake backend switched off")
         return BackendInfo(name=self.name, available=True, enforced_limits={"memory_mb": "fake"})
 
-    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> FakeSandbox:
         self.calls.append(("start", spec.session_id))
         if spec.session_id in self.entered:
             self.entered[spec.session_id].set()
@@ -91,16 +140,13 @@ class FakeBackend(Backend):
             await self.start_gates[spec.session_id].wait()
         if spec.session_id in self.fail_start:
             raise self.fail_start.pop(spec.session_id)
-        handle = SandboxHandle(
-            backend=self.name,
-            sandbox_id=f"fake-{key}-{next(self._serial)}",
-            key=key,
-            extra={"session_id": spec.session_id},
+        handle = FakeSandbox(
+            backend=self.name, sandbox_id=f"fake-{key}-{next(self._serial)}", key=key, session_id=spec.session_id
         )
         self.live[handle.sandbox_id] = handle
         return handle
 
-    def _next(self, handle: SandboxHandle, req: ExecRequest) -> Scripted:
+    def _next(self, handle: FakeSandbox, req: Command) -> Scripted:
         self.calls.append(("exec", handle.sandbox_id))
         if handle.sandbox_id not in self.live or handle.sandbox_id in self.dead:
             raise BoxSandboxError(f"sandbox {handle.sandbox_id} is gone")
@@ -120,29 +166,32 @@ class FakeBackend(Backend):
             stderr_total=len(script.stderr),
         )
 
-    async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
-        script = self._next(handle, req)
+    async def run(self, handle: FakeSandbox, command: Command) -> CompletedCommand:
+        script = self._next(handle, command)
         await anyio.lowlevel.checkpoint()
-        cap = req.output_cap
+        cap = command.output_cap
         return CompletedCommand(self._exit(script), script.stdout[:cap], script.stderr[:cap])
 
-    async def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]:
-        script = self._next(handle, req)
-        for stream, data in ((1, script.stdout[: req.output_cap]), (2, script.stderr[: req.output_cap])):
-            for offset in range(0, len(data), CHUNK):
-                await anyio.lowlevel.checkpoint()
-                yield Output(stream, data[offset : offset + CHUNK])
-        yield self._exit(script)
+    async def start_command(self, handle: FakeSandbox, command: Command, *, lasting: bool = False) -> Process:
+        if lasting:
+            raise BoxSandboxError("the fake backend has no lasting processes")
+        script = self._next(handle, command)
+        cap = command.output_cap
+        events: list[ProcessEvent] = []
+        for stream, data in ((1, script.stdout[:cap]), (2, script.stderr[:cap])):
+            events += [Output(stream, data[offset : offset + CHUNK]) for offset in range(0, len(data), CHUNK)]
+        events.append(self._exit(script))
+        return StreamedFake(events)
 
-    async def stop(self, handle: SandboxHandle, keep_workspace: bool = False) -> None:
+    async def stop(self, handle: FakeSandbox, keep_workspace: bool = False) -> None:
         self.calls.append(("stop", handle.sandbox_id))
         self.stopped.append((handle.sandbox_id, keep_workspace))
         await anyio.lowlevel.checkpoint()
         self.live.pop(handle.sandbox_id, None)  # already gone is fine: stop never raises for it
 
-    async def alive(self, handle: SandboxHandle) -> bool:
+    async def alive(self, handle: FakeSandbox) -> bool:
         self.calls.append(("alive", handle.sandbox_id))
-        gate = self.alive_gates.get(handle.extra["session_id"])
+        gate = self.alive_gates.get(handle.session_id)
         if gate is not None:
             await gate.wait()
         return handle.sandbox_id in self.live and handle.sandbox_id not in self.dead

@@ -19,9 +19,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from boxruntime.backends.agent.backend import AGENT_SOURCES
 from boxruntime.backends.agent.client import AgentClient, AgentLostError
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
-from boxruntime.backends.base import AGENT_SOURCES
 from boxruntime.errors import BoxValidationError
 
 pytestmark = pytest.mark.anyio

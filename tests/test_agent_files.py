@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from boxruntime.backends.agent.client import AgentClient, AgentOpError
-from boxruntime.backends.agent.watch import WatchEvent
+from boxruntime.backends.contract import FileChange as WatchEvent
 from tests.test_agent import agent, agent_dir, anyio_backend  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.anyio

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from boxruntime.backends.agent.backend import AGENT_SOURCES
 from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.agent.commands import CommandRequest
-from boxruntime.backends.base import AGENT_SOURCES
 from tests.test_agent import parent_of, pids_alive
 
 pytestmark = pytest.mark.anyio

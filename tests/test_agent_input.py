@@ -13,9 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from boxruntime.backends.agent.backend import AGENT_SOURCES
 from boxruntime.backends.agent.client import AgentClient, AgentOpError, AgentProcess
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
-from boxruntime.backends.base import AGENT_SOURCES
 
 pytestmark = pytest.mark.anyio
 ENV = {"PATH": "/usr/bin:/bin"}

@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from boxruntime.backends.agent.commands import CommandExit
+from boxruntime.backends.contract import FileInfo
 from boxruntime.edges.e2b.connect import ConnectError, EnvelopeReader, end_stream, envelope
-from boxruntime.edges.e2b.envd_messages import AgentEntry, SendInputRequest, StartRequest
+from boxruntime.edges.e2b.envd_messages import SendInputRequest, StartRequest, entry_info
 from boxruntime.edges.e2b.files_http import signature
 from boxruntime.edges.e2b.parsing import parse
 from boxruntime.edges.e2b.process_service import end_event
@@ -104,9 +105,8 @@ def test_requests_take_camel_and_snake_case_and_base64_bytes() -> None:
 
 def test_entries_read_as_envd_describes_them() -> None:
     agent = {"type": "file", "size": 5, "mode": 0o644, "mtime": 0.5, "owner": "1000", "group": "1000"}
-    entry = AgentEntry.model_validate({**agent, "uid": 1000, "gid": 1000}).entry(
-        "/home/user/a", "a", (1000, 1000, "user")
-    )
+    info = FileInfo.model_validate({**agent, "path": "/home/user/a", "uid": 1000, "gid": 1000})
+    entry = entry_info(info, "/home/user/a", "a", (1000, 1000, "user"))
     assert entry.wire() == {
         "name": "a",
         "type": "FILE_TYPE_FILE",
@@ -118,8 +118,10 @@ def test_entries_read_as_envd_describes_them() -> None:
         "group": "user",
         "modifiedTime": "1970-01-01T00:00:00.500000Z",
     }
-    root_dir = AgentEntry.model_validate({**agent, "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "owner": "root"})
-    described = root_dir.entry("/", "/", (1000, 1000, "user")).wire()
+    root_dir = FileInfo.model_validate(
+        {**agent, "path": "/", "type": "dir", "mode": 0o755, "uid": 0, "gid": 0, "owner": "root"}
+    )
+    described = entry_info(root_dir, "/", "/", (1000, 1000, "user")).wire()
     assert (described["type"], described["permissions"], described["owner"]) == (
         "FILE_TYPE_DIRECTORY",
         "drwxr-xr-x",
@@ -129,12 +131,13 @@ def test_entries_read_as_envd_describes_them() -> None:
 
 def test_a_symlink_is_stated_as_envd_does_and_listed_as_a_link() -> None:
     link = {"type": "symlink", "size": 8, "mode": 0o777, "mtime": 0.0, "uid": 1000, "gid": 1000, "target": "test.txt"}
-    listed = AgentEntry.model_validate(link).entry("/home/user/l", "l", (1000, 1000, "user")).wire()
+    user = (1000, 1000, "user")
+    listed = entry_info(FileInfo.model_validate({**link, "path": "l"}), "/home/user/l", "l", user).wire()
     assert (listed["type"], listed["permissions"], listed["symlinkTarget"]) == (
         "FILE_TYPE_SYMLINK",
         "Lrwxrwxrwx",
         "test.txt",
     )
     resolved = {**link, "resolved": "/home/user/test.txt", "resolved_type": "file", "resolved_mode": 0o644}
-    stated = AgentEntry.model_validate(resolved).entry("/home/user/l", "l", (1000, 1000, "user")).wire()
+    stated = entry_info(FileInfo.model_validate({**resolved, "path": "l"}), "/home/user/l", "l", user).wire()
     assert (stated["type"], stated["mode"], stated["symlinkTarget"]) == ("FILE_TYPE_FILE", 0o644, "/home/user/test.txt")

@@ -12,7 +12,7 @@ import anyio
 import pytest
 from langbot_plugin.box.models import BoxExecutionResult, BoxSessionInfo
 
-from boxruntime.backends.base import ExecRequest
+from boxruntime.backends.contract import Command
 from boxruntime.config import Settings
 from boxruntime.edges.handlers import BoxActions
 from boxruntime.edges.server import skill_actions
@@ -125,9 +125,7 @@ async def test_exec_result_shape(box: Box) -> None:
     langbot = BoxExecutionResult.model_validate(result)
     assert (langbot.status.value, langbot.exit_code, langbot.stdout) == ("completed", 3, "hello")
     assert box.fake.requests == [
-        ExecRequest(
-            script="echo hello", workdir="/workspace/sub", env={"A": "1"}, timeout=12.0, output_cap=OUTPUT_CAP_BYTES
-        )
+        Command(cwd="/workspace/sub", env={"A": "1"}, script="echo hello", timeout=12.0, output_cap=OUTPUT_CAP_BYTES)
     ]
 
 

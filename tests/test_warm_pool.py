@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
-from boxruntime.backends.base import Backend, SandboxHandle
+from boxruntime.backends.contract import Backend, SandboxHandle
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 from boxruntime.models import BoxSpec
@@ -41,10 +42,10 @@ class SwappingBackend(FakeBackend):
         return True
 
 
-async def filled(backend: Backend, size: int = 1) -> WarmPool:
+async def filled(backend: Backend[Any], size: int = 1) -> WarmPool:
     settings = backend.settings.model_copy(update={"pool_size": size})
 
-    async def provider() -> Backend:
+    async def provider() -> Backend[Any]:
         return backend
 
     pool = WarmPool(provider, settings)

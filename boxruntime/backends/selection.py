@@ -1,4 +1,4 @@
-"""Backend construction and selection (reference §D.2).
+"""Backend[Any] construction and selection (reference §D.2).
 
 ``local`` tries Docker, then nsjail; an explicit name never falls back. The unsafe ``host``
 backend is never a candidate of ``local``: only its name selects it. When nothing is usable
@@ -8,8 +8,9 @@ the error lists every candidate and why, so the user knows what to install.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from boxruntime.backends.base import Backend
+from boxruntime.backends.contract import Backend
 from boxruntime.config import Settings
 from boxruntime.errors import BoxBackendUnavailableError
 from boxruntime.models import BackendInfo
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 LOCAL_CANDIDATES = ("docker", "nsjail")  # never an unsafe one (host) by default
 
 
-def make_backend(name: str, settings: Settings, instance_id: str) -> Backend:
+def make_backend(name: str, settings: Settings, instance_id: str) -> Backend[Any]:
     if name == "docker":
         from boxruntime.backends.docker.backend import DockerBackend
 
@@ -54,7 +55,7 @@ async def probe_all(settings: Settings, instance_id: str) -> list[BackendInfo]:
     return infos
 
 
-async def select_backend(settings: Settings, instance_id: str) -> tuple[Backend, BackendInfo]:
+async def select_backend(settings: Settings, instance_id: str) -> tuple[Backend[Any], BackendInfo]:
     reasons = []
     for name in candidates(settings):
         try:

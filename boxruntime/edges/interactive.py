@@ -1,8 +1,8 @@
 """Interactive exec: ``box_exec_interactive``, ``_input``, ``_resize``, ``_signal`` (ours).
 
 A command that takes input, optionally on a terminal: what ``boxruntime exec -i`` and ``-t``
-use. Payloads are ``boxruntime.models.interactive``. The command runs under the session's agent
-like any exec; its output streams as ``box_exec_stream``'s does (after an ``ExecStarted`` that
+use. Payloads are ``boxruntime.models.interactive``. The command is started by the session's
+backend like any streamed exec; its output streams as ``box_exec_stream``'s does (after an ``ExecStarted`` that
 names it) and its result comes last, without the output (already streamed).
 
 Input and resizes reach only the commands started on the same connection: the registry belongs
@@ -18,9 +18,9 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Literal
 
-from boxruntime.backends.agent.client import AgentOpError, AgentProcess
-from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
-from boxruntime.backends.base import sandbox_env
+import anyio
+
+from boxruntime.backends.contract import Command, CommandExit, Output, Process, SandboxFileError, TerminalSize
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 from boxruntime.models import (
     BoxSpec,
@@ -43,16 +43,15 @@ from boxruntime.runtime.core import BoxRuntime
 _SPEC_FIELDS = set(BoxSpec.model_fields)
 
 
-def command_for(req: InteractiveExecRequest) -> CommandRequest:
-    """What the agent runs: the command with a stdin pipe, or on a terminal; output uncapped
-    (it is streamed, never kept)."""
-    return CommandRequest(
+def command_for(req: InteractiveExecRequest) -> Command:
+    """The command with a stdin, or on a terminal; output uncapped (it is streamed, never kept)."""
+    return Command(
         cwd=req.workdir,
-        env=sandbox_env(req.env),
+        env=req.env,
         script=req.cmd,
         timeout=None if req.no_timeout else float(req.timeout_sec),
         stdin=req.stdin and req.tty is None,
-        tty=(req.tty.rows, req.tty.cols) if req.tty is not None else None,
+        terminal=TerminalSize(rows=req.tty.rows, cols=req.tty.cols) if req.tty is not None else None,
     )
 
 
@@ -80,7 +79,7 @@ class InteractiveExecs:
 
     def __init__(self, runtime: BoxRuntime) -> None:
         self.runtime = runtime
-        self._running: dict[str, tuple[AgentProcess, InteractiveExecRequest]] = {}
+        self._running: dict[str, tuple[Process, InteractiveExecRequest]] = {}
 
     def table(self) -> dict[str, ActionHandler]:
         return {
@@ -90,7 +89,7 @@ class InteractiveExecs:
             "box_exec_signal": self.signal,
         }
 
-    def _find(self, exec_id: str) -> tuple[AgentProcess, InteractiveExecRequest]:
+    def _find(self, exec_id: str) -> tuple[Process, InteractiveExecRequest]:
         found = self._running.get(exec_id)
         if found is None:
             raise BoxValidationError(f"no running interactive exec {exec_id!r} on this connection")
@@ -102,7 +101,7 @@ class InteractiveExecs:
             raise BoxValidationError("cmd must not be empty")
         spec = BoxSpec.model_validate(req.model_dump(include=_SPEC_FIELDS))
         async with self.runtime.sessions.lease(spec) as session:
-            proc = await session.backend.spawn(session.handle, command_for(req))
+            proc = await session.backend.start_command(session.handle, command_for(req))
             exec_id = secrets.token_hex(8)
             self._running[exec_id] = (proc, req)
             finished = False
@@ -121,8 +120,9 @@ class InteractiveExecs:
             finally:
                 self._running.pop(exec_id, None)
                 if not finished:  # cancelled, or the client went away: the command goes too
-                    with contextlib.suppress(BoxSandboxError):
-                        proc.kill_soon()
+                    proc.cancel()
+                with anyio.CancelScope(shield=True):
+                    await proc.close()
 
     async def input(self, data: Payload) -> Payload:
         req = parse(ExecInputRequest, data)
@@ -134,8 +134,8 @@ class InteractiveExecs:
         except binascii.Error:
             raise BoxValidationError("box_exec_input data must be base64") from None
         try:
-            await proc.write_input(raw, req.eof)
-        except AgentOpError:
+            await proc.write(raw, req.eof)
+        except (SandboxFileError, BrokenPipeError, ConnectionResetError):
             raise BoxValidationError(
                 f"interactive exec {req.exec_id} takes no more input (it has exited or closed its stdin)"
             ) from None
@@ -147,13 +147,14 @@ class InteractiveExecs:
         if started.tty is None:
             raise BoxValidationError(f"interactive exec {req.exec_id} has no terminal to resize")
         try:
-            await proc.resize(req.rows, req.cols)
-        except AgentOpError as exc:
+            await proc.resize(TerminalSize(rows=req.rows, cols=req.cols))
+        except (SandboxFileError, OSError) as exc:
             raise BoxValidationError(f"interactive exec {req.exec_id}: {exc}") from None
         return {}
 
     async def signal(self, data: Payload) -> Payload:
         req = parse(ExecSignalRequest, data)
         proc, _ = self._find(req.exec_id)
-        await proc.signal(req.signal, cancel=True)
+        with contextlib.suppress(BoxSandboxError):
+            await proc.signal(req.signal)
         return {}

@@ -3,9 +3,8 @@ byte for byte, with an optional stdin, signals, a lifetime limit, and their end 
 
 What E2B's process API needs, in general terms: a command started in a session keeps running
 when whoever started it stops listening; anyone can watch it later by its pid (output from then
-on, then its end); it can be fed stdin, signalled and listed. The agent runs it (its own
-process group, the tree killed at the time limit); output comes through the agent's frames,
-or, for a command with a stdin, through its pipes handed to the daemon.
+on, then its end); it can be fed stdin, signalled and listed. The backend runs it as a lasting
+process (backends.contract); a pump owned by the manager hands its events to the watchers.
 
 Watchers never slow a command down: each has a bounded buffer, and one that falls more than
 ``WATCHER_MAX_BYTES`` behind is dropped (its stream ends with ``overflowed``).
@@ -24,9 +23,8 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from boxruntime.backends.agent.client import AgentProcess
-from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
-from boxruntime.backends.base import sandbox_env
+from boxruntime.backends.contract import Command as SandboxCommand
+from boxruntime.backends.contract import CommandExit, Output, Process, TerminalSize
 from boxruntime.errors import (
     BoxManagedProcessConflictError,
     BoxManagedProcessNotFoundError,
@@ -34,7 +32,6 @@ from boxruntime.errors import (
     BoxSandboxError,
 )
 from boxruntime.models import utcnow
-from boxruntime.runtime.pipes import READ_SIZE, ProcessPipes
 from boxruntime.runtime.sessions import Session, SessionManager
 
 log = logging.getLogger(__name__)
@@ -42,7 +39,6 @@ log = logging.getLogger(__name__)
 WATCHER_MAX_BYTES = 32 * 1024 * 1024
 KEEP_EXITED_SEC = 30.0  # a late watcher still learns how a command ended
 KEEP_EXITED_MAX = 64  # per session
-EXIT_DRAIN_SEC = 1.0
 
 
 @dataclass(frozen=True)
@@ -105,16 +101,13 @@ class Watcher:
 class Command:
     session_id: str
     spec: CommandSpec
-    proc: AgentProcess
+    process: Process
     pid: int
-    pipes: ProcessPipes | None = None
     started_at: dt.datetime = field(default_factory=utcnow)
     ended_at: dt.datetime | None = None
     exit: CommandExit | None = None
     lost: Lost | None = None
     watchers: set[Watcher] = field(default_factory=set)
-    _agent_end: CommandExit | Lost | None = None
-    _agent_ended: anyio.Event = field(default_factory=anyio.Event)
 
     @property
     def running(self) -> bool:
@@ -167,85 +160,53 @@ class Command:
 
     # ── running ──────────────────────────────────────────────────────────
 
-    def _on_agent_event(self, event: Output | CommandExit | BaseException) -> None:
-        """The agent's events, as they arrive (``AgentProcess.deliver_to``): output goes to the
-        watchers at once; the end too, unless the pipes still have to be drained (pump)."""
-        if isinstance(event, Output):
-            self._publish(event)
-            return
-        end: CommandExit | Lost
-        if isinstance(event, CommandExit):
-            end = event
-        elif isinstance(event, BoxSandboxError):
-            end = Lost(str(event))  # the sandbox went away under the command
-        else:
-            end = Lost(f"{type(event).__name__}: {event}")
-        self._agent_end = end
-        self._agent_ended.set()
-        if self.pipes is None:
-            self._finish(end)
-
     async def pump(self) -> None:
-        """Read the command's own pipes, if the daemon holds them, until it ends; then report the
-        end (a task owned by the manager). Output still in the pipes after the exit is drained
-        briefly; children that keep the pipes open past that do not hold the end up."""
-        drained = anyio.Event()
-
-        async def read_pipes(pipes: ProcessPipes) -> None:
-            async def read_one(stream: int) -> None:
-                source = pipes.stdout if stream == 1 else pipes.stderr
-                try:
-                    while data := await source.read(READ_SIZE):
-                        self._publish(Output(stream, data))
-                except OSError:
-                    pass  # a broken pipe or terminal ends its output like EOF
-
-            async with anyio.create_task_group() as readers:
-                readers.start_soon(read_one, 1)
-                readers.start_soon(read_one, 2)
-            drained.set()
-
+        """Hand the command's output to its watchers until it ends, then its end (a task owned by
+        the manager)."""
+        end: CommandExit | Lost = Lost("the daemon stopped watching the command")
         try:
-            async with anyio.create_task_group() as tg:
-                if self.pipes is not None:
-                    tg.start_soon(read_pipes, self.pipes)
-                await self._agent_ended.wait()
-                if self.pipes is not None:
-                    with anyio.move_on_after(EXIT_DRAIN_SEC):
-                        await drained.wait()
-                tg.cancel_scope.cancel()
+            async for event in self.process.events():
+                if isinstance(event, Output):
+                    self._publish(event)
+                else:
+                    end = event
+        except BoxSandboxError as exc:
+            end = Lost(str(exc))  # the sandbox went away under the command
         finally:
-            if self.pipes is not None:
-                self.pipes.close()
-            self._finish(self._agent_end or Lost("the daemon stopped watching the command"))
+            with anyio.CancelScope(shield=True):
+                await self.process.close()
+            self._finish(end)
 
     # ── feeding and signalling ───────────────────────────────────────────
 
     async def write_stdin(self, data: bytes) -> None:
-        if self.pipes is None or not self.pipes.has_stdin:
+        if not (self.spec.stdin or self.spec.pty is not None):
             raise BoxManagedProcessConflictError(f"process {self.pid} was started without stdin")
         if not self.running:
             raise BoxManagedProcessConflictError(f"process {self.pid} has exited")
         try:
-            await self.pipes.write(data)
+            await self.process.write(data)
         except (BrokenPipeError, ConnectionResetError):
             raise BoxManagedProcessConflictError(f"stdin of process {self.pid} is closed") from None
 
-    def close_stdin(self) -> None:
-        if self.pipes is not None:
-            self.pipes.close_stdin()
+    async def close_stdin(self) -> None:
+        if self.running and (self.spec.stdin or self.spec.pty is not None):
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError, BoxSandboxError):
+                await self.process.write(b"", eof=True)
 
-    def resize(self, cols: int, rows: int) -> None:
-        if self.spec.pty is None or self.pipes is None:
+    async def resize(self, cols: int, rows: int) -> None:
+        if self.spec.pty is None:
             raise BoxManagedProcessConflictError(f"process {self.pid} has no terminal")
         if self.running:
-            self.pipes.set_window(cols, rows)
+            with contextlib.suppress(BrokenPipeError, OSError):
+                await self.process.resize(TerminalSize(rows=rows, cols=cols))
 
     async def signal(self, sig: int) -> None:
-        """Signal the command's process tree; returns once the signal is sent."""
+        """Signal the command's process tree; returns once the signal is sent (for SIGKILL,
+        once the process is gone)."""
         if self.running:
             with contextlib.suppress(BoxSandboxError, TimeoutError):
-                await self.proc.signal_sent(sig)
+                await self.process.signal(sig, until_gone=True)
 
 
 class CommandManager:
@@ -289,32 +250,25 @@ class CommandManager:
         if tg is None:
             raise BoxRuntimeUnavailableError("the runtime is not running its background tasks")
         async with self._sessions.lease_existing(session_id) as session:
-            piped = spec.stdin or spec.pty is not None  # the daemon writes straight into the pipe
-            request = CommandRequest(
+            sandbox_command = SandboxCommand(
                 cwd=spec.cwd,
-                env=sandbox_env(spec.env),
+                env=spec.env,
                 argv=spec.argv,
                 timeout=spec.timeout,
-                stdin=piped,
-                handoff=piped,
-                keep_on_disconnect=piped,
-                notify_started=True,
+                stdin=spec.stdin,
+                terminal=TerminalSize(rows=spec.pty[1], cols=spec.pty[0]) if spec.pty is not None else None,
                 make_cwd=spec.make_cwd,
-                pty=spec.pty,
             )
-            proc = await session.backend.spawn(session.handle, request)
+            process = await session.backend.start_command(session.handle, sandbox_command, lasting=True)
             try:
-                pid = await proc.started()
-                pipes = None
-                if piped:
-                    pipes = await ProcessPipes.open(await session.backend.take_pipes(session.handle, proc))
+                pid = await process.started()
             except BaseException:
-                with contextlib.suppress(BoxSandboxError):
-                    proc.kill_soon()
+                process.cancel()
+                with anyio.CancelScope(shield=True):
+                    await process.close()
                 raise
-            command = Command(session_id=session_id, spec=spec, proc=proc, pid=pid, pipes=pipes)
+            command = Command(session_id=session_id, spec=spec, process=process, pid=pid)
             watcher = command.watch()
-            proc.deliver_to(command._on_agent_event)
             self._register(session, command)
             tg.start_soon(self._pump, session, command, name=f"command-{session_id}-{pid}")
         return command, watcher

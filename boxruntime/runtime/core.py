@@ -11,9 +11,7 @@ from typing import Any, Literal
 
 import anyio
 
-from boxruntime.backends.agent.commands import CommandExit, CompletedCommand, Output
-from boxruntime.backends.base import Backend, ExecRequest
-from boxruntime.backends.common import workspace as workspaces
+from boxruntime.backends.contract import Backend, Command, CompletedCommand, Output
 from boxruntime.backends.selection import select_backend
 from boxruntime.config import Settings, apply_box_config
 from boxruntime.errors import BoxBackendUnavailableError, BoxRuntimeUnavailableError, BoxValidationError
@@ -47,7 +45,7 @@ class BoxRuntime:
         self.settings = settings
         self.instance = InstanceLock(settings.data_dir)
         self.instance_id = self.instance.instance_id
-        self._backend: Backend | None = None
+        self._backend: Backend[Any] | None = None
         self._backend_info: BackendInfo | None = None
         self._backend_lock = anyio.Lock()
         self._closing = False
@@ -78,9 +76,12 @@ class BoxRuntime:
         await self.sweep_workspaces()
 
     async def sweep_workspaces(self) -> None:
-        ttl = float(self.settings.workspace_ttl_sec)
+        """Let the backend remove the workspaces no session has used for ``workspace_ttl_sec``."""
+        backend = self._backend
+        if backend is None:
+            return
         try:
-            await anyio.to_thread.run_sync(workspaces.sweep, self.settings.data_dir, ttl)
+            await backend.sweep_workspaces(float(self.settings.workspace_ttl_sec))
         except Exception:
             log.exception("sweeping idle workspaces failed")
 
@@ -90,10 +91,12 @@ class BoxRuntime:
             await self.sweep_workspaces()
 
     async def run_background(self) -> None:
-        """The reaper and the warm pool; run until cancelled by the owner of the runtime."""
+        """The reaper, the warm pool, and the pumps of managed processes and commands; run until
+        cancelled by the owner of the runtime."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.sessions.run_reaper, lambda: float(min(30, self.settings.session_ttl_sec)))
             tg.start_soon(self.pool.run)
+            tg.start_soon(self.processes.run)
             tg.start_soon(self.commands.run)
             tg.start_soon(self._sweep_periodically)
 
@@ -102,7 +105,6 @@ class BoxRuntime:
         self._closing = True
         with anyio.CancelScope(shield=True):
             await self.sessions.remove_all(include_persistent=True, keep_workspaces=True)
-            await self.processes.close()
             await self.pool.drain()
             if self._backend is not None:
                 leftovers = await self._backend.remove_own()
@@ -114,7 +116,7 @@ class BoxRuntime:
 
     # ── backend ──────────────────────────────────────────────────────────
 
-    async def backend(self) -> Backend:
+    async def backend(self) -> Backend[Any]:
         if self._closing:
             raise BoxRuntimeUnavailableError("Box runtime is shutting down")
         async with self._backend_lock:
@@ -181,37 +183,47 @@ class BoxRuntime:
     # ── exec ─────────────────────────────────────────────────────────────
 
     @staticmethod
-    def _request(spec: BoxSpec) -> ExecRequest:
+    def _command(spec: BoxSpec) -> Command:
         if not spec.cmd:
             raise BoxValidationError("cmd must not be empty")
-        return ExecRequest(
-            script=spec.cmd,
-            workdir=spec.workdir,
+        return Command(
+            cwd=spec.workdir,
             env=spec.env,
+            script=spec.cmd,
             timeout=float(spec.timeout_sec),
             output_cap=OUTPUT_CAP_BYTES,
         )
 
     async def exec(self, spec: BoxSpec) -> ExecResult:
-        req = self._request(spec)
+        command = self._command(spec)
         async with self.sessions.lease(spec) as session:
-            done = await session.backend.exec(session.handle, req)
-        return exec_result(spec.session_id, session.handle.backend, done, req.timeout, req.output_cap)
+            done = await session.backend.run(session.handle, command)
+        return exec_result(spec.session_id, session.handle.backend, done, float(spec.timeout_sec), OUTPUT_CAP_BYTES)
 
     async def exec_stream(self, spec: BoxSpec) -> AsyncIterator[dict[str, Any]]:
-        """Output chunks as they are produced, then the result (``box_exec_stream``)."""
-        req = self._request(spec)
+        """Output chunks as they are produced, then the result (``box_exec_stream``). A caller
+        that stops reading ends the command."""
+        command = self._command(spec)
         decoders = {1: ChunkText(), 2: ChunkText()}
         collected: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         async with self.sessions.lease(spec) as session:
-            async for event in session.backend.exec_stream(session.handle, req):
-                if isinstance(event, Output):
-                    collected[event.stream].extend(event.data)
-                    text, encoding = decoders[event.stream].convert(event.data)
-                    name: Literal["stdout", "stderr"] = "stdout" if event.stream == 1 else "stderr"
-                    chunk = OutputChunk(stream=name, data=text, encoding=encoding)
-                    yield chunk.model_dump(mode="json")
-                elif isinstance(event, CommandExit):
-                    done = CompletedCommand(event, bytes(collected[1]), bytes(collected[2]))
-                    result = exec_result(spec.session_id, session.handle.backend, done, req.timeout, req.output_cap)
-                    yield StreamedResult(result=result).model_dump(mode="json")
+            process = await session.backend.start_command(session.handle, command)
+            finished = False
+            try:
+                async for event in process.events():
+                    if isinstance(event, Output):
+                        collected[event.stream].extend(event.data)
+                        text, encoding = decoders[event.stream].convert(event.data)
+                        name: Literal["stdout", "stderr"] = "stdout" if event.stream == 1 else "stderr"
+                        yield OutputChunk(stream=name, data=text, encoding=encoding).model_dump(mode="json")
+                    else:
+                        finished = True
+                        done = CompletedCommand(event, bytes(collected[1]), bytes(collected[2]))
+                        timeout = float(spec.timeout_sec)
+                        result = exec_result(spec.session_id, session.handle.backend, done, timeout, OUTPUT_CAP_BYTES)
+                        yield StreamedResult(result=result).model_dump(mode="json")
+            finally:
+                if not finished:
+                    process.cancel()  # nobody reads any more: the command must not go on
+                with anyio.CancelScope(shield=True):
+                    await process.close()

@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
-from boxruntime.backends.base import Backend, SandboxHandle
+from boxruntime.backends.contract import Backend, SandboxHandle
 from boxruntime.config import Settings
 from boxruntime.errors import BoxError, BoxSandboxError
 from boxruntime.models import LANGBOT_DEFAULT_IMAGE, SESSION_IDENTITY_FIELDS, BoxSpec, PoolStatus
@@ -38,7 +39,7 @@ REFILL_DELAY_SEC = 0.5
 
 @dataclass
 class _Pooled:
-    backend: Backend
+    backend: Backend[Any]
     handle: SandboxHandle
     shape: int  # index into the pool's shapes; 0 is the default spec
 
@@ -73,16 +74,16 @@ class WarmPool:
         default = self.template()
         return [default, *(s.model_copy(update={"image": default.image}) for s in self._extra_shapes)]
 
-    def serves(self, backend: Backend, spec: BoxSpec) -> bool:
+    def serves(self, backend: Backend[Any], spec: BoxSpec) -> bool:
         return self._shape_of(backend, spec) is not None
 
-    def _shape_of(self, backend: Backend, spec: BoxSpec) -> int | None:
+    def _shape_of(self, backend: Backend[Any], spec: BoxSpec) -> int | None:
         for index, template in enumerate(self._shapes()):
             if self._fits(backend, spec, template):
                 return index
         return None
 
-    def _fits(self, backend: Backend, spec: BoxSpec, template: BoxSpec) -> bool:
+    def _fits(self, backend: Backend[Any], spec: BoxSpec, template: BoxSpec) -> bool:
         skipped = {"image", "persistent"}  # persistence is the session's, not the sandbox's
         if backend.swaps_workspace():
             skipped |= {"host_path", "host_path_mode"}  # adopt() binds the host directory in
@@ -94,7 +95,7 @@ class WarmPool:
         # nsjail ignores images; LangBot's default name means our default image.
         return backend.name == "nsjail" or spec.image in (self._settings.default_image, LANGBOT_DEFAULT_IMAGE)
 
-    async def take(self, backend: Backend, spec: BoxSpec, key: str) -> SandboxHandle | None:
+    async def take(self, backend: Backend[Any], spec: BoxSpec, key: str) -> SandboxHandle | None:
         """A ready sandbox for ``spec`` as session ``key``, or None (a miss)."""
         if self.size <= 0:
             return None

@@ -1,7 +1,7 @@
 """Managed processes: long-lived processes in a session (MCP servers), with a stdio relay.
 
-A process runs under the session's agent (so it works on every agent backend) in its own
-process group: an exec timeout never touches it. Its stdout is split into lines; while a relay
+A process is the backend's lasting process (backends.contract) in its own process group: an
+exec timeout never touches it. Its stdout is split into lines; while a relay
 client is attached each line goes to it, otherwise the lines are kept (the last 1 MiB / 1000
 lines) and delivered first on the next attach — output is not lost while nobody listens.
 stderr feeds a rolling preview. Stop = close stdin, SIGTERM, SIGKILL after 5 s.
@@ -9,7 +9,6 @@ stderr feeds a rolling preview. Stop = close stdin, SIGTERM, SIGKILL after 5 s.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
@@ -19,17 +18,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from boxruntime.backends.agent.client import AgentProcess
-from boxruntime.backends.agent.commands import CommandExit, CommandRequest
+from boxruntime.backends.contract import Command, CommandExit, Output, Process
 from boxruntime.errors import (
     BoxManagedProcessConflictError,
     BoxManagedProcessNotFoundError,
+    BoxRuntimeUnavailableError,
     BoxSandboxError,
 )
 from boxruntime.models import ManagedProcessInfo, ManagedProcessSpec, ManagedProcessStatus, utcnow
-from boxruntime.runtime.pipes import READ_SIZE, ProcessPipes
 from boxruntime.runtime.sessions import Session, SessionManager
 
 log = logging.getLogger(__name__)
@@ -60,8 +59,7 @@ class Attachment:
 class ManagedProcess:
     session_id: str
     spec: ManagedProcessSpec
-    proc: AgentProcess
-    pipes: ProcessPipes
+    process: Process
     started_at: dt.datetime = field(default_factory=utcnow)
     exited_at: dt.datetime | None = None
     exit_code: int | None = None
@@ -141,45 +139,24 @@ class ManagedProcess:
             self.attachment.send.close()  # the client reads what is left, then its relay ends
 
     async def pump(self) -> None:
-        """Read stdout and stderr straight from the pipes until the process exits (a task owned
-        by the manager). Output still in the pipes after the exit is drained briefly; children
-        that keep the pipes open past that do not hold the exit up."""
-        drained = anyio.Event()
-
-        async def read_stdout() -> None:
-            while data := await self.pipes.stdout.read(READ_SIZE):
-                for line in self._lines(data):
-                    await self._deliver(line)
-
-        async def read_stderr() -> None:
-            while data := await self.pipes.stderr.read(READ_SIZE):
-                self._stderr(data)
-
-        async def read_all() -> None:
-            async with anyio.create_task_group() as readers:
-                readers.start_soon(read_stdout)
-                readers.start_soon(read_stderr)
-            drained.set()
-
+        """Take the process's output until it exits (a task owned by the manager)."""
+        exit = CommandExit(None, None, "signal", 0, None, None, 0, 0)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(read_all)
-                exit = await self._wait_for_exit()
-                with anyio.move_on_after(EXIT_DRAIN_SEC):
-                    await drained.wait()
-                tg.cancel_scope.cancel()
-            await self._exit(exit)
-        finally:
-            self.pipes.close()
-
-    async def _wait_for_exit(self) -> CommandExit:
-        try:
-            async for event in self.proc.events():
-                if isinstance(event, CommandExit):
-                    return event
+            async for event in self.process.events():
+                if isinstance(event, Output):
+                    if event.stream == 1:
+                        for line in self._lines(event.data):
+                            await self._deliver(line)
+                    else:
+                        self._stderr(event.data)
+                else:
+                    exit = event
         except BoxSandboxError as exc:  # the sandbox went away under the process
             self._stderr(f"\n[boxruntime: {exc}]".encode())
-        return CommandExit(None, None, "signal", 0, None, None, 0, 0)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.process.close()
+                await self._exit(exit)
 
     # ── relay side ───────────────────────────────────────────────────────
 
@@ -223,7 +200,7 @@ class ManagedProcess:
         if not self.running:
             raise not_running
         try:
-            await self.pipes.write(text.encode("utf-8") + b"\n")
+            await self.process.write(text.encode("utf-8") + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             raise not_running from None
 
@@ -232,27 +209,25 @@ class ManagedProcess:
     async def stop(self) -> None:
         if not self.running:
             return
-        self.pipes.close_stdin()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, BoxSandboxError):
+            await self.process.write(b"", eof=True)
         with contextlib.suppress(BoxSandboxError):
-            await self.proc.signal(signal.SIGTERM)
+            await self.process.signal(signal.SIGTERM)
         with anyio.move_on_after(STOP_GRACE_SEC):
             await self.exited.wait()
         if self.running:
             with contextlib.suppress(BoxSandboxError):
-                await self.proc.signal(signal.SIGKILL)
+                await self.process.signal(signal.SIGKILL)
             with anyio.move_on_after(STOP_GRACE_SEC):
                 await self.exited.wait()
 
 
-def process_request(spec: ManagedProcessSpec) -> CommandRequest:
-    return CommandRequest(
+def process_command(spec: ManagedProcessSpec) -> Command:
+    return Command(
         cwd=spec.cwd,
         env={"PYTHONUNBUFFERED": "1", **spec.env},  # the backend adds its base environment
         argv=[spec.command, *spec.args],
         stdin=True,
-        notify_started=True,
-        handoff=True,
-        keep_on_disconnect=True,  # survives a lost agent connection, output kept by the agent
     )
 
 
@@ -261,8 +236,18 @@ class ProcessManager:
 
     def __init__(self, sessions: SessionManager) -> None:
         self._sessions = sessions
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tg: anyio.abc.TaskGroup | None = None
         sessions.on_remove.append(self.stop_session)
+
+    async def run(self) -> None:
+        """Own the pumps; runs until its owner cancels it (the runtime's background tasks), and
+        the pumps end with it."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._tg = None
 
     def running_count(self) -> int:
         return sum(1 for s in self._sessions.sessions() for p in s.processes.values() if p.running)
@@ -277,19 +262,25 @@ class ProcessManager:
         return process
 
     async def start(self, session_id: str, spec: ManagedProcessSpec) -> ManagedProcessInfo:
+        tg = self._tg
+        if tg is None:
+            raise BoxRuntimeUnavailableError("the runtime is not running its background tasks")
         async with self._sessions.lease_existing(session_id) as session:
             previous = session.processes.get(spec.process_id)
             if previous is not None:
                 await previous.stop()  # same process_id replaces
-            proc = await session.backend.spawn(session.handle, process_request(spec))
-            await proc.started()
-            pipes = await ProcessPipes.open(await session.backend.take_pipes(session.handle, proc))
-            process = ManagedProcess(session_id=session_id, spec=spec, proc=proc, pipes=pipes)
+            started = await session.backend.start_command(session.handle, process_command(spec), lasting=True)
+            try:
+                await started.started()
+            except BaseException:
+                started.cancel()
+                with anyio.CancelScope(shield=True):
+                    await started.close()
+                raise
+            process = ManagedProcess(session_id=session_id, spec=spec, process=started)
             session.processes[spec.process_id] = process
             self._forget_old_exits(session)
-            task = asyncio.create_task(self._pump(session, process), name=f"mp-{session_id}-{spec.process_id}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            tg.start_soon(self._pump, session, process, name=f"mp-{session_id}-{spec.process_id}")
         log.info("session %s: managed process %s started (%s)", session_id, spec.process_id, spec.command)
         return process.info()
 
@@ -317,13 +308,6 @@ class ProcessManager:
         async with anyio.create_task_group() as tg:
             for process in list(session.processes.values()):
                 tg.start_soon(process.stop)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 async def relay_lines(attachment: Attachment) -> AsyncIterator[str]:

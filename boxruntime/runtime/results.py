@@ -7,7 +7,7 @@ surrounding whitespace and append a marker when bytes were discarded (reference 
 
 from __future__ import annotations
 
-from boxruntime.backends.agent.commands import CompletedCommand
+from boxruntime.backends.contract import CompletedCommand
 from boxruntime.models import EndReason, ExecResult, ExecStatus
 
 

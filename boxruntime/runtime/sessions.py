@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
-from boxruntime.backends.base import Backend, SandboxHandle
+from boxruntime.backends.contract import Backend, SandboxHandle
 from boxruntime.errors import (
     BoxCapacityExceededError,
     BoxSessionConflictError,
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class Session:
     spec: BoxSpec  # the spec it was created with: the identity later requests must match
-    backend: Backend
+    backend: Backend[Any]
     handle: SandboxHandle
     created_at: dt.datetime = field(default_factory=utcnow)
     last_used_at: dt.datetime = field(default_factory=utcnow)
@@ -142,11 +142,11 @@ class _IdLocks:
                 self._locks[key] = (lock, users - 1)
 
 
-BackendProvider = Callable[[], Awaitable[Backend]]
+BackendProvider = Callable[[], Awaitable[Backend[Any]]]
 
 
 class SandboxPool(Protocol):
-    async def take(self, backend: Backend, spec: BoxSpec, key: str) -> SandboxHandle | None: ...
+    async def take(self, backend: Backend[Any], spec: BoxSpec, key: str) -> SandboxHandle | None: ...
 
 
 class SessionManager:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import anyio
 import pydantic
 
-from boxruntime.backends.base import ExecRequest
+from boxruntime.backends.contract import Command
 from boxruntime.models import OUTPUT_CAP_BYTES
 from boxruntime.runtime.sessions import Session
 
@@ -128,10 +128,8 @@ def parse_probe(stdout: str) -> dict[str, tuple[bool, int, int]]:
 
 async def probe_session(session: Session) -> dict[str, tuple[bool, int, int]]:
     """Run the probe in one sandbox, without touching the session's idle clock."""
-    request = ExecRequest(
-        script=SANDBOX_PROBE, workdir="/", env={}, timeout=PROBE_TIMEOUT_SEC, output_cap=OUTPUT_CAP_BYTES
-    )
-    done = await session.backend.exec(session.handle, request)
+    command = Command(cwd="/", script=SANDBOX_PROBE, timeout=PROBE_TIMEOUT_SEC, output_cap=OUTPUT_CAP_BYTES)
+    done = await session.backend.run(session.handle, command)
     if done.exit.code != 0:
         raise RuntimeError(done.stderr.decode(errors="replace") or "sandbox storage probe failed")
     return parse_probe(done.stdout.decode(errors="replace"))

@@ -31,6 +31,7 @@ from boxruntime.backends.agent.commands import (
 from boxruntime.backends.agent.fd_passing import HEADER, HandedPipes, fetch_fds, pipes_from
 from boxruntime.backends.agent.frames import FrameProtocol
 from boxruntime.backends.agent.watch import AgentWatch, parse_events
+from boxruntime.backends.contract import SandboxFileError
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,8 @@ class AgentLostError(BoxSandboxError):
     """The connection to the sandbox's agent broke; the sandbox may still be alive."""
 
 
-class AgentOpError(BoxValidationError):
+class AgentOpError(SandboxFileError):
     """The agent refused or failed a request/reply operation; ``code`` is an errno name."""
-
-    def __init__(self, message: str, code: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class AgentProcess:

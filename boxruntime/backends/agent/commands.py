@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from boxruntime.backends.contract import CommandExit, CompletedCommand, Output
+
+__all__ = ["CommandExit", "CommandRequest", "CompletedCommand", "Event", "Output", "event_int", "parse_exit"]
+
 
 @dataclass(frozen=True, slots=True)
 class CommandRequest:
@@ -26,31 +30,6 @@ class CommandRequest:
     kill_grace: float | None = None
     make_cwd: bool = True  # create a missing workdir (else the spawn fails, naming it)
     pty: tuple[int, int] | None = None  # (cols, rows): on a terminal; only with handoff and stdin
-
-
-@dataclass(frozen=True, slots=True)
-class CommandExit:
-    code: int | None
-    signal: int | None
-    reason: str  # exit | signal | timeout | oom | cancelled
-    wall_ms: int
-    cpu_ms: int | None  # None where the sandbox cannot measure it (Engine-API exec)
-    peak_rss_kb: int | None
-    stdout_total: int
-    stderr_total: int
-
-
-@dataclass(slots=True)
-class Output:
-    stream: int  # 1 stdout, 2 stderr
-    data: bytes
-
-
-@dataclass(slots=True)
-class CompletedCommand:
-    exit: CommandExit
-    stdout: bytes
-    stderr: bytes
 
 
 Event = Output | CommandExit

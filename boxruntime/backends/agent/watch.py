@@ -6,22 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, get_args
 
+from boxruntime.backends.contract import FileChange, WatchKind
 from boxruntime.errors import BoxSandboxError
 
-WatchKind = Literal["create", "write", "remove", "rename", "chmod"]
-WATCH_KINDS: frozenset[str] = frozenset(("create", "write", "remove", "rename", "chmod"))
+WATCH_KINDS: frozenset[str] = frozenset(get_args(WatchKind))
 
 
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    name: str  # relative to the watched directory
-    kind: WatchKind
-
-
-def parse_events(header: dict[str, Any]) -> list[WatchEvent]:
+def parse_events(header: dict[str, Any]) -> list[FileChange]:
     raw = header.get("events")
     if not isinstance(raw, list):
         raise ValueError("agent watch events are not a list")
@@ -29,7 +22,7 @@ def parse_events(header: dict[str, Any]) -> list[WatchEvent]:
     for item in raw:
         if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and item[1] in WATCH_KINDS):
             raise ValueError("agent watch event malformed")
-        events.append(WatchEvent(item[0], item[1]))
+        events.append(FileChange(item[0], item[1]))
     return events
 
 
@@ -39,13 +32,13 @@ class AgentWatch:
     def __init__(self, watch_id: str, stop: Callable[[str], None]) -> None:
         self.id = watch_id
         self._stop = stop
-        self._queue: asyncio.Queue[list[WatchEvent] | BaseException] = asyncio.Queue()
+        self._queue: asyncio.Queue[list[FileChange] | BaseException] = asyncio.Queue()
         self.closed = False
 
-    def _deliver(self, batch: list[WatchEvent] | BaseException) -> None:
+    def _deliver(self, batch: list[FileChange] | BaseException) -> None:
         self._queue.put_nowait(batch)
 
-    async def next_batch(self) -> list[WatchEvent]:
+    async def next_batch(self) -> list[FileChange]:
         """The next events (waiting for them; cancelling the wait loses nothing)."""
         batch = await self._queue.get()
         if isinstance(batch, BaseException):
@@ -53,9 +46,9 @@ class AgentWatch:
             raise batch
         return batch
 
-    def pending(self) -> list[WatchEvent]:
+    def pending(self) -> list[FileChange]:
         """Every event received so far and not yet taken (without waiting)."""
-        events: list[WatchEvent] = []
+        events: list[FileChange] = []
         while not self._queue.empty():
             batch = self._queue.get_nowait()
             if isinstance(batch, BaseException):

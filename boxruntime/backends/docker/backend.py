@@ -13,7 +13,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,21 +24,21 @@ import docker.errors
 from docker.models.containers import Container
 from docker.types import Mount
 
-from boxruntime.backends.agent.client import AgentClient
-from boxruntime.backends.agent.commands import CommandExit, CompletedCommand, Output
-from boxruntime.backends.base import (
+from boxruntime.backends.agent.backend import (
     AGENT_DIR_IN_SANDBOX,
     AGENT_DIR_OF_SCRIPTS,
     AGENT_PATH_IN_SANDBOX,
     SANDBOX_HOME,
-    AgentSandbox,
-    ExecRequest,
-    SandboxHandle,
+    AgentBackend,
+    AgentHandle,
     installed_agent,
 )
+from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.common import host_mounts
 from boxruntime.backends.common import workspace as workspaces
+from boxruntime.backends.common.completed import RanToCompletion
 from boxruntime.backends.common.workspace_acl import before_command
+from boxruntime.backends.contract import Command, CompletedCommand, Process
 from boxruntime.backends.docker import engine_exec, live_skills, workspace_carrier
 from boxruntime.config import Settings
 from boxruntime.errors import (
@@ -82,11 +83,21 @@ PULL_HINT = (
 )
 
 
+@dataclass(kw_only=True)
+class DockerSandbox(AgentHandle):
+    container_id: str | None = None
+    # No python3 in the image: no agent; commands go through the Engine API's own exec.
+    engine_exec: bool = False
+    skills_root: Path | None = None  # the shared directory of skills added live (live_skills)
+    carrier: Path | None = None  # a pooled sandbox's workspace carrier (workspace_carrier)
+    carrier_target: str | None = None  # where the carrier is bound inside the sandbox
+
+
 def docker_host() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
-class DockerBackend(AgentSandbox):
+class DockerBackend(AgentBackend[DockerSandbox]):
     name = "docker"
 
     def __init__(self, settings: Settings, instance_id: str) -> None:
@@ -181,12 +192,12 @@ class DockerBackend(AgentSandbox):
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
-    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> DockerSandbox:
         workspace_mount, extra_mounts = resolve_mounts(spec, self.settings.mount_roots())
         host_mounts = [m for m in (workspace_mount, *extra_mounts) if m is not None]
         prepare_host_dirs(host_mounts, self.settings.sandbox_uid, self.settings.sandbox_gid)
         image = await self._call(self._resolve_image, spec.image)
-        handle = SandboxHandle(
+        handle = DockerSandbox(
             backend=self.name,
             sandbox_id=f"boxruntime-{self.instance_id}-{key}",
             key=key,
@@ -218,16 +229,14 @@ class DockerBackend(AgentSandbox):
                 mounts.append(self._live_skills_mount(spec, handle, skills))
             user = f"{uid}:{gid}"
             container = await self._call(self._run_container, spec, key, image, mounts, handle.sandbox_id, user)
-            handle.extra["container_id"] = container.id
+            handle.container_id = container.id
             if carrier is not None and ws.host is not None:
                 await self._call(workspace_carrier.fill, carrier, ws.host)
             handle.agent = AgentClient(agent_dir, handle.sandbox_id)
             await self._wait_for_agent(handle, container)
             if carrier is not None and ws.host is not None and handle.agent is not None:
                 # (Without an agent, in an image with no python3, there is nothing to ask.)
-                await workspace_carrier.verify(
-                    handle, Path(ws.host.host_path), lambda path: self.file_op(handle, "stat", {"path": path})
-                )
+                await workspace_carrier.verify(handle, Path(ws.host.host_path), lambda path: self._exists(handle, path))
             self.seal_agent_dir(agent_dir)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -235,24 +244,27 @@ class DockerBackend(AgentSandbox):
             raise
         return handle
 
+    async def _exists(self, handle: DockerSandbox, path: str) -> bool:
+        return (await self.stat(handle, path, [path.rsplit("/", 1)[0] or "/"])).exists
+
     def swaps_workspace(self) -> bool:
         return workspace_carrier.supported()
 
-    def adopt(self, handle: SandboxHandle, spec: BoxSpec, key: str) -> bool:
+    def adopt(self, handle: DockerSandbox, spec: BoxSpec, key: str) -> bool:
         if not spec.has_host_mount():
             return super().adopt(handle, spec, key)
         return workspace_carrier.hand_over(self.settings, handle, spec, key)
 
-    def _live_skills_mount(self, spec: BoxSpec, handle: SandboxHandle, skills: dict[str, ResolvedMount]) -> Mount:
+    def _live_skills_mount(self, spec: BoxSpec, handle: DockerSandbox, skills: dict[str, ResolvedMount]) -> Mount:
         """``<workspace>/.skills`` from a shared host directory (see live_skills)."""
         assert handle.state_dir is not None
         root = handle.state_dir / "skills"
         live_skills.prepare(root, skills)
-        handle.extra["skills_root"] = root
+        handle.skills_root = root
         return Mount(live_skills.skills_target(spec), str(root), type="bind", read_only=True, propagation="rslave")
 
-    async def extend_mounts(self, handle: SandboxHandle, current: BoxSpec, requested: BoxSpec) -> BoxSpec:
-        root: Path | None = handle.extra.get("skills_root")
+    async def extend_mounts(self, handle: DockerSandbox, current: BoxSpec, requested: BoxSpec) -> BoxSpec:
+        root = handle.skills_root
         if root is None:
             return await super().extend_mounts(handle, current, requested)
         _, resolved = resolve_mounts(requested, self.settings.mount_roots())
@@ -301,7 +313,7 @@ class DockerBackend(AgentSandbox):
         except docker.errors.APIError as exc:
             raise BoxSandboxError(f"docker could not start the sandbox: {exc.explanation or exc}") from exc
 
-    async def _wait_for_agent(self, handle: SandboxHandle, container: Container) -> None:
+    async def _wait_for_agent(self, handle: DockerSandbox, container: Container) -> None:
         """Connect to the agent; or, in an image without python3, switch to Engine-API exec."""
         agent = handle.agent
         assert agent is not None
@@ -316,7 +328,7 @@ class DockerBackend(AgentSandbox):
             if NO_PYTHON_MARKER in logs:
                 await agent.close()
                 handle.agent = None
-                handle.extra["engine_exec"] = True
+                handle.engine_exec = True
                 handle.notes.append(
                     f"image {handle.resolved_image} has no python3: commands run through the Engine API "
                     "(slower; no CPU/memory accounting, no streaming, no file operations or managed processes)"
@@ -325,32 +337,32 @@ class DockerBackend(AgentSandbox):
             if state not in ("created", "running") or time.monotonic() > deadline:
                 raise BoxSandboxError(f"the sandbox did not start in image {handle.resolved_image}: {logs or state}")
 
-    async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
-        if not handle.extra.get("engine_exec"):
-            return await super().exec(handle, req)
-        container_id = handle.extra["container_id"]
-        await before_command(handle.workspace_acl, req.workdir)
-        with anyio.fail_after(req.timeout + ENGINE_EXEC_GRACE_SEC):
-            return await self._call(lambda: engine_exec.run(self._engine().api, container_id, req))
+    async def run(self, handle: DockerSandbox, command: Command) -> CompletedCommand:
+        if not handle.engine_exec:
+            return await super().run(handle, command)
+        container_id = handle.container_id
+        assert container_id is not None
+        await before_command(handle.workspace_acl, command.cwd)
+        limit = (command.timeout or 0.0) + ENGINE_EXEC_GRACE_SEC if command.timeout is not None else None
+        with anyio.fail_after(limit):
+            return await self._call(lambda: engine_exec.run(self._engine().api, container_id, command))
 
-    async def exec_stream(self, handle: SandboxHandle, req: ExecRequest) -> AsyncIterator[Output | CommandExit]:
-        if not handle.extra.get("engine_exec"):
-            async for event in super().exec_stream(handle, req):
-                yield event
-            return
-        done = await self.exec(handle, req)  # no streaming through the Engine API: all at once
-        for stream, data in ((1, done.stdout), (2, done.stderr)):
-            if data:
-                yield Output(stream, data)
-        yield done.exit
+    async def start_command(self, handle: DockerSandbox, command: Command, *, lasting: bool = False) -> Process:
+        if not handle.engine_exec:
+            return await super().start_command(handle, command, lasting=lasting)
+        if lasting:
+            raise BoxSandboxError(
+                f"image {handle.resolved_image} has no python3: managed processes need python3 in the image"
+            )
+        return RanToCompletion(await self.run(handle, command))  # no streaming through the Engine API
 
-    async def alive(self, handle: SandboxHandle) -> bool:
-        if not handle.extra.get("engine_exec"):
+    async def alive(self, handle: DockerSandbox) -> bool:
+        if not handle.engine_exec:
             return await super().alive(handle)
         state, _ = await self._call(_state_and_logs, self._engine().containers.get(handle.sandbox_id))
         return state == "running"
 
-    async def stop(self, handle: SandboxHandle, keep_workspace: bool = False) -> None:
+    async def stop(self, handle: DockerSandbox, keep_workspace: bool = False) -> None:
         if handle.agent is not None:
             await handle.agent.close()
         await self._call(self._remove_container, handle.sandbox_id)

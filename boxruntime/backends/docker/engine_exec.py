@@ -12,8 +12,8 @@ import time
 
 import docker
 
-from boxruntime.backends.agent.commands import CommandExit, CompletedCommand
-from boxruntime.backends.base import ExecRequest, sandbox_env
+from boxruntime.backends.agent.backend import sandbox_env
+from boxruntime.backends.contract import Command, CommandExit, CompletedCommand
 from boxruntime.errors import BoxValidationError
 
 # $1 workdir, $2 timeout in seconds, $3 the command.
@@ -26,29 +26,37 @@ WORKDIR_FAILED = 125
 MAX_SCRIPT_BYTES = 100 * 1024  # passed as one argument: bounded by MAX_ARG_STRLEN (128 KiB)
 
 
-def run(api: docker.APIClient, container_id: str, req: ExecRequest) -> CompletedCommand:
-    if len(req.script.encode()) > MAX_SCRIPT_BYTES:
+def run(api: docker.APIClient, container_id: str, command: Command) -> CompletedCommand:
+    if command.argv is not None or command.stdin or command.terminal is not None:
+        raise BoxValidationError(
+            "this image has no python3, so commands go through the Engine API, which runs shell "
+            "commands only (no argv, stdin or terminal); use an image with python3"
+        )
+    script = command.script or ""
+    timeout = command.timeout if command.timeout is not None else 24 * 3600.0
+    cap = command.output_cap if command.output_cap is not None else 1 << 30
+    if len(script.encode()) > MAX_SCRIPT_BYTES:
         raise BoxValidationError(
             f"this image has no python3, so commands go through the Engine API, which limits them to "
             f"{MAX_SCRIPT_BYTES // 1024} KiB; use an image with python3 for longer ones"
         )
-    argv = ["/bin/sh", "-c", WRAPPER, "sh", req.workdir, str(max(1, int(req.timeout + 0.999))), req.script]
+    argv = ["/bin/sh", "-c", WRAPPER, "sh", command.cwd, str(max(1, int(timeout + 0.999))), script]
     started = time.monotonic()
-    exec_id = api.exec_create(container_id, argv, environment=sandbox_env(req.env))["Id"]
+    exec_id = api.exec_create(container_id, argv, environment=sandbox_env(command.env))["Id"]
     kept: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
     totals = {1: 0, 2: 0}
     for stdout, stderr in api.exec_start(exec_id, stream=True, demux=True):
         for stream, data in ((1, stdout), (2, stderr)):
             if data:
                 totals[stream] += len(data)
-                room = req.output_cap - len(kept[stream])
+                room = cap - len(kept[stream])
                 if room > 0:
                     kept[stream] += data[:room]
     wall = time.monotonic() - started
     code = api.exec_inspect(exec_id)["ExitCode"]
     if code == WORKDIR_FAILED and b"boxruntime: workdir" in kept[2]:
         raise BoxValidationError(kept[2].decode("utf-8", "replace").strip())
-    timed_out = code in (124, 137) and wall >= req.timeout
+    timed_out = code in (124, 137) and wall >= timeout
     reason = "timeout" if timed_out else ("signal" if code is not None and code > 128 else "exit")
     exit = CommandExit(
         code=code,

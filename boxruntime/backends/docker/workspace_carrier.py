@@ -17,11 +17,10 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 
-from boxruntime.backends.base import SandboxHandle
 from boxruntime.backends.common import host_mounts
 from boxruntime.backends.common import workspace as workspaces
 from boxruntime.config import Settings
@@ -29,11 +28,12 @@ from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BoxSpec
 from boxruntime.security import ResolvedMount, prepare_host_dirs, resolve_mounts
 
+if TYPE_CHECKING:
+    from boxruntime.backends.docker.backend import DockerSandbox
+
 log = logging.getLogger(__name__)
 
 CARRIER_NAME = "workspace"
-StatReply = tuple[dict[str, Any], bytes]  # what the agent answers to a file operation
-_CARRIER, _TARGET = "workspace_carrier", "workspace_target"  # where a handle keeps them
 _unreachable: list[str] = []  # why carriers do not work from this daemon, once found out
 
 
@@ -46,18 +46,18 @@ def probe_name() -> str:
     return f".boxruntime-carrier-probe-{secrets.token_hex(6)}"
 
 
-async def verify(handle: SandboxHandle, workspace: Path, stat: Callable[[str], Awaitable[StatReply]]) -> None:
+async def verify(handle: DockerSandbox, workspace: Path, exists: Callable[[str], Awaitable[bool]]) -> None:
     """A file made in the workspace on the host must show at the workspace path inside the
-    sandbox; ``stat`` asks the sandbox about a path there."""
-    target = handle.extra[_TARGET]
+    sandbox; ``exists`` asks the sandbox about a path there."""
+    target = handle.carrier_target
     probe = workspace / probe_name()
     await anyio.to_thread.run_sync(probe.touch)
     try:
-        header, _ = await stat(f"{target}/{probe.name}")
+        seen = await exists(f"{target}/{probe.name}")
     finally:
         await anyio.to_thread.run_sync(lambda: probe.unlink(missing_ok=True))
     why = f"{target} in the sandbox does not show {workspace} (is the daemon in another mount namespace?)"
-    verified(bool(header.get("exists")), why)
+    verified(seen, why)
 
 
 def verified(seen_inside: bool, why: str) -> None:
@@ -72,7 +72,7 @@ def verified(seen_inside: bool, why: str) -> None:
     raise BoxSandboxError(f"the workspace bound on the carrier does not reach the sandbox: {why}")
 
 
-def attach(handle: SandboxHandle, target: str) -> Path:
+def attach(handle: DockerSandbox, target: str) -> Path:
     """An empty carrier for a new pooled sandbox, recorded on its handle: bind it at ``target``
     with rslave propagation, and ``fill`` it once the sandbox runs.
 
@@ -83,17 +83,17 @@ def attach(handle: SandboxHandle, target: str) -> Path:
     assert handle.state_dir is not None
     carrier = handle.state_dir / CARRIER_NAME
     host_mounts.make_shared(carrier)
-    handle.extra[_CARRIER] = carrier
-    handle.extra[_TARGET] = target
+    handle.carrier = carrier
+    handle.carrier_target = target
     return carrier
 
 
-def hand_over(settings: Settings, handle: SandboxHandle, spec: BoxSpec, key: str) -> bool:
+def hand_over(settings: Settings, handle: DockerSandbox, spec: BoxSpec, key: str) -> bool:
     """Make a pooled sandbox session ``key``'s, with the host directory ``spec`` names as its
     workspace (checked like any mount); False when this sandbox cannot take it."""
-    carrier: Path | None = handle.extra.get(_CARRIER)
+    carrier = handle.carrier
     workspace, extras = resolve_mounts(spec, settings.mount_roots())
-    if carrier is None or workspace is None or extras or spec.mount_path != handle.extra.get(_TARGET):
+    if carrier is None or workspace is None or extras or spec.mount_path != handle.carrier_target:
         return False
     uid, gid = settings.sandbox_uid, settings.sandbox_gid
     prepare_host_dirs([workspace], uid, gid)

@@ -26,16 +26,17 @@ import os
 import pwd
 import subprocess
 import sys
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import anyio
 
+from boxruntime.backends.agent.backend import AgentBackend, AgentHandle, installed_agent
 from boxruntime.backends.agent.client import AGENT_SOCKET_NAME, AgentClient, AgentOpError
-from boxruntime.backends.agent.commands import CommandRequest
-from boxruntime.backends.base import AgentSandbox, ExecRequest, SandboxHandle, installed_agent
 from boxruntime.backends.common import workspace as workspaces
 from boxruntime.backends.common.parent_death import die_with_parent
+from boxruntime.backends.contract import Command, FileInfo
 from boxruntime.backends.host.session import HostSession, inherited_env, kill_tree, make_removable, remove_root
 from boxruntime.errors import BoxSandboxError
 from boxruntime.models import BackendInfo, BoxSpec
@@ -48,7 +49,7 @@ TIMEOUT_KILL_GRACE_SEC = 2.0  # an exec past its timeout: SIGTERM, then SIGKILL 
 # The agent's own stop takes its tree down in about 2 s (boxagent_host.STOP_GRACE_SEC).
 AGENT_STOP_TIMEOUT = 8.0
 SHELL = "/bin/sh"  # what the agent runs commands with
-WRITING_OPS = ("write", "remove")
+WRITING_OPS = ("write", "remove", "mkdir", "move")
 
 
 def _user() -> str:
@@ -68,8 +69,14 @@ def unsafe_note() -> str:
     )
 
 
-class HostBackend(AgentSandbox):
+@dataclass(kw_only=True)
+class HostSandbox(AgentHandle):
+    session: HostSession | None = None  # its directories, path map and agent process
+
+
+class HostBackend(AgentBackend[HostSandbox]):
     name = "host"
+    kill_grace = TIMEOUT_KILL_GRACE_SEC
     _warned = False
 
     @staticmethod
@@ -114,19 +121,19 @@ class HostBackend(AgentSandbox):
 
     # ── sessions ─────────────────────────────────────────────────────────
 
-    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> HostSandbox:
         if (reason := self._unavailable_reason()) is not None:
             raise BoxSandboxError(reason)
         workspace_mount, extras = resolve_mounts(spec, self.settings.mount_roots())
         uid, gid = os.geteuid(), os.getegid()
         prepare_host_dirs([m for m in (workspace_mount, *extras) if m is not None], uid, gid)
         state = self.state_dir(key)
-        handle = SandboxHandle(backend=self.name, sandbox_id=f"host-{self.instance_id}-{key}", key=key, state_dir=state)
+        handle = HostSandbox(backend=self.name, sandbox_id=f"host-{self.instance_id}-{key}", key=key, state_dir=state)
         handle.notes.append(unsafe_note())
         try:
             workspace = self._workspace(spec, key, workspace_mount, handle)
             session = HostSession.create(state, workspace, extras)
-            handle.extra["host"] = session
+            handle.session = session
             await self._launch(handle, session)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -139,7 +146,7 @@ class HostBackend(AgentSandbox):
         return handle
 
     def _workspace(
-        self, spec: BoxSpec, key: str, host_mount: ResolvedMount | None, handle: SandboxHandle
+        self, spec: BoxSpec, key: str, host_mount: ResolvedMount | None, handle: HostSandbox
     ) -> ResolvedMount:
         quota = spec.workspace_quota_mb
         if host_mount is not None:
@@ -158,7 +165,7 @@ class HostBackend(AgentSandbox):
             )
         return ResolvedMount(str(private.path), spec.mount_path, read_only=False)
 
-    async def _launch(self, handle: SandboxHandle, session: HostSession) -> None:
+    async def _launch(self, handle: HostSandbox, session: HostSession) -> None:
         agent_dir = self.agent_dir(handle, os.geteuid(), os.getegid())
         script = installed_agent(self.settings.data_dir) / "boxagent.py"
         with (session.root / "agent.log").open("ab") as log_file:
@@ -183,17 +190,15 @@ class HostBackend(AgentSandbox):
             raise BoxSandboxError(f"the host agent did not start: {tail or exc}") from exc
 
     @staticmethod
-    def _session(handle: SandboxHandle) -> HostSession:
-        session = handle.extra.get("host")
-        if not isinstance(session, HostSession):
+    def _session(handle: HostSandbox) -> HostSession:
+        if handle.session is None:
             raise BoxSandboxError(f"host session {handle.sandbox_id} is not available")
-        return session
+        return handle.session
 
-    async def stop(self, handle: SandboxHandle, keep_workspace: bool = False) -> None:
+    async def stop(self, handle: HostSandbox, keep_workspace: bool = False) -> None:
         if handle.agent is not None:
             await handle.agent.close()
-        session = handle.extra.get("host")
-        process = session.process if isinstance(session, HostSession) else None
+        process = handle.session.process if handle.session is not None else None
         if process is not None and process.returncode is None:
             # SIGTERM: the agent ends its whole tree (SIGTERM, SIGKILL after a grace), then exits.
             with contextlib.suppress(ProcessLookupError):
@@ -211,15 +216,15 @@ class HostBackend(AgentSandbox):
         if handle.state_dir is not None:
             await anyio.to_thread.run_sync(remove_root, handle.state_dir)
 
-    def known_alive(self, handle: SandboxHandle) -> bool:
-        session = handle.extra.get("host")
-        return isinstance(session, HostSession) and session.running and super().known_alive(handle)
+    def known_alive(self, handle: HostSandbox) -> bool:
+        session = handle.session
+        return session is not None and session.running and super().known_alive(handle)
 
-    async def alive(self, handle: SandboxHandle) -> bool:
-        session = handle.extra.get("host")
-        return isinstance(session, HostSession) and session.running and await super().alive(handle)
+    async def alive(self, handle: HostSandbox) -> bool:
+        session = handle.session
+        return session is not None and session.running and await super().alive(handle)
 
-    def adopt(self, handle: SandboxHandle, spec: BoxSpec, key: str) -> bool:
+    def adopt(self, handle: HostSandbox, spec: BoxSpec, key: str) -> bool:
         if not super().adopt(handle, spec, key):
             return False
         session = self._session(handle)
@@ -228,7 +233,7 @@ class HostBackend(AgentSandbox):
             session.remap(workspace, session.extras)
         return True
 
-    async def extend_mounts(self, handle: SandboxHandle, current: BoxSpec, requested: BoxSpec) -> BoxSpec:
+    async def extend_mounts(self, handle: HostSandbox, current: BoxSpec, requested: BoxSpec) -> BoxSpec:
         """Mounts are only a path map here, so any other set of extra mounts can be taken."""
         _, extras = resolve_mounts(requested, self.settings.mount_roots())
         prepare_host_dirs(extras, os.geteuid(), os.getegid())
@@ -242,47 +247,47 @@ class HostBackend(AgentSandbox):
 
     # ── commands and files, translated to host paths ─────────────────────
 
-    def exec_command(self, handle: SandboxHandle, req: ExecRequest) -> CommandRequest:
-        session = self._session(handle)
-        paths = session.paths
-        return CommandRequest(
-            cwd=paths.to_host_resolved(req.workdir, "workdir"),
-            env=session.command_env(req.env),
-            script=paths.rewrite_command(req.script),
-            timeout=req.timeout,
-            output_cap=req.output_cap,
-            kill_grace=TIMEOUT_KILL_GRACE_SEC,
-        )
-
-    def process_command(self, handle: SandboxHandle, req: CommandRequest) -> CommandRequest:
-        session = self._session(handle)
-        paths = session.paths
+    def for_agent(self, handle: HostSandbox, command: Command) -> Command:
+        paths = self._session(handle).paths
         argv = None
-        if req.argv:
-            argv = [paths.command_path(req.argv[0]), *(paths.rewrite_argument(a) for a in req.argv[1:])]
+        if command.argv:
+            argv = [paths.command_path(command.argv[0]), *(paths.rewrite_argument(a) for a in command.argv[1:])]
         return replace(
-            req,
-            cwd=paths.to_host_resolved(req.cwd, "cwd"),
-            env=session.command_env(req.env),
+            command,
+            cwd=paths.to_host_resolved(command.cwd, "workdir" if command.script is not None else "cwd"),
             argv=argv,
-            script=None if req.script is None else paths.rewrite_command(req.script),
+            script=None if command.script is None else paths.rewrite_command(command.script),
         )
 
-    async def file_op(
-        self, handle: SandboxHandle, op: str, fields: dict[str, Any], body: bytes = b""
+    def command_env(self, handle: HostSandbox, env: Mapping[str, str]) -> dict[str, str]:
+        return self._session(handle).command_env(dict(env))
+
+    def host_path_of(self, handle: HostSandbox, path: str) -> str:
+        return self._session(handle).paths.to_host(path, "path")
+
+    def roots_of(self, handle: HostSandbox, roots: Sequence[str]) -> list[str]:
+        paths = self._session(handle).paths
+        return [paths.to_host(root, "root") for root in roots or paths.sandbox_roots()]
+
+    async def fs_request(
+        self, handle: HostSandbox, op: str, path: str, roots: Sequence[str], fields: dict[str, Any], body: bytes = b""
     ) -> tuple[dict[str, Any], bytes]:
         paths = self._session(handle).paths
-        path = str(fields["path"])
         if op in WRITING_OPS and paths.is_read_only(path):
             raise AgentOpError(f"{path} is on a read-only mount", "EROFS")
-        roots = fields.get("roots") or paths.sandbox_roots()
-        # The agent still resolves symlinks and confines the result to the (host) roots.
-        mapped = {**fields, "path": paths.to_host(path, "path"), "roots": [paths.to_host(r, "root") for r in roots]}
         try:
-            reply, data = await super().file_op(handle, op, mapped, body)
+            # The agent still resolves symlinks and confines the result to the (host) roots.
+            return await super().fs_request(handle, op, path, roots, fields, body)
         except AgentOpError as exc:  # its message names host paths: say them as the caller did
             raise AgentOpError(paths.to_sandbox_text(str(exc)), exc.code) from None
-        reply["path"] = path
-        if isinstance(reply.get("target"), str):
-            reply["target"] = paths.to_sandbox(reply["target"])
-        return reply, data
+
+    def _sandbox_info(self, handle: HostSandbox, info: FileInfo) -> FileInfo:
+        paths = self._session(handle).paths
+        update = {k: paths.to_sandbox(v) for k, v in (("target", info.target), ("resolved", info.resolved)) if v}
+        return info.model_copy(update=update) if update else info
+
+    async def stat(self, handle: HostSandbox, path: str, roots: Sequence[str]) -> FileInfo:
+        return self._sandbox_info(handle, await super().stat(handle, path, roots))
+
+    async def move(self, handle: HostSandbox, source: str, destination: str, roots: Sequence[str]) -> FileInfo:
+        return self._sandbox_info(handle, await super().move(handle, source, destination, roots))

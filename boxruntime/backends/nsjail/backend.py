@@ -18,17 +18,17 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
 
+from boxruntime.backends.agent.backend import AgentBackend, AgentHandle, installed_agent
 from boxruntime.backends.agent.client import AgentClient
-from boxruntime.backends.agent.commands import CompletedCommand
-from boxruntime.backends.base import AgentSandbox, ExecRequest, SandboxHandle, installed_agent
 from boxruntime.backends.common import host_mounts
 from boxruntime.backends.common import workspace as workspaces
 from boxruntime.backends.common.parent_death import die_with_parent
+from boxruntime.backends.contract import Command, CompletedCommand
 from boxruntime.backends.nsjail.cgroups import CgroupSupport, detect
 from boxruntime.backends.nsjail.jail_args import JailPlan, jail_argv
 from boxruntime.config import Settings
@@ -88,7 +88,14 @@ def _passwd_files(state: Path, uid: int, gid: int) -> dict[str, Path]:
     return {"/etc/passwd": etc / "passwd", "/etc/group": etc / "group"}
 
 
-class NsjailBackend(AgentSandbox):
+@dataclass(kw_only=True)
+class JailSandbox(AgentHandle):
+    process: asyncio.subprocess.Process | None = None  # nsjail itself, the jail's parent
+    jail_pid: int | None = None  # the jail's PID 1 (the agent), as the host sees it
+    oom_seen: int | None = None  # the jail cgroup's OOM-kill count at the last look
+
+
+class NsjailBackend(AgentBackend[JailSandbox]):
     name = "nsjail"
 
     def __init__(self, settings: Settings, instance_id: str) -> None:
@@ -141,7 +148,7 @@ class NsjailBackend(AgentSandbox):
                 "leave the image unset, or use the docker backend (boxruntime serve --backend docker)"
             )
 
-    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> SandboxHandle:
+    async def start(self, spec: BoxSpec, key: str, pooled: bool = False) -> JailSandbox:
         self.check_spec(spec)
         if self._binary is None or (python := jail_python()) is None:
             raise BoxSandboxError(self._unavailable_reason() or "nsjail is unavailable")
@@ -149,9 +156,7 @@ class NsjailBackend(AgentSandbox):
         host_mounts = [m for m in (workspace_mount, *extra_mounts) if m is not None]
         prepare_host_dirs(host_mounts, self.settings.sandbox_uid, self.settings.sandbox_gid)
         state = self.state_dir(key)
-        handle = SandboxHandle(
-            backend=self.name, sandbox_id=f"nsjail-{self.instance_id}-{key}", key=key, state_dir=state
-        )
+        handle = JailSandbox(backend=self.name, sandbox_id=f"nsjail-{self.instance_id}-{key}", key=key, state_dir=state)
         uid, gid = workspaces.sandbox_identity(self.settings, workspace_mount, handle.notes)
         # The workspace first: a refusal there must leave nothing behind (no agent directory).
         ws = workspaces.plan(self.settings.data_dir, spec, key, workspace_mount, uid, gid)
@@ -189,7 +194,7 @@ class NsjailBackend(AgentSandbox):
             raise
         return handle
 
-    async def _launch(self, handle: SandboxHandle, plan: JailPlan, agent_dir: Path) -> None:
+    async def _launch(self, handle: JailSandbox, plan: JailPlan, agent_dir: Path) -> None:
         process = await asyncio.create_subprocess_exec(
             *jail_argv(plan),
             stdin=subprocess.DEVNULL,
@@ -198,7 +203,7 @@ class NsjailBackend(AgentSandbox):
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        handle.extra["process"] = process
+        handle.process = process
         handle.agent = AgentClient(agent_dir, handle.sandbox_id)
         try:
             await handle.agent.connect(timeout=AGENT_START_TIMEOUT, alive=lambda: process.returncode is None)
@@ -206,9 +211,9 @@ class NsjailBackend(AgentSandbox):
             raise BoxSandboxError(f"the jail did not start: {self._log_tail(plan.log_file) or exc}") from exc
         self.seal_agent_dir(agent_dir)
         jailed = _children(process.pid)
-        handle.extra["jail_pid"] = jailed[0] if jailed else None
+        handle.jail_pid = jailed[0] if jailed else None
         if jailed:
-            handle.extra["oom_seen"] = self._cgroup_support().oom_kills(jailed[0])
+            handle.oom_seen = self._cgroup_support().oom_kills(jailed[0])
 
     @staticmethod
     def _log_tail(path: Path) -> str:
@@ -218,24 +223,24 @@ class NsjailBackend(AgentSandbox):
             return ""
         return " | ".join(line for line in lines[-8:] if "[E]" in line or "[F]" in line or "[W]" in line)
 
-    async def exec(self, handle: SandboxHandle, req: ExecRequest) -> CompletedCommand:
-        done = await super().exec(handle, req)
+    async def run(self, handle: JailSandbox, command: Command) -> CompletedCommand:
+        done = await super().run(handle, command)
         # The jail cannot see its own cgroup, so the host reads the OOM counter -- only for a
         # command that was killed, against the value seen at the previous kill (or the start).
         killed = done.exit.code == 128 + signal.SIGKILL and done.exit.reason in ("exit", "signal")
-        jail_pid: int | None = handle.extra.get("jail_pid")
+        jail_pid = handle.jail_pid
         if killed and jail_pid:
-            seen: int | None = handle.extra.get("oom_seen")
+            seen = handle.oom_seen
             now = self._cgroup_support().oom_kills(jail_pid)
-            handle.extra["oom_seen"] = now
+            handle.oom_seen = now
             if now is not None and seen is not None and now > seen:
                 done = CompletedCommand(replace(done.exit, reason="oom"), done.stdout, done.stderr)
         return done
 
-    async def stop(self, handle: SandboxHandle, keep_workspace: bool = False) -> None:
+    async def stop(self, handle: JailSandbox, keep_workspace: bool = False) -> None:
         if handle.agent is not None:
             await handle.agent.close()
-        process: asyncio.subprocess.Process | None = handle.extra.get("process")
+        process = handle.process
         if process is not None and process.returncode is None:
             # SIGTERM: nsjail kills the jail's PID 1, which takes the whole pid namespace along.
             with contextlib.suppress(ProcessLookupError):
@@ -243,8 +248,7 @@ class NsjailBackend(AgentSandbox):
             try:
                 await asyncio.wait_for(process.wait(), STOP_GRACE_SEC)
             except TimeoutError:
-                jail_pid = handle.extra.get("jail_pid")
-                for pid in (process.pid, jail_pid):
+                for pid in (process.pid, handle.jail_pid):
                     if pid:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
@@ -254,16 +258,15 @@ class NsjailBackend(AgentSandbox):
         if handle.state_dir is not None:
             host_mounts.remove_tree(handle.state_dir)
 
-    def known_alive(self, handle: SandboxHandle) -> bool:
+    def known_alive(self, handle: JailSandbox) -> bool:
         return self._jail_running(handle) and super().known_alive(handle)
 
-    async def alive(self, handle: SandboxHandle) -> bool:
+    async def alive(self, handle: JailSandbox) -> bool:
         return self._jail_running(handle) and await super().alive(handle)
 
     @staticmethod
-    def _jail_running(handle: SandboxHandle) -> bool:
-        process: asyncio.subprocess.Process | None = handle.extra.get("process")
-        return process is not None and process.returncode is None
+    def _jail_running(handle: JailSandbox) -> bool:
+        return handle.process is not None and handle.process.returncode is None
 
     async def cleanup_orphans(self) -> list[str]:
         # Jails die with their daemon (parent-death signal); what remains is their state.

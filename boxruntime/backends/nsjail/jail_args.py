@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from boxruntime.backends.base import AGENT_DIR_IN_SANDBOX, AGENT_DIR_OF_SCRIPTS, AGENT_PATH_IN_SANDBOX
+from boxruntime.backends.agent.backend import AGENT_DIR_IN_SANDBOX, AGENT_DIR_OF_SCRIPTS, AGENT_PATH_IN_SANDBOX
 from boxruntime.backends.nsjail.cgroups import CgroupSupport
 from boxruntime.security import ResolvedMount
 

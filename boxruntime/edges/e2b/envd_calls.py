@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from boxruntime.backends.agent.client import AgentOpError
+from boxruntime.backends.contract import SandboxFileError
 from boxruntime.edges.e2b.connect import ConnectError, timeout_sec
 from boxruntime.edges.e2b.sandboxes import E2BSandbox, Sandboxes, SandboxNotFound
 from boxruntime.edges.e2b.users import basic_user, check_user
@@ -116,7 +116,7 @@ def envd_call(request: web.Request, sandboxes: Sandboxes, user: str | None = Non
 def connect_error(exc: BoxError) -> ConnectError:
     """The Connect error a runtime error becomes."""
     message = str(exc)
-    if isinstance(exc, AgentOpError):
+    if isinstance(exc, SandboxFileError):
         return ConnectError(ERRNO_CODES.get(exc.code, "internal"), message)
     if isinstance(exc, BoxManagedProcessNotFoundError):
         return ConnectError("not_found", message)

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic.alias_generators import to_camel
 
+from boxruntime.backends.contract import FileInfo
+
 
 def _b64(value: Any) -> Any:
     if isinstance(value, str):
@@ -174,42 +176,26 @@ class EntryInfo(Message):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
-class AgentEntry(pydantic.BaseModel):
-    """An entry as the sandbox's agent describes it (boxagent_fs ``_describe``)."""
-
-    type: Literal["file", "dir", "symlink", "other"]
-    size: int
-    mode: int
-    mtime: float
-    owner: str = ""
-    group: str = ""
-    uid: int = -1
-    gid: int = -1
-    target: str | None = None
-    resolved: str | None = None  # a symlink's target, absolute (stat only)
-    resolved_type: Literal["file", "dir", "symlink", "other"] | None = None
-    resolved_mode: int | None = None
-
-    def entry(self, path: str, name: str, user: tuple[int, int, str]) -> EntryInfo:
-        """As envd describes it; ``user`` (uid, gid, name) is the sandbox user, named as E2B
-        names it whatever the sandbox's /etc/passwd says. A symlink that was resolved (stat)
-        reads as envd reads one: the type and mode of what it leads to, its absolute target,
-        and Go's "L" in the permissions."""
-        kind, mode, target = self.type, self.mode, self.target
-        if self.type == "symlink" and self.resolved is not None:
-            kind, mode, target = self.resolved_type or "other", self.resolved_mode or 0, self.resolved
-        permissions = stat.filemode(FILE_MODES[self.type] | self.mode)
-        if self.type == "symlink":
-            permissions = "L" + permissions[1:]
-        return EntryInfo(
-            name=name,
-            type=FILE_TYPES.get(kind, "FILE_TYPE_UNSPECIFIED"),
-            path=path,
-            size=str(self.size),
-            mode=mode,
-            permissions=permissions,
-            owner=user[2] if self.uid == user[0] else self.owner,
-            group=user[2] if self.gid == user[1] else self.group,
-            modified_time=dt.datetime.fromtimestamp(self.mtime, dt.UTC).isoformat().replace("+00:00", "Z"),
-            symlink_target=target,
-        )
+def entry_info(info: FileInfo, path: str, name: str, user: tuple[int, int, str]) -> EntryInfo:
+    """An entry as envd describes it; ``user`` (uid, gid, name) is the sandbox user, named as
+    E2B names it whatever the sandbox's /etc/passwd says. A symlink that was resolved (stat)
+    reads as envd reads one: the type and mode of what it leads to, its absolute target, and
+    Go's "L" in the permissions."""
+    kind, mode, target = info.type or "other", info.mode, info.target
+    if info.type == "symlink" and info.resolved is not None:
+        kind, mode, target = info.resolved_type or "other", info.resolved_mode or 0, info.resolved
+    permissions = stat.filemode(FILE_MODES[info.type or "other"] | info.mode)
+    if info.type == "symlink":
+        permissions = "L" + permissions[1:]
+    return EntryInfo(
+        name=name,
+        type=FILE_TYPES.get(kind, "FILE_TYPE_UNSPECIFIED"),
+        path=path,
+        size=str(info.size),
+        mode=mode,
+        permissions=permissions,
+        owner=user[2] if info.uid == user[0] else info.owner,
+        group=user[2] if info.gid == user[1] else info.group,
+        modified_time=dt.datetime.fromtimestamp(info.mtime, dt.UTC).isoformat().replace("+00:00", "Z"),
+        symlink_target=target,
+    )

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 from aiohttp import BodyPartReader, web
 
-from boxruntime.backends.agent.client import AgentOpError
+from boxruntime.backends.contract import SandboxFileError
 from boxruntime.edges.e2b.connect import ConnectError
 from boxruntime.edges.e2b.envd_calls import (
     ACCESS_TOKEN_HEADER,
@@ -132,9 +132,8 @@ class FilesHttp:
             sandbox = self._authorized(request, "read")
             path = self._path(request, request.query.get("path"))
             files = self._sandboxes.runtime.files
-            first, data = await files.op(
-                sandbox.session_id, "read", {"path": path, "offset": 0, "length": CHUNK}, ROOTS
-            )
+            first = await files.read_file(sandbox.session_id, path, ROOTS, 0, CHUNK)
+            data = first.data
         except (ConnectError, BoxError) as exc:
             return self._error(exc)
         # gzip when asked for it alone (``files.read(gzip=True)``); httpx lists gzip in every
@@ -143,21 +142,20 @@ class FilesHttp:
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         if compress:
             response.headers["Content-Encoding"] = "gzip"
-        elif first["eof"]:
+        elif first.eof:
             response.content_length = len(data)  # not the size stat gives: /proc files say 0
         await response.prepare(request)
         packer = zlib.compressobj(level=1, wbits=31) if compress else None  # 31: gzip framing
-        offset, eof = len(data), first["eof"]
+        offset, eof = len(data), first.eof
         while True:
             if packer is not None:
                 data = await anyio.to_thread.run_sync(packer.compress, data)  # MBs: off the event loop
             await response.write(data)
             if eof:
                 break
-            reply, data = await files.op(
-                sandbox.session_id, "read", {"path": path, "offset": offset, "length": CHUNK}, ROOTS
-            )
-            offset, eof = offset + len(data), reply["eof"] or not data
+            chunk = await files.read_file(sandbox.session_id, path, ROOTS, offset, CHUNK)
+            data = chunk.data
+            offset, eof = offset + len(data), chunk.eof or not data
         if packer is not None:
             await response.write(packer.flush())
         await response.write_eof()
@@ -190,10 +188,10 @@ class FilesHttp:
         files = self._sandboxes.runtime.files
         first = True
         async for chunk in chunks:
-            await files.op(sandbox.session_id, "write", {"path": path, "append": not first}, ROOTS, chunk)
+            await files.write_file(sandbox.session_id, path, ROOTS, chunk, append=not first)
             first = False
         # Last, the file is given to the user, as envd does (watchers see a chmod event).
-        await files.op(sandbox.session_id, "write", {"path": path, "append": not first, "own": True}, ROOTS, b"")
+        await files.write_file(sandbox.session_id, path, ROOTS, b"", append=not first, own=True)
         return {"name": path.rsplit("/", 1)[-1], "type": "file", "path": path}
 
     @staticmethod
@@ -221,7 +219,7 @@ class FilesHttp:
     @staticmethod
     def _error(exc: ConnectError | BoxError) -> web.Response:
         error = exc if isinstance(exc, ConnectError) else connect_error(exc)
-        if isinstance(exc, AgentOpError) and exc.code == "EISDIR":
+        if isinstance(exc, SandboxFileError) and exc.code == "EISDIR":
             error = ConnectError("invalid_argument", f"path is a directory: {exc}")
         status = HTTP_STATUS.get(error.code, 500)
         return web.json_response({"code": status, "message": error.message}, status=status)

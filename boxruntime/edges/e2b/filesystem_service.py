@@ -17,19 +17,18 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from boxruntime.backends.agent.client import AgentOpError
-from boxruntime.backends.agent.watch import WatchEvent
+from boxruntime.backends.contract import FileChange, FileInfo, SandboxFileError
 from boxruntime.edges.e2b.connect import ConnectError, ServerStream, read_single_envelope
 from boxruntime.edges.e2b.envd_calls import EnvdCall
 from boxruntime.edges.e2b.envd_messages import (
     EVENT_TYPES,
-    AgentEntry,
     EntryInfo,
     ListDirRequest,
     MoveRequest,
     PathRequest,
     WatcherRequest,
     WatchRequest,
+    entry_info,
 )
 from boxruntime.edges.e2b.parsing import parse
 from boxruntime.edges.e2b.sandboxes import USER_NAME
@@ -42,7 +41,7 @@ MAX_LIST_ENTRIES = 2500
 MAX_WATCHERS = 64
 
 
-def watch_events(events: list[WatchEvent]) -> list[dict[str, str]]:
+def watch_events(events: list[FileChange]) -> list[dict[str, str]]:
     return [{"name": e.name, "type": EVENT_TYPES[e.kind]} for e in events]
 
 
@@ -62,64 +61,60 @@ class FilesystemService:
     def streams(self) -> dict[str, Any]:
         return {"WatchDir": self.watch_dir}
 
-    async def _op(self, call: EnvdCall, op: str, **fields: Any) -> dict[str, Any]:
-        reply, _ = await call.sandboxes.runtime.files.op(call.session_id, op, fields, ROOTS)
-        return reply
-
     @staticmethod
     def _user(call: EnvdCall) -> tuple[int, int, str]:
         settings = call.sandboxes.runtime.settings
         return settings.sandbox_uid, settings.sandbox_gid, USER_NAME
 
-    def _entry(self, call: EnvdCall, reply: dict[str, Any], path: str) -> EntryInfo:
-        return AgentEntry.model_validate(reply).entry(path, posixpath.basename(path) or "/", self._user(call))
+    def _entry(self, call: EnvdCall, info: FileInfo, path: str) -> EntryInfo:
+        return entry_info(info, path, posixpath.basename(path) or "/", self._user(call))
 
     async def stat(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
         path = resolve(parse(PathRequest, body).path)
-        reply = await self._op(call, "stat", path=path)
-        if not reply.get("exists"):
+        info = await call.sandboxes.runtime.files.stat_path(call.session_id, path, ROOTS)
+        if not info.exists:
             raise ConnectError("not_found", f"file not found: {path}: no such file or directory")
-        return {"entry": self._entry(call, reply, path).wire()}
+        return {"entry": self._entry(call, info, path).wire()}
 
     async def list_dir(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
         req = parse(ListDirRequest, body)
         path = resolve(req.path)
         depth = max(1, req.depth)
-        reply = await self._op(
-            call, "list", path=path, recursive=depth > 1, max_depth=depth, max_entries=MAX_LIST_ENTRIES
+        listing = await call.sandboxes.runtime.files.list_dir(
+            call.session_id, path, ROOTS, max_depth=depth, max_entries=MAX_LIST_ENTRIES
         )
-        if reply.get("truncated"):
+        if listing.truncated:
             raise ConnectError(
                 "resource_exhausted",
                 f"{path} holds more than {MAX_LIST_ENTRIES} entries to depth {depth}: list a smaller depth",
             )
         entries = []
-        for item in reply.get("entries", []):
-            full = posixpath.join(path, item["path"])
+        for item in listing.entries:
+            full = posixpath.join(path, item.path)
             entries.append(self._entry(call, item, full).wire())
         return {"entries": entries}
 
     async def make_dir(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
         path = resolve(parse(PathRequest, body).path)
         try:
-            reply = await self._op(call, "mkdir", path=path)
-        except AgentOpError as exc:
+            info = await call.sandboxes.runtime.files.make_dir(call.session_id, path, ROOTS)
+        except SandboxFileError as exc:
             if exc.code == "ENOTDIR":
                 raise ConnectError("invalid_argument", str(exc)) from None
             raise
-        return {"entry": self._entry(call, reply, path).wire()}
+        return {"entry": self._entry(call, info, path).wire()}
 
     async def move(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
         req = parse(MoveRequest, body)
         destination = resolve(req.destination)
-        reply = await self._op(call, "move", path=resolve(req.source), destination=destination)
-        return {"entry": self._entry(call, reply, destination).wire()}
+        info = await call.sandboxes.runtime.files.move(call.session_id, resolve(req.source), destination, ROOTS)
+        return {"entry": self._entry(call, info, destination).wire()}
 
     async def remove(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
         path = resolve(parse(PathRequest, body).path)
         try:
-            await self._op(call, "remove", path=path, recursive=True)
-        except AgentOpError as exc:
+            await call.sandboxes.runtime.files.remove_path(call.session_id, path, ROOTS, recursive=True)
+        except SandboxFileError as exc:
             if exc.code != "ENOENT":  # removing what is not there succeeds, as os.RemoveAll does
                 raise
         return {}
@@ -130,7 +125,7 @@ class FilesystemService:
         path = resolve(req.path)
         try:
             return await call.sandboxes.runtime.files.watch(call.session_id, path, req.recursive, ROOTS)
-        except AgentOpError as exc:
+        except SandboxFileError as exc:
             if exc.code == "ENOENT":
                 raise ConnectError("not_found", f"path {path} not found") from None
             if exc.code == "ENOTDIR":

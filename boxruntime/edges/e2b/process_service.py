@@ -24,8 +24,7 @@ from typing import Any
 import anyio
 from aiohttp import web
 
-from boxruntime.backends.agent.commands import CommandExit, Output
-from boxruntime.backends.base import SANDBOX_PATH
+from boxruntime.backends.contract import SANDBOX_PATH, CommandExit, Output
 from boxruntime.edges.e2b.connect import (
     ConnectError,
     ServerStream,
@@ -242,7 +241,7 @@ class ProcessService:
         command = self._select(call, parse(SelectorRequest, body).process)
         if command.spec.pty is not None:
             raise ConnectError("failed_precondition", "cannot close stdin for PTY process — send Ctrl+D (0x04) instead")
-        command.close_stdin()
+        await command.close_stdin()
         return {}
 
     async def send_signal(self, call: EnvdCall, body: dict[str, Any]) -> dict[str, Any]:
@@ -259,7 +258,7 @@ class ProcessService:
         req = parse(UpdateRequest, body)
         command = self._select(call, req.process)
         if req.pty is not None and req.pty.size is not None:
-            command.resize(req.pty.size.cols, req.pty.size.rows)
+            await command.resize(req.pty.size.cols, req.pty.size.rows)
         return {}
 
     # ── helpers ──────────────────────────────────────────────────────────

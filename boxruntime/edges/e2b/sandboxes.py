@@ -16,7 +16,7 @@ import secrets
 import string
 from dataclasses import dataclass, field
 
-from boxruntime.backends.agent.watch import AgentWatch
+from boxruntime.backends.contract import Watch
 from boxruntime.edges.e2b.api_models import NewSandbox, SandboxCreated, SandboxDetail, SandboxMetric
 from boxruntime.edges.e2b.envd_messages import ProcessConfig
 from boxruntime.errors import BoxSessionNotFoundError
@@ -54,7 +54,7 @@ class E2BSandbox:
     env_vars: dict[str, str] = field(default_factory=dict)
     access_token: str | None = None
     processes: dict[int, tuple[ProcessConfig, str | None]] = field(default_factory=dict)  # pid -> config, tag
-    watchers: dict[str, AgentWatch] = field(default_factory=dict)
+    watchers: dict[str, Watch] = field(default_factory=dict)
     cpu_sample: tuple[float, dt.datetime] | None = None  # the last metrics' CPU seconds, and when
 
     @property
@@ -171,9 +171,9 @@ class Sandboxes:
         """One sample, now: E2B keeps a series; a session keeps no history, so CPU is the share
         used since the previous call (or since the start)."""
         spec = self.session(sandbox).spec
-        reply, _ = await self._runtime.files.op(sandbox.session_id, "usage", {"path": USER_HOME}, ["/"])
+        usage = await self._runtime.files.usage(sandbox.session_id, USER_HOME)
         now = utcnow()
-        cpu_sec = float(reply["cpu_sec"])
+        cpu_sec = usage.cpu_sec
         last_cpu, last_at = sandbox.cpu_sample or (0.0, sandbox.started_at)
         sandbox.cpu_sample = (cpu_sec, now)
         cpus = max(1, math.ceil(spec.cpus))
@@ -184,10 +184,10 @@ class Sandboxes:
                 timestamp_unix=int(now.timestamp()),
                 cpu_count=cpus,
                 cpu_used_pct=round(min(100.0, 100.0 * max(0.0, cpu_sec - last_cpu) / elapsed / cpus), 2),
-                mem_used=int(reply["mem_bytes"]),
+                mem_used=usage.mem_bytes,
                 mem_total=spec.memory_mb * 1024 * 1024,
-                disk_used=int(reply["disk_used"]),
-                disk_total=int(reply["disk_total"]),
+                disk_used=usage.disk_used or 0,
+                disk_total=usage.disk_total or 0,
             )
         ]
 
