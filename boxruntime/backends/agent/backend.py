@@ -222,6 +222,8 @@ class AgentBackend(Backend[AH]):
         command = self.for_agent(handle, command)
         env = self.command_env(handle, command.env)
         terminal = command.terminal
+        if terminal is not None:
+            env.setdefault("TERM", "xterm")  # a terminal of some kind, as a login would say
         return CommandRequest(
             cwd=command.cwd,
             env=env,
