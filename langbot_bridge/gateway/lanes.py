@@ -1,0 +1,85 @@
+"""Keyed lanes: at most one worker per key (a chat), so one chat's work runs in order while
+different chats run in parallel.
+
+``kick(key)`` says "there may be work for this key": it starts the key's worker in the owner's
+task group, or tells a running one to look again before it stops. A worker stops when it finds
+nothing left, so an idle chat costs nothing. A worker that fails is logged and looks again
+after a pause: a bug or a database hiccup delays a chat, it does not take the gateway down.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+
+log = logging.getLogger(__name__)
+
+
+class Lane:
+    """The state of one running worker."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.again = False
+        self._wake = anyio.Event()
+
+    def poke(self) -> None:
+        self.again = True
+        self._wake.set()
+
+    async def nap(self, seconds: float) -> None:
+        """Sleep up to ``seconds``; a kick ends the nap early."""
+        with anyio.move_on_after(max(0.0, seconds)):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+
+class Lanes:
+    def __init__(
+        self,
+        name: str,
+        task_group: anyio.abc.TaskGroup,
+        work: Callable[[Lane], Awaitable[None]],
+        *,
+        error_pause: float = 2.0,
+    ) -> None:
+        self.name = name
+        self.task_group = task_group
+        self.work = work
+        self.error_pause = error_pause
+        self._running: dict[str, Lane] = {}
+        self.failures = 0
+
+    def kick(self, key: str) -> None:
+        lane = self._running.get(key)
+        if lane is not None:
+            lane.poke()
+            return
+        lane = Lane(key)
+        self._running[key] = lane
+        self.task_group.start_soon(self._run, lane, name=f"{self.name} {key!r}")
+
+    def busy(self, key: str) -> bool:
+        return key in self._running
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    async def _run(self, lane: Lane) -> None:
+        try:
+            while True:
+                lane.again = False
+                try:
+                    await self.work(lane)
+                except Exception:
+                    self.failures += 1
+                    log.exception("%s worker for %r failed; again in %g s", self.name, lane.key, self.error_pause)
+                    await anyio.sleep(self.error_pause)
+                    lane.again = True
+                if not lane.again:
+                    return
+        finally:
+            self._running.pop(lane.key, None)

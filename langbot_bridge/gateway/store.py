@@ -1,0 +1,487 @@
+"""The gateway's durable state, in one SQLite file: inbox (dedup and pending work), outbox
+(replies, ordered per chat, with their attempts), files in both directions, conversation
+history and the chats the gateway knows.
+
+- ``claim`` stores a platform message once per (channel, account, platform message id),
+  atomically with its files, and is committed before the channel acks the platform: a
+  redelivered message is recognised even after a restart, and an acked one is never lost.
+- ``complete_turn`` writes a turn's reply into the outbox, marks the message done and appends
+  the history in one transaction: a turn is either still to do or done with its reply queued.
+- Outbox rows move ``pending`` -> ``delivered`` (or ``sent`` while a platform's result callback
+  is awaited) or ``dead`` after the last attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langbot_bridge.gateway.database import Database
+from langbot_bridge.gateway.messages import ChatRef, Inbound, Outbound, OutFile
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inbox (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    account TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    chat_key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    received_at REAL NOT NULL,
+    done_at REAL,
+    UNIQUE (channel, account, message_id)
+);
+CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (state, chat_key, id);
+CREATE TABLE IF NOT EXISTS inbox_files (
+    inbox_id INTEGER NOT NULL REFERENCES inbox (id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (inbox_id, position)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    channel TEXT NOT NULL,
+    chat_key TEXT NOT NULL,
+    inbox_id INTEGER,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    platform_id TEXT,
+    created_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (state, chat_key, id);
+CREATE INDEX IF NOT EXISTS outbox_platform ON outbox (channel, platform_id);
+CREATE TABLE IF NOT EXISTS outbox_files (
+    outbox_id INTEGER PRIMARY KEY REFERENCES outbox (id) ON DELETE CASCADE,
+    token TEXT NOT NULL UNIQUE,
+    data BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    chat_key TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    message_count INTEGER NOT NULL,
+    chars INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_chat ON history (chat_key, id);
+CREATE TABLE IF NOT EXISTS chats (
+    chat_key TEXT PRIMARY KEY,
+    channel TEXT NOT NULL,
+    chat TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    inbox_id: int | None  # None: the message was already stored
+    state: str  # "pending" or "done" (for a duplicate: how far the first copy got)
+
+    @property
+    def duplicate(self) -> bool:
+        return self.inbox_id is None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    id: int
+    inbound: Inbound
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    channel: str
+    chat_key: str
+    outbound: Outbound
+    attempts: int
+    next_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyPart:
+    """One outbox row to write: the message, and the file's bytes when it carries one."""
+
+    outbound: Outbound
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCaps:
+    max_messages: int
+    max_chars: int
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    dedup_sec: float
+    dead_letter_sec: float
+    file_url_sec: float
+
+
+def new_file_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def out_file(name: str, mime_type: str, data: bytes) -> OutFile:
+    return OutFile(
+        name=name, mime_type=mime_type, size=len(data), sha256=hashlib.sha256(data).hexdigest(), token=new_file_token()
+    )
+
+
+class Store:
+    def __init__(self, path: Path, *, synchronous: str = "full", file_url_ttl_sec: float = 86400) -> None:
+        self.db = Database(path, synchronous=synchronous)
+        self.file_url_ttl_sec = file_url_ttl_sec
+        self.salt = ""  # per database: idempotency keys never repeat across installations
+
+    async def open(self) -> None:
+        await self.db.open(SCHEMA)
+        self.salt = await self.db.run(_salt)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    def idempotency_key(self, inbox_id: int | None, position: int) -> str:
+        scope = f"i{inbox_id}" if inbox_id is not None else f"a{secrets.token_hex(6)}"
+        return f"{self.salt}-{scope}-{position}"
+
+    # ── inbox ─────────────────────────────────────────────────────────────
+
+    async def claim(self, inbound: Inbound, files: Sequence[bytes] = ()) -> Claim:
+        """Store the message unless (channel, account, message id) is known; committed on return."""
+        if len(files) != len(inbound.files):
+            raise ValueError("one byte string per declared file")
+        chat = inbound.chat
+        body = inbound.model_dump_json()
+
+        def op(conn: sqlite3.Connection) -> Claim:
+            now = time.time()
+            cursor = conn.execute(
+                "INSERT INTO inbox (channel, account, message_id, chat_key, body, received_at) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT (channel, account, message_id) DO NOTHING",
+                (chat.channel, chat.account, inbound.message_id, chat.key, body, now),
+            )
+            if cursor.rowcount == 0:
+                row = conn.execute(
+                    "SELECT state FROM inbox WHERE channel=? AND account=? AND message_id=?",
+                    (chat.channel, chat.account, inbound.message_id),
+                ).fetchone()
+                return Claim(None, str(row[0]))
+            inbox_id = int(cursor.lastrowid or 0)
+            conn.executemany(
+                "INSERT INTO inbox_files (inbox_id, position, data) VALUES (?,?,?)",
+                [(inbox_id, position, data) for position, data in enumerate(files)],
+            )
+            _remember_chat(conn, chat, now)
+            return Claim(inbox_id, "pending")
+
+        return await self.db.run(op)
+
+    async def pending_inbox(self, chat_key: str, limit: int = 16) -> list[InboxRow]:
+        def op(conn: sqlite3.Connection) -> list[InboxRow]:
+            rows = conn.execute(
+                "SELECT id, body FROM inbox WHERE state='pending' AND chat_key=? ORDER BY id LIMIT ?", (chat_key, limit)
+            ).fetchall()
+            return [InboxRow(int(i), Inbound.model_validate_json(b)) for i, b in rows]
+
+        return await self.db.run(op)
+
+    async def inbox_files(self, inbox_id: int) -> list[bytes]:
+        def op(conn: sqlite3.Connection) -> list[bytes]:
+            rows = conn.execute("SELECT data FROM inbox_files WHERE inbox_id=? ORDER BY position", (inbox_id,))
+            return [bytes(data) for (data,) in rows]
+
+        return await self.db.run(op)
+
+    async def pending_chats(self) -> dict[str, int]:
+        """Chats with messages still to answer, and how many each (after a restart)."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute("SELECT chat_key, COUNT(*) FROM inbox WHERE state='pending' GROUP BY chat_key")
+            return {str(key): int(count) for key, count in rows}
+
+        return await self.db.run(op)
+
+    async def complete_turn(
+        self,
+        inbox_id: int,
+        chat_key: str,
+        parts: Sequence[ReplyPart],
+        history: list[dict[str, Any]] | None,
+        caps: HistoryCaps,
+    ) -> None:
+        """The turn's reply queued, the message done, its files dropped, history appended: at once."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            updated = conn.execute(
+                "UPDATE inbox SET state='done', done_at=? WHERE id=? AND state='pending'", (now, inbox_id)
+            )
+            if updated.rowcount != 1:
+                raise RuntimeError(f"inbox message {inbox_id} is not pending; its turn was completed already")
+            conn.execute("DELETE FROM inbox_files WHERE inbox_id=?", (inbox_id,))
+            _insert_outbox(conn, parts, inbox_id, now, self.file_url_ttl_sec)
+            if history:
+                _append_history(conn, chat_key, history, caps)
+
+        await self.db.run(op)
+
+    async def enqueue(self, parts: Sequence[ReplyPart]) -> None:
+        """Queue a message that answers nothing (a proactive send)."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            _insert_outbox(conn, parts, None, time.time(), self.file_url_ttl_sec)
+
+        await self.db.run(op)
+
+    # ── outbox ────────────────────────────────────────────────────────────
+
+    async def pending_outbox(self, chat_key: str, limit: int = 16) -> list[OutboxRow]:
+        def op(conn: sqlite3.Connection) -> list[OutboxRow]:
+            rows = conn.execute(
+                "SELECT id, channel, chat_key, body, attempts, next_at FROM outbox "
+                "WHERE state='pending' AND chat_key=? ORDER BY id LIMIT ?",
+                (chat_key, limit),
+            ).fetchall()
+            return [OutboxRow(int(r[0]), r[1], r[2], Outbound.model_validate_json(r[3]), int(r[4]), r[5]) for r in rows]
+
+        return await self.db.run(op)
+
+    async def outbox_chats(self) -> list[str]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            return [str(k) for (k,) in conn.execute("SELECT DISTINCT chat_key FROM outbox WHERE state='pending'")]
+
+        return await self.db.run(op)
+
+    async def outbox_file(self, outbox_id: int) -> bytes:
+        def op(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute("SELECT data FROM outbox_files WHERE outbox_id=?", (outbox_id,)).fetchone()
+            if row is None:
+                raise LookupError(f"outbox message {outbox_id} has no file")
+            return bytes(row[0])
+
+        return await self.db.run(op)
+
+    async def file_by_token(self, token: str) -> tuple[OutFile, bytes] | None:
+        """A reply file by its download token, while the token is valid."""
+
+        def op(conn: sqlite3.Connection) -> tuple[OutFile, bytes] | None:
+            row = conn.execute(
+                "SELECT o.body, f.data FROM outbox_files f JOIN outbox o ON o.id = f.outbox_id "
+                "WHERE f.token=? AND f.expires_at > ?",
+                (token, time.time()),
+            ).fetchone()
+            if row is None:
+                return None
+            outbound = Outbound.model_validate_json(row[0])
+            assert outbound.file is not None
+            return outbound.file, bytes(row[1])
+
+        return await self.db.run(op)
+
+    async def mark_sent(self, outbox_id: int, attempts: int, platform_id: str, confirmed: bool) -> None:
+        state = "delivered" if confirmed else "sent"
+        await self.db.run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET state=?, attempts=?, platform_id=?, finished_at=?, last_error=NULL WHERE id=?",
+                (state, attempts, platform_id or None, time.time(), outbox_id),
+            )
+        )
+
+    async def mark_retry(self, outbox_id: int, attempts: int, next_at: float, error: str) -> None:
+        await self.db.run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET attempts=?, next_at=?, last_error=? WHERE id=?",
+                (attempts, next_at, error, outbox_id),
+            )
+        )
+
+    async def mark_dead(self, outbox_id: int, attempts: int, error: str) -> None:
+        await self.db.run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET state='dead', attempts=?, last_error=?, finished_at=? WHERE id=?",
+                (attempts, error, time.time(), outbox_id),
+            )
+        )
+
+    async def delivery_result(
+        self, channel: str, platform_id: str, error: str | None, retry: bool, max_attempts: int
+    ) -> str | None:
+        """A platform's later verdict on a sent message: delivered, back to pending (to send
+        again), or dead. Returns the chat key to wake, or None when nothing changed."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT id, chat_key, attempts FROM outbox WHERE channel=? AND platform_id=? AND state='sent'",
+                (channel, platform_id),
+            ).fetchone()
+            if row is None:
+                return None
+            outbox_id, chat_key, attempts = int(row[0]), str(row[1]), int(row[2])
+            if error is None:
+                conn.execute("UPDATE outbox SET state='delivered' WHERE id=?", (outbox_id,))
+            elif retry and attempts < max_attempts:
+                conn.execute(
+                    "UPDATE outbox SET state='pending', next_at=?, last_error=?, platform_id=NULL WHERE id=?",
+                    (time.time(), error, outbox_id),
+                )
+            else:
+                conn.execute("UPDATE outbox SET state='dead', last_error=? WHERE id=?", (error, outbox_id))
+            return chat_key
+
+        return await self.db.run(op)
+
+    async def dead_letters(self, limit: int = 50) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT id, channel, attempts, last_error, finished_at FROM outbox WHERE state='dead' "
+                "ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            keys = ("id", "channel", "attempts", "error", "at")
+            return [dict(zip(keys, row, strict=True)) for row in rows]
+
+        return await self.db.run(op)
+
+    # ── history and chats ─────────────────────────────────────────────────
+
+    async def history(self, chat_key: str) -> list[dict[str, Any]]:
+        def op(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute("SELECT messages FROM history WHERE chat_key=? ORDER BY id", (chat_key,))
+            messages: list[dict[str, Any]] = []
+            for (text,) in rows:
+                messages += json.loads(text)
+            return messages
+
+        return await self.db.run(op)
+
+    async def find_chat(self, wanted: ChatRef) -> ChatRef | None:
+        """The stored chat of ``wanted``'s channel with its type, id and thread (any account):
+        a proactive-send target names a conversation, not the account that saw it."""
+
+        def op(conn: sqlite3.Connection) -> ChatRef | None:
+            rows = conn.execute("SELECT chat FROM chats WHERE channel=? ORDER BY last_seen DESC", (wanted.channel,))
+            for (text,) in rows:
+                chat = ChatRef.model_validate_json(text)
+                same = (chat.chat_type, chat.chat_id, chat.thread) == (wanted.chat_type, wanted.chat_id, wanted.thread)
+                if same:
+                    return chat
+            return None
+
+        return await self.db.run(op)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Per channel: pending messages, outbox rows by state, known chats."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            counts: dict[str, dict[str, int]] = {}
+            queries = (
+                ("SELECT channel, 'inbox_' || state, COUNT(*) FROM inbox GROUP BY channel, state", ()),
+                ("SELECT channel, 'outbox_' || state, COUNT(*) FROM outbox GROUP BY channel, state", ()),
+                ("SELECT channel, 'known_chats', COUNT(*) FROM chats GROUP BY channel", ()),
+            )
+            for query, args in queries:
+                for channel, name, count in conn.execute(query, args):
+                    counts.setdefault(str(channel), {})[str(name)] = int(count)
+            return counts
+
+        return await self.db.run(op)
+
+    async def remember_chats(self, chats: Sequence[ChatRef]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            for chat in chats:
+                _remember_chat(conn, chat, now)
+
+        await self.db.run(op)
+
+    # ── upkeep ────────────────────────────────────────────────────────────
+
+    async def prune(self, retention: Retention) -> int:
+        """Forget what no redelivery can need any more; returns how many rows went."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            removed = conn.execute(
+                "DELETE FROM inbox WHERE state='done' AND done_at < ?", (now - retention.dedup_sec,)
+            ).rowcount
+            removed += conn.execute("DELETE FROM outbox_files WHERE expires_at < ?", (now,)).rowcount
+            removed += conn.execute(
+                "DELETE FROM outbox WHERE (state='delivered' AND finished_at < ?) "
+                "OR (state='dead' AND finished_at < ?)",
+                (now - retention.file_url_sec, now - retention.dead_letter_sec),
+            ).rowcount
+            return int(removed)
+
+        return await self.db.run(op)
+
+
+def _salt(conn: sqlite3.Connection) -> str:
+    row = conn.execute("SELECT value FROM meta WHERE key='salt'").fetchone()
+    if row is not None:
+        return str(row[0])
+    salt = secrets.token_hex(4)
+    conn.execute("INSERT INTO meta (key, value) VALUES ('salt', ?)", (salt,))
+    return salt
+
+
+def _remember_chat(conn: sqlite3.Connection, chat: ChatRef, now: float) -> None:
+    conn.execute(
+        "INSERT INTO chats (chat_key, channel, chat, first_seen, last_seen) VALUES (?,?,?,?,?) "
+        "ON CONFLICT (chat_key) DO UPDATE SET chat=excluded.chat, last_seen=excluded.last_seen",
+        (chat.key, chat.channel, chat.model_dump_json(), now, now),
+    )
+
+
+def _insert_outbox(
+    conn: sqlite3.Connection, parts: Sequence[ReplyPart], inbox_id: int | None, now: float, file_ttl: float
+) -> None:
+    for part in parts:
+        outbound = part.outbound
+        cursor = conn.execute(
+            "INSERT INTO outbox (channel, chat_key, inbox_id, body, created_at) VALUES (?,?,?,?,?)",
+            (outbound.chat.channel, outbound.chat.key, inbox_id, outbound.model_dump_json(), now),
+        )
+        if outbound.file is not None:
+            if part.data is None:
+                raise ValueError("a file reply needs its bytes")
+            conn.execute(
+                "INSERT INTO outbox_files (outbox_id, token, data, expires_at) VALUES (?,?,?,?)",
+                (cursor.lastrowid, outbound.file.token, part.data, now + file_ttl),
+            )
+
+
+def _append_history(conn: sqlite3.Connection, chat_key: str, messages: list[dict[str, Any]], caps: HistoryCaps) -> None:
+    text = json.dumps(messages, ensure_ascii=False)
+    conn.execute(
+        "INSERT INTO history (chat_key, messages, message_count, chars) VALUES (?,?,?,?)",
+        (chat_key, text, len(messages), len(text)),
+    )
+    # Whole turns are kept or dropped, never cut: a tool result must keep its tool call.
+    kept_messages = kept_chars = 0
+    drop_from: int | None = None
+    rows = conn.execute("SELECT id, message_count, chars FROM history WHERE chat_key=? ORDER BY id DESC", (chat_key,))
+    for row_id, count, chars in rows.fetchall():
+        kept_messages += count
+        kept_chars += chars
+        if kept_messages > caps.max_messages or kept_chars > caps.max_chars:
+            drop_from = int(row_id)
+            break
+    if drop_from is not None:
+        conn.execute("DELETE FROM history WHERE chat_key=? AND id <= ?", (chat_key, drop_from))
