@@ -30,7 +30,7 @@ import aiohttp
 import pydantic
 from aiohttp import web
 
-from langbot_bridge.channels.webhook import hmac_sha256_hex, read_body, same
+from langbot_bridge.channels.webhook import hmac_sha256_hex, read_body, refusal, same
 from langbot_bridge.gateway.channel import (
     Capabilities,
     Channel,
@@ -116,9 +116,9 @@ class InboundBody(pydantic.BaseModel):
     sender: Sender = Sender()
 
 
-def _refusal(reason: str, message: str) -> web.Response:
-    status, code = ERRORS.get(reason, (500, 50001))
-    return web.json_response({"code": code, "msg": message, "data": None}, status=status)
+def _refusal(error: Rejected) -> web.Response:
+    _, code = ERRORS.get(error.reason, (error.status, error.status * 100 + 1))
+    return refusal(error, {"code": code, "msg": error.message, "data": None})
 
 
 def _data_uri_bytes(value: str) -> tuple[bytes, str]:
@@ -181,7 +181,7 @@ class HttpBotChannel(Channel[HttpBotSettings]):
                 raise Rejected("duplicate", 409, "idempotency key already accepted")
         except Rejected as error:
             self.host.count(self.name, f"rejected_{error.reason}")
-            return _refusal(error.reason, error.message)
+            return _refusal(error)
         data = {"session_id": inbound.chat.chat_id, "accepted_message_id": inbound.message_id, "aggregating": False}
         return web.json_response({"code": 0, "msg": "accepted", "data": data}, status=202)
 

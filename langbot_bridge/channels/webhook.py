@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 from aiohttp import web
 
@@ -23,6 +24,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             raise Rejected("too_large", 413, f"body exceeds the {limit}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def refusal(error: Rejected, body: dict[str, Any]) -> web.Response:
+    """The JSON answer to a refused request. After a body that was too large the connection is
+    closed: the rest of that body is never read, so the socket cannot serve another request."""
+    response = web.json_response(body, status=error.status)
+    if error.reason == "too_large":
+        response.force_close()
+    return response
 
 
 def hmac_sha256_hex(secret: str, data: bytes) -> str:

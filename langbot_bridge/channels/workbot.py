@@ -31,7 +31,7 @@ import aiohttp
 import pydantic
 from aiohttp import web
 
-from langbot_bridge.channels.webhook import hmac_sha256_hex, read_body, same
+from langbot_bridge.channels.webhook import hmac_sha256_hex, read_body, refusal, same
 from langbot_bridge.gateway.channel import (
     Capabilities,
     Channel,
@@ -107,7 +107,7 @@ class ResultCallback(pydantic.BaseModel):
 
 
 def _refusal(error: Rejected) -> web.Response:
-    return web.json_response({"code": error.status, "message": error.message}, status=error.status)
+    return refusal(error, {"code": error.status, "message": error.message})
 
 
 class WorkBotChannel(Channel[WorkBotSettings]):

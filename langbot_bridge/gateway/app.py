@@ -98,7 +98,6 @@ class Gateway:
     async def accept(self, inbound: Inbound, files: Sequence[bytes] = ()) -> Accepted:
         channel = inbound.chat.channel
         if self.pending[channel] >= self.config.gateway.max_pending_per_channel:
-            self.counters.add(channel, "rejected_overloaded")
             raise Rejected("overloaded", 503, f"channel {channel} has too many messages waiting; try again later")
         with anyio.CancelScope(shield=True):  # once asked to store, finish: the ack depends on it
             claim = await self.store.claim(inbound, files)

@@ -81,7 +81,8 @@ class ChannelHost(Protocol):
 
     async def accept(self, inbound: Inbound, files: Sequence[bytes] = ()) -> Accepted:
         """Store the message once (dedup) and schedule its turn; return when committed.
-        Raises ``Rejected`` (503) when the channel's backlog is full."""
+        Raises ``Rejected`` (503) when the channel's backlog is full; the channel answers the
+        platform and counts the rejection, as it does for its own."""
         ...
 
     async def delivery_result(self, channel: str, platform_id: str, error: str | None, retry: bool) -> None:

@@ -32,6 +32,7 @@ async def serve(config_path: Path) -> None:
                 log.info("gateway stopping (%s)", signal.Signals(signum).name)
                 tg.cancel_scope.cancel()
                 break
+    log.info("gateway stopped")
 
 
 def run(config_path: Path, *, check_only: bool = False) -> int:

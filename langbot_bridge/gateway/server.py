@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 CORE_PATHS = ("/healthz", "/diagnostics", "/files/", "/admin/")
 SHUTDOWN_TIMEOUT_SEC = 5.0
+LINGER_SEC = 1.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -82,7 +83,14 @@ class GatewayServer:
         return app
 
     async def start(self) -> int:
-        self._runner = web.AppRunner(self.build_app(), shutdown_timeout=SHUTDOWN_TIMEOUT_SEC, access_log=None)
+        self._runner = web.AppRunner(
+            self.build_app(),
+            shutdown_timeout=SHUTDOWN_TIMEOUT_SEC,
+            access_log=None,
+            # After refusing an oversized body, drain the rest for at most this long (aiohttp's
+            # default is 10 s, which also holds up a shutdown).
+            lingering_time=LINGER_SEC,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
         await site.start()
