@@ -128,6 +128,23 @@ class GatewayProcess:
             time.sleep(0.05)
         raise AssertionError(f"gateway not healthy within {timeout}s:\n{self.log()[-4000:]}")
 
+    async def astart(self, timeout: float = 60) -> None:
+        """``start`` from async code: waits without blocking the event loop (where the test's
+        platform peers answer the gateway)."""
+        self.start(wait=False)
+        with anyio.fail_after(timeout):
+            while True:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+                try:
+                    async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as response:
+                        if (await response.json()).get("box_available"):
+                            return
+                except (aiohttp.ClientError, OSError, ValueError):
+                    pass
+                await anyio.sleep(0.05)
+
     def kill(self) -> None:
         """SIGKILL: no clean-up, no flush; whatever was committed is all there is."""
         assert self.proc is not None
@@ -189,7 +206,7 @@ async def box_exists(daemon: Daemon, session_id: str, path: str) -> bool:
 async def wait_box_file(daemon: Daemon, session_id: str, path: str, timeout: float = 60) -> None:
     """Until ``path`` exists in the session (a command in it reached a point)."""
     with anyio.fail_after(timeout):
-        while not await box_exists(daemon, session_id, path):
+        while not await box_exists(daemon, session_id, path):  # noqa: ASYNC110 - another process's state
             await anyio.sleep(0.05)
 
 

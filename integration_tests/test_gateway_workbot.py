@@ -60,7 +60,7 @@ async def started(
         env={"WB_TOKEN": TOKEN, "WB_SECRET": SECRET},
         **kwargs,
     )
-    gateway.start()
+    await gateway.astart()
     peer.callback_url = f"{gateway.url}/workbot/wb"
     return gateway
 
@@ -115,7 +115,7 @@ async def test_a_redelivered_callback_is_answered_once(
         assert (status, answer["code"]) == (200, 0)
     await peer.wait_sent(1)
     gateway.stop()  # and again after a restart: the dedup is on disk
-    gateway.start()
+    await gateway.astart()
     status, answer, _ = await peer.deliver(payload)
     assert (status, answer["code"]) == (200, 0)
     await say(peer, "/sh echo after", receivedName="dave")
