@@ -37,7 +37,8 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+        # TOML has no null: an unset value is left out, as the settings' defaults are None.
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None) + "}"
     raise TypeError(f"no TOML for {value!r}")
 
 
@@ -211,7 +212,7 @@ async def wait_box_file(daemon: Daemon, session_id: str, path: str, timeout: flo
 
 
 @contextmanager
-def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory, *args: str) -> Iterator[Daemon]:
     """One Docker daemon for a module's gateway tests (each test uses its own chats, so its own
     sessions); it must leave no container behind."""
     client = docker.from_env()
@@ -222,7 +223,7 @@ def shared_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     finally:
         client.close()
     data_dir = tmp_path_factory.mktemp("gateway-daemon") / "data"
-    daemon = start_daemon(data_dir, "--backend", "docker")
+    daemon = start_daemon(data_dir, "--backend", "docker", *args)
     try:
         yield daemon
     finally:
