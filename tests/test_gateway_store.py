@@ -52,7 +52,7 @@ async def test_a_message_is_claimed_once_even_after_a_reopen(tmp_path: Path) -> 
     reopened = await opened(tmp_path / "gw.sqlite3")
     assert (await reopened.claim(inbound("m1"))).duplicate
     assert reopened.salt == salt  # idempotency keys stay stable across restarts
-    assert await reopened.pending_chats() == {CHAT.key: 1, other_account.chat.key: 1}
+    assert [row.inbound.chat.key for row in await reopened.pending_inbox()] == [CHAT.key, other_account.chat.key]
     await reopened.close()
 
 
@@ -86,12 +86,12 @@ async def test_completing_a_turn_queues_its_reply_once(tmp_path: Path) -> None:
             blob,
         ),
     ]
-    await store.complete_turn(claim.inbox_id, CHAT.key, parts, [{"role": "user", "content": "x"}], CAPS)
+    queued = await store.complete_turn(claim.inbox_id, CHAT.key, parts, [{"role": "user", "content": "x"}], CAPS)
     with pytest.raises(RuntimeError, match="completed already"):
         await store.complete_turn(claim.inbox_id, CHAT.key, parts, None, CAPS)
-    rows = await store.pending_outbox(CHAT.key)
-    assert [r.outbound.text for r in rows] == ["hello", ""]
-    assert await store.pending_inbox(CHAT.key) == []
+    rows = await store.pending_outbox()
+    assert rows == queued and [r.outbound.text for r in rows] == ["hello", ""]
+    assert await store.pending_inbox() == []
     file_row = rows[1]
     assert await store.outbox_file(file_row.id) == blob
     found = await store.file_by_token(file_row.outbound.file.token)  # type: ignore[union-attr]
@@ -106,17 +106,22 @@ async def test_outbox_rows_move_through_their_states(tmp_path: Path) -> None:
     await store.enqueue(
         [text_reply(store, None, "a"), text_reply(store, None, "b", 1), text_reply(store, None, "c", 2)]
     )
-    a, b, c = await store.pending_outbox(CHAT.key)
+    a, b, c = await store.pending_outbox()
     await store.mark_retry(a.id, 1, time.time() + 60, "HTTP 503")
-    assert (await store.pending_outbox(CHAT.key))[0].attempts == 1
+    assert (await store.pending_outbox())[0].attempts == 1
     await store.mark_sent(a.id, 2, "msg-a", confirmed=False)  # awaiting the platform's result
     await store.mark_sent(b.id, 1, "msg-b", confirmed=False)
     await store.mark_dead(c.id, 3, "refused")
-    assert await store.delivery_result("wb", "msg-a", None, retry=False, max_attempts=5) == CHAT.key
+    delivered = await store.delivery_result("wb", "msg-a", None, retry=False, max_attempts=5)
+    assert delivered is not None and (delivered.chat_key, delivered.state, delivered.row) == (
+        CHAT.key,
+        "delivered",
+        None,
+    )
     assert await store.delivery_result("wb", "msg-a", None, retry=False, max_attempts=5) is None  # only once
-    assert await store.delivery_result("wb", "msg-b", "failed on the phone", retry=True, max_attempts=5) == CHAT.key
-    (again,) = await store.pending_outbox(CHAT.key)
-    assert again.id == b.id  # back in the queue to be sent again
+    again = await store.delivery_result("wb", "msg-b", "failed on the phone", retry=True, max_attempts=5)
+    assert again is not None and again.state == "pending" and again.row is not None
+    assert [row.id for row in await store.pending_outbox()] == [again.row.id] == [b.id]  # to be sent again
     assert await store.delivery_result("wb", "unknown", None, retry=False, max_attempts=5) is None
     (dead,) = await store.dead_letters()
     assert (dead["id"], dead["error"], dead["attempts"]) == (c.id, "refused", 3)
@@ -182,7 +187,7 @@ async def test_concurrent_operations_share_commits_and_fail_alone(tmp_path: Path
         tg.start_soon(broken)
     assert len(failures) == 1
     assert store.db.batches - before < 201  # batched: fewer commits than operations
-    assert sum((await store.pending_chats()).values()) == 200
+    assert len(await store.pending_inbox()) == 200
     rows = await store.db.run(lambda conn: conn.execute("SELECT COUNT(*) FROM meta WHERE key='half'").fetchone())
     assert rows == (0,)  # the failed operation left nothing behind
     await store.close()

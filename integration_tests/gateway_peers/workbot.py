@@ -44,12 +44,22 @@ def stringify(payload: dict[str, Any]) -> bytes:
 
 
 class WorkBotServer:
-    def __init__(self, robot_id: str, token: str, secret: str | None, *, limit: int = 60, window: float = 60.0) -> None:
+    def __init__(
+        self,
+        robot_id: str,
+        token: str,
+        secret: str | None,
+        *,
+        limit: int = 60,
+        window: float = 60.0,
+        keep_alive: bool = False,
+    ) -> None:
         self.robot_id = robot_id
         self.token = token
         self.secret = secret
         self.limit = limit
         self.window = window
+        self.keep_alive = keep_alive
         self.port = free_port()
         self.callback_url = ""  # the third party's (the gateway's) callback
         self.result_url: str | None = None  # where instruction results go; None: not bound
@@ -75,8 +85,10 @@ class WorkBotServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        # A fresh connection per request: a restarted gateway must not meet a stale keep-alive socket.
-        self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        # By default a fresh connection per request: a restarted gateway must not meet a stale
+        # keep-alive socket. The benchmark keeps connections, as a busy server would.
+        connector = aiohttp.TCPConnector(force_close=not self.keep_alive, limit=0)
+        self._http = aiohttp.ClientSession(connector=connector)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         return self

@@ -31,14 +31,13 @@ from langbot_bridge.gateway.outbox import Backoff, Dispatcher
 from langbot_bridge.gateway.reply import compose
 from langbot_bridge.gateway.server import GatewayServer
 from langbot_bridge.gateway.sessions import ChatSessions
-from langbot_bridge.gateway.store import HistoryCaps, Retention, Store
+from langbot_bridge.gateway.store import HistoryCaps, InboxRow, Retention, Store
 from langbot_bridge.gateway.turns import Turns, TurnSettings
 from langbot_bridge.service import BoxService
 
 log = logging.getLogger(__name__)
 
 UPKEEP_INTERVAL_SEC = 3600.0
-KEY_SEPARATOR = "\x1f"
 
 
 class SendError(Exception):
@@ -99,32 +98,40 @@ class Gateway:
         channel = inbound.chat.channel
         if self.pending[channel] >= self.config.gateway.max_pending_per_channel:
             raise Rejected("overloaded", 503, f"channel {channel} has too many messages waiting; try again later")
-        with anyio.CancelScope(shield=True):  # once asked to store, finish: the ack depends on it
+        assert self._inbox is not None and self._turns is not None
+        # Once asked to store, finish and hand the message over: the ack depends on it.
+        with anyio.CancelScope(shield=True):
             claim = await self.store.claim(inbound, files)
-        if claim.duplicate:
-            self.counters.add(channel, "duplicates")
-            return Accepted(None, True)
-        self.pending[channel] += 1
-        self.counters.add(channel, "accepted")
-        assert self._inbox is not None
-        self._inbox.kick(inbound.chat.key)
+            if claim.duplicate:
+                self.counters.add(channel, "duplicates")
+                return Accepted(None, True)
+            assert claim.inbox_id is not None
+            self.pending[channel] += 1
+            self.counters.add(channel, "accepted")
+            self._turns.queues.push(inbound.chat.key, InboxRow(claim.inbox_id, inbound))
+            self._inbox.kick(inbound.chat.key)
         return Accepted(claim.inbox_id, False)
 
     async def delivery_result(self, channel: str, platform_id: str, error: str | None, retry: bool) -> None:
         target = self.channels.get(channel)
-        assert self._dispatcher is not None and self._outbox is not None
+        assert self._dispatcher is not None
         limit = self._dispatcher.attempts_allowed(target) if target is not None else 1
-        chat_key = await self.store.delivery_result(channel, platform_id, error, retry, limit)
-        if chat_key is None:
+        verdict = await self.store.delivery_result(channel, platform_id, error, retry, limit)
+        if verdict is None:
             self.counters.add(channel, "results_unmatched")
             return
         self.counters.add(channel, "results_ok" if error is None else "results_failed")
-        self._outbox.kick(chat_key)
+        if verdict.state == "dead":
+            self.counters.add(channel, "dead_letters")
+        if verdict.row is not None:
+            self._dispatcher.enqueue([verdict.row], first=True)
 
     def channel_ready(self, channel: str) -> None:
         assert self._dispatcher is not None and self._task_group is not None
         self._dispatcher.ready.fire(channel)
-        self._task_group.start_soon(self._flush, channel)
+        for chat_key in self._dispatcher.waiting_chats(channel):
+            assert self._outbox is not None
+            self._outbox.kick(chat_key)
 
     def count(self, channel: str, event: str) -> None:
         self.counters.add(channel, event)
@@ -147,9 +154,8 @@ class Gateway:
         if known is None:
             raise SendError(f"target not found in known sessions: {target}")
         parts = compose(known, "", text, [], channel.capabilities, lambda n: self.store.idempotency_key(None, n))
-        await self.store.enqueue(parts)
-        assert self._outbox is not None
-        self._outbox.kick(known.key)
+        assert self._dispatcher is not None
+        self._dispatcher.enqueue(await self.store.enqueue(parts))
         return known
 
     # ── running ──────────────────────────────────────────────────────────
@@ -222,7 +228,8 @@ class Gateway:
         )
         self._inbox = Lanes("turns", tg, self._turns.drain)
         self._outbox = Lanes("outbox", tg, self._dispatcher.drain)
-        self._turns.outbox = self._outbox
+        self._dispatcher.lanes = self._outbox
+        self._turns.outbox = self._dispatcher
 
     async def _close_store(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -237,18 +244,12 @@ class Gateway:
 
     async def _resume(self) -> None:
         """Pick up what a previous run left: unanswered messages and undelivered replies."""
-        assert self._inbox is not None and self._outbox is not None
-        for chat_key, count in (await self.store.pending_chats()).items():
-            self.pending[chat_key.split(KEY_SEPARATOR, 1)[0]] += count
-            self._inbox.kick(chat_key)
-        for chat_key in await self.store.outbox_chats():
-            self._outbox.kick(chat_key)
-
-    async def _flush(self, channel: str) -> None:
-        assert self._outbox is not None
-        for chat_key in await self.store.outbox_chats():
-            if chat_key.split(KEY_SEPARATOR, 1)[0] == channel:
-                self._outbox.kick(chat_key)
+        assert self._inbox is not None and self._turns is not None and self._dispatcher is not None
+        for row in await self.store.pending_inbox():
+            self.pending[row.inbound.chat.channel] += 1
+            self._turns.queues.push(row.inbound.chat.key, row)
+            self._inbox.kick(row.inbound.chat.key)
+        self._dispatcher.enqueue(await self.store.pending_outbox())
 
     async def _upkeep(self) -> None:
         store = self.config.store

@@ -9,13 +9,16 @@ after a pause: a bug or a database hiccup delays a chat, it does not take the ga
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 import anyio
 import anyio.abc
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Lane:
@@ -83,3 +86,33 @@ class Lanes:
                     return
         finally:
             self._running.pop(lane.key, None)
+
+
+class ChatQueues(Generic[T]):
+    """Work waiting per chat, in memory, in order: what a lane takes from. The store is the
+    durable copy; these hold what was stored while the gateway runs (and, after a restart,
+    what the store still had pending)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, collections.deque[T]] = {}
+
+    def push(self, key: str, item: T) -> None:
+        self._queues.setdefault(key, collections.deque()).append(item)
+
+    def push_front(self, key: str, item: T) -> None:
+        self._queues.setdefault(key, collections.deque()).appendleft(item)
+
+    def queue(self, key: str) -> collections.deque[T]:
+        """The chat's queue (the same object while it has work: pushes during a drain land in it)."""
+        return self._queues.setdefault(key, collections.deque())
+
+    def release(self, key: str) -> None:
+        """Forget the chat's queue once it is empty (an idle chat costs nothing)."""
+        if not self._queues.get(key):
+            self._queues.pop(key, None)
+
+    def chats(self) -> list[str]:
+        return list(self._queues)
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())

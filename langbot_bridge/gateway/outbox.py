@@ -22,7 +22,7 @@ import anyio
 
 from langbot_bridge.gateway.channel import Channel, Delivery
 from langbot_bridge.gateway.diagnostics import Counters
-from langbot_bridge.gateway.lanes import Lane
+from langbot_bridge.gateway.lanes import ChatQueues, Lane, Lanes
 from langbot_bridge.gateway.messages import Failed, Offline, Retry, SendResult, Sent
 from langbot_bridge.gateway.store import OutboxRow, Store
 
@@ -76,16 +76,38 @@ class Dispatcher:
         self.backoff = backoff
         self.public_url = public_url
         self.ready = ReadySignals()
+        self.queues: ChatQueues[OutboxRow] = ChatQueues()
+        self.lanes: Lanes | None = None  # set by the gateway once its task group runs
         self._sends = anyio.CapacityLimiter(max_concurrent_sends)
 
     def attempts_allowed(self, channel: Channel[Any]) -> int:
         return channel.settings.max_attempts or self.max_attempts
 
+    def enqueue(self, rows: list[OutboxRow], *, first: bool = False) -> None:
+        """Queue stored rows on their chats' lanes (``first``: ahead of the rest, for a message
+        the platform reported lost after later ones went out)."""
+        assert self.lanes is not None, "the dispatcher's lanes are not running"
+        for row in rows:
+            if first:
+                self.queues.push_front(row.chat_key, row)
+            else:
+                self.queues.push(row.chat_key, row)
+            self.lanes.kick(row.chat_key)
+
+    def busy(self, chat_key: str) -> bool:
+        return self.lanes is not None and self.lanes.busy(chat_key)
+
+    def waiting_chats(self, channel: str) -> list[str]:
+        return [key for key in self.queues.chats() if key.split("\x1f", 1)[0] == channel]
+
     async def drain(self, lane: Lane) -> None:
-        """The lane's work: send the chat's pending messages in order until none is left."""
-        while rows := await self.store.pending_outbox(lane.key):
-            for row in rows:
-                await self._deliver(row)
+        """The lane's work: send the chat's queued messages in order until none is left; a
+        message leaves the queue once it is sent or dead."""
+        queue = self.queues.queue(lane.key)
+        while queue:
+            await self._deliver(queue[0])
+            queue.popleft()
+        self.queues.release(lane.key)
 
     async def _deliver(self, row: OutboxRow) -> None:
         channel = self.channels.get(row.channel)

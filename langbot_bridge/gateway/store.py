@@ -114,6 +114,13 @@ class OutboxRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Verdict:
+    chat_key: str
+    state: str  # "delivered", "pending" (to be sent again: ``row``) or "dead"
+    row: OutboxRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyPart:
     """One outbox row to write: the message, and the file's bytes when it carries one."""
 
@@ -193,11 +200,12 @@ class Store:
 
         return await self.db.run(op)
 
-    async def pending_inbox(self, chat_key: str, limit: int = 16) -> list[InboxRow]:
+    async def pending_inbox(self) -> list[InboxRow]:
+        """Every message still to answer, oldest first (a restart picks them up; while running,
+        the gateway hands new messages to their chat's lane in memory)."""
+
         def op(conn: sqlite3.Connection) -> list[InboxRow]:
-            rows = conn.execute(
-                "SELECT id, body FROM inbox WHERE state='pending' AND chat_key=? ORDER BY id LIMIT ?", (chat_key, limit)
-            ).fetchall()
+            rows = conn.execute("SELECT id, body FROM inbox WHERE state='pending' ORDER BY id").fetchall()
             return [InboxRow(int(i), Inbound.model_validate_json(b)) for i, b in rows]
 
         return await self.db.run(op)
@@ -209,15 +217,6 @@ class Store:
 
         return await self.db.run(op)
 
-    async def pending_chats(self) -> dict[str, int]:
-        """Chats with messages still to answer, and how many each (after a restart)."""
-
-        def op(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute("SELECT chat_key, COUNT(*) FROM inbox WHERE state='pending' GROUP BY chat_key")
-            return {str(key): int(count) for key, count in rows}
-
-        return await self.db.run(op)
-
     async def complete_turn(
         self,
         inbox_id: int,
@@ -225,10 +224,11 @@ class Store:
         parts: Sequence[ReplyPart],
         history: list[dict[str, Any]] | None,
         caps: HistoryCaps,
-    ) -> None:
-        """The turn's reply queued, the message done, its files dropped, history appended: at once."""
+    ) -> list[OutboxRow]:
+        """The turn's reply queued, the message done, its files dropped, history appended: at
+        once. Returns the queued rows."""
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> list[OutboxRow]:
             now = time.time()
             updated = conn.execute(
                 "UPDATE inbox SET state='done', done_at=? WHERE id=? AND state='pending'", (now, inbox_id)
@@ -236,36 +236,30 @@ class Store:
             if updated.rowcount != 1:
                 raise RuntimeError(f"inbox message {inbox_id} is not pending; its turn was completed already")
             conn.execute("DELETE FROM inbox_files WHERE inbox_id=?", (inbox_id,))
-            _insert_outbox(conn, parts, inbox_id, now, self.file_url_ttl_sec)
             if history:
                 _append_history(conn, chat_key, history, caps)
-
-        await self.db.run(op)
-
-    async def enqueue(self, parts: Sequence[ReplyPart]) -> None:
-        """Queue a message that answers nothing (a proactive send)."""
-
-        def op(conn: sqlite3.Connection) -> None:
-            _insert_outbox(conn, parts, None, time.time(), self.file_url_ttl_sec)
-
-        await self.db.run(op)
-
-    # ── outbox ────────────────────────────────────────────────────────────
-
-    async def pending_outbox(self, chat_key: str, limit: int = 16) -> list[OutboxRow]:
-        def op(conn: sqlite3.Connection) -> list[OutboxRow]:
-            rows = conn.execute(
-                "SELECT id, channel, chat_key, body, attempts, next_at FROM outbox "
-                "WHERE state='pending' AND chat_key=? ORDER BY id LIMIT ?",
-                (chat_key, limit),
-            ).fetchall()
-            return [OutboxRow(int(r[0]), r[1], r[2], Outbound.model_validate_json(r[3]), int(r[4]), r[5]) for r in rows]
+            return _insert_outbox(conn, parts, inbox_id, now, self.file_url_ttl_sec)
 
         return await self.db.run(op)
 
-    async def outbox_chats(self) -> list[str]:
-        def op(conn: sqlite3.Connection) -> list[str]:
-            return [str(k) for (k,) in conn.execute("SELECT DISTINCT chat_key FROM outbox WHERE state='pending'")]
+    async def enqueue(self, parts: Sequence[ReplyPart]) -> list[OutboxRow]:
+        """Queue a message that answers nothing (a proactive send)."""
+
+        def op(conn: sqlite3.Connection) -> list[OutboxRow]:
+            return _insert_outbox(conn, parts, None, time.time(), self.file_url_ttl_sec)
+
+        return await self.db.run(op)
+
+    # ── outbox ────────────────────────────────────────────────────────────
+
+    async def pending_outbox(self) -> list[OutboxRow]:
+        """Every message still to send, oldest first (for a restart, as ``pending_inbox``)."""
+
+        def op(conn: sqlite3.Connection) -> list[OutboxRow]:
+            rows = conn.execute(
+                "SELECT id, channel, chat_key, body, attempts, next_at FROM outbox WHERE state='pending' ORDER BY id"
+            ).fetchall()
+            return [OutboxRow(int(r[0]), r[1], r[2], Outbound.model_validate_json(r[3]), int(r[4]), r[5]) for r in rows]
 
         return await self.db.run(op)
 
@@ -322,13 +316,13 @@ class Store:
 
     async def delivery_result(
         self, channel: str, platform_id: str, error: str | None, retry: bool, max_attempts: int
-    ) -> str | None:
+    ) -> Verdict | None:
         """A platform's later verdict on a sent message: delivered, back to pending (to send
-        again), or dead. Returns the chat key to wake, or None when nothing changed."""
+        again), or dead. None when no sent message has that platform id."""
 
-        def op(conn: sqlite3.Connection) -> str | None:
+        def op(conn: sqlite3.Connection) -> Verdict | None:
             row = conn.execute(
-                "SELECT id, chat_key, attempts FROM outbox WHERE channel=? AND platform_id=? AND state='sent'",
+                "SELECT id, chat_key, attempts, body FROM outbox WHERE channel=? AND platform_id=? AND state='sent'",
                 (channel, platform_id),
             ).fetchone()
             if row is None:
@@ -336,14 +330,17 @@ class Store:
             outbox_id, chat_key, attempts = int(row[0]), str(row[1]), int(row[2])
             if error is None:
                 conn.execute("UPDATE outbox SET state='delivered' WHERE id=?", (outbox_id,))
-            elif retry and attempts < max_attempts:
+                return Verdict(chat_key, "delivered")
+            if retry and attempts < max_attempts:
+                now = time.time()
                 conn.execute(
                     "UPDATE outbox SET state='pending', next_at=?, last_error=?, platform_id=NULL WHERE id=?",
-                    (time.time(), error, outbox_id),
+                    (now, error, outbox_id),
                 )
-            else:
-                conn.execute("UPDATE outbox SET state='dead', last_error=? WHERE id=?", (error, outbox_id))
-            return chat_key
+                again = OutboxRow(outbox_id, channel, chat_key, Outbound.model_validate_json(row[3]), attempts, now)
+                return Verdict(chat_key, "pending", again)
+            conn.execute("UPDATE outbox SET state='dead', last_error=? WHERE id=?", (error, outbox_id))
+            return Verdict(chat_key, "dead")
 
         return await self.db.run(op)
 
@@ -451,13 +448,15 @@ def _remember_chat(conn: sqlite3.Connection, chat: ChatRef, now: float) -> None:
 
 def _insert_outbox(
     conn: sqlite3.Connection, parts: Sequence[ReplyPart], inbox_id: int | None, now: float, file_ttl: float
-) -> None:
+) -> list[OutboxRow]:
+    rows: list[OutboxRow] = []
     for part in parts:
         outbound = part.outbound
         cursor = conn.execute(
             "INSERT INTO outbox (channel, chat_key, inbox_id, body, created_at) VALUES (?,?,?,?,?)",
             (outbound.chat.channel, outbound.chat.key, inbox_id, outbound.model_dump_json(), now),
         )
+        rows.append(OutboxRow(int(cursor.lastrowid or 0), outbound.chat.channel, outbound.chat.key, outbound, 0, 0.0))
         if outbound.file is not None:
             if part.data is None:
                 raise ValueError("a file reply needs its bytes")
@@ -465,6 +464,7 @@ def _insert_outbox(
                 "INSERT INTO outbox_files (outbox_id, token, data, expires_at) VALUES (?,?,?,?)",
                 (cursor.lastrowid, outbound.file.token, part.data, now + file_ttl),
             )
+    return rows
 
 
 def _append_history(conn: sqlite3.Connection, chat_key: str, messages: list[dict[str, Any]], caps: HistoryCaps) -> None:

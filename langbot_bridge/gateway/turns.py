@@ -27,8 +27,9 @@ from langbot_bridge.gateway import chatfiles
 from langbot_bridge.gateway.agents import AgentReply, AgentRunner, TurnInput, failure_reply
 from langbot_bridge.gateway.channel import Channel
 from langbot_bridge.gateway.diagnostics import Counters
-from langbot_bridge.gateway.lanes import Lane, Lanes
+from langbot_bridge.gateway.lanes import ChatQueues, Lane
 from langbot_bridge.gateway.messages import Inbound, StreamFrame
+from langbot_bridge.gateway.outbox import Dispatcher
 from langbot_bridge.gateway.reply import compose
 from langbot_bridge.gateway.sessions import ChatSessions
 from langbot_bridge.gateway.store import HistoryCaps, InboxRow, Store
@@ -107,20 +108,24 @@ class Turns:
         self.counters = counters
         self.settings = settings
         self.pending = pending  # per channel: stored messages not answered yet (the flood limit)
-        self.outbox: Lanes | None = None  # set by the gateway: woken after each stored reply
+        self.queues: ChatQueues[InboxRow] = ChatQueues()
+        self.outbox: Dispatcher | None = None  # set by the gateway: takes each stored reply
         self._slots = anyio.CapacityLimiter(settings.max_concurrent)
         self.running = 0
 
     async def drain(self, lane: Lane) -> None:
-        """The lane's work: the chat's pending messages, in order, until none is left."""
-        while rows := await self.store.pending_inbox(lane.key):
-            for row in rows:
-                async with self._slots:
-                    self.running += 1
-                    try:
-                        await self._turn(row)
-                    finally:
-                        self.running -= 1
+        """The lane's work: the chat's stored messages, in order, until none is left. A message
+        leaves the queue only once its turn is complete; one whose turn failed stays first."""
+        queue = self.queues.queue(lane.key)
+        while queue:
+            async with self._slots:
+                self.running += 1
+                try:
+                    await self._turn(queue[0])
+                finally:
+                    self.running -= 1
+            queue.popleft()
+        self.queues.release(lane.key)
 
     async def _turn(self, row: InboxRow) -> None:
         inbound = row.inbound
@@ -152,12 +157,12 @@ class Turns:
             lambda position: self.store.idempotency_key(row.id, position),
             first_sequence=stream.frames + 1,
         )
-        await self.store.complete_turn(row.id, chat.key, parts, reply.history, self.settings.history)
+        queued = await self.store.complete_turn(row.id, chat.key, parts, reply.history, self.settings.history)
         self.pending[chat.channel] = max(0, self.pending[chat.channel] - 1)
         self.counters.add(chat.channel, "turns")
         self.counters.add(chat.channel, "turn_ms", int((time.monotonic() - started) * 1000))
         if self.outbox is not None:
-            self.outbox.kick(chat.key)
+            self.outbox.enqueue(queued)
         if files and session_id:
             await chatfiles.drop_staging(self.service, session_id, row.id)
 
