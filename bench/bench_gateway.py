@@ -188,6 +188,37 @@ async def throughput(peer: WorkBotServer, chats: list[str], messages: int) -> di
     }
 
 
+async def paced(peer: WorkBotServer, chats: list[str], rate: float, seconds: float) -> dict[str, Any]:
+    """Callbacks at a steady ``rate`` (each on schedule, whether or not earlier ones were
+    answered, as a platform sends them): their acks, and when the replies came."""
+    total = int(rate * seconds)
+    acks: list[float] = []
+    before = len(peer.sent)
+    started = time.perf_counter()
+
+    async def one(n: int) -> None:
+        acks.append(await send(peer, chats[n % len(chats)], f"/sh echo paced {n}"))
+
+    async with anyio.create_task_group() as tg:
+        for n in range(total):
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                await anyio.sleep(delay)
+            tg.start_soon(one, n)
+    await peer.wait_sent(before + total, timeout=600)
+    elapsed = time.perf_counter() - started
+    answered = sorted(m["content"] for m in peer.sent[before:])
+    if answered != sorted(f"paced {n}" for n in range(total)):
+        raise BenchError("paced load: replies missing or repeated")
+    return {
+        "messages": total,
+        "rate_per_s": rate,
+        "seconds_to_last_reply": round(elapsed, 3),
+        "lag_after_last_callback_s": round(elapsed - seconds, 3),
+        "ack_ms": summary([ms(a) for a in acks]),
+    }
+
+
 async def known_chats(
     peer: WorkBotServer, gateway: GatewayProcess, count: int, concurrency: int = 32
 ) -> dict[str, Any]:
@@ -230,6 +261,8 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 results["latency"] = await added_latency(peer, daemon, chats, args.rounds)
                 log(f"throughput: {args.messages} messages")
                 results["throughput"] = await throughput(peer, chats, args.messages)
+                log(f"paced load: {args.rate:g} messages/s for {args.paced_seconds:g} s")
+                results["paced"] = await paced(peer, chats, args.rate, args.paced_seconds)
                 assert gateway.proc is not None
                 results["throughput"]["rss_mib"] = round(psutil.Process(gateway.proc.pid).memory_info().rss / 2**20, 1)
             finally:
@@ -246,7 +279,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    lat, thr, known = results["latency"], results["throughput"], results["known_chats"]
+    lat, thr, known, steady = results["latency"], results["throughput"], results["known_chats"], results["paced"]
 
     def row(label: str, stats: dict[str, Any]) -> str:
         cells = "".join(
@@ -261,11 +294,14 @@ def report(results: dict[str, Any]) -> str:
         row("same command straight through the daemon", lat["exec_direct_ms"]),
         row("added by the gateway (per message, difference)", lat["added_ms"]),
         row("callback ack, sequential", lat["ack_ms"]),
-        row(f"callback ack under load ({thr['messages_per_s']:.0f} msg/s)", thr["ack_ms"]),
+        row(f"callback ack, at a steady {steady['rate_per_s']:.0f} msg/s", steady["ack_ms"]),
+        row(f"callback ack, saturated ({thr['messages_per_s']:.0f} msg/s)", thr["ack_ms"]),
         "",
         f"throughput: {thr['messages']} messages from {thr['chats']} chats in {thr['seconds']:.1f} s = "
         f"{thr['messages_per_s']:.1f} messages/s (callbacks offered at {thr['offered_per_s']:.1f}/s); "
         f"gateway RSS after: {thr['rss_mib']:.1f} MiB",
+        f"steady load: {steady['messages']} callbacks at {steady['rate_per_s']:.0f}/s; the last reply "
+        f"{steady['lag_after_last_callback_s']:.2f} s after the last callback",
         f"known chats: {known['known_chats']}; gateway RSS {known['rss_mib']:.1f} MiB "
         f"(USS {known['uss_mib']:.1f} MiB; {known['rss_idle_mib']:.1f} MiB before the 1,000 chats)",
     ]
@@ -277,6 +313,8 @@ def main() -> int:
     parser.add_argument("--chats", type=int, default=16, help="chats (sandboxes) for the latency and load phases")
     parser.add_argument("--rounds", type=int, default=300, help="sequential messages for the added latency")
     parser.add_argument("--messages", type=int, default=4000, help="messages in the throughput phase")
+    parser.add_argument("--rate", type=float, default=200.0, help="messages per second of the steady phase")
+    parser.add_argument("--paced-seconds", type=float, default=10.0, help="how long the steady phase sends")
     parser.add_argument("--known-chats", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

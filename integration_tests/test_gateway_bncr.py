@@ -146,6 +146,21 @@ async def test_five_megabyte_files_both_ways_in_acknowledged_chunks(client: Bncr
     await client.inbound(platform="qq", userId="filer", msgId="f1", type="image", msg="", path=path)
     (saved,) = await client.wait_pushes(1)
     assert saved["message"]["msg"] == "[file /workspace/inbox/photo.jpg (image/jpeg, 5242880 bytes)]"
+    aborted = await client.ok(
+        "bncr.file.init",
+        {
+            "transferId": "t-abort",
+            "sessionKey": key,
+            "fileName": "x",
+            "fileSize": 10,
+            "chunkSize": 10,
+            "totalChunks": 1,
+        },
+    )
+    assert aborted["status"] == "init"
+    assert (await client.ok("bncr.file.abort", {"transferId": "t-abort"}))["status"] == "aborted"
+    with pytest.raises(BncrError, match="transfer not found"):
+        await client.ok("bncr.file.chunk", {"transferId": "t-abort", "chunkIndex": 0, "base64": "AAAA"})
     client.skip_chunk_acks = {3}  # the first ack of chunk 3 is lost: the gateway sends it again
     command = "/sh sha256sum inbox/photo.jpg | cut -d' ' -f1; cp inbox/photo.jpg outbox/back.jpg"
     await client.inbound(platform="qq", userId="filer", msgId="f2", msg=command)

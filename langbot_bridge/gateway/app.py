@@ -8,6 +8,7 @@ that was interrupted is still in the store and resumes on the next start.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -194,7 +195,8 @@ class Gateway:
                 tg.start_soon(self._run_channel, channel, name=f"channel {channel.name}")
             await self._resume()
             tg.start_soon(self._upkeep, name="gateway upkeep")
-            log.info("gateway %s listening on %s:%d", config.gateway.name, config.server.host, port)
+            loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+            log.info("gateway %s listening on %s:%d (%s)", config.gateway.name, config.server.host, port, loop)
             task_status.started(port)
             await anyio.sleep_forever()
 

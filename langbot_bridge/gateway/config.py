@@ -53,6 +53,7 @@ class GatewaySection(Section):
     turn_timeout_sec: float = pydantic.Field(default=600, gt=0)
     box_wait_sec: float = pydantic.Field(default=60, ge=0)  # how long a turn waits for an unavailable daemon
     stream_interval_sec: float = pydantic.Field(default=0.5, ge=0)  # at most one streamed frame this often
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"  # auto: uvloop where installed
 
 
 class ServerSection(Section):

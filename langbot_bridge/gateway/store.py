@@ -419,10 +419,11 @@ class Store:
                 "DELETE FROM inbox WHERE state='done' AND done_at < ?", (now - retention.dedup_sec,)
             ).rowcount
             removed += conn.execute("DELETE FROM outbox_files WHERE expires_at < ?", (now,)).rowcount
+            # A sent message whose result never came is as good as delivered after a while.
             removed += conn.execute(
-                "DELETE FROM outbox WHERE (state='delivered' AND finished_at < ?) "
+                "DELETE FROM outbox WHERE (state IN ('delivered', 'sent') AND finished_at < ?) "
                 "OR (state='dead' AND finished_at < ?)",
-                (now - retention.file_url_sec, now - retention.dead_letter_sec),
+                (now - max(retention.file_url_sec, retention.dedup_sec), now - retention.dead_letter_sec),
             ).rowcount
             return int(removed)
 
