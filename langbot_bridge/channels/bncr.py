@@ -18,12 +18,9 @@ push counts as delivered only once the client's ``bncr.ack`` arrives.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import time
-import uuid
 from typing import Any, Literal
 
 import aiohttp
@@ -33,6 +30,7 @@ from aiohttp import web
 
 from langbot_bridge.channels import bncr_protocol as wire
 from langbot_bridge.channels.bncr_files import AckWaiters, Outgoing, TransferError, Uploads, push_file
+from langbot_bridge.channels.bncr_inbound import parse_inbound
 from langbot_bridge.channels.webhook import same
 from langbot_bridge.gateway.channel import (
     Channel,
@@ -47,8 +45,6 @@ from langbot_bridge.gateway.config import read_secret
 from langbot_bridge.gateway.messages import (
     ChatRef,
     Failed,
-    Inbound,
-    InboundFile,
     Offline,
     Retry,
     SendResult,
@@ -248,65 +244,21 @@ class BncrChannel(Channel[BncrSettings]):
 
     async def _inbound(self, conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
         assert conn.account is not None
-        p = wire.InboundParams.model_validate(params)
-        named = wire.parse_target(p.sessionKey or p.scope) if (p.sessionKey or p.scope) else None
-        platform = p.platform.strip() or (named[0].platform if named else "")
-        group_id = p.groupId.strip() or "0"
-        user_id = p.userId.strip() or (named[0].user_id if named else "")
-        if not platform or not (user_id or group_id != "0"):
-            raise Rejected("malformed", 400, "platform/groupId/userId required")
-        route = wire.Route(platform, group_id, user_id or "0")
-        task, text = wire.extract_task(p.msg or p.text)
-        task = task or (named[1] if named else None)
-        session_key = route.session_key + (f":task:{task}" if task else "")
-        files, metas = self._files(p)
-        chat = ChatRef(
-            channel=self.name,
-            account=conn.account,
-            chat_type="group" if route.is_group else "person",
-            chat_id=route.scope,
-            user_id=route.user_id,
-            title=route.scope,
-            thread=task or "",
-            route={"platform": route.platform, "groupId": route.group_id, "userId": route.user_id},
-        )
-        inbound = Inbound(
-            chat=chat,
-            message_id=p.msgId or f"auto:{uuid.uuid4().hex}",
-            text=text,
-            kind=p.type or "text",
-            note="" if text or metas or p.type == "text" else f"the user sent a {p.type} message",
-            files=metas,
-            received_at=time.time(),
-        )
-        accepted = await self.host.accept(inbound, files)
-        self.last.update(lastSessionKey=session_key, lastSessionScope=f"bncr:{route.scope}")
-        self.last["lastInboundAt"] = int(time.time() * 1000)
-        result = {"accepted": True, "accountId": conn.account, "sessionKey": session_key, "msgId": p.msgId or None}
-        result["taskKey"] = task
+        parsed = parse_inbound(params, self.name, conn.account, self.uploads, self.settings.max_file_bytes)
+        accepted = await self.host.accept(parsed.inbound, parsed.files)
+        now = int(time.time() * 1000)
+        self.last.update(lastSessionKey=parsed.session_key, lastSessionScope=f"bncr:{parsed.route.scope}")
+        self.last["lastInboundAt"] = now
+        result: dict[str, Any] = {
+            "accepted": True,
+            "accountId": conn.account,
+            "sessionKey": parsed.session_key,
+            "msgId": parsed.msg_id,
+            "taskKey": parsed.task,
+        }
         if accepted.duplicate:
             result["duplicated"] = True
         return result
-
-    def _files(self, p: wire.InboundParams) -> tuple[list[bytes], list[InboundFile]]:
-        inline = p.base64 or p.mediaBase64
-        if inline:
-            try:
-                data = base64.b64decode(
-                    inline.split(",", 1)[-1] if inline.startswith("data:") else inline, validate=True
-                )
-            except (binascii.Error, ValueError):
-                raise Rejected("malformed", 400, "base64 is not valid") from None
-            if len(data) > self.settings.max_file_bytes:
-                raise Rejected("too_large", 413, f"file exceeds {self.settings.max_file_bytes} bytes")
-            name = p.fileName or f"{p.type or 'file'}.bin"
-            return [data], [InboundFile(name=name, mime_type=p.mimeType or "application/octet-stream", size=len(data))]
-        if p.path:
-            finished = self.uploads.take(p.path)
-            if finished is None:
-                raise Rejected("malformed", 400, f"no finished upload at path {p.path!r} (expired or unknown)")
-            return [finished.data], [finished.meta]
-        return [], []
 
     async def _file_init(self, conn: Connection, params: dict[str, Any]) -> dict[str, Any]:
         assert conn.account is not None
