@@ -81,7 +81,7 @@ def daemon_on(work: Path) -> Iterator[Daemon]:
             log(f"warning: the daemon left containers: {left}")
 
 
-def gateway_for(work: Path, daemon: Daemon, peer: WorkBotServer, scope: str) -> GatewayProcess:
+def gateway_for(work: Path, daemon: Daemon, peer: WorkBotServer, scope: str, synchronous: str) -> GatewayProcess:
     channel = {
         "kind": "workbot",
         "name": "wb",
@@ -97,7 +97,7 @@ def gateway_for(work: Path, daemon: Daemon, peer: WorkBotServer, scope: str) -> 
         daemon,
         [channel],
         env={"WB_TOKEN": TOKEN, "WB_SECRET": SECRET},
-        extra={"box": {"scope": scope}, "gateway": {"max_concurrent_turns": 32}},
+        extra={"box": {"scope": scope}, "gateway": {"max_concurrent_turns": 32}, "store": {"synchronous": synchronous}},
     )
     return gateway
 
@@ -247,11 +247,16 @@ async def known_chats(
 
 
 async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": psutil.cpu_count()}
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpus": psutil.cpu_count(),
+        "synchronous": args.synchronous,
+        "load_average_before": [round(x, 2) for x in psutil.getloadavg()],
+    }
     chats = [f"chat{n:02d}" for n in range(args.chats)]
     with daemon_on(work) as daemon:
         async with WorkBotServer(ROBOT, TOKEN, SECRET, limit=UNLIMITED, window=60, keep_alive=True) as peer:
-            gateway = gateway_for(work / "gateway", daemon, peer, scope="chat")
+            gateway = gateway_for(work / "gateway", daemon, peer, scope="chat", synchronous=args.synchronous)
             await gateway.astart()
             peer.callback_url = f"{gateway.url}/workbot/wb"
             try:
@@ -267,7 +272,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 results["throughput"]["rss_mib"] = round(psutil.Process(gateway.proc.pid).memory_info().rss / 2**20, 1)
             finally:
                 gateway.stop()
-            shared = gateway_for(work / "gateway-known", daemon, peer, scope="bot")
+            shared = gateway_for(work / "gateway-known", daemon, peer, scope="bot", synchronous=args.synchronous)
             await shared.astart()
             peer.callback_url = f"{shared.url}/workbot/wb"
             try:
@@ -289,6 +294,7 @@ def report(results: dict[str, Any]) -> str:
 
     head = f"{'':<52}{'p50':>13}{'p95':>13}{'p99':>13}"
     lines = [
+        f"store synchronous={results['synchronous']}; load average before: {results['load_average_before']}",
         head,
         row("callback -> reply at send-message, sequential", lat["end_to_end_ms"]),
         row("same command straight through the daemon", lat["exec_direct_ms"]),
@@ -316,11 +322,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="messages per second of the steady phase")
     parser.add_argument("--paced-seconds", type=float, default=10.0, help="how long the steady phase sends")
     parser.add_argument("--known-chats", type=int, default=1000)
+    parser.add_argument("--synchronous", choices=("full", "normal"), default="full", help="[store] synchronous")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     try:
-        results = anyio.run(run, args, work)
+        # The load generator and the WorkBot server share this process: uvloop keeps their CPU down.
+        results = anyio.run(run, args, work, backend_options={"use_uvloop": True})
     except BenchError as exc:
         log(f"error: {exc}")
         return 1

@@ -70,6 +70,8 @@ def test_mistakes_are_named(tmp_path: Path) -> None:
         parse_config({"channel": [{"kind": "bncr", "name": "a"}, {"kind": "bncr", "name": "a"}]}, tmp_path)
     with pytest.raises(GatewayConfigError, match=r"server\.public_url"):
         parse_config({"server": {"public_url": "ftp://x"}}, tmp_path)
+    with pytest.raises(GatewayConfigError, match=r"\[box\] scope: .*unknown variable \{chat\}"):
+        check(parse_config({"box": {"scope": "gw_{chat}"}}, tmp_path))
     with pytest.raises(GatewayConfigError, match="no \\[\\[channel\\]\\] is configured"):
         check(parse_config({}, tmp_path))
     bad = tmp_path / "bad.toml"

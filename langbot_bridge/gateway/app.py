@@ -20,6 +20,7 @@ import aiohttp
 import anyio
 import anyio.abc
 
+from boxruntime.errors import BoxValidationError
 from langbot_bridge.connector import Connector
 from langbot_bridge.gateway.agents import AGENTS, AgentDeps, AgentRunner
 from langbot_bridge.gateway.boxlink import box_target
@@ -35,6 +36,7 @@ from langbot_bridge.gateway.sessions import ChatSessions
 from langbot_bridge.gateway.store import HistoryCaps, InboxRow, Retention, Store
 from langbot_bridge.gateway.turns import Turns, TurnSettings
 from langbot_bridge.service import BoxService
+from langbot_bridge.templates import SessionTemplate
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +308,10 @@ def check(config: GatewayConfig) -> None:
     from langbot_bridge.channels import CHANNELS
 
     validate_kind(AGENTS.get(config.agent.kind).settings, config.agent, "[agent]")
+    try:
+        SessionTemplate.parse(config.box.template)
+    except BoxValidationError as exc:
+        raise GatewayConfigError(f"[box] scope: {exc}") from None
     for section in config.channel:
         validate_kind(CHANNELS.get(section.kind).settings, section, f"[[channel]] {section.name}")
     if not config.channel:
