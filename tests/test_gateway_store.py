@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from langbot_bridge.gateway.messages import ChatRef, Inbound, InboundFile, Outbound
-from langbot_bridge.gateway.store import HistoryCaps, ReplyPart, Retention, Store, out_file
+from langbot_bridge.gateway.store import HistoryCaps, ReplyPart, Retention, Store, TurnAlreadyCompleted, out_file
 
 pytestmark = pytest.mark.anyio
 
@@ -87,7 +87,7 @@ async def test_completing_a_turn_queues_its_reply_once(tmp_path: Path) -> None:
         ),
     ]
     queued = await store.complete_turn(claim.inbox_id, CHAT.key, parts, [{"role": "user", "content": "x"}], CAPS)
-    with pytest.raises(RuntimeError, match="completed already"):
+    with pytest.raises(TurnAlreadyCompleted, match="completed already"):
         await store.complete_turn(claim.inbox_id, CHAT.key, parts, None, CAPS)
     rows = await store.pending_outbox()
     assert rows == queued and [r.outbound.text for r in rows] == ["hello", ""]

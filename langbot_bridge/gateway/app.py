@@ -190,12 +190,12 @@ class Gateway:
             self._task_group = tg
             stack.callback(tg.cancel_scope.cancel)  # runs before the group waits for its tasks
             self._start_lanes(tg, sessions)
+            await self._resume()
             self.server = GatewayServer(self, config.server, self.channels)
             port = await self.server.start()
             stack.push_async_callback(self.server.stop)
             for channel in self.channels.values():
                 tg.start_soon(self._run_channel, channel, name=f"channel {channel.name}")
-            await self._resume()
             tg.start_soon(self._upkeep, name="gateway upkeep")
             loop = "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
             log.info("gateway %s listening on %s:%d (%s)", config.gateway.name, config.server.host, port, loop)
@@ -247,13 +247,17 @@ class Gateway:
             self.counters.add(channel.name, "channel_crashes")
 
     async def _resume(self) -> None:
-        """Pick up what a previous run left: unanswered messages and undelivered replies."""
+        """Pick up what a previous run left: unanswered messages and undelivered replies. Runs
+        before the server and the channels start, and reads both lists before any lane starts:
+        nothing can be queued twice (a turn that ran now would add outbox rows to the list)."""
         assert self._inbox is not None and self._turns is not None and self._dispatcher is not None
-        for row in await self.store.pending_inbox():
+        inbox = await self.store.pending_inbox()
+        outbox = await self.store.pending_outbox()
+        for row in inbox:
             self.pending[row.inbound.chat.channel] += 1
             self._turns.queues.push(row.inbound.chat.key, row)
             self._inbox.kick(row.inbound.chat.key)
-        self._dispatcher.enqueue(await self.store.pending_outbox())
+        self._dispatcher.enqueue(outbox)
 
     async def _upkeep(self) -> None:
         store = self.config.store

@@ -93,14 +93,30 @@ class ChatQueues(Generic[T]):
     durable copy; these hold what was stored while the gateway runs (and, after a restart,
     what the store still had pending)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ident: Callable[[T], int]) -> None:
         self._queues: dict[str, collections.deque[T]] = {}
+        self._ident = ident
+        self._queued: set[int] = set()  # an item is never queued twice (its row would be done twice)
 
     def push(self, key: str, item: T) -> None:
-        self._queues.setdefault(key, collections.deque()).append(item)
+        if self._admit(item):
+            self._queues.setdefault(key, collections.deque()).append(item)
 
     def push_front(self, key: str, item: T) -> None:
-        self._queues.setdefault(key, collections.deque()).appendleft(item)
+        if self._admit(item):
+            self._queues.setdefault(key, collections.deque()).appendleft(item)
+
+    def _admit(self, item: T) -> bool:
+        ident = self._ident(item)
+        if ident in self._queued:
+            log.warning("work item %d is already queued; not queueing it again", ident)
+            return False
+        self._queued.add(ident)
+        return True
+
+    def pop_first(self, key: str) -> None:
+        """The chat's first item is done: take it off."""
+        self._queued.discard(self._ident(self._queues[key].popleft()))
 
     def queue(self, key: str) -> collections.deque[T]:
         """The chat's queue (the same object while it has work: pushes during a drain land in it)."""

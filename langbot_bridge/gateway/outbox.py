@@ -76,7 +76,7 @@ class Dispatcher:
         self.backoff = backoff
         self.public_url = public_url
         self.ready = ReadySignals()
-        self.queues: ChatQueues[OutboxRow] = ChatQueues()
+        self.queues: ChatQueues[OutboxRow] = ChatQueues(lambda row: row.id)
         self.lanes: Lanes | None = None  # set by the gateway once its task group runs
         self._sends = anyio.CapacityLimiter(max_concurrent_sends)
 
@@ -106,7 +106,7 @@ class Dispatcher:
         queue = self.queues.queue(lane.key)
         while queue:
             await self._deliver(queue[0])
-            queue.popleft()
+            self.queues.pop_first(lane.key)
         self.queues.release(lane.key)
 
     async def _deliver(self, row: OutboxRow) -> None:

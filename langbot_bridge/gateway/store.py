@@ -39,7 +39,22 @@ from langbot_bridge.gateway.records import (
     salt_of,
 )
 
-__all__ = ["Claim", "HistoryCaps", "InboxRow", "OutboxRow", "ReplyPart", "Retention", "Store", "Verdict", "out_file"]
+__all__ = [
+    "Claim",
+    "HistoryCaps",
+    "InboxRow",
+    "OutboxRow",
+    "ReplyPart",
+    "Retention",
+    "Store",
+    "TurnAlreadyCompleted",
+    "Verdict",
+    "out_file",
+]
+
+
+class TurnAlreadyCompleted(RuntimeError):
+    """A turn's message was done already: its reply must not be stored (or sent) again."""
 
 
 class Store:
@@ -125,7 +140,7 @@ class Store:
                 "UPDATE inbox SET state='done', done_at=? WHERE id=? AND state='pending'", (now, inbox_id)
             )
             if updated.rowcount != 1:
-                raise RuntimeError(f"inbox message {inbox_id} is not pending; its turn was completed already")
+                raise TurnAlreadyCompleted(f"inbox message {inbox_id} is not pending; its turn was completed already")
             conn.execute("DELETE FROM inbox_files WHERE inbox_id=?", (inbox_id,))
             if history:
                 append_history(conn, chat_key, history, caps)

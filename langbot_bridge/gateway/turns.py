@@ -32,7 +32,7 @@ from langbot_bridge.gateway.messages import Inbound, StreamFrame
 from langbot_bridge.gateway.outbox import Dispatcher
 from langbot_bridge.gateway.reply import compose
 from langbot_bridge.gateway.sessions import ChatSessions
-from langbot_bridge.gateway.store import HistoryCaps, InboxRow, Store
+from langbot_bridge.gateway.store import HistoryCaps, InboxRow, Store, TurnAlreadyCompleted
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Turns:
         self.counters = counters
         self.settings = settings
         self.pending = pending  # per channel: stored messages not answered yet (the flood limit)
-        self.queues: ChatQueues[InboxRow] = ChatQueues()
+        self.queues: ChatQueues[InboxRow] = ChatQueues(lambda row: row.id)
         self.outbox: Dispatcher | None = None  # set by the gateway: takes each stored reply
         self._slots = anyio.CapacityLimiter(settings.max_concurrent)
         self.running = 0
@@ -124,7 +124,7 @@ class Turns:
                     await self._turn(queue[0])
                 finally:
                     self.running -= 1
-            queue.popleft()
+            self.queues.pop_first(lane.key)
         self.queues.release(lane.key)
 
     async def _turn(self, row: InboxRow) -> None:
@@ -157,7 +157,11 @@ class Turns:
             lambda position: self.store.idempotency_key(row.id, position),
             first_sequence=stream.frames + 1,
         )
-        queued = await self.store.complete_turn(row.id, chat.key, parts, reply.history, self.settings.history)
+        try:
+            queued = await self.store.complete_turn(row.id, chat.key, parts, reply.history, self.settings.history)
+        except TurnAlreadyCompleted:  # never expected: queues admit a message once; if it happens, do not repeat
+            log.exception("message %d was answered already; this answer is dropped", row.id)
+            return
         self.pending[chat.channel] = max(0, self.pending[chat.channel] - 1)
         self.counters.add(chat.channel, "turns")
         self.counters.add(chat.channel, "turn_ms", int((time.monotonic() - started) * 1000))
