@@ -67,3 +67,52 @@ def test_other_strings_name_no_route(target: str) -> None:
 )
 def test_task_prefixes(text: str, expected: tuple[str | None, str]) -> None:
     assert extract_task(text) == expected
+
+
+def test_uploads_are_checked_chunk_by_chunk_and_whole() -> None:
+    import base64
+    import hashlib
+
+    from langbot_bridge.channels.bncr_files import TransferError, Uploads
+    from langbot_bridge.channels.bncr_protocol import FileChunk, FileInit
+
+    uploads = Uploads(max_bytes=1000, ttl=3600)
+    data = bytes(range(250)) * 2
+
+    def init(transfer: str, size: int = len(data), digest: str = hashlib.sha256(data).hexdigest()) -> FileInit:
+        return FileInit(
+            transferId=transfer,
+            fileName="a/b.bin",
+            fileSize=size,
+            chunkSize=256,
+            totalChunks=-(-size // 256),
+            fileSha256=digest,
+        )
+
+    def chunk(transfer: str, index: int, piece: bytes, **extra: object) -> FileChunk:
+        encoded = base64.b64encode(piece).decode()
+        return FileChunk.model_validate(
+            {"transferId": transfer, "chunkIndex": index, "size": len(piece), "base64": encoded, **extra}
+        )
+
+    assert uploads.init(init("t1"), "Primary")["status"] == "init"
+    assert uploads.init(init("t1"), "Primary")["duplicated"] is True
+    with pytest.raises(TransferError, match="chunk sha256 mismatch"):
+        uploads.chunk(chunk("t1", 0, data[:256], chunkSha256="00" * 32))
+    with pytest.raises(TransferError, match="chunk not complete"):
+        uploads.complete("t1")
+    uploads.chunk(chunk("t1", 0, data[:256]))
+    uploads.chunk(chunk("t1", 1, data[256:]))
+    done = uploads.complete("t1")
+    assert done["size"] == len(data) and done["path"] == "bncr-upload/t1/b.bin"
+    finished = uploads.take(done["path"])
+    assert finished is not None and finished.data == data and uploads.take(done["path"]) is None  # taken once
+    with pytest.raises(TransferError, match="exceeds the 1000-byte limit"):
+        uploads.init(init("t2", size=5000), "Primary")
+    uploads.init(init("t3", digest="ff" * 32), "Primary")
+    uploads.chunk(chunk("t3", 0, data[:256]))
+    uploads.chunk(chunk("t3", 1, data[256:]))
+    with pytest.raises(TransferError, match="file sha256 mismatch"):
+        uploads.complete("t3")
+    with pytest.raises(TransferError, match="transfer not found"):
+        uploads.chunk(chunk("t3", 0, data[:256]))  # a failed transfer is gone

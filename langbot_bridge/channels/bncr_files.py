@@ -28,6 +28,7 @@ from langbot_bridge.channels.bncr_protocol import FileAck, FileChunk, FileInit, 
 from langbot_bridge.gateway.messages import InboundFile
 
 MAX_TRANSFERS = 32  # unfinished uploads at once, per channel
+BUFFERED_FILES = 4  # uploads (open or waiting for their inbound) hold at most this many maximal files
 
 
 class TransferError(Exception):
@@ -55,6 +56,11 @@ class Uploads:
         self.ttl = ttl
         self._open: dict[str, _Upload] = {}
         self._done: dict[str, Finished] = {}
+        self.budget = BUFFERED_FILES * max_bytes  # memory all uploads may hold together
+
+    def buffered(self) -> int:
+        held = sum(len(c) for upload in self._open.values() for c in upload.chunks.values())
+        return held + sum(len(f.data) for f in self._done.values())
 
     def _prune(self, now: float) -> None:
         for key in [k for k, u in self._open.items() if now - u.started > self.ttl]:
@@ -88,6 +94,8 @@ class Uploads:
             raise TransferError("chunk base64 is invalid") from None
         if params.size and len(data) != params.size:
             raise TransferError(f"chunk size mismatch expected={params.size} got={len(data)}")
+        if len(data) > upload.init.chunkSize or self.buffered() + len(data) > self.budget:
+            raise TransferError("uploads hold too much data; finish or abort some first")
         if params.chunkSha256 and hashlib.sha256(data).hexdigest() != params.chunkSha256.lower():
             raise TransferError("chunk sha256 mismatch")
         upload.chunks[params.chunkIndex] = data
