@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -58,6 +59,11 @@ ROBOT = "robot_bench"
 TOKEN = "workbot-robot-token-for-the-bench-0123456789"
 SECRET = "workbot-signing-secret-for-the-bench"
 UNLIMITED = 1_000_000
+
+
+def cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def ms(seconds: float) -> float:
@@ -265,7 +271,15 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 log(f"added latency: {args.rounds} sequential messages")
                 results["latency"] = await added_latency(peer, daemon, chats, args.rounds)
                 log(f"throughput: {args.messages} messages")
+                assert gateway.proc is not None
+                pids = {"gateway": gateway.proc.pid, "daemon": daemon.proc.pid, "load generator + WorkBot": os.getpid()}
+                before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 results["throughput"] = await throughput(peer, chats, args.messages)
+                spent = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+                count = results["throughput"]["messages"]
+                results["throughput"]["cpu_ms_per_message"] = {
+                    name: round(s * 1000 / count, 3) for name, s in spent.items()
+                }
                 log(f"paced load: {args.rate:g} messages/s for {args.paced_seconds:g} s")
                 results["paced"] = await paced(peer, chats, args.rate, args.paced_seconds)
                 assert gateway.proc is not None
@@ -306,6 +320,8 @@ def report(results: dict[str, Any]) -> str:
         f"throughput: {thr['messages']} messages from {thr['chats']} chats in {thr['seconds']:.1f} s = "
         f"{thr['messages_per_s']:.1f} messages/s (callbacks offered at {thr['offered_per_s']:.1f}/s); "
         f"gateway RSS after: {thr['rss_mib']:.1f} MiB",
+        "CPU per message in the throughput phase: "
+        + ", ".join(f"{name} {value:.2f} ms" for name, value in thr["cpu_ms_per_message"].items()),
         f"steady load: {steady['messages']} callbacks at {steady['rate_per_s']:.0f}/s; the last reply "
         f"{steady['lag_after_last_callback_s']:.2f} s after the last callback",
         f"known chats: {known['known_chats']}; gateway RSS {known['rss_mib']:.1f} MiB "
