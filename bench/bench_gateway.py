@@ -194,7 +194,9 @@ async def throughput(peer: WorkBotServer, chats: list[str], messages: int) -> di
     }
 
 
-async def paced(peer: WorkBotServer, chats: list[str], rate: float, seconds: float) -> dict[str, Any]:
+async def paced(
+    peer: WorkBotServer, gateway: GatewayProcess, chats: list[str], rate: float, seconds: float
+) -> dict[str, Any]:
     """Callbacks at a steady ``rate`` (each on schedule, whether or not earlier ones were
     answered, as a platform sends them): their acks, and when the replies came."""
     total = int(rate * seconds)
@@ -213,6 +215,7 @@ async def paced(peer: WorkBotServer, chats: list[str], rate: float, seconds: flo
             tg.start_soon(one, n)
     await peer.wait_sent(before + total, timeout=600)
     elapsed = time.perf_counter() - started
+    inside = (await gateway.diagnostics())["inbound_request_ms"]  # the last 1,000 callbacks, inside the gateway
     answered = sorted(m["content"] for m in peer.sent[before:])
     if answered != sorted(f"paced {n}" for n in range(total)):
         raise BenchError("paced load: replies missing or repeated")
@@ -222,6 +225,7 @@ async def paced(peer: WorkBotServer, chats: list[str], rate: float, seconds: flo
         "seconds_to_last_reply": round(elapsed, 3),
         "lag_after_last_callback_s": round(elapsed - seconds, 3),
         "ack_ms": summary([ms(a) for a in acks]),
+        "ack_inside_gateway_ms": inside,
     }
 
 
@@ -281,7 +285,7 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     name: round(s * 1000 / count, 3) for name, s in spent.items()
                 }
                 log(f"paced load: {args.rate:g} messages/s for {args.paced_seconds:g} s")
-                results["paced"] = await paced(peer, chats, args.rate, args.paced_seconds)
+                results["paced"] = await paced(peer, gateway, chats, args.rate, args.paced_seconds)
                 assert gateway.proc is not None
                 results["throughput"]["rss_mib"] = round(psutil.Process(gateway.proc.pid).memory_info().rss / 2**20, 1)
             finally:
@@ -306,6 +310,10 @@ def report(results: dict[str, Any]) -> str:
         )
         return f"{label:<52}{cells}   (n={stats['n']})"
 
+    def inside_row(stats: dict[str, Any]) -> str:
+        label = "  the steady acks, inside the gateway (last 1,000)"
+        return f"{label:<52}{stats['p50']:>10.2f} ms{'':>13}{stats['p99']:>10.2f} ms"
+
     head = f"{'':<52}{'p50':>13}{'p95':>13}{'p99':>13}"
     lines = [
         f"store synchronous={results['synchronous']}; load average before: {results['load_average_before']}",
@@ -316,6 +324,7 @@ def report(results: dict[str, Any]) -> str:
         row("callback ack, sequential", lat["ack_ms"]),
         row(f"callback ack, at a steady {steady['rate_per_s']:.0f} msg/s", steady["ack_ms"]),
         row(f"callback ack, saturated ({thr['messages_per_s']:.0f} msg/s)", thr["ack_ms"]),
+        inside_row(steady["ack_inside_gateway_ms"]),
         "",
         f"throughput: {thr['messages']} messages from {thr['chats']} chats in {thr['seconds']:.1f} s = "
         f"{thr['messages_per_s']:.1f} messages/s (callbacks offered at {thr['offered_per_s']:.1f}/s); "

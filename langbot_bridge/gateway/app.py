@@ -293,6 +293,7 @@ class Gateway:
             },
             "outbox": {"chats_busy": len(self._outbox)},
             "counters": self.counters.snapshot(),
+            "inbound_request_ms": self.counters.request_times(),
             "store": {
                 **(await self.store.counts()),
                 "commits": self.store.db.batches,

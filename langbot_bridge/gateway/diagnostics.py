@@ -12,6 +12,8 @@ from typing import Any
 class Counters:
     def __init__(self) -> None:
         self.started = time.time()
+        # How long inbound requests took inside the gateway (the platform's ack waits on this).
+        self.request_ms: collections.deque[float] = collections.deque(maxlen=1000)  # the last 1,000
         self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         self.last_errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
 
@@ -23,6 +25,15 @@ class Counters:
 
     def error(self, where: str, message: str) -> None:
         self.last_errors.append({"at": round(time.time(), 3), "where": where, "error": message[:500]})
+
+    def request_times(self) -> dict[str, float | int | None]:
+        """Percentiles of the last requests' times inside the gateway, in ms."""
+        times = sorted(self.request_ms)
+
+        def at(q: float) -> float | None:
+            return round(times[min(len(times) - 1, int(q * len(times)))], 3) if times else None
+
+        return {"n": len(times), "p50": at(0.50), "p99": at(0.99), "max": times[-1] if times else None}
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {channel: dict(sorted(counts.items())) for channel, counts in sorted(self._counts.items())}

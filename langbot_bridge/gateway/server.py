@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -116,10 +117,13 @@ class GatewayServer:
             self.gateway.count("server", "rejected_overloaded")
             return web.json_response({"code": 50301, "msg": "overloaded", "data": None}, status=503)
         self.inflight += 1
+        started = time.perf_counter()
         try:
             return await handler(request)
         finally:
             self.inflight -= 1
+            if request.method == "POST":  # a platform's delivery (not a WebSocket's whole life)
+                self.gateway.counters.request_ms.append((time.perf_counter() - started) * 1000)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
