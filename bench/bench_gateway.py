@@ -87,7 +87,9 @@ def daemon_on(work: Path) -> Iterator[Daemon]:
             log(f"warning: the daemon left containers: {left}")
 
 
-def gateway_for(work: Path, daemon: Daemon, peer: WorkBotServer, scope: str, synchronous: str) -> GatewayProcess:
+def gateway_for(
+    work: Path, daemon: Daemon, peer: WorkBotServer, scope: str, synchronous: str, turns: int
+) -> GatewayProcess:
     channel = {
         "kind": "workbot",
         "name": "wb",
@@ -103,7 +105,11 @@ def gateway_for(work: Path, daemon: Daemon, peer: WorkBotServer, scope: str, syn
         daemon,
         [channel],
         env={"WB_TOKEN": TOKEN, "WB_SECRET": SECRET},
-        extra={"box": {"scope": scope}, "gateway": {"max_concurrent_turns": 32}, "store": {"synchronous": synchronous}},
+        extra={
+            "box": {"scope": scope},
+            "gateway": {"max_concurrent_turns": turns},
+            "store": {"synchronous": synchronous},
+        },
     )
     return gateway
 
@@ -215,7 +221,8 @@ async def paced(
             tg.start_soon(one, n)
     await peer.wait_sent(before + total, timeout=600)
     elapsed = time.perf_counter() - started
-    inside = (await gateway.diagnostics())["inbound_request_ms"]  # the last 1,000 callbacks, inside the gateway
+    timings = (await gateway.diagnostics())["timings"]  # over the last 1,000 callbacks
+    inside, commit = timings["inbound_request_ms"], timings["claim_commit_ms"]
     answered = sorted(m["content"] for m in peer.sent[before:])
     if answered != sorted(f"paced {n}" for n in range(total)):
         raise BenchError("paced load: replies missing or repeated")
@@ -226,6 +233,7 @@ async def paced(
         "lag_after_last_callback_s": round(elapsed - seconds, 3),
         "ack_ms": summary([ms(a) for a in acks]),
         "ack_inside_gateway_ms": inside,
+        "claim_commit_ms": commit,
     }
 
 
@@ -261,12 +269,15 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpus": psutil.cpu_count(),
         "synchronous": args.synchronous,
+        "max_concurrent_turns": args.turns,
         "load_average_before": [round(x, 2) for x in psutil.getloadavg()],
     }
     chats = [f"chat{n:02d}" for n in range(args.chats)]
     with daemon_on(work) as daemon:
         async with WorkBotServer(ROBOT, TOKEN, SECRET, limit=UNLIMITED, window=60, keep_alive=True) as peer:
-            gateway = gateway_for(work / "gateway", daemon, peer, scope="chat", synchronous=args.synchronous)
+            gateway = gateway_for(
+                work / "gateway", daemon, peer, scope="chat", synchronous=args.synchronous, turns=args.turns
+            )
             await gateway.astart()
             peer.callback_url = f"{gateway.url}/workbot/wb"
             try:
@@ -290,7 +301,9 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 results["throughput"]["rss_mib"] = round(psutil.Process(gateway.proc.pid).memory_info().rss / 2**20, 1)
             finally:
                 gateway.stop()
-            shared = gateway_for(work / "gateway-known", daemon, peer, scope="bot", synchronous=args.synchronous)
+            shared = gateway_for(
+                work / "gateway-known", daemon, peer, scope="bot", synchronous=args.synchronous, turns=args.turns
+            )
             await shared.astart()
             peer.callback_url = f"{shared.url}/workbot/wb"
             try:
@@ -310,13 +323,13 @@ def report(results: dict[str, Any]) -> str:
         )
         return f"{label:<52}{cells}   (n={stats['n']})"
 
-    def inside_row(stats: dict[str, Any]) -> str:
-        label = "  the steady acks, inside the gateway (last 1,000)"
+    def inside_row(label: str, stats: dict[str, Any]) -> str:
         return f"{label:<52}{stats['p50']:>10.2f} ms{'':>13}{stats['p99']:>10.2f} ms"
 
     head = f"{'':<52}{'p50':>13}{'p95':>13}{'p99':>13}"
     lines = [
-        f"store synchronous={results['synchronous']}; load average before: {results['load_average_before']}",
+        f"store synchronous={results['synchronous']}, max_concurrent_turns={results['max_concurrent_turns']}; "
+        f"load average before: {results['load_average_before']}",
         head,
         row("callback -> reply at send-message, sequential", lat["end_to_end_ms"]),
         row("same command straight through the daemon", lat["exec_direct_ms"]),
@@ -324,7 +337,8 @@ def report(results: dict[str, Any]) -> str:
         row("callback ack, sequential", lat["ack_ms"]),
         row(f"callback ack, at a steady {steady['rate_per_s']:.0f} msg/s", steady["ack_ms"]),
         row(f"callback ack, saturated ({thr['messages_per_s']:.0f} msg/s)", thr["ack_ms"]),
-        inside_row(steady["ack_inside_gateway_ms"]),
+        inside_row("  the steady acks, inside the gateway (last 1,000)", steady["ack_inside_gateway_ms"]),
+        inside_row("  ... of which the store's commit", steady["claim_commit_ms"]),
         "",
         f"throughput: {thr['messages']} messages from {thr['chats']} chats in {thr['seconds']:.1f} s = "
         f"{thr['messages_per_s']:.1f} messages/s (callbacks offered at {thr['offered_per_s']:.1f}/s); "
@@ -347,6 +361,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="messages per second of the steady phase")
     parser.add_argument("--paced-seconds", type=float, default=10.0, help="how long the steady phase sends")
     parser.add_argument("--known-chats", type=int, default=1000)
+    parser.add_argument("--turns", type=int, default=16, help="[gateway] max_concurrent_turns")
     parser.add_argument("--synchronous", choices=("full", "normal"), default="full", help="[store] synchronous")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

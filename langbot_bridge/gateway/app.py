@@ -104,7 +104,9 @@ class Gateway:
         assert self._inbox is not None and self._turns is not None
         # Once asked to store, finish and hand the message over: the ack depends on it.
         with anyio.CancelScope(shield=True):
+            started = time.perf_counter()
             claim = await self.store.claim(inbound, files)
+            self.counters.time("claim_commit_ms", (time.perf_counter() - started) * 1000)
             if claim.duplicate:
                 self.counters.add(channel, "duplicates")
                 return Accepted(None, True)
@@ -293,7 +295,7 @@ class Gateway:
             },
             "outbox": {"chats_busy": len(self._outbox)},
             "counters": self.counters.snapshot(),
-            "inbound_request_ms": self.counters.request_times(),
+            "timings": self.counters.timings(),
             "store": {
                 **(await self.store.counts()),
                 "commits": self.store.db.batches,

@@ -123,7 +123,7 @@ class GatewayServer:
         finally:
             self.inflight -= 1
             if request.method == "POST":  # a platform's delivery (not a WebSocket's whole life)
-                self.gateway.counters.request_ms.append((time.perf_counter() - started) * 1000)
+                self.gateway.counters.time("inbound_request_ms", (time.perf_counter() - started) * 1000)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response(
