@@ -221,7 +221,8 @@ async def paced(
             tg.start_soon(one, n)
     await peer.wait_sent(before + total, timeout=600)
     elapsed = time.perf_counter() - started
-    timings = (await gateway.diagnostics())["timings"]  # over the last 1,000 callbacks
+    diagnostics = await gateway.diagnostics()
+    timings = diagnostics["timings"]  # over the last 1,000 callbacks
     inside, commit = timings["inbound_request_ms"], timings["claim_commit_ms"]
     answered = sorted(m["content"] for m in peer.sent[before:])
     if answered != sorted(f"paced {n}" for n in range(total)):
@@ -234,6 +235,8 @@ async def paced(
         "ack_ms": summary([ms(a) for a in acks]),
         "ack_inside_gateway_ms": inside,
         "claim_commit_ms": commit,
+        "store_batch_ms": diagnostics["store"]["batch_ms"],
+        "store_operations_per_commit": round(diagnostics["store"]["operations"] / diagnostics["store"]["commits"], 2),
     }
 
 

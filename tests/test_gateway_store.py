@@ -5,6 +5,7 @@ pruning, and group commit (many callers, few commits, one failure isolated)."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -195,12 +196,22 @@ async def test_concurrent_operations_share_commits_and_fail_alone(tmp_path: Path
 
 async def test_a_cancelled_caller_leaves_no_operation_behind(tmp_path: Path) -> None:
     store = await opened(tmp_path / "gw.sqlite3")
+    release = threading.Event()
+    started = threading.Event()
+
+    def slow(conn: sqlite3.Connection) -> None:
+        started.set()
+        release.wait(30)
 
     async def give_up() -> None:
-        with anyio.move_on_after(0.05):
+        await anyio.to_thread.run_sync(started.wait)  # the writer is busy with ``slow``
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # cancelled while its claim waits for the next batch
             await store.claim(inbound("given-up"))
+        release.set()
 
-    async with store.db._turn, anyio.create_task_group() as tg:  # hold the writer: the claim has to wait
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.db.run, slow)
         tg.start_soon(give_up)
     assert not (await store.claim(inbound("given-up"))).duplicate  # the first one never ran
     await store.close()

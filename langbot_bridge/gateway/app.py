@@ -13,7 +13,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import aiohttp
@@ -300,6 +300,7 @@ class Gateway:
                 **(await self.store.counts()),
                 "commits": self.store.db.batches,
                 "operations": self.store.db.operations,
+                "batch_ms": _percentiles(self.store.db.batch_ms),
             },
             "dead_letters": await self.store.dead_letters(20),
             "channels": {
@@ -308,6 +309,13 @@ class Gateway:
             "agent": {"kind": self.config.agent.kind, **(self._agent.diagnostics() if self._agent else {})},
             "last_errors": list(self.counters.last_errors),
         }
+
+
+def _percentiles(values: Iterable[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": None, "p99": None}
+    return {"p50": round(ordered[len(ordered) // 2], 3), "p99": round(ordered[int(len(ordered) * 0.99)], 3)}
 
 
 def check(config: GatewayConfig) -> None:
