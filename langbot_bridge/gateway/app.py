@@ -74,7 +74,6 @@ class Gateway:
         self.server: GatewayServer | None = None
         self.started = time.time()
         self._http: aiohttp.ClientSession | None = None
-        self._task_group: anyio.abc.TaskGroup | None = None
         self._inbox: Lanes | None = None
         self._outbox: Lanes | None = None
         self._dispatcher: Dispatcher | None = None
@@ -132,10 +131,9 @@ class Gateway:
             self._dispatcher.enqueue([verdict.row], first=True)
 
     def channel_ready(self, channel: str) -> None:
-        assert self._dispatcher is not None and self._task_group is not None
+        assert self._dispatcher is not None and self._outbox is not None
         self._dispatcher.ready.fire(channel)
         for chat_key in self._dispatcher.waiting_chats(channel):
-            assert self._outbox is not None
             self._outbox.kick(chat_key)
 
     def count(self, channel: str, event: str) -> None:
@@ -189,7 +187,6 @@ class Gateway:
             self._agent = await stack.enter_async_context(agent_kind.build(agent_settings, deps))
             self.channels = build_channels(config, self)
             tg = await stack.enter_async_context(anyio.create_task_group())
-            self._task_group = tg
             stack.callback(tg.cancel_scope.cancel)  # runs before the group waits for its tasks
             self._start_lanes(tg, sessions)
             await self._resume()
