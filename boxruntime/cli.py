@@ -1,4 +1,4 @@
-"""``boxruntime serve | image build | doctor`` and the parser of every command.
+"""``boxruntime serve | image build | doctor | gateway`` and the parser of every command.
 
 Start-up cost is paid by every command, so this module imports only what parsing needs; each
 command loads its own modules when it runs (a client command never loads the daemon, and
@@ -127,6 +127,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if chosen else 1
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    # The gateway is langbot_bridge's: the daemon's own commands never load it.
+    from langbot_bridge.gateway.cli import run
+
+    return run(args.config, check_only=args.check)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="boxruntime.toml settings file")
     parser.add_argument(
@@ -180,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="which backends work here, and why not")
     _common(doctor)
     doctor.set_defaults(func=cmd_doctor)
+
+    gateway = sub.add_parser("gateway", help="run the chat gateway (channels -> per-chat sandboxed agents)")
+    gateway.add_argument("--config", type=Path, required=True, help="gateway.toml")
+    gateway.add_argument("--check", action="store_true", help="validate the config and exit")
+    gateway.add_argument("--log-level", default="info")
+    gateway.set_defaults(func=cmd_gateway)
 
     add_client_commands(sub)  # exec, sessions, status
     add_skill_commands(sub)  # skill install | list | show | rm
