@@ -107,6 +107,7 @@ class BoxService:
         allowed_mount_roots: Sequence[Path | str] = (),
         output_limit: int = OUTPUT_LIMIT_CHARS,
         audit: AuditLog | None = None,
+        session_defaults: Mapping[str, Any] | None = None,
     ) -> None:
         self.link = link
         self.client = BoxClient(link)
@@ -119,6 +120,9 @@ class BoxService:
         self.mounts = MountPolicy(allowed_mount_roots)
         self.output_limit = output_limit
         self.audit = audit
+        # Spec fields every request of this service starts from (an image, skill mounts), so a
+        # chat's tools always ask for the session the chat was given.
+        self.session_defaults: dict[str, Any] = dict(session_defaults or {})
 
     # Built on first use: most scripts touch neither, and their models cost start-up time.
 
@@ -159,8 +163,9 @@ class BoxService:
         return self.template.render(chat)
 
     def build_spec(self, session_id: str, request: Mapping[str, Any] | None = None) -> BoxSpec:
-        """Profile defaults <- request <- locked fields, timeout clamped, mounts checked."""
-        spec = merge_spec(self.profile, session_id, request or {})
+        """Profile defaults <- session defaults <- request <- locked fields, timeout clamped,
+        mounts checked."""
+        spec = merge_spec(self.profile, session_id, {**self.session_defaults, **(request or {})})
         self.mounts.check(spec)
         return spec
 

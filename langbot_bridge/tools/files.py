@@ -19,9 +19,9 @@ from boxruntime.models import (
     FsReadRequest,
     FsRequest,
     FsStatResult,
-    FsWriteRequest,
 )
 from langbot_bridge.tools.base import Tool, ToolArgs, ToolError, ToolResult, ToolScope
+from langbot_bridge.transfer import write_bytes
 
 READ_MAX_BYTES = 51_200
 READ_DEFAULT_LINES = 2000
@@ -30,7 +30,6 @@ READ_CHUNK_BYTES = 1024 * 1024
 READ_MAX_SCAN_BYTES = 64 * 1024 * 1024  # how far a text read walks to reach its offset
 DIR_MAX_ENTRIES = 10_000
 WRITE_MAX_BYTES = 32 * 1024 * 1024
-WRITE_CHUNK_BYTES = 4 * 1024 * 1024  # under the daemon's 8 MiB per call, base64 included
 EDIT_MAX_BYTES = 1024 * 1024
 
 PATH_HELP = "File path in the sandbox; relative paths start at /workspace."
@@ -255,25 +254,8 @@ def _content_bytes(args: WriteArgs) -> bytes:
 
 
 async def _write_bytes(scope: ToolScope, path: str, data: bytes, append: bool, mode: int | None = None) -> WriteResult:
-    """Write in chunks under the daemon's per-call cap; the first chunk truncates unless appending."""
-    client = scope.service.client
-    written = 0
-    result = None
-    for start in range(0, max(len(data), 1), WRITE_CHUNK_BYTES):
-        piece = data[start : start + WRITE_CHUNK_BYTES]
-        result = await client.fs_write(
-            FsWriteRequest(
-                session_id=scope.session_id,
-                path=path,
-                data=base64.b64encode(piece).decode("ascii"),
-                encoding="base64",
-                append=append or start > 0,
-                mode=mode,
-            )
-        )
-        written += result.bytes_written
-    assert result is not None
-    return WriteResult(path=result.path, bytes_written=written, size_bytes=result.size)
+    result = await write_bytes(scope.service.client, scope.session_id, path, data, append=append, mode=mode)
+    return WriteResult(path=result.path, bytes_written=result.bytes_written, size_bytes=result.size)
 
 
 async def run_write(args: WriteArgs, scope: ToolScope) -> ToolResult:
