@@ -68,6 +68,11 @@ async def call_unary(handler: ActionHandler, data: Payload) -> Payload:
     return await result
 
 
+async def _in_scope(scope: anyio.CancelScope, coro: Coroutine[Any, Any, None]) -> None:
+    with scope:
+        await coro
+
+
 async def _ping(_: Payload) -> Payload:
     return {}
 
@@ -102,7 +107,7 @@ class Peer:
         self._waiters: dict[int, MemoryObjectSendStream[Response]] = {}
         self._closed = anyio.Event()
         self._running = False
-        self._tasks: dict[asyncio.Task[None], anyio.CancelScope | None] = {}
+        self._tasks: dict[asyncio.Task[None], anyio.CancelScope] = {}
         self.name = name
 
     @property
@@ -142,19 +147,20 @@ class Peer:
             # The peer is gone: nobody can receive what in-flight handlers would answer. Handlers
             # are cancelled through their anyio scopes, never with task.cancel(): a native cancel
             # goes through the shields that keep cleanup (a sandbox half removed) from being cut.
-            for task, scope in list(self._tasks.items()):
-                if scope is not None:
-                    scope.cancel()
-                else:
-                    task.cancel()  # an error reply: no handler code, no shield
+            for scope in list(self._tasks.values()):
+                scope.cancel()
             if self._tasks:
                 with anyio.CancelScope(shield=True):
                     await asyncio.wait(list(self._tasks))
 
     def _start(self, coro: Coroutine[Any, Any, None], scope: anyio.CancelScope | None = None) -> None:
         """Run ``coro`` in a plain asyncio task (less work per request than a task group's
-        start_soon); ``scope``, if given, is the anyio scope ``coro`` runs in, which run() cancels
-        when the peer goes away."""
+        start_soon), owned by run(): it cancels the task's anyio scope when the peer goes away
+        and waits for the task. ``scope`` is the scope ``coro`` runs in; without one (an error
+        reply) the task gets one of its own."""
+        if scope is None:
+            scope = anyio.CancelScope()
+            coro = _in_scope(scope, coro)
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks[task] = scope
         task.add_done_callback(self._tasks.pop)

@@ -275,6 +275,8 @@ class HostBackend(AgentBackend[HostSandbox]):
         paths = self._session(handle).paths
         if op in WRITING_OPS and paths.is_read_only(path):
             raise AgentOpError(f"{path} is on a read-only mount", "EROFS")
+        if paths.find(path) is None:  # outside every mount: nothing of the host is reachable there
+            raise AgentOpError(f"{path} is outside the session's mounts ({', '.join(paths.sandbox_roots())})", "EACCES")
         try:
             # The agent still resolves symlinks and confines the result to the (host) roots.
             return await super().fs_request(handle, op, path, roots, fields, body)
