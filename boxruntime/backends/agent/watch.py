@@ -9,10 +9,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.errors import BoxSandboxError
 
+# The typed view of boxagent_wire.CHANGES (a test holds the two equal: a Literal cannot be
+# built from the wire's names).
 WatchKind = Literal["create", "write", "remove", "rename", "chmod"]
-WATCH_KINDS: frozenset[str] = frozenset(("create", "write", "remove", "rename", "chmod"))
+WATCH_KINDS: frozenset[str] = frozenset(wire.CHANGES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +25,7 @@ class WatchEvent:
 
 
 def parse_events(header: dict[str, Any]) -> list[WatchEvent]:
-    raw = header.get("events")
+    raw = header.get(wire.FsEvent.EVENTS)
     if not isinstance(raw, list):
         raise ValueError("agent watch events are not a list")
     events = []
