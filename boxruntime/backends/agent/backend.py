@@ -22,6 +22,7 @@ from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.agent.commands import CommandRequest
 from boxruntime.backends.agent.pipes import ProcessPipes
 from boxruntime.backends.agent.process import AgentCommand
+from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.common import host_mounts
 from boxruntime.backends.common import workspace as workspaces
 from boxruntime.backends.common.workspace import WorkspacePlan
@@ -281,11 +282,13 @@ class AgentBackend(Backend[AH]):
         """One file operation by the agent: ``path`` and ``roots`` as the sandbox names them."""
         agent = await self.connected_agent(handle)
         await before_command(handle.workspace_acl, path)
-        request = {**fields, "path": self.host_path_of(handle, path), "roots": self.roots_of(handle, roots)}
+        request = {**fields, wire.Fs.PATH: self.host_path_of(handle, path), wire.Fs.ROOTS: self.roots_of(handle, roots)}
         return await agent_files.request(agent, op, request, body)
 
     async def read_file(self, handle: AH, path: str, roots: Sequence[str], offset: int, length: int) -> FileChunk:
-        reply, data = await self.fs_request(handle, "read", path, roots, {"offset": offset, "length": length})
+        reply, data = await self.fs_request(
+            handle, wire.FsOp.READ, path, roots, {wire.Fs.OFFSET: offset, wire.Fs.LENGTH: length}
+        )
         return agent_files.chunk(reply, data, path)
 
     async def write_file(
@@ -301,10 +304,15 @@ class AgentBackend(Backend[AH]):
         make_parents: bool = True,
         own: bool = False,
     ) -> FileWritten:
-        fields: dict[str, Any] = {"mode": mode, "append": append, "offset": offset, "make_parents": make_parents}
+        fields: dict[str, Any] = {
+            wire.Fs.MODE: mode,
+            wire.Fs.APPEND: append,
+            wire.Fs.OFFSET: offset,
+            wire.Fs.MAKE_PARENTS: make_parents,
+        }
         if own:
-            fields["own"] = True
-        reply, _ = await self.fs_request(handle, "write", path, roots, fields, data)
+            fields[wire.Fs.OWN] = True
+        reply, _ = await self.fs_request(handle, wire.FsOp.WRITE, path, roots, fields, data)
         return agent_files.written(reply, path)
 
     async def list_dir(
@@ -319,41 +327,43 @@ class AgentBackend(Backend[AH]):
         include_hidden: bool = True,
     ) -> Listing:
         fields = {
-            "recursive": recursive,
-            "max_depth": max_depth,
-            "max_entries": max_entries,
-            "include_hidden": include_hidden,
+            wire.Fs.RECURSIVE: recursive,
+            wire.Fs.MAX_DEPTH: max_depth,
+            wire.Fs.MAX_ENTRIES: max_entries,
+            wire.Fs.INCLUDE_HIDDEN: include_hidden,
         }
-        reply, _ = await self.fs_request(handle, "list", path, roots, fields)
+        reply, _ = await self.fs_request(handle, wire.FsOp.LIST, path, roots, fields)
         return agent_files.listing(reply, path)
 
     async def stat(self, handle: AH, path: str, roots: Sequence[str]) -> FileInfo:
-        reply, _ = await self.fs_request(handle, "stat", path, roots, {})
+        reply, _ = await self.fs_request(handle, wire.FsOp.STAT, path, roots, {})
         return agent_files.info(reply, path)
 
     async def remove(self, handle: AH, path: str, roots: Sequence[str], *, recursive: bool = False) -> Removed:
-        reply, _ = await self.fs_request(handle, "remove", path, roots, {"recursive": recursive})
+        reply, _ = await self.fs_request(handle, wire.FsOp.REMOVE, path, roots, {wire.Fs.RECURSIVE: recursive})
         return agent_files.removed(reply, path)
 
     async def make_dir(self, handle: AH, path: str, roots: Sequence[str]) -> FileInfo:
-        reply, _ = await self.fs_request(handle, "mkdir", path, roots, {})
+        reply, _ = await self.fs_request(handle, wire.FsOp.MKDIR, path, roots, {})
         return agent_files.info(reply, path)
 
     async def move(self, handle: AH, source: str, destination: str, roots: Sequence[str]) -> FileInfo:
-        fields = {"destination": self.host_path_of(handle, destination)}
-        reply, _ = await self.fs_request(handle, "move", source, roots, fields)
+        fields = {wire.Fs.DESTINATION: self.host_path_of(handle, destination)}
+        reply, _ = await self.fs_request(handle, wire.FsOp.MOVE, source, roots, fields)
         return agent_files.info(reply, destination)
 
     async def watch(self, handle: AH, path: str, roots: Sequence[str], *, recursive: bool = False) -> Watch:
         agent = await self.connected_agent(handle)
         fields = {
-            "path": self.host_path_of(handle, path),
-            "recursive": recursive,
-            "roots": self.roots_of(handle, roots),
+            wire.Watch.PATH: self.host_path_of(handle, path),
+            wire.Watch.RECURSIVE: recursive,
+            wire.Watch.ROOTS: self.roots_of(handle, roots),
         }
         return await agent_files.watch(agent, fields)
 
     async def usage(self, handle: AH, disk_path: str) -> SandboxUsage:
         agent = await self.connected_agent(handle)
-        reply, _ = await agent_files.request(agent, "usage", {"path": self.host_path_of(handle, disk_path)})
+        reply, _ = await agent_files.request(
+            agent, wire.FsOp.USAGE, {wire.Fs.PATH: self.host_path_of(handle, disk_path)}
+        )
         return agent_files.usage(reply)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import os
 import signal
@@ -28,8 +27,9 @@ from boxruntime.backends.agent.commands import (
     event_int,
     parse_exit,
 )
-from boxruntime.backends.agent.fd_passing import HEADER, HandedPipes, fetch_fds, pipes_from
+from boxruntime.backends.agent.fd_passing import HandedPipes, fetch_fds, pipes_from
 from boxruntime.backends.agent.frames import FrameProtocol
+from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.agent.watch import AgentWatch, parse_events
 from boxruntime.backends.contract import SandboxFileError
 from boxruntime.errors import BoxSandboxError, BoxValidationError
@@ -114,28 +114,39 @@ class AgentProcess:
                 return
 
     async def signal(self, sig: int = signal.SIGTERM, cancel: bool = False) -> None:
-        await self._client._send({"op": "signal", "id": self.id, "signal": int(sig), "cancel": cancel})
+        await self._client._send(
+            {wire.OP: wire.Op.SIGNAL, wire.ID: self.id, wire.Signal.SIGNAL: int(sig), wire.Signal.CANCEL: cancel}
+        )
 
     async def write_input(self, data: bytes, eof: bool = False) -> None:
         """Feed the command's stdin (spawned with ``stdin`` or ``tty``); returns once the agent
         has written it, so a command that reads slowly slows the writer down. ``eof`` closes
         the stdin after ``data``. BoxValidationError once the command takes no more input."""
-        await self._client.request("input", {"target": self.id, "eof": eof}, data, timeout=INPUT_TIMEOUT_SEC)
+        fields = {wire.TARGET: self.id, wire.Input.EOF: eof}
+        await self._client.request(wire.Op.INPUT, fields, data, timeout=INPUT_TIMEOUT_SEC)
 
     async def resize(self, rows: int, cols: int) -> None:
         """Set the size of the command's terminal (spawned with ``tty``)."""
-        await self._client.request("resize", {"target": self.id, "rows": rows, "cols": cols})
+        fields = {wire.TARGET: self.id, wire.Window.ROWS: rows, wire.Window.COLS: cols}
+        await self._client.request(wire.Op.RESIZE, fields)
 
     async def signal_sent(self, sig: int, timeout: float = 10.0) -> None:
         """Signal the process's tree, and return once the agent has sent the signal, or, for
         SIGKILL, once the process is gone (a caller that answers "killed" must not answer
         before it is)."""
-        fields = {"id": self.id, "signal": int(sig), "cancel": False}
-        await self._client.request("signal", fields, timeout=timeout, token_field="ack")
+        fields = {wire.ID: self.id, wire.Signal.SIGNAL: int(sig), wire.Signal.CANCEL: False}
+        await self._client.request(wire.Op.SIGNAL, fields, timeout=timeout, token_field=wire.Signal.ACK)
 
     def kill_soon(self) -> None:
         """Best-effort SIGKILL without awaiting: usable while the caller is being cancelled."""
-        self._client._send_nowait({"op": "signal", "id": self.id, "signal": int(signal.SIGKILL), "cancel": True})
+        self._client._send_nowait(
+            {
+                wire.OP: wire.Op.SIGNAL,
+                wire.ID: self.id,
+                wire.Signal.SIGNAL: int(signal.SIGKILL),
+                wire.Signal.CANCEL: True,
+            }
+        )
 
 
 class AgentClient:
@@ -199,7 +210,7 @@ class AgentClient:
                     hello, _ = await protocol.hello
             except (ConnectionError, TimeoutError):
                 hello = {}
-            if hello.get("ev") != "hello":
+            if hello.get(wire.EV) != wire.Ev.HELLO:
                 transport.close()
                 raise BoxSandboxError(f"sandbox agent for {self.name} sent no greeting")
             if self._ever_connected:
@@ -208,7 +219,7 @@ class AgentClient:
             self._writer, self._protocol = writer, protocol
             for proc in self._procs.values():
                 if proc.keep:  # long-lived processes survive; collect what they wrote meanwhile
-                    self._send_nowait({"op": "attach", "id": proc.id})
+                    self._send_nowait({wire.OP: wire.Op.ATTACH, wire.ID: proc.id})
 
     def _connection_ended(self, protocol: FrameProtocol, reason: str) -> None:
         if self._protocol is not protocol:
@@ -244,18 +255,18 @@ class AgentClient:
         self._watches.clear()
 
     def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
-        ev = header.get("ev")
-        proc_id = header.get("id")
-        if ev == "error" and str(proc_id) in self._replies:
+        ev = header.get(wire.EV)
+        proc_id = header.get(wire.ID)
+        if ev == wire.Ev.ERROR and str(proc_id) in self._replies:
             # A request the agent could not handle at all: its reply is this error.
-            header = {"error": header.get("error", "unknown agent error"), "code": "EIO"}
-            ev = "reply"
-        if ev == "reply":
+            header = {wire.ERROR: header.get(wire.ERROR, "unknown agent error"), wire.CODE: "EIO"}
+            ev = wire.Ev.REPLY
+        if ev == wire.Ev.REPLY:
             fut = self._replies.pop(str(proc_id), None)
             if fut is not None and not fut.done():
                 fut.set_result((header, body))
             return
-        if ev == "fsevent":
+        if ev == wire.Ev.FSEVENT:
             watch = self._watches.get(str(proc_id))
             if watch is not None:
                 watch._deliver(parse_events(header))
@@ -263,28 +274,28 @@ class AgentClient:
         proc = self._procs.get(proc_id) if isinstance(proc_id, str) else None
         if proc is None:
             return  # stale or unknown process; harmless
-        if ev == "out":
-            stream = event_int(header, "s")
+        if ev == wire.Ev.OUT:
+            stream = event_int(header, wire.Out.STREAM)
             if stream not in (1, 2):
                 raise ValueError("agent output stream unknown")
             proc._deliver(Output(stream, body))
-        elif ev == "started":
-            proc.pid = event_int(header, "pid")
+        elif ev == wire.Ev.STARTED:
+            proc.pid = event_int(header, wire.Started.PID)
             if not proc._started.done():
                 proc._started.set_result(proc.pid)
-        elif ev == "exit":
+        elif ev == wire.Ev.EXIT:
             self._procs.pop(proc.id, None)
             done = parse_exit(header)
-            if "out_len" in header:  # a collected command: its output rides with the exit
-                split = event_int(header, "out_len")
+            if wire.Exit.OUT_LEN in header:  # a collected command: its output rides with the exit
+                split = event_int(header, wire.Exit.OUT_LEN)
                 if not 0 <= split <= len(body):
                     raise ValueError("agent exit out_len outside the body")
                 proc._complete(CompletedCommand(done, body[:split], body[split:]))
             else:
                 proc._deliver(done)
-        elif ev in ("failed", "error"):
-            message = str(header.get("error", "unknown agent error"))[:2000]
-            if not proc._started.done() or ev == "failed":
+        elif ev in (wire.Ev.FAILED, wire.Ev.ERROR):
+            message = str(header.get(wire.ERROR, "unknown agent error"))[:2000]
+            if not proc._started.done() or ev == wire.Ev.FAILED:
                 self._procs.pop(proc.id, None)
                 proc._fail_start(BoxValidationError(message))
             else:
@@ -299,37 +310,36 @@ class AgentClient:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise AgentLostError(f"not connected to sandbox agent {self.name}")
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        writer.write(HEADER.pack(len(raw), len(body)) + raw + body)
+        writer.write(wire.encode(header, body))
 
     # ── operations ───────────────────────────────────────────────────────
 
     async def request(
-        self, op: str, fields: dict[str, Any], body: bytes = b"", timeout: float = 30.0, token_field: str = "id"
+        self, op: str, fields: dict[str, Any], body: bytes = b"", timeout: float = 30.0, token_field: str = wire.ID
     ) -> tuple[dict[str, Any], bytes]:
         """One request/reply exchange (ping, file operations); errors come back as AgentOpError.
-        The reply names the request by ``token_field`` ("id", unless the op uses that already)."""
+        The reply names the request by ``token_field`` (``id``, unless the op uses that already)."""
         token = f"r{next(self._ids)}"
         fut: asyncio.Future[tuple[dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
         self._replies[token] = fut
         try:
-            await self._send({**fields, "op": op, token_field: token}, body)
+            await self._send({**fields, wire.OP: op, token_field: token}, body)
             header, data = await asyncio.wait_for(fut, timeout)
         finally:
             self._replies.pop(token, None)
-        if "error" in header:
-            raise AgentOpError(str(header["error"])[:2000], str(header.get("code", "EINVAL")))
+        if wire.ERROR in header:
+            raise AgentOpError(str(header[wire.ERROR])[:2000], str(header.get(wire.CODE, "EINVAL")))
         return header, data
 
     async def ping(self, timeout: float = 5.0) -> None:
-        await self.request("ping", {}, timeout=timeout)
+        await self.request(wire.Op.PING, {}, timeout=timeout)
 
     async def watch(self, fields: dict[str, Any]) -> AgentWatch:
         """Watch a directory (``path``, ``recursive``, ``roots``); events until ``close()``."""
         watch = AgentWatch(f"w{next(self._ids)}", self._unwatch)
         self._watches[watch.id] = watch  # before the reply: the first events may follow it at once
         try:
-            await self.request("watch", {**fields, "watch": watch.id})
+            await self.request(wire.Op.WATCH, {**fields, wire.Watch.WATCH: watch.id})
         except BaseException:
             self._watches.pop(watch.id, None)
             raise
@@ -337,7 +347,7 @@ class AgentClient:
 
     def _unwatch(self, watch_id: str) -> None:
         if self._watches.pop(watch_id, None) is not None:
-            self._send_nowait({"op": "unwatch", "watch": watch_id})
+            self._send_nowait({wire.OP: wire.Op.UNWATCH, wire.Watch.WATCH: watch_id})
 
     async def take_fds(self, proc: AgentProcess, timeout: float = 10.0) -> HandedPipes:
         """The pipes of a process spawned with ``handoff`` (see fd_passing)."""
@@ -355,28 +365,28 @@ class AgentClient:
         proc = AgentProcess(self, proc_id, keep=req.keep_on_disconnect)
         self._procs[proc_id] = proc
         header: dict[str, Any] = {
-            "op": "spawn",
-            "id": proc_id,
-            "cwd": req.cwd,
-            "env": req.env,
-            "timeout": req.timeout,
-            "output_cap": req.output_cap,
-            "stdin": req.stdin,
-            "keep_on_disconnect": req.keep_on_disconnect,
-            "notify_started": req.notify_started,
-            "handoff": req.handoff,
-            "make_cwd": req.make_cwd,
+            wire.OP: wire.Op.SPAWN,
+            wire.ID: proc_id,
+            wire.Spawn.CWD: req.cwd,
+            wire.Spawn.ENV: req.env,
+            wire.Spawn.TIMEOUT: req.timeout,
+            wire.Spawn.OUTPUT_CAP: req.output_cap,
+            wire.Spawn.STDIN: req.stdin,
+            wire.Spawn.KEEP_ON_DISCONNECT: req.keep_on_disconnect,
+            wire.Spawn.NOTIFY_STARTED: req.notify_started,
+            wire.Spawn.HANDOFF: req.handoff,
+            wire.Spawn.MAKE_CWD: req.make_cwd,
         }
         if req.pty is not None:
-            header["pty"] = list(req.pty)
+            header[wire.Spawn.PTY] = list(req.pty)
         if req.argv is not None:
-            header["argv"] = req.argv
+            header[wire.Spawn.ARGV] = req.argv
         if req.kill_grace:
-            header["kill_grace"] = req.kill_grace
+            header[wire.Spawn.KILL_GRACE] = req.kill_grace
         if req.tty is not None:
-            header["tty"] = {"rows": req.tty[0], "cols": req.tty[1]}
+            header[wire.Spawn.TTY] = {wire.Window.ROWS: req.tty[0], wire.Window.COLS: req.tty[1]}
         if collect:
-            header["collect"] = True
+            header[wire.Spawn.COLLECT] = True
         body = (req.script or "").encode("utf-8", "surrogateescape")
         try:
             await self._send(header, body)

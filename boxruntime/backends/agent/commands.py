@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.contract import CommandExit, CompletedCommand, Output
 
 __all__ = ["CommandExit", "CommandRequest", "CompletedCommand", "Event", "Output", "event_int", "parse_exit"]
@@ -43,25 +44,25 @@ def event_int(header: dict[str, Any], key: str, default: int | None = None) -> i
 
 
 def parse_exit(header: dict[str, Any]) -> CommandExit:
-    code = header.get("code")
-    sig = header.get("signal")
-    totals = header.get("totals")
+    code = header.get(wire.Exit.CODE)
+    sig = header.get(wire.Exit.SIGNAL)
+    totals = header.get(wire.Exit.TOTALS)
     if code is not None and not isinstance(code, int):
         raise ValueError("agent exit code is not an integer")
     if sig is not None and not isinstance(sig, int):
         raise ValueError("agent exit signal is not an integer")
     if not (isinstance(totals, list) and len(totals) == 2 and all(isinstance(t, int) for t in totals)):
         raise ValueError("agent exit totals malformed")
-    reason = header.get("reason")
-    if reason not in ("exit", "signal", "timeout", "oom", "cancelled"):
+    reason = header.get(wire.Exit.REASON)
+    if reason not in wire.REASONS:
         raise ValueError("agent exit reason unknown")
     return CommandExit(
         code=code,
         signal=sig,
         reason=reason,
-        wall_ms=event_int(header, "wall_ms", 0),
-        cpu_ms=event_int(header, "cpu_ms", 0),
-        peak_rss_kb=event_int(header, "peak_rss_kb", 0),
+        wall_ms=event_int(header, wire.Exit.WALL_MS, 0),
+        cpu_ms=event_int(header, wire.Exit.CPU_MS, 0),
+        peak_rss_kb=event_int(header, wire.Exit.PEAK_RSS_KB, 0),
         stdout_total=totals[0],
         stderr_total=totals[1],
     )

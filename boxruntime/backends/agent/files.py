@@ -9,9 +9,12 @@ from typing import Any
 import pydantic
 
 from boxruntime.backends.agent.client import AgentClient
+from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.agent.watch import AgentWatch
 from boxruntime.backends.contract import FileChunk, FileInfo, FileWritten, Listing, Removed, SandboxUsage
 from boxruntime.errors import BoxSandboxError
+
+_ENTRY_TYPES = frozenset((wire.EntryType.FILE, wire.EntryType.DIR, wire.EntryType.SYMLINK, wire.EntryType.OTHER))
 
 
 async def request(
@@ -19,7 +22,7 @@ async def request(
 ) -> tuple[dict[str, Any], bytes]:
     """One file operation; the agent's refusal is an AgentOpError, a SandboxFileError with its
     errno name."""
-    return await agent.request("fs", {**fields, "fs": op}, body)
+    return await agent.request(wire.Op.FS, {**fields, wire.Fs.OPERATION: op}, body)
 
 
 async def watch(agent: AgentClient, fields: dict[str, Any]) -> AgentWatch:
@@ -48,63 +51,66 @@ def chunk(reply: dict[str, Any], data: bytes, path: str) -> FileChunk:
     try:
         return FileChunk(
             path=path,
-            size=_int(reply, "size"),
-            offset=_int(reply, "offset"),
+            size=_int(reply, wire.Entry.SIZE),
+            offset=_int(reply, wire.Fs.OFFSET),
             data=data,
-            eof=bool(reply.get("eof")),
-            mode=_int(reply, "mode"),
-            mtime=_float(reply, "mtime"),
+            eof=bool(reply.get(wire.Fs.EOF)),
+            mode=_int(reply, wire.Entry.MODE),
+            mtime=_float(reply, wire.Entry.MTIME),
         )
     except ValueError as exc:
-        raise _malformed("read", exc) from None
+        raise _malformed(wire.FsOp.READ, exc) from None
 
 
 def written(reply: dict[str, Any], path: str) -> FileWritten:
     try:
         return FileWritten(
-            path=path, size=_int(reply, "size"), bytes_written=_int(reply, "bytes_written"), mode=_int(reply, "mode")
+            path=path,
+            size=_int(reply, wire.Entry.SIZE),
+            bytes_written=_int(reply, wire.Fs.BYTES_WRITTEN),
+            mode=_int(reply, wire.Entry.MODE),
         )
     except ValueError as exc:
-        raise _malformed("write", exc) from None
+        raise _malformed(wire.FsOp.WRITE, exc) from None
 
 
 def info(reply: dict[str, Any], path: str) -> FileInfo:
     try:
-        return FileInfo.model_validate({**reply, "path": path})
+        return FileInfo.model_validate(dict(reply, path=path))  # the contract names it as the caller did
     except pydantic.ValidationError as exc:
-        raise _malformed("stat", exc) from None
+        raise _malformed(wire.FsOp.STAT, exc) from None
 
 
 def listing(reply: dict[str, Any], path: str) -> Listing:
-    entries = reply.get("entries")
+    entries = reply.get(wire.Fs.ENTRIES)
     if not isinstance(entries, list):
-        raise _malformed("list", ValueError("entries is not a list"))
+        raise _malformed(wire.FsOp.LIST, ValueError("entries is not a list"))
     try:
         return Listing(
             path=path,
             entries=[FileInfo.model_validate(entry) for entry in entries],
-            truncated=bool(reply.get("truncated")),
+            truncated=bool(reply.get(wire.Fs.TRUNCATED)),
         )
     except pydantic.ValidationError as exc:
-        raise _malformed("list", exc) from None
+        raise _malformed(wire.FsOp.LIST, exc) from None
 
 
 def removed(reply: dict[str, Any], path: str) -> Removed:
-    kind = reply.get("type")
-    if kind not in ("file", "dir", "symlink", "other"):
-        raise _malformed("remove", ValueError("type unknown"))
+    kind = reply.get(wire.Entry.TYPE)
+    if kind not in _ENTRY_TYPES:
+        raise _malformed(wire.FsOp.REMOVE, ValueError("type unknown"))
     return Removed(path=path, type=kind)
 
 
 def usage(reply: dict[str, Any]) -> SandboxUsage:
     try:
-        disk_total = reply.get("disk_total")
-        disk_used = reply.get("disk_used")
+        disk_total = reply.get(wire.Fs.DISK_TOTAL)
+        disk_used = reply.get(wire.Fs.DISK_USED)
         return SandboxUsage(
-            cpu_sec=_float(reply, "cpu_sec"),
-            mem_bytes=_int(reply, "mem_bytes"),
+            cpu_sec=_float(reply, wire.Fs.CPU_SEC),
+            mem_bytes=_int(reply, wire.Fs.MEM_BYTES),
             disk_total=disk_total if isinstance(disk_total, int) else None,
             disk_used=disk_used if isinstance(disk_used, int) else None,
         )
     except ValueError as exc:
-        raise _malformed("usage", exc) from None
+        raise _malformed(wire.FsOp.USAGE, exc) from None

@@ -1,9 +1,15 @@
-"""The daemon's end of the agent connection: frames parsed as the bytes arrive.
+"""The daemon's end of the agent's frames: the one place the host side reads them.
 
-Each frame is handed over from ``data_received`` itself, so an exec's result reaches the
-waiting caller one event-loop iteration sooner than through a reader task. Writing keeps
-asyncio's ``StreamWriter`` (and its ``drain``), which this protocol supports by extending
-``StreamReaderProtocol``; its reader is never fed.
+Both readers below drive the wire module's one decoder (``boxagent_wire.Decoder``, which the
+agent uses too):
+
+- ``FrameProtocol``, the agent connection itself: each frame is handed over from
+  ``data_received``, so an exec's result reaches the waiting caller one event-loop iteration
+  sooner than through a reader task. Writing keeps asyncio's ``StreamWriter`` (and its
+  ``drain``), which this protocol supports by extending ``StreamReaderProtocol``; its reader is
+  never fed.
+- ``read_frame_blocking``, for the short blocking connection that receives file descriptors
+  (fd_passing): it reads exactly one frame, never a byte past it.
 
 The agent runs inside the sandbox: an oversized or malformed frame ends the connection.
 """
@@ -11,11 +17,11 @@ The agent runs inside the sandbox: an oversized or malformed frame ends the conn
 from __future__ import annotations
 
 import asyncio
-import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
-from boxruntime.backends.agent.fd_passing import HEADER, MAX_BODY, MAX_HEADER
+from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 
 Frame = tuple[dict[str, Any], bytes]
 
@@ -34,7 +40,7 @@ class FrameProtocol(asyncio.StreamReaderProtocol):
         self.hello: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._on_frame = on_frame
         self._on_end = on_end
-        self._buffer = bytearray()
+        self._frames = wire.Decoder()
         self._ended = False
         self._connection: asyncio.BaseTransport | None = None
 
@@ -45,33 +51,17 @@ class FrameProtocol(asyncio.StreamReaderProtocol):
     def data_received(self, data: bytes) -> None:
         if self._ended:
             return
-        self._buffer += data
+        self._frames.feed(data)
         try:
-            while (frame := self._next_frame()) is not None:
+            while (frame := self._frames.next_frame()) is not None:
                 if not self.hello.done():
                     self.hello.set_result(frame)
                 else:
                     self._on_frame(*frame)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:  # wire.FrameError is a ValueError
             self._end(f"protocol error: {exc}")
             if self._connection is not None:
                 self._connection.close()
-
-    def _next_frame(self) -> Frame | None:
-        if len(self._buffer) < HEADER.size:
-            return None
-        hlen, blen = HEADER.unpack_from(self._buffer)
-        if hlen > MAX_HEADER or blen > MAX_BODY:
-            raise ValueError(f"agent frame too large ({hlen}+{blen} bytes)")
-        end = HEADER.size + hlen + blen
-        if len(self._buffer) < end:
-            return None
-        header = json.loads(self._buffer[HEADER.size : HEADER.size + hlen])
-        if not isinstance(header, dict):
-            raise ValueError("agent frame header is not an object")
-        body = bytes(self._buffer[HEADER.size + hlen : end])
-        del self._buffer[:end]
-        return header, body
 
     def eof_received(self) -> bool:
         self._end("closed by the agent")
@@ -89,3 +79,14 @@ class FrameProtocol(asyncio.StreamReaderProtocol):
             self.hello.set_exception(ConnectionError(reason))
             self.hello.exception()  # retrieved here: whoever waits sees it, nobody else warns
         self._on_end(self, reason)
+
+
+def read_frame_blocking(sock: socket.socket, frames: wire.Decoder) -> Frame:
+    """The next frame from a blocking socket, reading no byte past it (what ``frames`` holds
+    already counts). ValueError if the agent ends the connection first or breaks the protocol."""
+    while (frame := frames.next_frame()) is None:
+        chunk = sock.recv(frames.missing())
+        if not chunk:
+            raise ValueError("agent closed the connection mid-frame")
+        frames.feed(chunk)
+    return frame

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import os
-import struct
 import termios
 from collections.abc import Callable
 
@@ -92,7 +90,7 @@ class Terminal:
                     self._loop.remove_writer(self.fd)
 
     def set_window(self, rows: int, cols: int) -> None:
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        termios.tcsetwinsize(self.fd, (rows, cols))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -8,14 +8,17 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, get_args
 
+from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.contract import FileChange, WatchKind
 from boxruntime.errors import BoxSandboxError
 
+# The contract's typed kinds are the wire's names (a test holds the two equal: a Literal cannot
+# be built from the wire's names).
 WATCH_KINDS: frozenset[str] = frozenset(get_args(WatchKind))
 
 
 def parse_events(header: dict[str, Any]) -> list[FileChange]:
-    raw = header.get("events")
+    raw = header.get(wire.FsEvent.EVENTS)
     if not isinstance(raw, list):
         raise ValueError("agent watch events are not a list")
     events = []

@@ -3,17 +3,22 @@
 
 Stdlib only, Python >= 3.8; mounted read-only into every sandbox and run as its init process.
 It listens on a unix socket (in a directory the daemon bind-mounts from the host), so the
-daemon pays one framed request per command instead of a ``docker exec``.
+daemon pays one framed request per command instead of a ``docker exec``. The frames, their
+names and fields are declared in boxagent_wire. A spawn with ``collect`` sends no output
+frames: its output comes with the exit event, one frame per command, which halves the
+wake-ups of a plain exec.
 
-Wire format, both ways: ``>II`` (header length, body length), a JSON header, raw body bytes.
-Requests carry ``op``; events carry ``ev``. Every process has a daemon-chosen string ``id``.
-A spawn with ``collect`` sends no output frames: its output (up to ``output_cap`` per stream)
-comes with the exit event, one frame per command, which halves the wake-ups of a plain exec.
+This module is the event loop: the listening socket and connections, the dispatch of requests
+to the parts that each own one job and register their operations here:
 
-As PID 1 it reaps every zombie (``wait4(-1)``, which also yields each command's CPU time and
-peak RSS), forwards SIGTERM/SIGINT to its children, and kills a command's whole process group
-and session when its timeout expires. With ``--host`` it runs directly on a host instead (the
-unsafe ``host`` backend): see boxagent_host.
+- boxagent_procs: the process table, reaping, deadlines, exit events (signal, attach);
+- boxagent_spawn: starting commands and wiring their stdio (spawn, take_fds);
+- boxagent_output: pumping their output; boxagent_input: their stdin and terminal (input, resize);
+- boxagent_spare: the spare shells started ahead of the next commands;
+- boxagent_fs: file operations (fs); boxagent_watch: directory watches (watch, unwatch);
+- boxagent_host: what differs when run on a host with ``--host`` (the unsafe ``host`` backend).
+
+As PID 1 it forwards SIGTERM/SIGINT to its children (and on a host, takes its tree down).
 """
 
 import os
@@ -22,44 +27,50 @@ import signal
 import socket
 import sys
 
-import boxagent_fs
 import boxagent_host
-import boxagent_spare
 import boxagent_spawn
+import boxagent_wire as wire
 from boxagent_conn import Conn
-from boxagent_input import InputPipes
-from boxagent_output import OutputPipes
-from boxagent_proc import ExitWatch, OomCounter, Proc, kill_rest, kill_tree, now
-from boxagent_watch import WatchOps
+from boxagent_fs import FileOps
+from boxagent_input import InputFeed
+from boxagent_output import OutputPump
+from boxagent_proc import now
+from boxagent_procs import OomCounter, ProcessTable
+from boxagent_spare import SparePool
+from boxagent_watch import DirectoryWatches
 
-VERSION = 3
-SPARES = 2
-EXIT_GRACE_SEC = 0.2  # after the main process exits, how long background children may hold its pipes
-FS_MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
+IDLE_WAKE_SEC = 1.0  # a periodic wake-up also catches a SIGCHLD lost to a race
 
 
-class Agent(OutputPipes, InputPipes, WatchOps):
+class Agent:
     def __init__(self, socket_path, host=False):
         self.socket_path = socket_path
-        self.host = boxagent_host.HostMode() if host else None
-        self.childless = False  # the last reap found no child at all, running or not
         self.sel = selectors.DefaultSelector()
         self.conns = set()
-        self.procs = {}  # id -> Proc
-        self.by_pid = {}  # pid -> Proc
-        self.stopping = False
-        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
         self.dirty = set()  # connections with frames waiting to be written
-        # Shells started ahead of time for the next commands. Two: a login shell reads its
-        # profile for a few ms, and a command that comes right after another still finds one
-        # that has done so.
-        self.spares = []
-        self.spare_shape = None  # the shape of the last command, which the next spares take
-        self.watches = {}  # id -> (Watch, the connection its events go to)
-        self.oom = OomCounter(enabled=not host)
-        self.exits = ExitWatch(self.sel)
+        self.stopping = False
+        self.ops = {}  # request name -> handler(conn, header, body)
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("BOXAGENT_")}
+        # The parts, each owning one job; see the module doc.
+        self.host = boxagent_host.HostMode() if host else None
+        self.spares = SparePool(base_env)
+        self.procs = ProcessTable(self.sel, OomCounter(enabled=not host), self.spares)
+        self.output = OutputPump(self.sel, self.procs)
+        self.input = InputFeed(self.sel, self.procs)
+        self.procs.drives(self.output, self.input)
+        self.watches = DirectoryWatches(self.sel)
+        launcher = boxagent_spawn.Launcher(base_env, self.procs, self.spares, self.output, self.input)
+        self.on(wire.Op.PING, self.op_ping)
+        for part in (self.procs, launcher, self.input, FileOps(self.watches), self.watches):
+            part.register(self.on)
 
-    # ── lifecycle ────────────────────────────────────────────────────────
+    def on(self, op, handler):
+        """Dispatch requests named ``op`` to ``handler``."""
+        if op in self.ops:
+            raise ValueError("two handlers for op %r" % op)
+        self.ops[op] = handler
+
+    # ── connections ──────────────────────────────────────────────────────
 
     def listen(self):
         directory = os.path.dirname(self.socket_path)
@@ -86,8 +97,14 @@ class Agent(OutputPipes, InputPipes, WatchOps):
         conn = Conn(self, sock)
         self.conns.add(conn)
         self.sel.register(sock, selectors.EVENT_READ, conn.on_event)
-        detached = [p.id for p in self.procs.values() if p.conn is None]
-        conn.send({"ev": "hello", "version": VERSION, "pid": os.getpid(), "detached": detached})
+        conn.send(
+            {
+                wire.EV: wire.Ev.HELLO,
+                wire.Hello.VERSION: wire.VERSION,
+                wire.Hello.PID: os.getpid(),
+                wire.Hello.DETACHED: self.procs.detached(),
+            }
+        )
 
     def drop_conn(self, conn):
         if conn.closed:
@@ -99,13 +116,8 @@ class Agent(OutputPipes, InputPipes, WatchOps):
         except (KeyError, ValueError):
             pass
         conn.sock.close()
-        self.end_watches_of(conn)
-        for proc in list(self.procs.values()):
-            if proc.conn is conn:
-                proc.conn = None
-                if not proc.keep:  # nobody will read an exec's result: end it
-                    proc.cancelled = True
-                    kill_tree(proc, signal.SIGKILL)
+        self.watches.conn_lost(conn)
+        self.procs.conn_lost(conn)
 
     def update_conn_interest(self, conn):
         if conn.closed:
@@ -116,10 +128,20 @@ class Agent(OutputPipes, InputPipes, WatchOps):
         except (KeyError, ValueError):
             pass
 
+    def resume_paused(self, conn):
+        self.output.resume_paused(conn)
+
+    def flush_all(self):
+        dirty, self.dirty = self.dirty, set()
+        for conn in dirty:
+            conn.flush()
+
+    # ── the loop ─────────────────────────────────────────────────────────
+
     def run(self):
         # Exits wake the loop through pidfds (ExitWatch), else through SIGCHLD. Orphans that are
         # reparented to us are reaped on the next loop iteration either way.
-        if not self.exits.enabled:
+        if not self.procs.exits.enabled:
             signal.signal(signal.SIGCHLD, lambda *_: None)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self.on_stop_signal)
@@ -139,14 +161,13 @@ class Agent(OutputPipes, InputPipes, WatchOps):
         if self.host is not None:
             # Everything below a subreaper is its child or a child's descendant: no child left
             # means nothing of this agent is left on the host.
-            return self.childless
-        return not self.procs
+            return self.procs.childless
+        return not len(self.procs)
 
     def on_stop_signal(self, signum, _frame):
         self.stopping = True
-        self.discard_spares(lambda spare: True)
-        for proc in list(self.procs.values()):
-            kill_tree(proc, signal.SIGTERM)
+        self.spares.discard_all()
+        self.procs.signal_all(signal.SIGTERM)
         if self.host is not None:
             self.host.stop()
 
@@ -158,250 +179,49 @@ class Agent(OutputPipes, InputPipes, WatchOps):
             pass
 
     def sel_once(self):
-        timeout = self.next_timeout()
-        for key, mask in self.sel.select(timeout):
+        for key, mask in self.sel.select(self.next_timeout()):
             key.data(mask)
-        self.reap()
-        self.check_times()
+        self.procs.reap()
+        self.procs.check_times()
         if self.host is not None:
             self.host.tick()
         self.flush_all()
-        if len(self.spares) < SPARES and not self.stopping and self.idle():
-            self.make_spare()  # pay for the next command's shell now, while nothing waits on us
+        if self.spares.short() and not self.stopping and self.idle():
+            self.spares.refill()  # pay for the next command's shell now, while nothing waits on us
 
     def idle(self):
         """No command in flight and nothing left to send: a fork now delays nobody. (Long-lived
         processes the daemon reads directly do not count.)"""
         if any(c.wbuf for c in self.conns):
             return False
-        return all(p.keep and p.status is None and not p.pipes for p in self.procs.values())
-
-    def flush_all(self):
-        dirty, self.dirty = self.dirty, set()
-        for conn in dirty:
-            conn.flush()
-
-    def make_spare(self):
-        try:
-            self.spares.append(boxagent_spare.SpareShell(self.base_env, self.spare_shape))
-        except OSError:
-            self.spare_shape = None  # that shell cannot be started: fall back to the plain one
-
-    def discard_spares(self, which):
-        for spare in [s for s in self.spares if which(s)]:
-            self.spares.remove(spare)
-            spare.discard()
+        return self.procs.quiet()
 
     def next_timeout(self):
-        moments = []
-        for proc in self.procs.values():
-            if proc.deadline is not None and not proc.timed_out:
-                moments.append(proc.deadline)
-            if proc.exited_at is not None and proc.pipes:
-                moments.append(proc.exited_at + EXIT_GRACE_SEC)
-            if proc.listen_at is not None:
-                moments.append(proc.listen_at)
-            if proc.kill_at is not None:
-                moments.append(proc.kill_at)
-        if self.host is not None and self.host.next_moment() is not None:
+        moments = [self.procs.next_moment()]
+        if self.host is not None:
             moments.append(self.host.next_moment())
+        moments = [m for m in moments if m is not None]
         if not moments:
-            return 1.0  # a periodic wake-up also catches a SIGCHLD lost to a race
+            return IDLE_WAKE_SEC
         return max(0.0, min(moments) - now())
 
     # ── requests ─────────────────────────────────────────────────────────
 
     def handle(self, conn, header, body):
-        op = header.get("op")
-        handler = getattr(self, "op_" + str(op), None)
+        op = header.get(wire.OP)
+        handler = self.ops.get(op) if isinstance(op, str) else None
         if handler is None:
-            conn.send({"ev": "error", "id": header.get("id"), "error": "unknown op %r" % op})
+            conn.send({wire.EV: wire.Ev.ERROR, wire.ID: header.get(wire.ID), wire.ERROR: "unknown op %r" % op})
             return
         try:
             handler(conn, header, body)
         except Exception as exc:  # a bad request must never take the agent down
-            conn.send({"ev": "error", "id": header.get("id"), "error": "%s: %s" % (type(exc).__name__, exc)})
+            conn.send(
+                {wire.EV: wire.Ev.ERROR, wire.ID: header.get(wire.ID), wire.ERROR: "%s: %s" % (type(exc).__name__, exc)}
+            )
 
     def op_ping(self, conn, header, _body):
-        conn.send({"ev": "reply", "id": header.get("id"), "procs": len(self.procs)})
-
-    def op_fs(self, conn, header, body):
-        """Request/reply file operations; small and local, so they run inline."""
-        operation = boxagent_fs.OPERATIONS.get(header.get("fs"))
-        roots = header.get("roots") or ["/"]
-        try:
-            if operation is None:
-                raise boxagent_fs.FsError("unknown file operation %r" % header.get("fs"))
-            reply, data = operation(header, body, roots, FS_MAX_BYTES)
-        except boxagent_fs.FsError as exc:
-            conn.send({"ev": "reply", "id": header.get("id"), "error": str(exc), "code": exc.code})
-            return
-        finally:
-            if self.watches:
-                self.pass_all_events()
-        reply["ev"] = "reply"
-        reply["id"] = header.get("id")
-        conn.send(reply, data)
-
-    def op_spawn(self, conn, header, body):
-        pid_key = header["id"]
-        if pid_key in self.procs:
-            raise ValueError("process id %r already in use" % pid_key)
-        cwd = header.get("cwd") or "/"
-        if not os.path.isdir(cwd):
-            error = "workdir %s is not a directory" % cwd
-            if header.get("make_cwd", True):
-                try:
-                    os.makedirs(cwd, exist_ok=True)
-                    error = None if os.path.isdir(cwd) else error
-                except OSError as exc:
-                    error = "workdir %s cannot be created: %s" % (cwd, exc.strerror)
-            if error is not None:
-                conn.send({"ev": "failed", "id": pid_key, "error": error})
-                return
-        if header.get("tty") and header.get("handoff"):
-            conn.send({"ev": "failed", "id": pid_key, "error": "a tty terminal cannot be handed over (ask for pty)"})
-            return
-        self.spare_shape = boxagent_spare.shape_of(header, self.base_env)
-        master = None
-        spare, script = None, None
-        for spare in self.spares:
-            script = spare.script_for(header, body, self.base_env)
-            if script is not None:
-                break
-        try:
-            if script is not None:
-                self.spares.remove(spare)
-                popen = spare.hand_over(script)
-            elif header.get("tty"):
-                popen, master = boxagent_spawn.tty_spawn(self.base_env, header, body, cwd)
-            else:
-                # Spares of another shape than the commands now coming are replaced when idle.
-                self.discard_spares(lambda spare: spare.shape != self.spare_shape)
-                popen = boxagent_spawn.fresh_spawn(self.base_env, header, body, cwd)
-        except boxagent_spawn.SpawnError as exc:
-            conn.send({"ev": "failed", "id": pid_key, "error": str(exc)})
-            return
-        proc = Proc(popen.pid, popen, conn, header)
-        self.procs[pid_key] = proc
-        self.by_pid[popen.pid] = proc
-        self.exits.watch(popen.pid)
-        if header.get("handoff"):
-            # The daemon takes the pipes themselves (op take_fds): its data need not pass
-            # through this process. The agent still reaps, signals and reports the exit.
-            proc.handoff = [popen.stdin, popen.stdout, popen.stderr]
-        elif master is not None:
-            proc.tty_fd = master
-            self.keep_stdin(proc, open(os.dup(master), "wb", buffering=0))  # noqa: SIM115
-            self.read_output_of(proc, ((1, open(master, "rb", buffering=0)),))  # noqa: SIM115
-        else:
-            if popen.stdin is not None:
-                self.keep_stdin(proc, popen.stdin)
-            self.read_output_of(proc, ((1, popen.stdout), (2, popen.stderr)))
-        if header.get("notify_started"):
-            conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
-
-    def op_take_fds(self, conn, header, _body):
-        """Pass a handed-off process's stdin, stdout and stderr to the daemon (SCM_RIGHTS)."""
-        proc = self.procs.get(header.get("target"))
-        if proc is None or not proc.handoff:
-            conn.send({"ev": "reply", "id": header.get("id"), "error": "no pipes to hand over"})
-            return
-        files, proc.handoff = proc.handoff, None
-        fds = [f.fileno() for f in files if f is not None]
-        conn.send_fds({"ev": "reply", "id": header.get("id"), "stdin": files[0] is not None}, fds)
-        for f in files:
-            if f is not None:
-                f.close()  # the daemon holds its own copies now
-        if proc.status is not None:
-            self.finish(proc)
-
-    def op_signal(self, conn, header, _body):
-        proc = self.procs.get(header["id"])
-        if proc is not None:
-            sig = int(header.get("signal", signal.SIGTERM))
-            if header.get("cancel"):
-                proc.cancelled = True
-            kill_tree(proc, sig)
-        ack = header.get("ack")
-        if ack and proc is not None and proc.status is None and int(header.get("signal", 0)) == signal.SIGKILL:
-            proc.kill_acks.append((conn, ack))  # answered once it is gone (reap): killed means dead
-        elif ack:  # the caller waits until the signal is sent
-            conn.send({"ev": "reply", "id": ack, "found": proc is not None})
-
-    def op_attach(self, conn, header, _body):
-        proc = self.procs.get(header["id"])
-        if proc is None:
-            conn.send({"ev": "failed", "id": header["id"], "error": "no such process"})
-            return
-        proc.conn = conn
-        conn.send({"ev": "attached", "id": proc.id})
-        if proc.status is not None:
-            self.finish(proc)  # it exited while nobody was connected: report it now
-
-    # ── processes ────────────────────────────────────────────────────────
-
-    def reap(self):
-        while True:
-            try:
-                pid, status, rusage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                self.childless = True
-                return
-            self.childless = False
-            if pid == 0:
-                return
-            self.exits.forget(pid)
-            proc = self.by_pid.pop(pid, None)
-            if proc is None:
-                # A spare that died before it was used is replaced when idle.
-                self.discard_spares(lambda spare, pid=pid: spare.pid == pid)
-                continue  # an orphan reparented to us; reaping it is all it needs
-            proc.status = status
-            proc.rusage = rusage
-            proc.exited_at = now()
-            self.close_stdin(proc, "the command has exited")
-            proc.popen.returncode = status  # keep Popen from waiting on a reaped pid
-            for conn, ack in proc.kill_acks:
-                conn.send({"ev": "reply", "id": ack, "found": True})
-            proc.kill_acks = []
-            self.drain_exited(proc)
-            if not proc.pipes:
-                self.finish(proc)
-
-    def check_times(self):
-        t = now()
-        for proc in list(self.procs.values()):
-            if proc.listen_at is not None and t >= proc.listen_at:
-                self.watch_pipes(proc)
-            if proc.deadline is not None and not proc.timed_out and t >= proc.deadline:
-                proc.timed_out = True
-                if proc.kill_grace:
-                    kill_tree(proc, signal.SIGTERM)
-                    proc.kill_at = t + proc.kill_grace
-                else:
-                    kill_tree(proc, signal.SIGKILL)
-            if proc.kill_at is not None and t >= proc.kill_at:
-                proc.kill_at = None
-                kill_rest(proc, self.by_pid)
-                if proc.status is not None and not proc.pipes:
-                    self.finish(proc)
-            if proc.exited_at is not None and proc.pipes and t >= proc.exited_at + EXIT_GRACE_SEC:
-                # The main process is gone; background children still hold its pipes.
-                for fd in list(proc.pipes):
-                    self.close_pipe(proc, fd)
-
-    def finish(self, proc):
-        if proc.kill_at is not None:
-            return  # a timed-out command is reported once its grace is over and the rest killed
-        if proc.handoff is not None:
-            return  # exited before the daemon took its pipes: report it once they are taken
-        if proc.conn is None and proc.keep:
-            return  # nobody to tell yet: op_attach reports it
-        if self.procs.pop(proc.id, None) is None:
-            return
-        if proc.conn is not None:
-            proc.conn.send(*proc.exit_frame(self.oom))
+        conn.send({wire.EV: wire.Ev.REPLY, wire.ID: header.get(wire.ID), wire.Ping.PROCS: len(self.procs)})
 
 
 def main(argv):

@@ -1,19 +1,18 @@
-"""One daemon connection to the agent: length-prefixed frames in and out (stdlib only).
+"""One daemon connection to the agent: frames in and out (stdlib only, Python >= 3.8).
 
-Frames are ``>II`` (header length, body length), a JSON header, raw body bytes. Outgoing frames
-are queued and written once per loop iteration by the agent (``flush``); a frame may carry file
-descriptors (``send_fds``, SCM_RIGHTS). A malformed or oversized frame drops the connection.
+Frames are read and written with boxagent_wire. Outgoing frames are queued and written once
+per loop iteration by the agent (``flush``); a frame may carry file descriptors (``send_fds``,
+SCM_RIGHTS). An oversized frame drops the connection; one whose header is not a JSON object
+is skipped.
 """
 
 import array
-import json
 import selectors
 import socket
-import struct
 
-HEADER = struct.Struct(">II")
-MAX_HEADER = 1 << 20
-MAX_BODY = 32 << 20
+import boxagent_wire as wire
+
+RECV_CHUNK = 262144
 RESUME_BELOW = 1 << 20  # a paused process's pipes are read again below this much queued output
 
 
@@ -21,7 +20,7 @@ class Conn:
     def __init__(self, agent, sock):
         self.agent = agent
         self.sock = sock
-        self.rbuf = bytearray()
+        self.frames = wire.Decoder()
         self.wbuf = bytearray()
         self.closed = False
         sock.setblocking(False)
@@ -29,11 +28,7 @@ class Conn:
     def send(self, header, body=b""):
         if self.closed:
             return
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        self.wbuf += HEADER.pack(len(raw), len(body))
-        self.wbuf += raw
-        if body:
-            self.wbuf += body
+        wire.encode_into(self.wbuf, header, body)
         # Written once per loop iteration: the frames of one command often leave together.
         self.agent.dirty.add(self)
 
@@ -72,7 +67,7 @@ class Conn:
             self.flush()
         if mask & selectors.EVENT_READ and not self.closed:
             try:
-                data = self.sock.recv(262144)
+                data = self.sock.recv(RECV_CHUNK)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -80,23 +75,18 @@ class Conn:
             if not data:
                 self.agent.drop_conn(self)
                 return
-            self.rbuf += data
-            self.parse()
+            self.frames.feed(data)
+            self.handle_frames()
 
-    def parse(self):
-        while len(self.rbuf) >= HEADER.size:
-            hlen, blen = HEADER.unpack_from(self.rbuf)
-            if hlen > MAX_HEADER or blen > MAX_BODY:
+    def handle_frames(self):
+        while True:
+            try:
+                frame = self.frames.next_frame()
+            except wire.BadHeader:
+                continue  # that frame is skipped; the stream is still in step
+            except wire.FrameTooLarge:
                 self.agent.drop_conn(self)
                 return
-            total = HEADER.size + hlen + blen
-            if len(self.rbuf) < total:
+            if frame is None:
                 return
-            try:
-                header = json.loads(bytes(self.rbuf[HEADER.size : HEADER.size + hlen]))
-            except ValueError:
-                header = None
-            body = bytes(self.rbuf[HEADER.size + hlen : total])
-            del self.rbuf[:total]
-            if isinstance(header, dict):
-                self.agent.handle(self, header, body)
+            self.agent.handle(self, *frame)

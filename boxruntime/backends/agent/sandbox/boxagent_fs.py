@@ -6,7 +6,8 @@ file tool elsewhere in the sandbox. Only regular files are read or written: a FI
 would block the agent, and nothing useful lives there.
 
 Each operation takes the request header (and body) and returns ``(reply fields, body bytes)``;
-errors raise ``FsError`` with a message meant for the user.
+errors raise ``FsError`` with a message meant for the user. ``FileOps`` answers the ``fs``
+request with them.
 """
 
 import errno
@@ -17,8 +18,10 @@ import shutil
 import stat
 
 import boxagent_usage
+import boxagent_wire as wire
 
 SPECIAL_READ = 65536
+MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
 
 
 class FsError(Exception):
@@ -55,22 +58,22 @@ def confined_entry(path, roots):
 
 def _kind(mode):
     if stat.S_ISREG(mode):
-        return "file"
+        return wire.EntryType.FILE
     if stat.S_ISDIR(mode):
-        return "dir"
+        return wire.EntryType.DIR
     if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
+        return wire.EntryType.SYMLINK
+    return wire.EntryType.OTHER
 
 
-_NAMES = {}  # (database, id) -> name, as this sandbox's /etc/passwd and /etc/group say
+_NAMES = {}  # (lookup, id) -> name, as this sandbox's /etc/passwd and /etc/group say
 
 
-def _name(database, ident):
-    key = (database, ident)
+def _name(lookup, ident):
+    key = (lookup, ident)
     if key not in _NAMES:
         try:
-            _NAMES[key] = (pwd.getpwuid if database == "user" else grp.getgrgid)(ident)[0]
+            _NAMES[key] = lookup(ident)[0]
         except KeyError:
             _NAMES[key] = str(ident)
     return _NAMES[key]
@@ -78,14 +81,14 @@ def _name(database, ident):
 
 def _describe(st):
     return {
-        "type": _kind(st.st_mode),
-        "size": st.st_size,
-        "mode": stat.S_IMODE(st.st_mode),
-        "mtime": st.st_mtime,
-        "uid": st.st_uid,
-        "gid": st.st_gid,
-        "owner": _name("user", st.st_uid),
-        "group": _name("group", st.st_gid),
+        wire.Entry.TYPE: _kind(st.st_mode),
+        wire.Entry.SIZE: st.st_size,
+        wire.Entry.MODE: stat.S_IMODE(st.st_mode),
+        wire.Entry.MTIME: st.st_mtime,
+        wire.Entry.UID: st.st_uid,
+        wire.Entry.GID: st.st_gid,
+        wire.Entry.OWNER: _name(pwd.getpwuid, st.st_uid),
+        wire.Entry.GROUP: _name(grp.getgrgid, st.st_gid),
     }
 
 
@@ -95,18 +98,18 @@ def _oserror(exc, path):
 
 
 def read(header, _body, roots, max_bytes):
-    path = confined(header["path"], roots)
-    offset = int(header.get("offset") or 0)
-    length = min(int(header.get("length") or max_bytes), max_bytes)
+    path = confined(header[wire.Fs.PATH], roots)
+    offset = int(header.get(wire.Fs.OFFSET) or 0)
+    length = min(int(header.get(wire.Fs.LENGTH) or max_bytes), max_bytes)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _oserror(exc, header["path"]) from None
+        raise _oserror(exc, header[wire.Fs.PATH]) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise FsError(
-                "%s is not a regular file" % header["path"], "EISDIR" if stat.S_ISDIR(st.st_mode) else "EINVAL"
+                "%s is not a regular file" % header[wire.Fs.PATH], "EISDIR" if stat.S_ISDIR(st.st_mode) else "EINVAL"
             )
         if st.st_size == 0:
             # /proc and /sys files say 0 and make what they hold as they are read; the kernel
@@ -114,18 +117,18 @@ def read(header, _body, roots, max_bytes):
             length = min(length, SPECIAL_READ)
         data = os.pread(fd, length, offset)
     except OSError as exc:
-        raise _oserror(exc, header["path"]) from None
+        raise _oserror(exc, header[wire.Fs.PATH]) from None
     finally:
         os.close(fd)
     reply = _describe(st)
     eof = len(data) < length if st.st_size == 0 else offset + len(data) >= st.st_size
-    reply.update({"path": header["path"], "offset": offset, "eof": eof})
+    reply.update({wire.Fs.PATH: header[wire.Fs.PATH], wire.Fs.OFFSET: offset, wire.Fs.EOF: eof})
     return reply, data
 
 
 def write(header, body, roots, _max_bytes):
-    target = header["path"]
-    if header.get("make_parents", True):
+    target = header[wire.Fs.PATH]
+    if header.get(wire.Fs.MAKE_PARENTS, True):
         parent = confined(os.path.dirname(target) or "/", roots)
         try:
             os.makedirs(parent, exist_ok=True)
@@ -133,12 +136,12 @@ def write(header, body, roots, _max_bytes):
             raise _oserror(exc, os.path.dirname(target)) from None
     path = confined(target, roots)
     flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    offset = header.get("offset")
-    if header.get("append"):
+    offset = header.get(wire.Fs.OFFSET)
+    if header.get(wire.Fs.APPEND):
         flags |= os.O_APPEND
     elif offset is None:
         flags |= os.O_TRUNC
-    mode = header.get("mode")
+    mode = header.get(wire.Fs.MODE)
     try:
         fd = os.open(path, flags, 0o644 if mode is None else int(mode))
     except OSError as exc:
@@ -146,7 +149,7 @@ def write(header, body, roots, _max_bytes):
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise FsError("%s is not a regular file" % target)
-        if offset is not None and not header.get("append"):
+        if offset is not None and not header.get(wire.Fs.APPEND):
             os.lseek(fd, int(offset), os.SEEK_SET)
         view = memoryview(body)
         while view:
@@ -154,7 +157,7 @@ def write(header, body, roots, _max_bytes):
             view = view[written:]
         if mode is not None:
             os.fchmod(fd, int(mode))
-        if header.get("own"):
+        if header.get(wire.Fs.OWN):
             # Give the file to the sandbox user, as E2B's envd does after an upload (a no-op
             # here, since the agent is that user; watchers see it, as they see envd's).
             os.fchown(fd, os.getuid(), os.getgid())
@@ -164,7 +167,7 @@ def write(header, body, roots, _max_bytes):
     finally:
         os.close(fd)
     reply = _describe(st)
-    reply.update({"path": target, "bytes_written": len(body)})
+    reply.update({wire.Fs.PATH: target, wire.Fs.BYTES_WRITTEN: len(body)})
     return reply, b""
 
 
@@ -176,12 +179,12 @@ def _sorted_entries(directory, hidden):
 def listing(header, _body, roots, _max_bytes):
     """Entries in name order, each directory's contents right after it (a depth-first walk,
     as ``find`` and Go's WalkDir list them); symlinks are listed, not followed."""
-    base = header["path"].rstrip("/") or "/"
+    base = header[wire.Fs.PATH].rstrip("/") or "/"
     real = confined(base, roots)
-    limit = int(header.get("max_entries") or 1000)
-    hidden = bool(header.get("include_hidden", True))
-    recursive = bool(header.get("recursive"))
-    max_depth = int(header.get("max_depth") or 0)  # with recursive: 0 = no limit
+    limit = int(header.get(wire.Fs.MAX_ENTRIES) or 1000)
+    hidden = bool(header.get(wire.Fs.INCLUDE_HIDDEN, True))
+    recursive = bool(header.get(wire.Fs.RECURSIVE))
+    max_depth = int(header.get(wire.Fs.MAX_DEPTH) or 0)  # with recursive: 0 = no limit
     try:
         top = _sorted_entries(real, hidden)
     except OSError as exc:
@@ -199,90 +202,90 @@ def listing(header, _body, roots, _max_bytes):
         except OSError:
             continue
         if len(entries) >= limit:
-            return {"path": header["path"], "entries": entries, "truncated": True}, b""
+            return {wire.Fs.PATH: header[wire.Fs.PATH], wire.Fs.ENTRIES: entries, wire.Fs.TRUNCATED: True}, b""
         entry = _describe(st)
-        entry.update({"name": item.name, "path": prefix + item.name})
+        entry.update({wire.Entry.NAME: item.name, wire.Entry.PATH: prefix + item.name})
         entries.append(entry)
         if recursive and stat.S_ISDIR(st.st_mode) and (max_depth <= 0 or depth < max_depth):
             try:
-                stack.append((iter(_sorted_entries(item.path, hidden)), entry["path"] + "/", depth + 1))
+                stack.append((iter(_sorted_entries(item.path, hidden)), entry[wire.Entry.PATH] + "/", depth + 1))
             except OSError:
                 pass  # unreadable below: listed, not walked
-    return {"path": header["path"], "entries": entries, "truncated": False}, b""
+    return {wire.Fs.PATH: header[wire.Fs.PATH], wire.Fs.ENTRIES: entries, wire.Fs.TRUNCATED: False}, b""
 
 
 def status(header, _body, roots, _max_bytes):
-    path = confined_entry(header["path"], roots)
+    path = confined_entry(header[wire.Fs.PATH], roots)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return {"path": header["path"], "exists": False}, b""
+        return {wire.Fs.PATH: header[wire.Fs.PATH], wire.Fs.EXISTS: False}, b""
     except OSError as exc:
-        raise _oserror(exc, header["path"]) from None
+        raise _oserror(exc, header[wire.Fs.PATH]) from None
     reply = _describe(st)
-    reply.update({"path": header["path"], "exists": True})
+    reply.update({wire.Fs.PATH: header[wire.Fs.PATH], wire.Fs.EXISTS: True})
     if stat.S_ISLNK(st.st_mode):
-        reply["target"] = os.readlink(path)
+        reply[wire.Fs.LINK_TARGET] = os.readlink(path)
         # Where it leads, and what is there (nothing, for a dangling link).
-        reply["resolved"] = os.path.realpath(path)
+        reply[wire.Fs.RESOLVED] = os.path.realpath(path)
         try:
             target = os.stat(path)
-            reply["resolved_type"] = _kind(target.st_mode)
-            reply["resolved_mode"] = stat.S_IMODE(target.st_mode)
+            reply[wire.Fs.RESOLVED_TYPE] = _kind(target.st_mode)
+            reply[wire.Fs.RESOLVED_MODE] = stat.S_IMODE(target.st_mode)
         except OSError:
             pass
     return reply, b""
 
 
 def remove(header, _body, roots, _max_bytes):
-    path = confined_entry(header["path"], roots)
+    path = confined_entry(header[wire.Fs.PATH], roots)
     if any(os.path.realpath(path) == os.path.realpath(r) for r in roots) and not os.path.islink(path):
-        raise FsError("refusing to remove %s itself" % header["path"], "EPERM")
+        raise FsError("refusing to remove %s itself" % header[wire.Fs.PATH], "EPERM")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        raise FsError("%s does not exist" % header["path"], "ENOENT") from None
+        raise FsError("%s does not exist" % header[wire.Fs.PATH], "ENOENT") from None
     try:
         if stat.S_ISDIR(st.st_mode):
-            if header.get("recursive"):
+            if header.get(wire.Fs.RECURSIVE):
                 shutil.rmtree(path)
             else:
                 os.rmdir(path)
         else:
             os.unlink(path)
     except OSError as exc:
-        raise _oserror(exc, header["path"]) from None
-    return {"path": header["path"], "type": _kind(st.st_mode)}, b""
+        raise _oserror(exc, header[wire.Fs.PATH]) from None
+    return {wire.Fs.PATH: header[wire.Fs.PATH], wire.Entry.TYPE: _kind(st.st_mode)}, b""
 
 
 def make_dir(header, _body, roots, _max_bytes):
     """Create a directory and its parents; EEXIST if it is already there, ENOTDIR if something
     else is."""
-    path = confined(header["path"], roots)
+    path = confined(header[wire.Fs.PATH], roots)
     try:
         st = os.stat(path)
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise _oserror(exc, header["path"]) from None
+        raise _oserror(exc, header[wire.Fs.PATH]) from None
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
-            raise FsError("directory already exists: %s" % header["path"], "EEXIST")
-        raise FsError("path already exists but it is not a directory: %s" % header["path"], "ENOTDIR")
+            raise FsError("directory already exists: %s" % header[wire.Fs.PATH], "EEXIST")
+        raise FsError("path already exists but it is not a directory: %s" % header[wire.Fs.PATH], "ENOTDIR")
     try:
         os.makedirs(path, exist_ok=True)
         st = os.stat(path)
     except OSError as exc:
-        raise _oserror(exc, header["path"]) from None
+        raise _oserror(exc, header[wire.Fs.PATH]) from None
     reply = _describe(st)
-    reply["path"] = header["path"]
+    reply[wire.Fs.PATH] = header[wire.Fs.PATH]
     return reply, b""
 
 
 def move(header, _body, roots, _max_bytes):
     """Rename ``path`` to ``destination`` (parents made), across file systems too."""
-    source = confined_entry(header["path"], roots)
-    target = header["destination"]
+    source = confined_entry(header[wire.Fs.PATH], roots)
+    target = header[wire.Fs.DESTINATION]
     parent = confined(os.path.dirname(target) or "/", roots)
     destination = confined_entry(target, roots)
     try:
@@ -296,21 +299,47 @@ def move(header, _body, roots, _max_bytes):
             shutil.move(source, destination)  # another mount (the workspace and /tmp)
         st = os.lstat(destination)
     except OSError as exc:
-        raise _oserror(exc, header["path"]) from None
+        raise _oserror(exc, header[wire.Fs.PATH]) from None
     reply = _describe(st)
-    reply["path"] = target
+    reply[wire.Fs.PATH] = target
     if stat.S_ISLNK(st.st_mode):
-        reply["target"] = os.readlink(destination)
+        reply[wire.Fs.LINK_TARGET] = os.readlink(destination)
     return reply, b""
 
 
 OPERATIONS = {
-    "read": read,
-    "write": write,
-    "list": listing,
-    "stat": status,
-    "remove": remove,
-    "mkdir": make_dir,
-    "move": move,
-    "usage": boxagent_usage.usage,  # not a file, but as small and local: what the sandbox uses
+    wire.FsOp.READ: read,
+    wire.FsOp.WRITE: write,
+    wire.FsOp.LIST: listing,
+    wire.FsOp.STAT: status,
+    wire.FsOp.REMOVE: remove,
+    wire.FsOp.MKDIR: make_dir,
+    wire.FsOp.MOVE: move,
+    wire.FsOp.USAGE: boxagent_usage.usage,  # not a file, but as small and local: what the sandbox uses
 }
+
+
+class FileOps:
+    """The ``fs`` request: one file operation, small and local, so it runs inline."""
+
+    def __init__(self, watches):
+        self.watches = watches  # told after each operation, so watchers hear of it before the reply
+
+    def register(self, on):
+        on(wire.Op.FS, self.op_fs)
+
+    def op_fs(self, conn, header, body):
+        operation = OPERATIONS.get(header.get(wire.Fs.OPERATION))
+        roots = header.get(wire.Fs.ROOTS) or ["/"]
+        try:
+            if operation is None:
+                raise FsError("unknown file operation %r" % header.get(wire.Fs.OPERATION))
+            reply, data = operation(header, body, roots, MAX_BYTES)
+        except FsError as exc:
+            conn.send({wire.EV: wire.Ev.REPLY, wire.ID: header.get(wire.ID), wire.ERROR: str(exc), wire.CODE: exc.code})
+            return
+        finally:
+            self.watches.pass_all_events()
+        reply[wire.EV] = wire.Ev.REPLY
+        reply[wire.ID] = header.get(wire.ID)
+        conn.send(reply, data)

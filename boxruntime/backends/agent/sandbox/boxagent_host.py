@@ -13,7 +13,8 @@ import ctypes
 import os
 import signal
 
-from boxagent_proc import descendants, now
+from boxagent_proc import now
+from boxagent_tree import descendants, signal_all
 
 PR_SET_CHILD_SUBREAPER = 36
 STOP_GRACE_SEC = 2.0
@@ -25,14 +26,6 @@ def become_subreaper():
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         error = ctypes.get_errno()
         raise OSError(error, "prctl(PR_SET_CHILD_SUBREAPER): %s" % os.strerror(error))
-
-
-def signal_all(pids, sig):
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
 
 
 class HostMode:

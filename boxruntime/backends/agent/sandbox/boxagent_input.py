@@ -1,58 +1,69 @@
-"""Feeding a command's stdin (stdlib only, Python >= 3.8).
+"""Feeding a command's stdin and sizing its terminal: the ``input`` and ``resize`` requests
+(stdlib only, Python >= 3.8).
 
-A mixin of the agent, which owns the selector (``sel``) and the processes (``procs``). The
-daemon sends ``input`` requests (data, and ``eof`` to close the stdin after it); each is
+The daemon sends ``input`` requests (data, and ``eof`` to close the stdin after it); each is
 answered once its data is in the command's pipe or terminal, so the daemon never has more in
 flight than the command has read. A command that exits or closes its input fails the requests
 still waiting, which tells the daemon to stop sending.
 
 A command on a terminal (``tty``) is written through a duplicate of the terminal's master side
-and can be resized (``resize``); its output is read from the master itself.
+and can be resized (``resize``); its output is read from the master itself (boxagent_output).
 """
 
 import os
 import selectors
 
+import boxagent_wire as wire
 from boxagent_spawn import set_window
 
 
 def _reply(conn, token, error=None):
     if conn.closed:
         return
-    frame = {"ev": "reply", "id": token}
+    frame = {wire.EV: wire.Ev.REPLY, wire.ID: token}
     if error is not None:
-        frame["error"] = error
-        frame["code"] = "EPIPE"
+        frame[wire.ERROR] = error
+        frame[wire.CODE] = "EPIPE"
     conn.send(frame)
 
 
-class InputPipes:
+class InputFeed:
+    def __init__(self, sel, procs):
+        self.sel = sel
+        self.procs = procs  # the process table, where requests find their command
+
+    def register(self, on):
+        on(wire.Op.INPUT, self.op_input)
+        on(wire.Op.RESIZE, self.op_resize)
+
     def keep_stdin(self, proc, fileobj):
         """Write the process's input to ``fileobj`` from now on (without ever blocking)."""
         os.set_blocking(fileobj.fileno(), False)
         proc.stdin_file = fileobj
 
     def op_input(self, conn, header, body):
-        proc = self.procs.get(header.get("target"))
-        token = header.get("id")
+        proc = self.procs.get(header.get(wire.TARGET))
+        token = header.get(wire.ID)
         if proc is None or proc.stdin_file is None:
             _reply(conn, token, "the command takes no more input")
             return
         proc.inbuf += body
         proc.queued += len(body)
         proc.acks.append((conn, token, proc.queued))
-        if header.get("eof"):
+        if header.get(wire.Input.EOF):
             proc.stdin_eof = True
         self.write_input(proc)
 
     def op_resize(self, conn, header, _body):
-        proc = self.procs.get(header.get("target"))
-        token = header.get("id")
+        proc = self.procs.get(header.get(wire.TARGET))
+        token = header.get(wire.ID)
         if proc is None or proc.tty_fd is None:
-            conn.send({"ev": "reply", "id": token, "error": "the command has no terminal", "code": "ENOTTY"})
+            conn.send(
+                {wire.EV: wire.Ev.REPLY, wire.ID: token, wire.ERROR: "the command has no terminal", wire.CODE: "ENOTTY"}
+            )
             return
-        set_window(proc.tty_fd, header.get("rows", 24), header.get("cols", 80))
-        conn.send({"ev": "reply", "id": token})
+        set_window(proc.tty_fd, header.get(wire.Window.ROWS, 24), header.get(wire.Window.COLS, 80))
+        conn.send({wire.EV: wire.Ev.REPLY, wire.ID: token})
 
     def write_input(self, proc):
         fileobj = proc.stdin_file

@@ -1,13 +1,14 @@
 """Reading what commands write: their stdout and stderr pipes (stdlib only, Python >= 3.8).
 
-A mixin of the agent, which owns the selector (``sel``), the processes (``procs``) and
-``finish``. A streamed command's output goes out in ``out`` frames as it is read, paused while
-too much of it waits for the daemon; a collected one's is kept for its exit frame.
+A streamed command's output goes out in ``out`` frames as it is read, paused while too much of
+it waits for the daemon; a collected one's is kept for its exit frame. A process whose pipes
+are all closed after its exit is handed back to the process table to be reported.
 """
 
 import os
 import selectors
 
+import boxagent_wire as wire
 from boxagent_proc import now
 
 READ_CHUNK = 65536
@@ -19,7 +20,11 @@ DRAIN_READS = 4  # reads per pipe of an exited process before it waits its turn 
 PAUSE_ABOVE = 4 << 20  # stop reading a process's pipes while this much output waits to be sent
 
 
-class OutputPipes:
+class OutputPump:
+    def __init__(self, sel, procs):
+        self.sel = sel
+        self.procs = procs  # the process table, which reports a process once its pipes are drained
+
     def read_output_of(self, proc, pipes):
         """Take over the output of a process the agent just started: ``(stream, file)`` pairs,
         its stdout and stderr pipes, or a terminal's master side as stream 1."""
@@ -61,7 +66,7 @@ class OutputPipes:
             if proc.collected is not None:
                 proc.collected[index] += data
             else:
-                self.emit(proc, {"ev": "out", "id": proc.id, "s": stream}, data)
+                self.emit(proc, {wire.EV: wire.Ev.OUT, wire.ID: proc.id, wire.Out.STREAM: stream}, data)
             return True
 
         return on_readable
@@ -93,6 +98,7 @@ class OutputPipes:
                 pass
 
     def resume_paused(self, conn):
+        """The connection's queue went down: read the pipes it paused again."""
         for proc in self.procs.values():
             if proc.paused and proc.conn is conn:
                 self.set_paused(proc, False)
@@ -111,7 +117,7 @@ class OutputPipes:
         if fd == proc.tty_fd:
             proc.tty_fd = None  # the number may be reused: never resize through it again
         if proc.status is not None and not proc.pipes:
-            self.finish(proc)
+            self.procs.finish(proc)
 
     def drain_exited(self, proc):
         """Read what an exited process left in its pipes now, up to their end: most commands

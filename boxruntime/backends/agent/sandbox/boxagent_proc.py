@@ -1,157 +1,44 @@
-"""What the agent knows about one process, and how it finds and counts what belongs to it
-(stdlib only)."""
+"""What the agent knows about one process, and the exit event it ends with (stdlib only)."""
 
 import os
-import selectors
 import signal
 import time
 
+import boxagent_wire as wire
+
 # A collected command sends its output in its exit frame: at most this much per stream, so the
-# frame stays well under the daemon's 32 MiB limit whatever ``output_cap`` says.
-COLLECT_MAX = 8 << 20
+# frame stays well under the wire's body limit whatever ``output_cap`` says.
+COLLECT_MAX = wire.MAX_BODY // 4
 
 
 def now():
     return time.monotonic()
 
 
-def oom_kills():
-    """The sandbox cgroup's OOM-kill counter (v2 or v1), or None where it cannot be read."""
-    for path, key in (
-        ("/sys/fs/cgroup/memory.events", "oom_kill"),
-        ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill"),
-    ):
-        try:
-            with open(path) as f:
-                for line in f:
-                    name, _, value = line.partition(" ")
-                    if name == key:
-                        return int(value)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
-class OomCounter:
-    """The sandbox's OOM kills, to tell whether a SIGKILL came from the OOM killer.
-
-    Disabled on a host (the agent has no cgroup of its own: the counter it could read counts
-    kills anywhere in the machine or the container it runs in)."""
-
-    def __init__(self, enabled=True):
-        self.enabled = enabled
-        self.seen = oom_kills() if enabled else None
-
-    def rose(self):
-        """Whether an OOM kill happened since the last look (a file read: ask only when needed)."""
-        if not self.enabled:
-            return False
-        seen, self.seen = self.seen, oom_kills()
-        return self.seen is not None and seen is not None and self.seen > seen
-
-
-def process_table():
-    """``(pid, ppid, pgrp, session)`` of every process this agent can see in /proc."""
-    rows = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return rows
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % entry, "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # Fields after the parenthesised command name: state ppid pgrp session ...
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 3:
-            rows.append((int(entry), int(fields[1]), int(fields[2]), int(fields[3])))
-    return rows
-
-
-def session_members(sid):
-    """Pids in session ``sid`` but outside its leader's process group ``sid``: the processes
-    that left the group but not the session (killpg does not reach them)."""
-    return [pid for pid, _, pgrp, session in process_table() if session == sid and pgrp != sid]
-
-
-def descendants(root, table=None):
-    """Pids of every process below ``root`` in the process tree."""
-    children = {}
-    for pid, ppid, _, _ in process_table() if table is None else table:
-        children.setdefault(ppid, []).append(pid)
-    found = []
-    pending = [root]
-    while pending:
-        for child in children.get(pending.pop(), ()):
-            found.append(child)
-            pending.append(child)
-    return found
-
-
-def members_below(root, group):
-    """Descendants of ``root`` whose process group or session is ``group``: what is left of a
-    command whose leader was already reaped, found without touching anything outside the
-    agent's own tree even if the number has been reused elsewhere on the machine since."""
-    table = process_table()
-    below = set(descendants(root, table))
-    return [pid for pid, _, pgrp, sid in table if pid in below and group in (pgrp, sid)]
-
-
-def _kill(pids, sig):
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-
-
-def kill_tree(proc, sig):
-    """The command's process group, then what left the group but not the session: each
-    process once (a SIGTERM trap must not run twice for one kill)."""
-    try:
-        os.killpg(proc.pid, sig)
-    except OSError:
-        pass
-    _kill(session_members(proc.pid), sig)
-
-
-def kill_rest(proc, live):
-    """SIGKILL for what is left of a timed-out command once its grace is over; ``live`` maps
-    the pids of the agent's running processes."""
-    if proc.status is None:
-        kill_tree(proc, signal.SIGKILL)  # the leader is alive: its group is still its own
-    elif proc.pid not in live:  # else the number names another command of ours now
-        _kill(members_below(os.getpid(), proc.pid), signal.SIGKILL)
-
-
 class Proc:
     """One spawned command or long-lived process."""
 
     def __init__(self, pid, popen, conn, header):
-        self.id = header["id"]
+        self.id = header[wire.ID]
         self.pid = pid
         self.popen = popen
         self.conn = conn
         # Outlives a lost daemon connection; only a process whose pipes the daemon holds can.
-        self.keep = bool(header.get("keep_on_disconnect") and header.get("handoff"))
-        self.cap = header.get("output_cap")  # bytes forwarded per stream; None = all
+        self.keep = bool(header.get(wire.Spawn.KEEP_ON_DISCONNECT) and header.get(wire.Spawn.HANDOFF))
+        self.cap = header.get(wire.Spawn.OUTPUT_CAP)  # bytes forwarded per stream; None = all
         # With ``collect``: the output kept for the exit event, instead of ``out`` frames.
-        self.collected = [bytearray(), bytearray()] if header.get("collect") else None
+        self.collected = [bytearray(), bytearray()] if header.get(wire.Spawn.COLLECT) else None
         if self.collected is not None:
             self.cap = COLLECT_MAX if self.cap is None else min(self.cap, COLLECT_MAX)
         self.totals = [0, 0]
         self.forwarded = [0, 0]
         self.started = now()
-        timeout = header.get("timeout")
+        timeout = header.get(wire.Spawn.TIMEOUT)
         self.deadline = self.started + float(timeout) if timeout else None
         self.timed_out = False
         # With a grace, a timeout sends SIGTERM first and SIGKILL at ``kill_at``; the exit is
         # reported only after that, so nothing of a timed-out command outlives its result.
-        self.kill_grace = float(header.get("kill_grace") or 0)
+        self.kill_grace = float(header.get(wire.Spawn.KILL_GRACE) or 0)
         self.kill_at = None
         self.cancelled = False
         self.status = None
@@ -173,7 +60,7 @@ class Proc:
         self.written = 0
         self.acks = []  # (conn, request id, byte count it is answered at)
         self.tty_fd = None  # the terminal's master side, while the command has one
-        self.kill_acks = []  # (connection, token): told once the process is gone (op_signal)
+        self.kill_acks = []  # (connection, token): told once the process is gone (op signal)
 
     def exit_frame(self, oom):
         """The exit event (header, body) of this reaped process; a collected command's output
@@ -182,68 +69,32 @@ class Proc:
         sig = None
         if os.WIFEXITED(status):
             code = os.WEXITSTATUS(status)
-            reason = "exit"
+            reason = wire.Reason.EXIT
         else:
             sig = os.WTERMSIG(status)
             code = 128 + sig
-            reason = "signal"
+            reason = wire.Reason.SIGNAL
         # The OOM killer usually hits a child of the shell, which then exits 128+9 itself. The
         # counter is only read for such exits: it costs a file read, and most commands succeed.
         if code == 128 + signal.SIGKILL and oom.rose():
-            reason = "oom"
+            reason = wire.Reason.OOM
         if self.timed_out:
-            reason = "timeout"
+            reason = wire.Reason.TIMEOUT
         elif self.cancelled:
-            reason = "cancelled"
+            reason = wire.Reason.CANCELLED
         ru = self.rusage
         header = {
-            "ev": "exit",
-            "id": self.id,
-            "code": code,
-            "signal": sig,
-            "reason": reason,
-            "wall_ms": int((self.exited_at - self.started) * 1000),
-            "cpu_ms": int((ru.ru_utime + ru.ru_stime) * 1000),
-            "peak_rss_kb": int(ru.ru_maxrss),
-            "totals": self.totals,
+            wire.EV: wire.Ev.EXIT,
+            wire.ID: self.id,
+            wire.Exit.CODE: code,
+            wire.Exit.SIGNAL: sig,
+            wire.Exit.REASON: reason,
+            wire.Exit.WALL_MS: int((self.exited_at - self.started) * 1000),
+            wire.Exit.CPU_MS: int((ru.ru_utime + ru.ru_stime) * 1000),
+            wire.Exit.PEAK_RSS_KB: int(ru.ru_maxrss),
+            wire.Exit.TOTALS: self.totals,
         }
         if self.collected is None:
             return header, b""
-        header["out_len"] = len(self.collected[0])
+        header[wire.Exit.OUT_LEN] = len(self.collected[0])
         return header, bytes(self.collected[0] + self.collected[1])
-
-
-def _reap_follows(_mask):
-    """A pidfd turned readable: its process exited, and every loop iteration ends with reap()."""
-
-
-class ExitWatch:
-    """Commands' pidfds in the agent's selector: an exit wakes the loop directly, with no
-    signal delivered, handled and turned into a wake-up write on the way. Where pidfds do not
-    work (Python < 3.9, kernel < 5.3, a seccomp filter) ``enabled`` is False and the agent
-    relies on SIGCHLD instead."""
-
-    def __init__(self, sel):
-        self.sel = sel
-        self.fds = {}  # pid -> pidfd
-        try:
-            os.close(os.pidfd_open(os.getpid()))
-            self.enabled = True
-        except (AttributeError, OSError):
-            self.enabled = False
-
-    def watch(self, pid):
-        if not self.enabled:
-            return
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return  # the periodic wake-up still reaps it
-        self.fds[pid] = fd
-        self.sel.register(fd, selectors.EVENT_READ, _reap_follows)
-
-    def forget(self, pid):
-        fd = self.fds.pop(pid, None)
-        if fd is not None:
-            self.sel.unregister(fd)
-            os.close(fd)

@@ -27,6 +27,9 @@ import os
 import re
 import signal
 
+import boxagent_wire as wire
+
+SPARES = 2  # kept ready: see SparePool
 SHELL = "/bin/sh"
 SHELL_NAME = "sh"  # argv[0], and so $0 and the prefix of the shell's own error messages
 SCRIPT_FD = 3  # where a shaped spare finds its script pipe
@@ -47,14 +50,21 @@ SHAPED_BOOT = (
 
 def shape_of(header, base_env):
     """``(argv before -c, environment)`` of a spawn request a shaped spare could serve, else None."""
-    argv = header.get("argv")
-    if not argv or header.get("stdin") or header.get("pty") or header.get("tty") or len(argv) < 3 or argv[-2] != "-c":
+    argv = header.get(wire.Spawn.ARGV)
+    if (
+        not argv
+        or header.get(wire.Spawn.STDIN)
+        or header.get(wire.Spawn.PTY)
+        or header.get(wire.Spawn.TTY)
+        or len(argv) < 3
+        or argv[-2] != "-c"
+    ):
         return None
     shell, flags = argv[0], argv[1:-2]
     if os.path.basename(str(shell)) != "bash" or not all(f in BASH_FLAGS for f in flags):
         return None
     env = dict(base_env)
-    env.update(header.get("env") or {})
+    env.update(header.get(wire.Spawn.ENV) or {})
     return [str(a) for a in argv[:-2]], env
 
 
@@ -154,17 +164,22 @@ class SpareShell:
         if self.shape is not None:
             if shape_of(header, base_env) != self.shape:
                 return None
-            parts = [header.get("cwd") or "/", header["argv"][-1]]
+            parts = [header.get(wire.Spawn.CWD) or "/", header[wire.Spawn.ARGV][-1]]
             if any("\0" in part for part in parts):
                 return None
             script = "".join(part + "\0" for part in parts).encode("utf-8", "surrogateescape")
             return script if len(script) <= SCRIPT_MAX else None
-        if header.get("argv") or header.get("stdin") or header.get("tty") or header.get("pty"):
+        if (
+            header.get(wire.Spawn.ARGV)
+            or header.get(wire.Spawn.STDIN)
+            or header.get(wire.Spawn.TTY)
+            or header.get(wire.Spawn.PTY)
+        ):
             return None
-        env = header.get("env") or {}
+        env = header.get(wire.Spawn.ENV) or {}
         if not all(_NAME.match(key) for key in env):
             return None
-        script = prologue(header.get("cwd") or "/", env) + group(body)
+        script = prologue(header.get(wire.Spawn.CWD) or "/", env) + group(body)
         return script if len(script) <= SCRIPT_MAX else None
 
     def hand_over(self, script):
@@ -182,3 +197,54 @@ class SpareShell:
             self.script_fd = None
         for pipe in (self.popen.stdout, self.popen.stderr):
             pipe.close()
+
+
+class SparePool:
+    """The spare shells kept for the next commands. Two: a login shell reads its profile for a
+    few ms, and a command that comes right after another still finds one that has done so.
+    The agent refills the pool only when idle (``refill``); each spare takes the shape of the
+    last command (``expect``)."""
+
+    def __init__(self, base_env):
+        self.base_env = base_env
+        self.spares = []
+        self.shape = None  # the shape of the last command, which the next spares take
+
+    def expect(self, header):
+        """A spawn request came: the next spares take its shape."""
+        self.shape = shape_of(header, self.base_env)
+
+    def take(self, header, body):
+        """The started command (a Popen-like) if a spare could take the request, else None."""
+        for spare in self.spares:
+            script = spare.script_for(header, body, self.base_env)
+            if script is not None:
+                self.spares.remove(spare)
+                return spare.hand_over(script)
+        return None
+
+    def short(self):
+        return len(self.spares) < SPARES
+
+    def refill(self):
+        """Start one more spare (the caller checks that nothing waits on the agent)."""
+        try:
+            self.spares.append(SpareShell(self.base_env, self.shape))
+        except OSError:
+            self.shape = None  # that shell cannot be started: fall back to the plain one
+
+    def discard_unexpected(self):
+        """Spares of another shape than the commands now coming; replaced when idle."""
+        self.discard(lambda spare: spare.shape != self.shape)
+
+    def forget(self, pid):
+        """A reaped pid no command owns: if a spare's, it died unused."""
+        self.discard(lambda spare: spare.pid == pid)
+
+    def discard_all(self):
+        self.discard(lambda spare: True)
+
+    def discard(self, which):
+        for spare in [s for s in self.spares if which(s)]:
+            self.spares.remove(spare)
+            spare.discard()

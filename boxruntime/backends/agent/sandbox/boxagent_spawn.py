@@ -1,7 +1,8 @@
-"""Starting a command without a spare shell, and keeping the agent's own descriptors out of
-every command (stdlib only, Python >= 3.8).
+"""Starting commands: the ``spawn`` request, and the ``take_fds`` one that hands a started
+command's stdio to the daemon (stdlib only, Python >= 3.8).
 
-A fresh spawn serves what a spare shell cannot take: argv commands, long scripts (through a
+A command starts in a spare shell when one can take it (boxagent_spare), else fresh. A fresh
+spawn serves what a spare shell cannot take: argv commands, long scripts (through a
 memfd, never argv: ARG_MAX), a stdin, a terminal, environment names the shell cannot export.
 A terminal is the agent's (``tty``: it reads the output and writes the input, for interactive
 exec) or the daemon's (``pty`` with ``handoff``: its master side is handed over).
@@ -16,6 +17,8 @@ import struct
 import subprocess
 import termios
 
+import boxagent_wire as wire
+from boxagent_proc import Proc
 from boxagent_spare import SHELL, SHELL_NAME, group
 
 SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
@@ -25,21 +28,112 @@ class SpawnError(Exception):
     """The command could not be started; the message says why."""
 
 
+def _failed(conn, proc_id, error):
+    conn.send({wire.EV: wire.Ev.FAILED, wire.ID: proc_id, wire.ERROR: error})
+
+
+def _workdir_error(header, cwd):
+    """Why the command cannot start in ``cwd`` (made if missing and asked for), or None."""
+    if os.path.isdir(cwd):
+        return None
+    error = "workdir %s is not a directory" % cwd
+    if header.get(wire.Spawn.MAKE_CWD, True):
+        try:
+            os.makedirs(cwd, exist_ok=True)
+            error = None if os.path.isdir(cwd) else error
+        except OSError as exc:
+            error = "workdir %s cannot be created: %s" % (cwd, exc.strerror)
+    return error
+
+
+class Launcher:
+    """Starts commands and wires their stdio: to the output pump and the input feed, or kept
+    for the daemon to take (``handoff``)."""
+
+    def __init__(self, base_env, procs, spares, output, inputs):
+        self.base_env = base_env
+        self.procs = procs
+        self.spares = spares
+        self.output = output
+        self.input = inputs
+
+    def register(self, on):
+        on(wire.Op.SPAWN, self.op_spawn)
+        on(wire.Op.TAKE_FDS, self.op_take_fds)
+
+    def op_spawn(self, conn, header, body):
+        proc_id = header[wire.ID]
+        if self.procs.get(proc_id) is not None:
+            raise ValueError("process id %r already in use" % proc_id)
+        cwd = header.get(wire.Spawn.CWD) or "/"
+        error = _workdir_error(header, cwd)
+        if error is not None:
+            _failed(conn, proc_id, error)
+            return
+        if header.get(wire.Spawn.TTY) and header.get(wire.Spawn.HANDOFF):
+            _failed(conn, proc_id, "a tty terminal cannot be handed over (ask for pty)")
+            return
+        self.spares.expect(header)
+        master = None
+        try:
+            popen = self.spares.take(header, body)
+            if popen is None and header.get(wire.Spawn.TTY):
+                popen, master = tty_spawn(self.base_env, header, body, cwd)
+            elif popen is None:
+                self.spares.discard_unexpected()
+                popen = fresh_spawn(self.base_env, header, body, cwd)
+        except SpawnError as exc:
+            _failed(conn, proc_id, str(exc))
+            return
+        proc = Proc(popen.pid, popen, conn, header)
+        self.procs.add(proc)
+        if header.get(wire.Spawn.HANDOFF):
+            # The daemon takes the pipes themselves (op take_fds): its data need not pass
+            # through this process. The agent still reaps, signals and reports the exit.
+            proc.handoff = [popen.stdin, popen.stdout, popen.stderr]
+        elif master is not None:
+            proc.tty_fd = master
+            self.input.keep_stdin(proc, open(os.dup(master), "wb", buffering=0))  # noqa: SIM115
+            self.output.read_output_of(proc, ((1, open(master, "rb", buffering=0)),))  # noqa: SIM115
+        else:
+            if popen.stdin is not None:
+                self.input.keep_stdin(proc, popen.stdin)
+            self.output.read_output_of(proc, ((1, popen.stdout), (2, popen.stderr)))
+        if header.get(wire.Spawn.NOTIFY_STARTED):
+            conn.send({wire.EV: wire.Ev.STARTED, wire.ID: proc_id, wire.Started.PID: popen.pid})
+
+    def op_take_fds(self, conn, header, _body):
+        """Pass a handed-off process's stdin, stdout and stderr to the daemon (SCM_RIGHTS)."""
+        proc = self.procs.get(header.get(wire.TARGET))
+        token = header.get(wire.ID)
+        if proc is None or not proc.handoff:
+            conn.send({wire.EV: wire.Ev.REPLY, wire.ID: token, wire.ERROR: "no pipes to hand over"})
+            return
+        files, proc.handoff = proc.handoff, None
+        fds = [f.fileno() for f in files if f is not None]
+        conn.send_fds({wire.EV: wire.Ev.REPLY, wire.ID: token, wire.TakeFds.STDIN: files[0] is not None}, fds)
+        for f in files:
+            if f is not None:
+                f.close()  # the daemon holds its own copies now
+        if proc.status is not None:
+            self.procs.finish(proc)
+
+
 def fresh_spawn(base_env, header, body, cwd):
     """A Popen for the spawn request ``header`` (its script in ``body``), in ``cwd``.
 
     With ``stdin`` the command gets a pipe the agent (``op_input``) or, with ``handoff``, the
     daemon writes to; otherwise /dev/null."""
     env = dict(base_env)
-    env.update(header.get("env") or {})
-    wants_stdin = bool(header.get("stdin"))
+    env.update(header.get(wire.Spawn.ENV) or {})
+    wants_stdin = bool(header.get(wire.Spawn.STDIN))
     argv, script_fd = command_argv(header, body, wants_stdin)
-    if header.get("pty") and header.get("handoff"):
+    if header.get(wire.Spawn.PTY) and header.get(wire.Spawn.HANDOFF):
         if script_fd is not None:
             os.close(script_fd)
             raise SpawnError("a command on a terminal must be at most %d bytes" % SCRIPT_INLINE_MAX)
         try:
-            return pty_spawn(argv, cwd, env, header["pty"])
+            return pty_spawn(argv, cwd, env, header[wire.Spawn.PTY])
         except OSError as exc:
             raise SpawnError("cannot start %s on a terminal: %s" % (argv[0], exc.strerror)) from None
     stdin = subprocess.PIPE if wants_stdin else subprocess.DEVNULL
@@ -52,7 +146,7 @@ def fresh_spawn(base_env, header, body, cwd):
     try:
         return subprocess.Popen(
             argv,
-            executable=None if header.get("argv") else SHELL,
+            executable=None if header.get(wire.Spawn.ARGV) else SHELL,
             cwd=cwd,
             env=env,
             stdin=stdin,
@@ -75,8 +169,8 @@ def command_argv(header, body, wants_stdin):
     A long script is read by ``sh -s`` from the memfd as its stdin, the command itself reading
     /dev/null (``group``). One that also wants a stdin pipe is sourced from the memfd instead,
     the one case where the shell's errors name ``/proc/self/fd/N``."""
-    if header.get("argv"):
-        return [str(a) for a in header["argv"]], None
+    if header.get(wire.Spawn.ARGV):
+        return [str(a) for a in header[wire.Spawn.ARGV]], None
     if len(body) <= SCRIPT_INLINE_MAX:
         return [SHELL_NAME, "-c", body.decode("utf-8", "surrogateescape")], None
     fd = os.memfd_create("boxagent-script", 0)
@@ -100,16 +194,16 @@ def tty_spawn(base_env, header, body, cwd):
     """A command on a new pseudo-terminal, as its session leader with the terminal as its
     controlling one (job control and ^C work as in a shell). Returns the Popen and the master
     side, which carries both the command's output and its input."""
-    size = header.get("tty") or {}
+    size = header.get(wire.Spawn.TTY) or {}
     master, slave = os.openpty()
     argv = [SHELL]
     try:
-        set_window(master, size.get("rows", 24), size.get("cols", 80))
+        set_window(master, size.get(wire.Window.ROWS, 24), size.get(wire.Window.COLS, 80))
         env = dict(base_env)
         env.setdefault("TERM", "xterm")
-        env.update(header.get("env") or {})
-        if header.get("argv"):
-            argv, executable = [str(a) for a in header["argv"]], None
+        env.update(header.get(wire.Spawn.ENV) or {})
+        if header.get(wire.Spawn.ARGV):
+            argv, executable = [str(a) for a in header[wire.Spawn.ARGV]], None
         else:
             argv, executable = [SHELL_NAME, "-c", body.decode("utf-8", "surrogateescape")], SHELL
         popen = subprocess.Popen(

@@ -9,6 +9,8 @@
 
 import os
 
+import boxagent_wire as wire
+
 
 def _times(pid):
     """utime + stime + cutime + cstime of ``pid``, in clock ticks."""
@@ -35,13 +37,13 @@ def usage(header, _body, _roots, _max_bytes):
             except (OSError, ValueError, IndexError):
                 continue  # ended meanwhile
     reply = {
-        "cpu_sec": ticks / os.sysconf("SC_CLK_TCK"),
-        "mem_bytes": pages * os.sysconf("SC_PAGE_SIZE"),
+        wire.Fs.CPU_SEC: ticks / os.sysconf("SC_CLK_TCK"),
+        wire.Fs.MEM_BYTES: pages * os.sysconf("SC_PAGE_SIZE"),
     }
     try:
-        fs = os.statvfs(header.get("path") or "/")
-        reply["disk_total"] = fs.f_blocks * fs.f_frsize
-        reply["disk_used"] = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
+        fs = os.statvfs(header.get(wire.Fs.PATH) or "/")
+        reply[wire.Fs.DISK_TOTAL] = fs.f_blocks * fs.f_frsize
+        reply[wire.Fs.DISK_USED] = (fs.f_blocks - fs.f_bfree) * fs.f_frsize
     except OSError:
-        reply["disk_total"] = reply["disk_used"] = 0
+        reply[wire.Fs.DISK_TOTAL] = reply[wire.Fs.DISK_USED] = 0
     return reply, b""

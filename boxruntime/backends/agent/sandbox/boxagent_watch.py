@@ -15,6 +15,7 @@ import selectors
 import struct
 
 import boxagent_fs
+import boxagent_wire as wire
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -34,11 +35,11 @@ WATCH_MASK = IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | I
 WATCH_MASK |= IN_MOVE_SELF | IN_ONLYDIR
 EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of NUL-padded name
 KINDS = (
-    (IN_CREATE | IN_MOVED_TO, "create"),
-    (IN_MOVE_SELF | IN_MOVED_FROM, "rename"),
-    (IN_ATTRIB, "chmod"),
-    (IN_MODIFY, "write"),
-    (IN_DELETE | IN_DELETE_SELF, "remove"),
+    (IN_CREATE | IN_MOVED_TO, wire.Change.CREATE),
+    (IN_MOVE_SELF | IN_MOVED_FROM, wire.Change.RENAME),
+    (IN_ATTRIB, wire.Change.CHMOD),
+    (IN_MODIFY, wire.Change.WRITE),
+    (IN_DELETE | IN_DELETE_SELF, wire.Change.REMOVE),
 )
 MAX_WATCHED_DIRS = 8192
 
@@ -130,7 +131,7 @@ class Watch:
                 self._add(full)
                 found = []
                 self._add_below(full, found)
-                out.extend([os.path.relpath(path, self.root), "create"] for path in found)
+                out.extend([os.path.relpath(path, self.root), wire.Change.CREATE] for path in found)
         return out
 
     def close(self):
@@ -139,35 +140,42 @@ class Watch:
             self.fd = -1
 
 
-class WatchOps:
-    """The agent's watch operations: a mixin of the agent, which owns the selector (``sel``)
-    and the watches (``watches``: id -> (Watch, the connection its events go to))."""
+class DirectoryWatches:
+    """The ``watch`` and ``unwatch`` requests: the watches, each with the connection its
+    events go to, ended with that connection."""
+
+    def __init__(self, sel):
+        self.sel = sel
+        self.watches = {}  # id -> (Watch, the connection its events go to)
+
+    def register(self, on):
+        on(wire.Op.WATCH, self.op_watch)
+        on(wire.Op.UNWATCH, self.op_unwatch)
 
     def op_watch(self, conn, header, _body):
-        """Watch a directory (see boxagent_watch); its events go to this connection."""
-        watch_id = header.get("watch")
-        roots = header.get("roots") or ["/"]
+        watch_id = header.get(wire.Watch.WATCH)
+        roots = header.get(wire.Watch.ROOTS) or ["/"]
         try:
             if not isinstance(watch_id, str) or watch_id in self.watches:
                 raise boxagent_fs.FsError("watch id missing or already in use")
-            path = boxagent_fs.confined(header.get("path"), roots)
+            path = boxagent_fs.confined(header.get(wire.Watch.PATH), roots)
             if not os.path.isdir(path):
                 code = "ENOTDIR" if os.path.exists(path) else "ENOENT"
-                raise boxagent_fs.FsError("%s is not a directory" % header.get("path"), code)
-            watch = Watch(path, bool(header.get("recursive")))
+                raise boxagent_fs.FsError("%s is not a directory" % header.get(wire.Watch.PATH), code)
+            watch = Watch(path, bool(header.get(wire.Watch.RECURSIVE)))
         except (boxagent_fs.FsError, WatchError) as exc:
-            conn.send({"ev": "reply", "id": header.get("id"), "error": str(exc), "code": exc.code})
+            conn.send({wire.EV: wire.Ev.REPLY, wire.ID: header.get(wire.ID), wire.ERROR: str(exc), wire.CODE: exc.code})
             return
 
         self.watches[watch_id] = (watch, conn)
         self.sel.register(watch.fd, selectors.EVENT_READ, lambda _mask: self.pass_events(watch_id))
-        conn.send({"ev": "reply", "id": header.get("id")})
+        conn.send({wire.EV: wire.Ev.REPLY, wire.ID: header.get(wire.ID)})
 
     def pass_events(self, watch_id):
         watch, conn = self.watches[watch_id]
         events = watch.read_events()
         if events:
-            conn.send({"ev": "fsevent", "id": watch_id, "events": events})
+            conn.send({wire.EV: wire.Ev.FSEVENT, wire.ID: watch_id, wire.FsEvent.EVENTS: events})
 
     def pass_all_events(self):
         """What the watches saw so far, sent now: after a file operation, before its reply, so
@@ -176,7 +184,7 @@ class WatchOps:
             self.pass_events(watch_id)
 
     def op_unwatch(self, _conn, header, _body):
-        self.end_watch(header.get("watch"))
+        self.end_watch(header.get(wire.Watch.WATCH))
 
     def end_watch(self, watch_id):
         entry = self.watches.pop(watch_id, None)
@@ -187,7 +195,7 @@ class WatchOps:
                 pass
             entry[0].close()
 
-    def end_watches_of(self, conn):
+    def conn_lost(self, conn):
         for watch_id, (_watch, owner) in list(self.watches.items()):
             if owner is conn:
                 self.end_watch(watch_id)
