@@ -12,8 +12,7 @@ import enum
 import functools
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Annotated, Any, Generic, TypeVar, cast
+from typing import Annotated, Any, Final, Generic, TypeVar, cast
 
 import pydantic
 
@@ -88,7 +87,6 @@ def tagged(*models: type[pydantic.BaseModel]) -> Any:
     return Annotated[union, pydantic.Field(discriminator="kind")]
 
 
-@dataclass(frozen=True, eq=False)
 class Unary(Generic[Q, R]):
     """An action that answers once.
 
@@ -97,25 +95,53 @@ class Unary(Generic[Q, R]):
     (reference §B.1, §B.2, §E.7); None for ours.
     """
 
-    name: str
-    request: Shape[Q]
-    response: Shape[R]
-    kind: Kind
-    timeout: float
-    langbot_timeout: float | None = None
+    # A plain class, not a dataclass: the catalogue is imported by every client at start-up.
+    __slots__ = ("kind", "langbot_timeout", "name", "request", "response", "timeout")
+
+    def __init__(
+        self,
+        name: str,
+        request: Shape[Q],
+        response: Shape[R],
+        kind: Kind,
+        timeout: float,
+        langbot_timeout: float | None = None,
+    ) -> None:
+        self.name: Final = name
+        self.request: Final = request
+        self.response: Final = response
+        self.kind: Final = kind
+        self.timeout: Final = timeout
+        self.langbot_timeout: Final = langbot_timeout
+
+    def __repr__(self) -> str:
+        return f"Unary({self.name!r})"
 
 
-@dataclass(frozen=True, eq=False)
 class Streamed(Generic[Q, I]):
     """An action that answers with items, then an end message. ``timeout`` bounds each wait for
     the next item (for a command, on top of its own time limit)."""
 
-    name: str
-    request: Shape[Q]
-    items: Shape[I]
-    kind: Kind
-    timeout: float
-    langbot_timeout: float | None = None
+    __slots__ = ("items", "kind", "langbot_timeout", "name", "request", "timeout")
+
+    def __init__(
+        self,
+        name: str,
+        request: Shape[Q],
+        items: Shape[I],
+        kind: Kind,
+        timeout: float,
+        langbot_timeout: float | None = None,
+    ) -> None:
+        self.name: Final = name
+        self.request: Final = request
+        self.items: Final = items
+        self.kind: Final = kind
+        self.timeout: Final = timeout
+        self.langbot_timeout: Final = langbot_timeout
+
+    def __repr__(self) -> str:
+        return f"Streamed({self.name!r})"
 
 
 Action = Unary[Any, Any] | Streamed[Any, Any]
