@@ -1,4 +1,6 @@
-"""Request validation and response dumping, the same way for every action table."""
+"""Validation into a model and dumping, for the checks that read a request before its handler
+does (the strict spec check, admission's normalised spec). Handlers get their requests parsed
+by the action table (``boxruntime.action_table``)."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ class GatewayProcess:
                 raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
-                    if json.load(response).get("box_available"):
+                    if json.load(response).get("sandbox_available"):
                         return
             except (urllib.error.URLError, OSError, ValueError):
                 pass
@@ -140,7 +140,7 @@ class GatewayProcess:
                     raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
                 try:
                     async with aiohttp.ClientSession() as http, http.get(f"{self.url}/healthz") as response:
-                        if (await response.json()).get("box_available"):
+                        if (await response.json()).get("sandbox_available"):
                             return
                 except (aiohttp.ClientError, OSError, ValueError):
                     pass

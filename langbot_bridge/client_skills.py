@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from boxruntime.errors import ActionCallError
-from langbot_bridge.client_base import INSTALL_TIMEOUT, PREVIEW_TIMEOUT, SKILL_TIMEOUT, ClientBase, validated
+from boxruntime.models import actions as a
+from langbot_bridge.client_base import ClientBase
 
 if TYPE_CHECKING:
     from boxruntime.models.skills import (
@@ -65,77 +66,71 @@ class SkillCalls(ClientBase):
 
     async def list_skills(self) -> list[Skill]:
         """``box_list_skills``: every installed skill."""
-        from boxruntime.models.skills import SkillList
+        from boxruntime.models import Empty
 
-        return (await self._call("box_list_skills", None, SkillList, SKILL_TIMEOUT)).skills
+        return (await self._call(a.LIST_SKILLS, Empty())).skills
 
     async def get_skill(self, name: str) -> Skill | None:
         """The skill called ``name``, or None when there is none."""
-        from boxruntime.models.skills import SkillNameRequest, SkillResult
+        from boxruntime.models.skills import SkillNameRequest
 
-        return (await self._call("box_get_skill", SkillNameRequest(name=name), SkillResult, SKILL_TIMEOUT)).skill
+        return (await self._call(a.GET_SKILL, SkillNameRequest(name=name))).skill
 
     async def create_skill(self, fields: SkillFields) -> Skill:
         """A new skill: empty, or the package at ``fields.package_root`` (adopted when it is in
         the store, copied in when it is elsewhere on the daemon's host)."""
-        from boxruntime.models.skills import CreateSkillRequest, SkillResult
+        from boxruntime.models.skills import CreateSkillRequest
 
-        reply = await self._call("box_create_skill", CreateSkillRequest(skill=fields), SkillResult, SKILL_TIMEOUT)
-        return _present(reply, "box_create_skill")
+        return _present(await self._call(a.CREATE_SKILL, CreateSkillRequest(skill=fields)), a.CREATE_SKILL.name)
 
     async def update_skill(self, name: str, fields: SkillUpdate) -> Skill:
         """Rewrite the skill's SKILL.md with the fields that were set (renaming is refused)."""
-        from boxruntime.models.skills import SkillResult, UpdateSkillRequest
+        from boxruntime.models.skills import UpdateSkillRequest
 
-        request = UpdateSkillRequest(name=name, skill=fields)
-        # Only the fields the caller set: the daemon tells "left out" from "set to null".
-        data = request.model_dump(mode="json", exclude_unset=True)
-        reply = await self.caller.call("box_update_skill", data, SKILL_TIMEOUT)
-        return _present(validated(SkillResult, "box_update_skill", reply), "box_update_skill")
+        # Only the fields the caller set go on the wire (SkillUpdate's wire form): the daemon
+        # tells "left out" from "set to null".
+        reply = await self._call(a.UPDATE_SKILL, UpdateSkillRequest(name=name, skill=fields))
+        return _present(reply, a.UPDATE_SKILL.name)
 
     async def delete_skill(self, name: str) -> None:
         """``box_delete_skill``: remove the skill's package from the store."""
-        from boxruntime.models.skills import SkillDeleted, SkillNameRequest
+        from boxruntime.models.skills import SkillNameRequest
 
-        await self._call("box_delete_skill", SkillNameRequest(name=name), SkillDeleted, SKILL_TIMEOUT)
+        await self._call(a.DELETE_SKILL, SkillNameRequest(name=name))
 
     async def scan_skill_directory(self, path: str) -> Skill:
         """The one skill in a directory on the daemon's host (or at most two levels below it)."""
-        from boxruntime.models.skills import ScanSkillRequest, Skill
+        from boxruntime.models.skills import ScanSkillRequest
 
-        return await self._call("box_scan_skill_directory", ScanSkillRequest(path=path), Skill, SKILL_TIMEOUT)
+        return await self._call(a.SCAN_SKILL_DIRECTORY, ScanSkillRequest(path=path))
 
     async def list_skill_files(
         self, name: str, path: str = ".", *, include_hidden: bool = False, max_entries: int = 200
     ) -> SkillFileListing:
         """One directory of the package (not recursive); ``truncated`` once ``max_entries`` is reached."""
-        from boxruntime.models.skills import ListSkillFilesRequest, SkillFileListing
+        from boxruntime.models.skills import ListSkillFilesRequest
 
         request = ListSkillFilesRequest(name=name, path=path, include_hidden=include_hidden, max_entries=max_entries)
-        return await self._call("box_list_skill_files", request, SkillFileListing, SKILL_TIMEOUT)
+        return await self._call(a.LIST_SKILL_FILES, request)
 
     async def read_skill_file(self, name: str, path: str) -> SkillFileContent:
         """``box_read_skill_file``: one file of the package (text, up to 1 MiB)."""
-        from boxruntime.models.skills import ReadSkillFileRequest, SkillFileContent
+        from boxruntime.models.skills import ReadSkillFileRequest
 
-        request = ReadSkillFileRequest(name=name, path=path)
-        return await self._call("box_read_skill_file", request, SkillFileContent, SKILL_TIMEOUT)
+        return await self._call(a.READ_SKILL_FILE, ReadSkillFileRequest(name=name, path=path))
 
     async def write_skill_file(self, name: str, path: str, content: str) -> SkillFileWritten:
         """Write a UTF-8 file in the package, creating parent directories."""
-        from boxruntime.models.skills import SkillFileWritten, WriteSkillFileRequest
+        from boxruntime.models.skills import WriteSkillFileRequest
 
-        request = WriteSkillFileRequest(name=name, path=path, content=content)
-        return await self._call("box_write_skill_file", request, SkillFileWritten, SKILL_TIMEOUT)
+        return await self._call(a.WRITE_SKILL_FILE, WriteSkillFileRequest(name=name, path=path, content=content))
 
     async def upload_file(self, data: bytes, extension: str = "zip") -> str:
         """Send ``data`` with ``__file_chunk``; returns the key an action then consumes (once)."""
-        from boxruntime.models.skills import ChunkReceipt
-
         key = upload_key(data, extension)
         receipt: ChunkReceipt | None = None
         for chunk in file_chunks(data, key):
-            receipt = await self._call("__file_chunk", chunk, ChunkReceipt)
+            receipt = await self._call(a.FILE_CHUNK, chunk)
         if receipt is None or not receipt.complete or receipt.received_bytes != len(data):
             raise ActionCallError(f"the daemon did not confirm the whole upload of {len(data)} bytes: {receipt}")
         return key
@@ -144,13 +139,13 @@ class SkillCalls(ClientBase):
         self, data: bytes, filename: str = "skill.zip", *, source_subdir: str = "", target_suffix: str = "upload"
     ) -> list[SkillPreview]:
         """The skills a zip holds and where each would be installed; installs nothing."""
-        from boxruntime.models.skills import PreviewSkillZipRequest, SkillPreviewList
+        from boxruntime.models.skills import PreviewSkillZipRequest
 
         key = await self.upload_file(data)
         request = PreviewSkillZipRequest(
             file_key=key, filename=filename, source_subdir=source_subdir, target_suffix=target_suffix
         )
-        return (await self._call("box_preview_skill_zip", request, SkillPreviewList, PREVIEW_TIMEOUT)).skills
+        return (await self._call(a.PREVIEW_SKILL_ZIP, request)).skills
 
     async def install_skill_zip(
         self,
@@ -163,7 +158,7 @@ class SkillCalls(ClientBase):
     ) -> list[Skill]:
         """Install the zip's skill, or those ``source_paths`` name when it holds several, at
         ``<skills>/<filename stem>[-<leaf>][-<target_suffix>]``; all or nothing."""
-        from boxruntime.models.skills import InstallSkillZipRequest, SkillList
+        from boxruntime.models.skills import InstallSkillZipRequest
 
         key = await self.upload_file(data)
         request = InstallSkillZipRequest(
@@ -173,7 +168,7 @@ class SkillCalls(ClientBase):
             source_subdir=source_subdir,
             target_suffix=target_suffix,
         )
-        return (await self._call("box_install_skill_zip", request, SkillList, INSTALL_TIMEOUT)).skills
+        return (await self._call(a.INSTALL_SKILL_ZIP, request)).skills
 
 
 def _present(reply: SkillResult, action: str) -> Skill:

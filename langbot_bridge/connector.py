@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 
 from boxruntime.errors import BoxAuthError, BoxError, BoxRuntimeUnavailableError, ConnectionClosedError
+from boxruntime.models import actions as a
 from boxruntime.protocol import DEFAULT_TIMEOUT, Payload, Peer
 from langbot_bridge.links import ChildLink, Link, SpawnTarget, Target, open_link
 
@@ -191,7 +192,7 @@ class Connector:
             return
         if self.shutdown_on_close and self.available:
             with anyio.move_on_after(self.timing.shutdown_timeout), contextlib.suppress(BoxError):
-                await self.call("box_shutdown", {}, timeout=self.timing.shutdown_timeout)
+                await self.call(a.SHUTDOWN_SESSIONS.name, {}, timeout=self.timing.shutdown_timeout)
         self._closing = True
         assert self._task_group is not None
         self._task_group.cancel_scope.cancel()
@@ -280,9 +281,9 @@ class Connector:
 
     async def _handshake(self, peer: Peer) -> None:
         # The first ping waits out the daemon's start-up (backend probe, orphan cleanup).
-        await peer.call("__ping", {}, timeout=self.timing.connect_timeout)
+        await peer.call(a.PING.name, {}, timeout=self.timing.connect_timeout)
         if self.init_config:
-            await peer.call("box_init", self.init_config)
+            await peer.call(a.INIT.name, self.init_config)
 
     async def _heartbeat(self, peer: Peer) -> str | None:
         """Ping until ``heartbeat_misses`` fail in a row (returns why) or the link closes."""
@@ -290,7 +291,7 @@ class Connector:
         while True:
             await anyio.sleep(self.timing.heartbeat_interval)
             try:
-                await peer.call("__ping", {}, timeout=self.timing.ping_timeout)
+                await peer.call(a.PING.name, {}, timeout=self.timing.ping_timeout)
                 misses = 0
             except ConnectionClosedError:
                 return None

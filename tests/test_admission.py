@@ -11,8 +11,8 @@ import pytest
 
 from boxruntime.config import Settings
 from boxruntime.errors import BoxAdmissionError, BoxReadinessError
+from boxruntime.models.tenancy import SandboxAdmissionGrant, SandboxAdmissionRevocation
 from boxruntime.tenancy.admission import Admission, Retirement
-from boxruntime.tenancy.admission_models import SandboxAdmissionGrant, SandboxAdmissionRevocation
 from boxruntime.tenancy.placement import Placement, Workspace
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, tzinfo=dt.UTC)
@@ -65,7 +65,15 @@ def test_a_grant_admits_its_generation_until_it_expires(tmp_path: Path) -> None:
     with pytest.raises(BoxAdmissionError, match="grant is missing"):
         adm.require(Placement(WS, 1), NOW)
     result, retirement = adm.upsert(grant(), NOW)
-    assert result["installed"] is True and result["expires_at"] == "2026-12-06T12:02:00+00:00"
+    assert result.model_dump(mode="json") == {
+        "installed": True,
+        "workspace_uuid": "ws-a",
+        "execution_generation": 1,
+        "entitlement_revision": 1,
+        "max_sessions": 1,
+        "max_managed_processes": 0,
+        "expires_at": "2026-12-06T12:02:00+00:00",
+    }
     assert retirement == Retirement(WS)  # a new grant ends whatever the workspace ran before
     assert adm.require(Placement(WS, 1), NOW).entitlement_revision == 1
     with pytest.raises(BoxAdmissionError, match="another execution generation"):
@@ -102,17 +110,18 @@ def test_revisions_generations_and_tombstones_only_move_forward(tmp_path: Path) 
     # The same entitlement renewed by a replica with a shorter lifetime: idempotent, keeps the longer.
     shorter = grant(entitlement_revision=2, execution_generation=3, expires_at=NOW + dt.timedelta(seconds=60))
     result, retirement = adm.upsert(shorter, NOW)
-    assert result["expires_at"] == "2026-12-06T12:02:00+00:00"
+    assert result.model_dump(mode="json")["expires_at"] == "2026-12-06T12:02:00+00:00"
     assert retirement.keep == Placement(WS, 3).physical("global")
     revoked, ended = adm.revoke(
         SandboxAdmissionRevocation(instance_uuid="inst-1", workspace_uuid="ws-a", entitlement_revision=2)
     )
-    assert revoked == {"revoked": True, "workspace_uuid": "ws-a", "entitlement_revision": 2} and ended == Retirement(WS)
+    assert revoked.model_dump(mode="json") == {"revoked": True, "workspace_uuid": "ws-a", "entitlement_revision": 2}
+    assert ended == Retirement(WS)
     with pytest.raises(BoxAdmissionError, match="revision was revoked"):
         adm.upsert(grant(entitlement_revision=2, execution_generation=3), NOW)
     with pytest.raises(BoxAdmissionError, match="revocation is stale"):
         adm.revoke(SandboxAdmissionRevocation(instance_uuid="inst-1", workspace_uuid="ws-a", entitlement_revision=1))
-    assert adm.upsert(grant(entitlement_revision=3, execution_generation=3), NOW)[0]["installed"]
+    assert adm.upsert(grant(entitlement_revision=3, execution_generation=3), NOW)[0].installed
 
 
 def test_admission_records_are_bounded(tmp_path: Path) -> None:

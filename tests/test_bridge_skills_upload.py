@@ -90,7 +90,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[BoxClient, SkillActions]
     actions = SkillActions(tmp_path / "skills", tmp_path / "uploads")
     near, far = connection_pair()
     client_peer = Peer(near, name="client")
-    daemon_peer = Peer(far, actions.table(), name="daemon")
+    daemon_peer = Peer(far, actions.table().wire(), name="daemon")
     async with anyio.create_task_group() as tg:
         tg.start_soon(client_peer.run)
         tg.start_soon(daemon_peer.run)

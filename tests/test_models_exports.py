@@ -11,7 +11,7 @@ import pydantic
 
 import boxruntime.models as models
 
-AREAS = ("box", "files", "interactive", "skills")
+AREAS = ("answers", "box", "files", "interactive", "skills", "tenancy")
 
 
 def test_every_exported_name_resolves() -> None:

@@ -64,7 +64,7 @@ class Box:
     def __init__(self, runtime: BoxRuntime, selector: Selector) -> None:
         self.runtime = runtime
         self.selector = selector
-        self.actions: dict[str, ActionHandler] = BoxActions(runtime, skill_actions(runtime.settings)).table()
+        self.actions: dict[str, ActionHandler] = BoxActions(runtime, skill_actions(runtime.settings)).table().wire()
 
     @property
     def fake(self) -> FakeBackend:

@@ -256,7 +256,7 @@ def actions(tmp_path: Path, upload_dir: Path) -> SkillActions:
 
 @pytest.fixture
 def table(actions: SkillActions) -> dict[str, ActionHandler]:
-    return actions.table()
+    return actions.table().wire()
 
 
 async def call(table: dict[str, ActionHandler], action: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -371,7 +371,7 @@ async def test_file_chunk_action_refuses_traversal_keys(table: dict[str, ActionH
 @pytest.mark.anyio
 async def test_cleanup_expires_uploads(tmp_path: Path, upload_dir: Path, clock: Clock) -> None:
     actions = SkillActions(tmp_path / "skills", upload_dir, uploads=UploadStore(upload_dir, clock=clock))
-    table = actions.table()
+    table = actions.table().wire()
     await upload(table, b"abandoned")
     clock.now += 601
     assert actions.cleanup() == 1

@@ -133,7 +133,7 @@ class Tenant:
         self.tenancy = tenancy
         self.actions: dict[str, ActionHandler] = tenancy.actions(
             BoxActions(tenancy.runtime, skill_actions(tenancy.runtime.settings)).table()
-        )
+        ).wire()
         self.gate = TenantGate(tenancy, identified=identified, host_backend_allowed=token)
         self._seq = itertools.count(1)
 

@@ -1,28 +1,38 @@
-"""Action name -> runtime call: validation in, models out.
+"""The runtime's actions: each catalogue entry's handler, a typed runtime call.
 
-Names and payloads are LangBot 0.5.0a2's (reference §B.1); ``box_exec_stream`` and the
-interactive exec actions (``boxruntime.edges.interactive``) are ours.
+Names and payloads are LangBot 0.5.0a2's (reference §B.1); ``box_exec_stream``, the files and
+the interactive exec actions (``boxruntime.edges.interactive``) are ours. The table parses the
+requests and dumps the answers (``boxruntime.action_table``).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 
+from boxruntime.action_table import ActionTable
 from boxruntime.edges.interactive import InteractiveExecs
 from boxruntime.models import (
+    BackendInfo,
     BoxSpec,
-    FsListRequest,
-    FsReadRequest,
-    FsRemoveRequest,
-    FsRequest,
-    FsWriteRequest,
+    Empty,
+    ExecResult,
+    Initialized,
+    ManagedProcessInfo,
+    OutputChunk,
     ProcessRef,
+    ProcessStopped,
     RelayInfo,
+    RuntimeStatus,
+    SessionDeleted,
+    SessionDetails,
     SessionIdRequest,
+    SessionInfo,
+    SessionList,
     StartProcessRequest,
+    StreamedResult,
 )
-from boxruntime.payloads import dump, parse
-from boxruntime.protocol import ActionHandler, Payload
+from boxruntime.models import actions as a
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.skills.actions import SkillActions
 
@@ -35,96 +45,83 @@ class BoxActions:
         self.skills = skills
         self.relay = relay or RelayInfo(base_url=None)
 
-    def table(self) -> dict[str, ActionHandler]:
+    def table(self) -> ActionTable:
         """The action table of one connection (its interactive execs are its own)."""
-        return {
-            **self.skills.table(),
-            **InteractiveExecs(self.runtime).table(),
-            "box_init": self.init,
-            "box_health": self.health,
-            "box_status": self.status,
-            "box_get_backend_info": self.health,
-            "box_exec": self.exec,
-            "box_exec_stream": self.exec_stream,
-            "box_create_session": self.create_session,
-            "box_get_session": self.get_session,
-            "box_get_sessions": self.get_sessions,
-            "box_delete_session": self.delete_session,
-            "box_shutdown": self.shutdown,
-            "box_start_managed_process": self.start_process,
-            "box_get_managed_process": self.get_process,
-            "box_stop_managed_process": self.stop_process,
-            "box_relay_info": self.relay_info,
-            "box_fs_read": self.fs_read,
-            "box_fs_write": self.fs_write,
-            "box_fs_list": self.fs_list,
-            "box_fs_stat": self.fs_stat,
-            "box_fs_remove": self.fs_remove,
-        }
+        table = ActionTable()
+        table.update(self.skills.table())
+        table.update(InteractiveExecs(self.runtime).table())
+        files = self.runtime.files
+        table.unary(a.PING, self.ping)
+        table.unary(a.INIT, self.init)
+        table.unary(a.HEALTH, self.health)
+        table.unary(a.BACKEND_INFO, self.health)
+        table.unary(a.STATUS, self.status)
+        table.unary(a.SHUTDOWN_SESSIONS, self.shutdown)
+        table.unary(a.RELAY_INFO, self.relay_info)
+        table.unary(a.EXEC, self.exec)
+        table.streamed(a.EXEC_STREAM, self.exec_stream)
+        table.unary(a.CREATE_SESSION, self.create_session)
+        table.unary(a.GET_SESSION, self.get_session)
+        table.unary(a.GET_SESSIONS, self.get_sessions)
+        table.unary(a.DELETE_SESSION, self.delete_session)
+        table.unary(a.START_PROCESS, self.start_process)
+        table.unary(a.GET_PROCESS, self.get_process)
+        table.unary(a.STOP_PROCESS, self.stop_process)
+        table.unary(a.FS_READ, files.read)
+        table.unary(a.FS_WRITE, files.write)
+        table.unary(a.FS_LIST, files.list)
+        table.unary(a.FS_STAT, files.stat)
+        table.unary(a.FS_REMOVE, files.remove)
+        return table
 
-    async def init(self, data: Payload) -> Payload:
-        await self.runtime.init(data)
-        return {"initialized": True}
+    async def ping(self, _: Empty) -> Empty:
+        return Empty()
 
-    async def health(self, _: Payload) -> Payload:
-        return dump(await self.runtime.backend_info())
+    async def init(self, config: dict[str, Any]) -> Initialized:
+        await self.runtime.init(config)
+        return Initialized()
 
-    async def status(self, _: Payload) -> Payload:
-        return dump(await self.runtime.status())
+    async def health(self, _: Empty) -> BackendInfo:
+        return await self.runtime.backend_info()
 
-    async def exec(self, data: Payload) -> Payload:
-        return dump(await self.runtime.exec(parse(BoxSpec, data)))
+    async def status(self, _: Empty) -> RuntimeStatus:
+        return await self.runtime.status()
 
-    async def exec_stream(self, data: Payload) -> AsyncIterator[Payload]:
-        async for item in self.runtime.exec_stream(parse(BoxSpec, data)):
-            yield item
+    async def exec(self, spec: BoxSpec) -> ExecResult:
+        return await self.runtime.exec(spec)
 
-    async def create_session(self, data: Payload) -> Payload:
-        return dump(await self.runtime.create_session(parse(BoxSpec, data)))
+    async def exec_stream(self, spec: BoxSpec) -> AsyncGenerator[OutputChunk | StreamedResult, None]:
+        # The runtime yields the items already dumped; read back into their models here until
+        # it yields the models themselves.
+        async for item in self.runtime.exec_stream(spec):
+            yield a.EXEC_ITEMS.parse(item)
 
-    async def get_session(self, data: Payload) -> Payload:
-        ref = parse(SessionIdRequest, data)
-        return self.runtime.get_session(ref.session_id).payload()
+    async def create_session(self, spec: BoxSpec) -> SessionInfo:
+        return await self.runtime.create_session(spec)
 
-    async def get_sessions(self, _: Payload) -> Payload:
-        return {"sessions": [dump(info) for info in self.runtime.list_sessions()]}
+    async def get_session(self, ref: SessionIdRequest) -> SessionDetails:
+        return self.runtime.get_session(ref.session_id)
 
-    async def delete_session(self, data: Payload) -> Payload:
-        ref = parse(SessionIdRequest, data)
+    async def get_sessions(self, _: Empty) -> SessionList:
+        return SessionList(sessions=self.runtime.list_sessions())
+
+    async def delete_session(self, ref: SessionIdRequest) -> SessionDeleted:
         await self.runtime.delete_session(ref.session_id)
-        return {"deleted": ref.session_id}
+        return SessionDeleted(deleted=ref.session_id)
 
-    async def shutdown(self, _: Payload) -> Payload:
+    async def shutdown(self, _: Empty) -> Empty:
         await self.runtime.shutdown_sessions()
-        return {}
+        return Empty()
 
-    async def fs_read(self, data: Payload) -> Payload:
-        return dump(await self.runtime.files.read(parse(FsReadRequest, data)))
+    async def start_process(self, req: StartProcessRequest) -> ManagedProcessInfo:
+        return await self.runtime.processes.start(req.session_id, req.spec)
 
-    async def fs_write(self, data: Payload) -> Payload:
-        return dump(await self.runtime.files.write(parse(FsWriteRequest, data)))
+    async def get_process(self, ref: ProcessRef) -> ManagedProcessInfo:
+        return self.runtime.processes.get(ref.session_id, ref.process_id).info()
 
-    async def fs_list(self, data: Payload) -> Payload:
-        return dump(await self.runtime.files.list(parse(FsListRequest, data)))
-
-    async def fs_stat(self, data: Payload) -> Payload:
-        return dump(await self.runtime.files.stat(parse(FsRequest, data)))
-
-    async def fs_remove(self, data: Payload) -> Payload:
-        return dump(await self.runtime.files.remove(parse(FsRemoveRequest, data)))
-
-    async def start_process(self, data: Payload) -> Payload:
-        req = parse(StartProcessRequest, data)
-        return dump(await self.runtime.processes.start(req.session_id, req.spec))
-
-    async def get_process(self, data: Payload) -> Payload:
-        ref = parse(ProcessRef, data)
-        return dump(self.runtime.processes.get(ref.session_id, ref.process_id).info())
-
-    async def stop_process(self, data: Payload) -> Payload:
-        ref = parse(ProcessRef, data)
+    async def stop_process(self, ref: ProcessRef) -> ProcessStopped:
         await self.runtime.processes.stop(ref.session_id, ref.process_id)
-        return {"stopped": ref.process_id}
+        return ProcessStopped(stopped=ref.process_id)
 
-    async def relay_info(self, _: Payload) -> Payload:
-        return dump(self.relay)
+    async def relay_info(self, _: Empty) -> RelayInfo:
+        return self.relay

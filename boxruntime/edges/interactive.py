@@ -15,15 +15,17 @@ import base64
 import binascii
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 import anyio
 
+from boxruntime.action_table import ActionTable
 from boxruntime.backends.contract import Command, CommandExit, Output, Process, SandboxFileError, TerminalSize
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 from boxruntime.models import (
     BoxSpec,
+    Empty,
     EndReason,
     ExecInputRequest,
     ExecResizeRequest,
@@ -31,12 +33,12 @@ from boxruntime.models import (
     ExecSignalRequest,
     ExecStarted,
     ExecStatus,
+    InputWritten,
     InteractiveExecRequest,
     OutputChunk,
     StreamedResult,
 )
-from boxruntime.payloads import dump, parse
-from boxruntime.protocol import ActionHandler, Payload
+from boxruntime.models import actions as a
 from boxruntime.runtime.chunks import ChunkText
 from boxruntime.runtime.core import BoxRuntime
 
@@ -81,13 +83,13 @@ class InteractiveExecs:
         self.runtime = runtime
         self._running: dict[str, tuple[Process, InteractiveExecRequest]] = {}
 
-    def table(self) -> dict[str, ActionHandler]:
-        return {
-            "box_exec_interactive": self.run,
-            "box_exec_input": self.input,
-            "box_exec_resize": self.resize,
-            "box_exec_signal": self.signal,
-        }
+    def table(self) -> ActionTable:
+        table = ActionTable()
+        table.streamed(a.EXEC_INTERACTIVE, self.run)
+        table.unary(a.EXEC_INPUT, self.input)
+        table.unary(a.EXEC_RESIZE, self.resize)
+        table.unary(a.EXEC_SIGNAL, self.signal)
+        return table
 
     def _find(self, exec_id: str) -> tuple[Process, InteractiveExecRequest]:
         found = self._running.get(exec_id)
@@ -95,8 +97,9 @@ class InteractiveExecs:
             raise BoxValidationError(f"no running interactive exec {exec_id!r} on this connection")
         return found
 
-    async def run(self, data: Payload) -> AsyncIterator[Payload]:
-        req = parse(InteractiveExecRequest, data)
+    async def run(
+        self, req: InteractiveExecRequest
+    ) -> AsyncGenerator[ExecStarted | OutputChunk | StreamedResult, None]:
         if not req.cmd:
             raise BoxValidationError("cmd must not be empty")
         spec = BoxSpec.model_validate(req.model_dump(include=_SPEC_FIELDS))
@@ -106,17 +109,17 @@ class InteractiveExecs:
             self._running[exec_id] = (proc, req)
             finished = False
             try:
-                yield dump(ExecStarted(exec_id=exec_id))
+                yield ExecStarted(exec_id=exec_id)
                 decoders = {1: ChunkText(), 2: ChunkText()}
                 async for event in proc.events():
                     if isinstance(event, Output):
                         text, encoding = decoders[event.stream].convert(event.data)
                         name: Literal["stdout", "stderr"] = "stdout" if event.stream == 1 else "stderr"
-                        yield dump(OutputChunk(stream=name, data=text, encoding=encoding))
+                        yield OutputChunk(stream=name, data=text, encoding=encoding)
                     elif isinstance(event, CommandExit):
                         finished = True
                         result = interactive_result(spec.session_id, session.handle.backend, event, spec.timeout_sec)
-                        yield dump(StreamedResult(result=result))
+                        yield StreamedResult(result=result)
             finally:
                 self._running.pop(exec_id, None)
                 if not finished:  # cancelled, or the client went away: the command goes too
@@ -124,8 +127,7 @@ class InteractiveExecs:
                 with anyio.CancelScope(shield=True):
                     await proc.close()
 
-    async def input(self, data: Payload) -> Payload:
-        req = parse(ExecInputRequest, data)
+    async def input(self, req: ExecInputRequest) -> InputWritten:
         proc, started = self._find(req.exec_id)
         if not started.stdin:
             raise BoxValidationError(f"interactive exec {req.exec_id} was started without stdin")
@@ -139,10 +141,9 @@ class InteractiveExecs:
             raise BoxValidationError(
                 f"interactive exec {req.exec_id} takes no more input (it has exited or closed its stdin)"
             ) from None
-        return {"written": len(raw)}
+        return InputWritten(written=len(raw))
 
-    async def resize(self, data: Payload) -> Payload:
-        req = parse(ExecResizeRequest, data)
+    async def resize(self, req: ExecResizeRequest) -> Empty:
         proc, started = self._find(req.exec_id)
         if started.tty is None:
             raise BoxValidationError(f"interactive exec {req.exec_id} has no terminal to resize")
@@ -150,11 +151,10 @@ class InteractiveExecs:
             await proc.resize(TerminalSize(rows=req.rows, cols=req.cols))
         except (SandboxFileError, OSError) as exc:
             raise BoxValidationError(f"interactive exec {req.exec_id}: {exc}") from None
-        return {}
+        return Empty()
 
-    async def signal(self, data: Payload) -> Payload:
-        req = parse(ExecSignalRequest, data)
+    async def signal(self, req: ExecSignalRequest) -> Empty:
         proc, _ = self._find(req.exec_id)
         with contextlib.suppress(BoxSandboxError):
             await proc.signal(req.signal)
-        return {}
+        return Empty()

@@ -100,7 +100,9 @@ def require_auth(handler: Handler) -> Handler:
 
 
 def control_actions(tenancy: Tenancy, skills: SkillActions, relay: RelayInfo | None = None) -> dict[str, ActionHandler]:
-    return tenancy.actions(BoxActions(tenancy.runtime, skills, relay).table())
+    """One control connection's actions: the runtime's, the skill store's and the tenancy's, each
+    bound to its catalogue entry."""
+    return tenancy.actions(BoxActions(tenancy.runtime, skills, relay).table()).wire()
 
 
 async def rpc_ws(request: web.Request) -> web.StreamResponse:
@@ -114,12 +116,7 @@ async def rpc_ws(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     request.app[SOCKETS_KEY].add(ws)
     actions = control_actions(tenancy, request.app[SKILLS_KEY])  # relay on this same endpoint
-    gate = TenantGate(
-        tenancy,
-        identified=instance is not None,
-        host_backend_allowed=bool(request.app[TOKEN_KEY]),
-        daemon_actions=frozenset(request.app[SKILLS_KEY].table()),
-    )
+    gate = TenantGate(tenancy, identified=instance is not None, host_backend_allowed=bool(request.app[TOKEN_KEY]))
     peer = Peer(WebSocketConnection(ws), actions, name=f"ws:{request.remote}", gate=gate)
     log.info("control connection from %s", request.remote)
     try:
@@ -140,7 +137,7 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """LangBot 0.7's readiness object: standard mode, or every admission-mode check."""
     readiness = await request.app[TENANCY_KEY].managed.readiness.get()
-    return web.json_response(readiness, status=200 if readiness["ready"] else 503)
+    return web.json_response(readiness.model_dump(mode="json"), status=200 if readiness.ready else 503)
 
 
 def skill_actions(settings: Settings) -> SkillActions:
@@ -258,12 +255,7 @@ async def serve_stdio(settings: Settings, relay_port: int = 0) -> None:
         connection = await _stdio_connection()
         # Under LangBot 4.x the instance comes pinned in LANGBOT_BOX_TRUSTED_INSTANCE_UUID: the
         # client on stdin is that instance, a 0.7 client.
-        gate = TenantGate(
-            tenancy,
-            identified=settings.trusted_instance is not None,
-            host_backend_allowed=True,
-            daemon_actions=frozenset(skills.table()),
-        )
+        gate = TenantGate(tenancy, identified=settings.trusted_instance is not None, host_backend_allowed=True)
         peer = Peer(connection, control_actions(tenancy, skills, relay_info), name="stdio", gate=gate)
         log.info(
             "boxruntime serving action RPC on stdio (backend=%s, relay on port %d, loop=%s)",

@@ -2,7 +2,9 @@
 
 One module per area: ``box`` (sessions, exec, processes, status), ``files`` (``box_fs_*``),
 ``interactive`` (commands that take input or run on a terminal), ``skills`` (the skill
-actions). Everything is importable from here; each area is loaded when one of its names is first used
+actions), ``answers`` (small answers and the empty request), ``tenancy`` (LangBot 0.7's admission,
+readiness and per-tenant views). ``boxruntime.models.actions`` is the catalogue that pairs each
+action with its models. Everything is importable from here; each area is loaded when one of its names is first used
 (a client that runs commands never pays for building the skill models).
 """
 
@@ -12,6 +14,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from boxruntime.models.answers import (
+        Empty,
+        Initialized,
+        InputWritten,
+        ProcessStopped,
+        SessionDeleted,
+        SessionList,
+    )
     from boxruntime.models.box import (
         DEFAULT_IMAGE,
         DEFAULT_MOUNT_PATH,
@@ -100,9 +110,31 @@ if TYPE_CHECKING:
         WriteSkillFileRequest,
         check_file_key,
     )
+    from boxruntime.models.tenancy import (
+        GrantInstalled,
+        GrantRevoked,
+        ManagedBackendInfo,
+        ProbeDigest,
+        ReadinessReport,
+        SandboxAdmissionGrant,
+        SandboxAdmissionPolicy,
+        SandboxAdmissionRevocation,
+        SharedWorkspaceProbe,
+        StatusCapacity,
+        StatusLimits,
+        StorageAnalysis,
+        StorageDirectory,
+        TenantRuntimeStatus,
+    )
 
 # Where each name lives.
 _AREAS = {
+    "Empty": "boxruntime.models.answers",
+    "Initialized": "boxruntime.models.answers",
+    "InputWritten": "boxruntime.models.answers",
+    "ProcessStopped": "boxruntime.models.answers",
+    "SessionDeleted": "boxruntime.models.answers",
+    "SessionList": "boxruntime.models.answers",
     "DEFAULT_IMAGE": "boxruntime.models.box",
     "DEFAULT_MOUNT_PATH": "boxruntime.models.box",
     "LANGBOT_DEFAULT_IMAGE": "boxruntime.models.box",
@@ -183,6 +215,20 @@ _AREAS = {
     "UpdateSkillRequest": "boxruntime.models.skills",
     "WriteSkillFileRequest": "boxruntime.models.skills",
     "check_file_key": "boxruntime.models.skills",
+    "GrantInstalled": "boxruntime.models.tenancy",
+    "GrantRevoked": "boxruntime.models.tenancy",
+    "ManagedBackendInfo": "boxruntime.models.tenancy",
+    "ProbeDigest": "boxruntime.models.tenancy",
+    "ReadinessReport": "boxruntime.models.tenancy",
+    "SandboxAdmissionGrant": "boxruntime.models.tenancy",
+    "SandboxAdmissionPolicy": "boxruntime.models.tenancy",
+    "SandboxAdmissionRevocation": "boxruntime.models.tenancy",
+    "SharedWorkspaceProbe": "boxruntime.models.tenancy",
+    "StatusCapacity": "boxruntime.models.tenancy",
+    "StatusLimits": "boxruntime.models.tenancy",
+    "StorageAnalysis": "boxruntime.models.tenancy",
+    "StorageDirectory": "boxruntime.models.tenancy",
+    "TenantRuntimeStatus": "boxruntime.models.tenancy",
 }
 
 __all__ = [
@@ -198,6 +244,7 @@ __all__ = [
     "BoxSpec",
     "ChunkReceipt",
     "CreateSkillRequest",
+    "Empty",
     "EndReason",
     "ExecInputRequest",
     "ExecResizeRequest",
@@ -218,10 +265,15 @@ __all__ = [
     "FsStatResult",
     "FsWriteRequest",
     "FsWriteResult",
+    "GrantInstalled",
+    "GrantRevoked",
     "HostMountMode",
+    "Initialized",
+    "InputWritten",
     "InstallSkillZipRequest",
     "InteractiveExecRequest",
     "ListSkillFilesRequest",
+    "ManagedBackendInfo",
     "ManagedProcessInfo",
     "ManagedProcessSpec",
     "ManagedProcessStatus",
@@ -235,15 +287,24 @@ __all__ = [
     "OutputChunk",
     "PoolStatus",
     "PreviewSkillZipRequest",
+    "ProbeDigest",
     "ProcessRef",
+    "ProcessStopped",
     "ReadSkillFileRequest",
+    "ReadinessReport",
     "RelayInfo",
     "RuntimeStatus",
+    "SandboxAdmissionGrant",
+    "SandboxAdmissionPolicy",
+    "SandboxAdmissionRevocation",
     "ScanSkillRequest",
+    "SessionDeleted",
     "SessionDetails",
     "SessionIdRequest",
     "SessionInfo",
+    "SessionList",
     "SessionStatus",
+    "SharedWorkspaceProbe",
     "Skill",
     "SkillDeleted",
     "SkillFields",
@@ -259,7 +320,12 @@ __all__ = [
     "SkillResult",
     "SkillUpdate",
     "StartProcessRequest",
+    "StatusCapacity",
+    "StatusLimits",
+    "StorageAnalysis",
+    "StorageDirectory",
     "StreamedResult",
+    "TenantRuntimeStatus",
     "TerminalSize",
     "UpdateSkillRequest",
     "WriteSkillFileRequest",

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from boxruntime.models.base import Model
+from boxruntime.models.base import Model, OmitNone
 
 DEFAULT_IMAGE = "boxruntime/sandbox:latest"
 # What LangBot's client sends when its user did not choose an image. It lives on a registry
@@ -292,15 +292,14 @@ class SessionInfo(Model):
     expires_at: dt.datetime | None = None  # removed then, busy or not (an E2B sandbox's timeout)
 
 
-class SessionDetails(SessionInfo):
-    """``box_get_session``: the session, plus its managed processes when it has any."""
+class SessionDetails(OmitNone, SessionInfo):
+    """``box_get_session``: the session, plus its managed processes when it has any (the keys
+    are absent otherwise, as in LangBot's answer)."""
+
+    omit_when_none = ("managed_processes", "managed_process")
 
     managed_processes: dict[str, ManagedProcessInfo] | None = None
     managed_process: ManagedProcessInfo | None = None  # LangBot's "default" process
-
-    def payload(self) -> dict[str, Any]:
-        absent = {k for k in ("managed_processes", "managed_process") if getattr(self, k) is None}
-        return self.model_dump(mode="json", exclude=absent)
 
 
 class ExecResult(Model):

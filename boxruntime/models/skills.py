@@ -150,13 +150,19 @@ class SkillFields(_Request):
 
 
 class SkillUpdate(_Request):
-    """``box_update_skill``'s ``skill``; ``model_fields_set`` tells "left out" from "set to null"."""
+    """``box_update_skill``'s ``skill``; ``model_fields_set`` tells "left out" from "set to null",
+    and so does its wire form, which holds only the fields that were set."""
 
     name: str | None = None
     display_name: str | None = None
     description: str | None = None
     instructions: str | None = None
     package_root: str | None = None
+
+    @pydantic.model_serializer(mode="wrap")
+    def _only_set(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if key in self.model_fields_set}
 
 
 class SkillNameRequest(_Request):

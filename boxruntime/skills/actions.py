@@ -6,7 +6,7 @@ action other than ``box_list_skills``/``box_get_skill`` is reported as ``BoxVali
 thread; uploads are small appends and stay on the event loop.
 
 Build one ``SkillActions`` per daemon (uploads must outlive a connection: LangBot may send the
-chunks and the install on a reconnected socket) and merge ``table()`` into each connection's
+chunks and the install on a reconnected socket) and add ``table()`` to each connection's
 action table; call ``cleanup()`` periodically from the event loop. Pass ``skills_dir`` as a
 callable (``lambda: settings.skills_dir``) to follow ``box_init`` changing the root.
 """
@@ -21,16 +21,23 @@ from pathlib import Path
 
 import anyio
 
+from boxruntime.action_table import ActionTable
 from boxruntime.errors import BoxError, BoxValidationError
 from boxruntime.models import (
+    ChunkReceipt,
     CreateSkillRequest,
+    Empty,
     FileChunk,
     InstallSkillZipRequest,
     ListSkillFilesRequest,
     PreviewSkillZipRequest,
     ReadSkillFileRequest,
     ScanSkillRequest,
+    Skill,
     SkillDeleted,
+    SkillFileContent,
+    SkillFileListing,
+    SkillFileWritten,
     SkillList,
     SkillNameRequest,
     SkillPreviewList,
@@ -38,8 +45,7 @@ from boxruntime.models import (
     UpdateSkillRequest,
     WriteSkillFileRequest,
 )
-from boxruntime.payloads import dump, parse
-from boxruntime.protocol import ActionHandler, Payload
+from boxruntime.models import actions as a
 from boxruntime.skills.store import SkillStore
 from boxruntime.skills.uploads import UploadStore
 
@@ -71,62 +77,55 @@ class SkillActions:
         self.store = store or SkillStore(skills_dir)
         self.uploads = uploads or UploadStore(uploads_dir)
 
-    def table(self) -> dict[str, ActionHandler]:
-        return {
-            "box_list_skills": self.list_skills,
-            "box_get_skill": self.get_skill,
-            "box_create_skill": self.create_skill,
-            "box_update_skill": self.update_skill,
-            "box_delete_skill": self.delete_skill,
-            "box_scan_skill_directory": self.scan_skill_directory,
-            "box_list_skill_files": self.list_skill_files,
-            "box_read_skill_file": self.read_skill_file,
-            "box_write_skill_file": self.write_skill_file,
-            "box_preview_skill_zip": self.preview_skill_zip,
-            "box_install_skill_zip": self.install_skill_zip,
-            "__file_chunk": self.file_chunk,
-        }
+    def table(self) -> ActionTable:
+        table = ActionTable()
+        table.unary(a.LIST_SKILLS, self.list_skills)
+        table.unary(a.GET_SKILL, self.get_skill)
+        table.unary(a.CREATE_SKILL, self.create_skill)
+        table.unary(a.UPDATE_SKILL, self.update_skill)
+        table.unary(a.DELETE_SKILL, self.delete_skill)
+        table.unary(a.SCAN_SKILL_DIRECTORY, self.scan_skill_directory)
+        table.unary(a.LIST_SKILL_FILES, self.list_skill_files)
+        table.unary(a.READ_SKILL_FILE, self.read_skill_file)
+        table.unary(a.WRITE_SKILL_FILE, self.write_skill_file)
+        table.unary(a.PREVIEW_SKILL_ZIP, self.preview_skill_zip)
+        table.unary(a.INSTALL_SKILL_ZIP, self.install_skill_zip)
+        table.unary(a.FILE_CHUNK, self.file_chunk)
+        return table
 
     def cleanup(self) -> int:
         """Expire idle uploads and remove stale staging directories; returns how many went."""
         return self.uploads.expire() + self.store.remove_stale_staging()
 
-    async def list_skills(self, _: Payload) -> Payload:
-        return dump(SkillList(skills=await anyio.to_thread.run_sync(self.store.list_skills)))
+    async def list_skills(self, _: Empty) -> SkillList:
+        return SkillList(skills=await anyio.to_thread.run_sync(self.store.list_skills))
 
-    async def get_skill(self, data: Payload) -> Payload:
-        request = parse(SkillNameRequest, data)
+    async def get_skill(self, request: SkillNameRequest) -> SkillResult:
         skill = await anyio.to_thread.run_sync(self.store.get_skill, request.name)
-        return dump(SkillResult(skill=skill))
+        return SkillResult(skill=skill)
 
-    async def create_skill(self, data: Payload) -> Payload:
-        with _as_validation_error("box_create_skill"):
-            request = parse(CreateSkillRequest, data)
+    async def create_skill(self, request: CreateSkillRequest) -> SkillResult:
+        with _as_validation_error(a.CREATE_SKILL.name):
             skill = await anyio.to_thread.run_sync(self.store.create, request.skill)
-        return dump(SkillResult(skill=skill))
+        return SkillResult(skill=skill)
 
-    async def update_skill(self, data: Payload) -> Payload:
-        with _as_validation_error("box_update_skill"):
-            request = parse(UpdateSkillRequest, data)
+    async def update_skill(self, request: UpdateSkillRequest) -> SkillResult:
+        with _as_validation_error(a.UPDATE_SKILL.name):
             skill = await anyio.to_thread.run_sync(self.store.update, request.name, request.skill)
-        return dump(SkillResult(skill=skill))
+        return SkillResult(skill=skill)
 
-    async def delete_skill(self, data: Payload) -> Payload:
-        with _as_validation_error("box_delete_skill"):
-            request = parse(SkillNameRequest, data)
+    async def delete_skill(self, request: SkillNameRequest) -> SkillDeleted:
+        with _as_validation_error(a.DELETE_SKILL.name):
             deleted = await anyio.to_thread.run_sync(self.store.delete, request.name)
-        return dump(SkillDeleted(deleted=deleted))
+        return SkillDeleted(deleted=deleted)
 
-    async def scan_skill_directory(self, data: Payload) -> Payload:
-        with _as_validation_error("box_scan_skill_directory"):
-            request = parse(ScanSkillRequest, data)
-            skill = await anyio.to_thread.run_sync(self.store.scan, request.path)
-        # Not wrapped: LangBot returns the skill object itself here.
-        return dump(skill)
+    async def scan_skill_directory(self, request: ScanSkillRequest) -> Skill:
+        with _as_validation_error(a.SCAN_SKILL_DIRECTORY.name):
+            # Not wrapped: LangBot returns the skill object itself here.
+            return await anyio.to_thread.run_sync(self.store.scan, request.path)
 
-    async def list_skill_files(self, data: Payload) -> Payload:
-        with _as_validation_error("box_list_skill_files"):
-            request = parse(ListSkillFilesRequest, data)
+    async def list_skill_files(self, request: ListSkillFilesRequest) -> SkillFileListing:
+        with _as_validation_error(a.LIST_SKILL_FILES.name):
             listing = await anyio.to_thread.run_sync(
                 functools.partial(
                     self.store.list_files,
@@ -136,51 +135,43 @@ class SkillActions:
                     max_entries=request.max_entries,
                 )
             )
-        return dump(listing)
+        return listing
 
-    async def read_skill_file(self, data: Payload) -> Payload:
-        with _as_validation_error("box_read_skill_file"):
-            request = parse(ReadSkillFileRequest, data)
-            content = await anyio.to_thread.run_sync(self.store.read_file, request.name, request.path)
-        return dump(content)
+    async def read_skill_file(self, request: ReadSkillFileRequest) -> SkillFileContent:
+        with _as_validation_error(a.READ_SKILL_FILE.name):
+            return await anyio.to_thread.run_sync(self.store.read_file, request.name, request.path)
 
-    async def write_skill_file(self, data: Payload) -> Payload:
-        with _as_validation_error("box_write_skill_file"):
-            request = parse(WriteSkillFileRequest, data)
-            written = await anyio.to_thread.run_sync(self.store.write_file, request.name, request.path, request.content)
-        return dump(written)
+    async def write_skill_file(self, request: WriteSkillFileRequest) -> SkillFileWritten:
+        with _as_validation_error(a.WRITE_SKILL_FILE.name):
+            return await anyio.to_thread.run_sync(self.store.write_file, request.name, request.path, request.content)
 
-    async def preview_skill_zip(self, data: Payload) -> Payload:
-        with _as_validation_error("box_preview_skill_zip"):
-            request = parse(PreviewSkillZipRequest, data)
-            with self.uploads.consume(request.file_key) as archive:
-                previews = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        self.store.preview_zip,
-                        archive,
-                        filename=request.filename,
-                        source_subdir=request.source_subdir,
-                        target_suffix=request.target_suffix,
-                    )
+    async def preview_skill_zip(self, request: PreviewSkillZipRequest) -> SkillPreviewList:
+        with _as_validation_error(a.PREVIEW_SKILL_ZIP.name), self.uploads.consume(request.file_key) as archive:
+            previews = await anyio.to_thread.run_sync(
+                functools.partial(
+                    self.store.preview_zip,
+                    archive,
+                    filename=request.filename,
+                    source_subdir=request.source_subdir,
+                    target_suffix=request.target_suffix,
                 )
-        return dump(SkillPreviewList(skills=previews))
+            )
+        return SkillPreviewList(skills=previews)
 
-    async def install_skill_zip(self, data: Payload) -> Payload:
-        with _as_validation_error("box_install_skill_zip"):
-            request = parse(InstallSkillZipRequest, data)
-            with self.uploads.consume(request.file_key) as archive:
-                skills = await anyio.to_thread.run_sync(
-                    functools.partial(
-                        self.store.install_zip,
-                        archive,
-                        filename=request.filename,
-                        source_paths=request.source_paths,
-                        source_path=request.source_path,
-                        source_subdir=request.source_subdir,
-                        target_suffix=request.target_suffix,
-                    )
+    async def install_skill_zip(self, request: InstallSkillZipRequest) -> SkillList:
+        with _as_validation_error(a.INSTALL_SKILL_ZIP.name), self.uploads.consume(request.file_key) as archive:
+            skills = await anyio.to_thread.run_sync(
+                functools.partial(
+                    self.store.install_zip,
+                    archive,
+                    filename=request.filename,
+                    source_paths=request.source_paths,
+                    source_path=request.source_path,
+                    source_subdir=request.source_subdir,
+                    target_suffix=request.target_suffix,
                 )
-        return dump(SkillList(skills=skills))
+            )
+        return SkillList(skills=skills)
 
-    async def file_chunk(self, data: Payload) -> Payload:
-        return dump(self.uploads.accept(parse(FileChunk, data)))
+    async def file_chunk(self, chunk: FileChunk) -> ChunkReceipt:
+        return self.uploads.accept(chunk)

@@ -20,12 +20,14 @@ import pydantic
 from boxruntime.config import Settings
 from boxruntime.errors import BoxAdmissionError, BoxReadinessError
 from boxruntime.models import DEFAULT_MOUNT_PATH, LANGBOT_DEFAULT_IMAGE, BoxSpec, HostMountMode, MountSpec, NetworkMode
-from boxruntime.payloads import dump
-from boxruntime.tenancy.admission_models import (
+from boxruntime.models.tenancy import (
+    GrantInstalled,
+    GrantRevoked,
     SandboxAdmissionGrant,
     SandboxAdmissionPolicy,
     SandboxAdmissionRevocation,
 )
+from boxruntime.payloads import dump
 from boxruntime.tenancy.placement import Placement, Workspace
 from boxruntime.tenancy.strict import StrictBoxSpec, StrictMountSpec, is_content_addressed
 
@@ -147,7 +149,7 @@ class Admission:
                 "Sandbox admission record capacity reached; refusing an unbounded Workspace fence allocation"
             )
 
-    def upsert(self, grant: SandboxAdmissionGrant, now: dt.datetime) -> tuple[dict[str, Any], Retirement]:
+    def upsert(self, grant: SandboxAdmissionGrant, now: dt.datetime) -> tuple[GrantInstalled, Retirement]:
         self._require_enabled()
         policy = self.policy
         if grant.expired(now):
@@ -194,18 +196,17 @@ class Admission:
                 retirement = Retirement(workspace)
             else:
                 retirement = Retirement(workspace, keep=self.canonical_id(grant))
-        result = {
-            "installed": True,
-            "workspace_uuid": installed.workspace_uuid,
-            "execution_generation": installed.execution_generation,
-            "entitlement_revision": installed.entitlement_revision,
-            "max_sessions": installed.max_sessions,
-            "max_managed_processes": installed.max_managed_processes,
-            "expires_at": installed.expires_at.isoformat(),
-        }
+        result = GrantInstalled(
+            workspace_uuid=installed.workspace_uuid,
+            execution_generation=installed.execution_generation,
+            entitlement_revision=installed.entitlement_revision,
+            max_sessions=installed.max_sessions,
+            max_managed_processes=installed.max_managed_processes,
+            expires_at=installed.expires_at.isoformat(),
+        )
         return result, retirement
 
-    def revoke(self, revocation: SandboxAdmissionRevocation) -> tuple[dict[str, Any], Retirement]:
+    def revoke(self, revocation: SandboxAdmissionRevocation) -> tuple[GrantRevoked, Retirement]:
         self._require_enabled()
         key = revocation.workspace_key
         self._check_record_capacity(key)
@@ -216,11 +217,9 @@ class Admission:
         self._grants.pop(key, None)
         self._revisions[key] = max(highest, revocation.entitlement_revision)
         self._revoked[key] = max(revoked, revocation.entitlement_revision)
-        result = {
-            "revoked": True,
-            "workspace_uuid": revocation.workspace_uuid,
-            "entitlement_revision": revocation.entitlement_revision,
-        }
+        result = GrantRevoked(
+            workspace_uuid=revocation.workspace_uuid, entitlement_revision=revocation.entitlement_revision
+        )
         return result, Retirement(Workspace(*key))
 
     def canonical_id(self, grant: SandboxAdmissionGrant) -> str:

@@ -2,7 +2,8 @@
 daemon's handlers (reference §A.9, §B.2), as a thin layer the runtime never sees.
 
 - Host-control actions (ping, health, init, admission grants …) take an optional context that
-  must name the trusted instance.
+  must name the trusted instance. Each action's kind is its catalogue entry's
+  (``boxruntime.models.actions``).
 - Tenant actions (every other) need a context from a 0.7 client. Their session ids are mapped
   logical → physical on the way in and back on the way out; lists and counts are scoped to the
   caller's placement; the generation fence is observed before the handler and checked again
@@ -14,7 +15,6 @@ daemon's handlers (reference §A.9, §B.2), as a thin layer the runtime never se
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator
 
 import anyio
@@ -22,71 +22,53 @@ import pydantic
 
 from boxruntime.config import host_backend_refusal
 from boxruntime.errors import BoxPermissionError, BoxValidationError
+from boxruntime.models import actions as a
+from boxruntime.models.action_kinds import Kind, Streamed
 from boxruntime.protocol import ActionHandler, Payload, call_unary
 from boxruntime.protocol.envelope import Request
 from boxruntime.protocol.peer import ActionResult
 from boxruntime.tenancy.fence import STALE_MESSAGE
-from boxruntime.tenancy.managed import SANDBOX_ACTIONS
+from boxruntime.tenancy.managed import SANDBOX_ACTIONS, SPEC_ACTIONS
 from boxruntime.tenancy.placement import ActionContext, Placement
 from boxruntime.tenancy.scopes import LEGACY, SessionScope, to_logical
 from boxruntime.tenancy.service import Tenancy
 from boxruntime.tenancy.strict import check_box_spec
 
-HOST_CONTROL_ACTIONS = frozenset(
-    {
-        "__ping",
-        "__file_chunk",
-        "box_health",
-        "box_get_backend_info",
-        "box_init",
-        "box_upsert_sandbox_admission_grant",
-        "box_revoke_sandbox_admission_grant",
-        "box_verify_shared_workspace",
-        "box_shutdown",
-        # Ours: about the daemon, not a workspace.
-        "box_relay_info",
-    }
-)
-_SPEC_ACTIONS = frozenset({"box_exec", "box_exec_stream", "box_create_session"})
+# LangBot 0.7's, and ours about the daemon rather than a workspace (the relay's address, LangBot
+# 0.5's skill store, which 0.7 no longer has). The Peer's own ``__cancel_action`` passes too.
+HOST_CONTROL_ACTIONS = a.names(Kind.HOST_CONTROL) | {"__cancel_action"}
+STREAMED_ACTIONS = frozenset(action.name for action in a.ACTIONS if isinstance(action, Streamed))
+# Actions that name no session: a session_id in their data is left as it is (every other is mapped).
+_UNMAPPED = frozenset({a.GET_SESSIONS.name, a.STATUS.name})
 
 
 class TenantGate:
     """One per control connection (the Peer's ``gate``)."""
 
-    def __init__(
-        self,
-        tenancy: Tenancy,
-        *,
-        identified: bool,
-        host_backend_allowed: bool,
-        daemon_actions: frozenset[str] = frozenset(),
-    ) -> None:
-        """``daemon_actions``: more actions about the daemon rather than a workspace (LangBot
-        0.5's skill store, which 0.7 no longer has), served as host-control actions."""
+    def __init__(self, tenancy: Tenancy, *, identified: bool, host_backend_allowed: bool) -> None:
         self._tenancy = tenancy
-        self._host_control = HOST_CONTROL_ACTIONS | daemon_actions
         # A 0.7 client: it sent the instance header, runs under LANGBOT_BOX_TRUSTED_INSTANCE_UUID
         # over stdio, or has sent a context. From then on every tenant action needs a context.
         self._identified = identified or tenancy.required
         self._host_backend_allowed = host_backend_allowed
 
     def __call__(self, req: Request, handler: ActionHandler) -> ActionResult:
-        if req.action == "box_init" and not self._host_backend_allowed:
+        if req.action == a.INIT.name and not self._host_backend_allowed:
             backend = req.data.get("backend")
             refusal = host_backend_refusal(backend if isinstance(backend, str) else None, None, websocket=True)
             if refusal is not None:
                 raise BoxValidationError(refusal)
         context = self._context(req)
-        if req.action in self._host_control or req.action == "__cancel_action":
+        if req.action in HOST_CONTROL_ACTIONS:
             return handler(req.data)
         if context is None:
             if self._identified:
                 raise BoxPermissionError("Box tenant action requires a trusted Workspace context")
-            if inspect.isasyncgenfunction(handler):  # a streamed answer (box_exec_stream, interactive)
+            if req.action in STREAMED_ACTIONS:
                 return handler(self._inbound(req.action, req.data, LEGACY, strict=False))
             return self._legacy(req, handler)
         placement = Placement.of(context)
-        if inspect.isasyncgenfunction(handler):
+        if req.action in STREAMED_ACTIONS:
             return self._stream(req, handler, placement)
         return self._fenced(req, handler, placement)
 
@@ -105,10 +87,10 @@ class TenantGate:
     # ── one request ──────────────────────────────────────────────────────
 
     def _inbound(self, action: str, data: Payload, scope: SessionScope, strict: bool) -> Payload:
-        if strict and action in _SPEC_ACTIONS:
+        if strict and action in SPEC_ACTIONS:
             check_box_spec(data)
         session_id = data.get("session_id")
-        if isinstance(session_id, str) and action not in ("box_get_sessions", "box_status"):
+        if isinstance(session_id, str) and action not in _UNMAPPED:
             data = {**data, "session_id": scope.physical(session_id)}
         return data
 
@@ -127,7 +109,7 @@ class TenantGate:
         if view is not None:
             return await view(data, scope)
         answer = await call_unary(handler, data)
-        if req.action == "box_delete_session":
+        if req.action == a.DELETE_SESSION.name:
             return {"deleted": req.data["session_id"]}  # the id as the caller sent it
         return answer
 

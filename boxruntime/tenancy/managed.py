@@ -19,11 +19,22 @@ import anyio
 
 from boxruntime.backends.common import workspace as workspaces
 from boxruntime.errors import BoxAdmissionError, BoxPermissionError, BoxReadinessError
-from boxruntime.payloads import parse
+from boxruntime.models import (
+    Empty,
+    GrantInstalled,
+    GrantRevoked,
+    ManagedBackendInfo,
+    ProbeDigest,
+    ReadinessReport,
+    SandboxAdmissionGrant,
+    SandboxAdmissionRevocation,
+    SharedWorkspaceProbe,
+)
+from boxruntime.models import actions as a
+from boxruntime.models.action_kinds import Kind
 from boxruntime.protocol import Payload
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.tenancy.admission import Admission, Retirement
-from boxruntime.tenancy.admission_models import SandboxAdmissionGrant, SandboxAdmissionRevocation
 from boxruntime.tenancy.fence import GenerationFence
 from boxruntime.tenancy.placement import Placement, Workspace
 from boxruntime.tenancy.readiness import Readiness, managed_workspace_root
@@ -36,25 +47,9 @@ PROBE_NAME = re.compile(r"\.langbot-box-volume-probe-[a-f0-9]{32}")
 PROBE_MAX_BYTES = 1024
 # Sandbox actions (LangBot's "S" actions, and ours that reach a sandbox): under admission they
 # need a valid grant and a ready runtime, and name the one runtime-owned session.
-SANDBOX_ACTIONS = frozenset(
-    {
-        "box_exec",
-        "box_exec_stream",
-        "box_create_session",
-        "box_get_session",
-        "box_get_sessions",
-        "box_delete_session",
-        "box_start_managed_process",
-        "box_get_managed_process",
-        "box_stop_managed_process",
-        "box_fs_read",
-        "box_fs_write",
-        "box_fs_list",
-        "box_fs_stat",
-        "box_fs_remove",
-    }
-)
-SPEC_ACTIONS = frozenset({"box_exec", "box_exec_stream", "box_create_session"})
+SANDBOX_ACTIONS = a.names(Kind.SANDBOX)
+# The sandbox actions whose request is a BoxSpec (admission normalises it; strict mode checks it).
+SPEC_ACTIONS = frozenset(action.name for action in (a.EXEC, a.EXEC_STREAM, a.CREATE_SESSION))
 
 
 def _now() -> dt.datetime:
@@ -85,8 +80,8 @@ class ManagedSandboxes:
 
     async def admit(self, placement: Placement) -> SandboxAdmissionGrant:
         readiness = await self.readiness.get()
-        if not readiness.get("ready"):
-            failed = [name for name, ok in readiness.get("checks", {}).items() if not ok]
+        if not readiness.ready:
+            failed = [name for name, ok in readiness.checks.items() if not ok]
             raise BoxReadinessError(
                 f"Managed sandbox isolation is not ready (failed checks: {', '.join(failed) or 'unknown'})"
             )
@@ -100,10 +95,10 @@ class ManagedSandboxes:
         and workspace, or the one session id checked."""
         if action in SPEC_ACTIONS:
             return self.admission.normalize_spec(data, self.workspace_dir(placement))
-        if action == "box_get_sessions":
+        if action == a.GET_SESSIONS.name:
             return data
         self.admission.logical_id(data.get("session_id"))
-        if action == "box_start_managed_process" and grant.max_managed_processes <= 0:
+        if action == a.START_PROCESS.name and grant.max_managed_processes <= 0:
             raise BoxAdmissionError("Sandbox admission grant does not permit managed processes")
         return data
 
@@ -150,8 +145,7 @@ class ManagedSandboxes:
         if self._trust.value is None or not self._trust.admit(instance, pin=False):
             raise BoxPermissionError(f"Sandbox admission {what} does not match the trusted instance")
 
-    async def upsert_grant(self, data: Payload) -> Payload:
-        grant = parse(SandboxAdmissionGrant, data)
+    async def upsert_grant(self, grant: SandboxAdmissionGrant) -> GrantInstalled:
         self._trusted(grant.instance_uuid, "grant")
         result, retirement = self.admission.upsert(grant, _now())
         await self._retire(retirement)
@@ -160,8 +154,7 @@ class ManagedSandboxes:
             await self._retire(Retirement(placement.workspace, keep=None))
         return result
 
-    async def revoke_grant(self, data: Payload) -> Payload:
-        revocation = parse(SandboxAdmissionRevocation, data)
+    async def revoke_grant(self, revocation: SandboxAdmissionRevocation) -> GrantRevoked:
         self._trusted(revocation.instance_uuid, "revocation")
         result, retirement = self.admission.revoke(revocation)
         await self._retire(retirement)
@@ -181,29 +174,27 @@ class ManagedSandboxes:
 
     # ── health (host control) ─────────────────────────────────────────────
 
-    async def health(self, _: Payload) -> Payload:
+    async def health(self, _: Empty) -> ReadinessReport:
+        """``box_health`` under admission: the readiness object, once ready."""
         readiness = await self.readiness.get()
-        if self.admission.required:
-            if not readiness.get("ready"):
-                raise BoxReadinessError("managed sandbox isolation is not ready")
-            return readiness
-        return dict(readiness["backend"])
+        if not readiness.ready:
+            raise BoxReadinessError("managed sandbox isolation is not ready")
+        return readiness
 
-    async def backend_info(self, _: Payload) -> Payload:
+    async def backend_info(self, _: Empty) -> ManagedBackendInfo:
+        """``box_get_backend_info`` under admission: available means ready."""
         readiness = await self.readiness.get()
-        if self.admission.required:
-            return {"name": readiness["backend"]["name"], "available": bool(readiness["ready"]), "readiness": readiness}
-        return dict(readiness["backend"])
+        return ManagedBackendInfo(name=readiness.backend["name"], available=readiness.ready, readiness=readiness)
 
-    async def verify_shared_workspace(self, data: Payload) -> Payload:
+    async def verify_shared_workspace(self, probe: SharedWorkspaceProbe) -> ProbeDigest:
         try:
-            return await anyio.to_thread.run_sync(self._digest_probe, data.get("marker_name", ""))
+            return await anyio.to_thread.run_sync(self._digest_probe, probe.marker_name)
         except BoxReadinessError:
             raise
         except Exception as exc:
             raise BoxReadinessError(str(exc)) from None
 
-    def _digest_probe(self, marker_name: Any) -> Payload:
+    def _digest_probe(self, marker_name: Any) -> ProbeDigest:
         """The sha256 of a probe file LangBot wrote into the default workspace, read without
         following a symbolic link anywhere (reference §B.2)."""
         if not isinstance(marker_name, str) or not PROBE_NAME.fullmatch(marker_name):
@@ -229,4 +220,4 @@ class ManagedSandboxes:
             os.close(root_fd)
         if not 1 <= len(content) <= PROBE_MAX_BYTES:
             raise BoxReadinessError("Box shared Workspace probe has an invalid size")
-        return {"marker_name": marker_name, "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+        return ProbeDigest(marker_name=marker_name, sha256=hashlib.sha256(content).hexdigest(), size=len(content))

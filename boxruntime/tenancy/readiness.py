@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from boxruntime.backends.common import workspace as workspaces
-from boxruntime.models import BackendInfo, BoxSpec, NetworkMode
+from boxruntime.models import BackendInfo, BoxSpec, NetworkMode, ReadinessReport
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.tenancy.admission import Admission
 
@@ -56,33 +56,34 @@ class Readiness:
     def __init__(self, runtime: BoxRuntime, admission: Admission) -> None:
         self._runtime = runtime
         self._admission = admission
-        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._cached: tuple[float, ReadinessReport] | None = None
         self._lock = anyio.Lock()
 
     def forget(self) -> None:
         self._cached = None
 
-    async def get(self) -> dict[str, Any]:
+    async def get(self) -> ReadinessReport:
+        """The readiness object (frozen: every caller shares the cached one until it expires)."""
         ttl = self._admission.policy.readiness_cache_sec
         if self._cached is not None and time.monotonic() - self._cached[0] <= ttl:
-            return dict(self._cached[1])
+            return self._cached[1]
         async with self._lock:  # one probe at a time; the others take its result
             if self._cached is not None and time.monotonic() - self._cached[0] <= ttl:
-                return dict(self._cached[1])
+                return self._cached[1]
             result = await (self._managed() if self._admission.required else self._standard())
             self._cached = (time.monotonic(), result)
-            return dict(result)
+            return result
 
-    async def _standard(self) -> dict[str, Any]:
+    async def _standard(self) -> ReadinessReport:
         info = await self._runtime.backend_info()
-        return {
-            "ready": info.available,
-            "mode": "standard",
-            "backend": backend_payload(info),
-            "checks": {"backend_available": info.available},
-        }
+        return ReadinessReport(
+            ready=info.available,
+            mode="standard",
+            backend=backend_payload(info),
+            checks={"backend_available": info.available},
+        )
 
-    async def _managed(self) -> dict[str, Any]:
+    async def _managed(self) -> ReadinessReport:
         policy = self._admission.policy
         info = await self._runtime.backend_info()
         checks: dict[str, bool] = {
@@ -125,16 +126,14 @@ class Readiness:
         if soft and checks["required_backend"]:
             for name in STORAGE_CHECKS:
                 checks[name] = True
-        result: dict[str, Any] = {
-            "ready": all(checks.values()),
-            "mode": "grant_enforced",
-            "backend": {"name": info.name, "available": info.available, "details": details},
-            "checks": checks,
-            "unsafe_soft_storage_limits": soft,
-        }
-        if error:
-            result["error"] = error
-        return result
+        return ReadinessReport(
+            ready=all(checks.values()),
+            mode="grant_enforced",
+            backend={"name": info.name, "available": info.available, "details": details},
+            checks=checks,
+            unsafe_soft_storage_limits=soft,
+            error=error or None,
+        )
 
     async def _probe_isolation(self, root: Path) -> dict[str, bool]:
         """A throwaway offline sandbox on a probe directory: it must see its own network, mount and

@@ -7,12 +7,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from boxruntime.action_table import ActionTable, serve_scoped
 from boxruntime.config import ensure_default_workspace
 from boxruntime.errors import BoxSessionNotFoundError, BoxValidationError
-from boxruntime.models import SessionInfo
-from boxruntime.payloads import dump
-from boxruntime.protocol import ActionHandler, Payload, call_unary
+from boxruntime.models import (
+    BackendInfo,
+    Empty,
+    Initialized,
+    ManagedBackendInfo,
+    ReadinessReport,
+    RuntimeStatus,
+    SessionList,
+    StatusCapacity,
+    StatusLimits,
+    StorageAnalysis,
+    TenantRuntimeStatus,
+)
+from boxruntime.models import actions as a
+from boxruntime.protocol import Payload
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.runtime.sessions import Session
 from boxruntime.tenancy import storage
@@ -20,13 +34,13 @@ from boxruntime.tenancy.admission import Retirement
 from boxruntime.tenancy.fence import GenerationFence
 from boxruntime.tenancy.managed import ManagedSandboxes
 from boxruntime.tenancy.placement import Placement
-from boxruntime.tenancy.scopes import LEGACY, SessionScope, to_logical
+from boxruntime.tenancy.scopes import LEGACY, SessionScope
 from boxruntime.tenancy.trust import TrustedInstance
 
 log = logging.getLogger(__name__)
 
+# A view on the wire: the request's data and the caller's scope in, the answer's data out.
 View = Callable[[Payload, SessionScope], Awaitable[Payload]]
-View1 = Callable[[Payload], Awaitable[Payload]]
 
 
 class Tenancy:
@@ -40,51 +54,60 @@ class Tenancy:
             ensure_default_workspace(self.settings)
         except BoxValidationError as exc:
             log.warning("%s", exc)  # box_init may still fix it; LangBot's handshake will say so
+        # The actions whose answer depends on who asks; the gate calls them with the scope.
         self.views: dict[str, View] = {
-            "box_get_sessions": self.list_sessions,
-            "box_status": self.status,
-            "box_get_storage_analysis": self.storage_analysis,
+            a.GET_SESSIONS.name: serve_scoped(a.GET_SESSIONS, self.list_sessions),
+            a.STATUS.name: serve_scoped(a.STATUS, self.status),
+            a.STORAGE_ANALYSIS.name: serve_scoped(a.STORAGE_ANALYSIS, self.storage_analysis),
         }
 
-    def actions(self, base: dict[str, ActionHandler]) -> dict[str, ActionHandler]:
-        """LangBot 0.7's actions and rules, on top of the daemon's ``base`` table: the views (a
-        request without a context gets the view of the sessions outside every workspace; the
-        gate scopes the others), admission grants, the shared-workspace probe, and health and
-        backend info as readiness under admission."""
+    def actions(self, table: ActionTable) -> ActionTable:
+        """LangBot 0.7's actions and rules, on top of the daemon's ``table`` (changed in place):
+        the views (a request without a context gets the view of the sessions outside every
+        workspace; the gate scopes the others), admission grants, the shared-workspace probe,
+        and health and backend info as readiness under admission."""
 
-        def unscoped(view: View) -> ActionHandler:
-            async def handler(data: Payload) -> Payload:
-                return await view(data, LEGACY)
+        async def sessions(request: Empty) -> SessionList:
+            return await self.list_sessions(request, LEGACY)
 
-            return handler
+        async def status(request: Empty) -> RuntimeStatus:
+            return await self.status(request, LEGACY)
 
-        def readiness_under_admission(managed: View1, standard: ActionHandler) -> ActionHandler:
-            async def handler(data: Payload) -> Payload:
-                if self.managed.required:
-                    return await managed(data)
-                return await call_unary(standard, data)
+        async def storage_analysis(request: Empty) -> StorageAnalysis:
+            return await self.storage_analysis(request, LEGACY)
 
-            return handler
+        init = table.handler(a.INIT)
 
-        init = base["box_init"]
-
-        async def box_init(data: Payload) -> Payload:
-            answer = await call_unary(init, data)
+        async def box_init(config: dict[str, Any]) -> Initialized:
+            answer = await init(config)
             self.managed.admission.refresh()
             self.managed.readiness.forget()
             ensure_default_workspace(self.settings)
             return answer
 
-        return {
-            **base,
-            **{name: unscoped(view) for name, view in self.views.items()},
-            "box_init": box_init,
-            "box_health": readiness_under_admission(self.managed.health, base["box_health"]),
-            "box_get_backend_info": readiness_under_admission(self.managed.backend_info, base["box_get_backend_info"]),
-            "box_upsert_sandbox_admission_grant": self.managed.upsert_grant,
-            "box_revoke_sandbox_admission_grant": self.managed.revoke_grant,
-            "box_verify_shared_workspace": self.managed.verify_shared_workspace,
-        }
+        standard_health = table.handler(a.HEALTH)
+        standard_backend_info = table.handler(a.BACKEND_INFO)
+
+        async def health(request: Empty) -> ReadinessReport | BackendInfo:
+            if self.managed.required:
+                return await self.managed.health(request)
+            return await standard_health(request)
+
+        async def backend_info(request: Empty) -> ManagedBackendInfo | BackendInfo:
+            if self.managed.required:
+                return await self.managed.backend_info(request)
+            return await standard_backend_info(request)
+
+        table.replace(a.GET_SESSIONS, sessions)
+        table.replace(a.STATUS, status)
+        table.unary(a.STORAGE_ANALYSIS, storage_analysis)
+        table.replace(a.INIT, box_init)
+        table.replace(a.HEALTH, health)
+        table.replace(a.BACKEND_INFO, backend_info)
+        table.unary(a.UPSERT_ADMISSION_GRANT, self.managed.upsert_grant)
+        table.unary(a.REVOKE_ADMISSION_GRANT, self.managed.revoke_grant)
+        table.unary(a.VERIFY_SHARED_WORKSPACE, self.managed.verify_shared_workspace)
+        return table
 
     @property
     def required(self) -> bool:
@@ -131,11 +154,11 @@ class Tenancy:
     def _sessions(self, scope: SessionScope) -> list[Session]:
         return [s for s in self.runtime.sessions.sessions() if scope.owns(s.session_id) and not s.closing]
 
-    async def list_sessions(self, _: Payload, scope: SessionScope) -> Payload:
-        infos: list[SessionInfo] = [s.info() for s in self._sessions(scope)]
-        return {"sessions": [to_logical(dump(info), scope) for info in infos]}
+    async def list_sessions(self, _: Empty, scope: SessionScope) -> SessionList:
+        # Physical ids: the gate maps every session_id of the answer back to the caller's.
+        return SessionList(sessions=[s.info() for s in self._sessions(scope)])
 
-    async def status(self, _: Payload, scope: SessionScope) -> Payload:
+    async def status(self, _: Empty, scope: SessionScope) -> RuntimeStatus:
         grant = None
         if isinstance(scope, Placement) and self.managed.required:
             grant = await self.managed.admit(scope)
@@ -143,34 +166,32 @@ class Tenancy:
         mine = self._sessions(scope)
         status.active_sessions = len(mine)
         status.managed_processes = sum(1 for s in mine for p in s.processes.values() if p.running)
-        payload = dump(status)
-        if scope is not LEGACY:  # LangBot 0.7's additions
-            settings = self.settings
-            payload["limits"] = {
-                "max_sessions": settings.max_sessions,
-                "max_managed_processes": settings.max_managed_processes,
-                "max_completed_processes": settings.max_completed_processes,
-                "max_admission_records": settings.max_admission_records,
-                "max_rpc_file_bytes": settings.max_rpc_file_bytes,
-            }
-            workspace = scope.workspace if isinstance(scope, Placement) else None
-            used = sum(
-                1 for s in self.runtime.sessions.sessions() if workspace and s.session_id.startswith(workspace.prefix)
-            )
-            total = len(self.runtime.sessions)
-            limit = settings.max_sessions if grant is None else min(settings.max_sessions, grant.max_sessions)
-            payload["capacity"] = {
-                "limit": limit,
-                "used": used,
-                "remaining": max(0, min(limit - used, settings.max_sessions - total)),
-            }
-        return payload
+        if scope is LEGACY:
+            return status
+        # LangBot 0.7's additions.
+        settings = self.settings
+        limits = StatusLimits(
+            max_sessions=settings.max_sessions,
+            max_managed_processes=settings.max_managed_processes,
+            max_completed_processes=settings.max_completed_processes,
+            max_admission_records=settings.max_admission_records,
+            max_rpc_file_bytes=settings.max_rpc_file_bytes,
+        )
+        workspace = scope.workspace if isinstance(scope, Placement) else None
+        used = sum(
+            1 for s in self.runtime.sessions.sessions() if workspace and s.session_id.startswith(workspace.prefix)
+        )
+        total = len(self.runtime.sessions)
+        limit = settings.max_sessions if grant is None else min(settings.max_sessions, grant.max_sessions)
+        remaining = max(0, min(limit - used, settings.max_sessions - total))
+        capacity = StatusCapacity(limit=limit, used=used, remaining=remaining)
+        return TenantRuntimeStatus(**dict(status), limits=limits, capacity=capacity)
 
     def tenant_directory(self, placement: Placement) -> Path | None:
         root = self.settings.tenant_root
         return None if root is None else root / placement.workspace.namespace
 
-    async def storage_analysis(self, _: Payload, scope: SessionScope) -> Payload:
+    async def storage_analysis(self, _: Empty, scope: SessionScope) -> StorageAnalysis:
         placement = scope if isinstance(scope, Placement) else None
         directory = self.tenant_directory(placement) if placement is not None else None
         return await storage.analyse(directory, self._sessions(scope))

@@ -8,13 +8,12 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
-import pydantic
 
 from boxruntime.backends.contract import Command
-from boxruntime.models import OUTPUT_CAP_BYTES
+from boxruntime.models import OUTPUT_CAP_BYTES, StorageAnalysis, StorageDirectory
 from boxruntime.runtime.sessions import Session
 
 PROBE_TIMEOUT_SEC = 15.0
@@ -34,25 +33,6 @@ for item in 'session_workspaces|/workspace' 'session_caches|/root/.cache' 'sessi
 done
 """.strip()
 SANDBOX_KEYS = {"session_workspaces": "/workspace", "session_caches": "/root/.cache", "session_temp": "/tmp"}
-
-
-class StorageDirectory(pydantic.BaseModel):
-    key: str
-    path: str
-    kind: Literal["root", "detail"]
-    exists: bool = False
-    size_bytes: int = 0
-    file_count: int = 0
-    error_count: int = 0
-    parent_key: str | None = None
-    scope: Literal["runtime_host", "sandbox_sessions"]
-
-
-class StorageAnalysis(pydantic.BaseModel):
-    size_bytes: int
-    directories: list[StorageDirectory]
-    active_sessions: int
-    managed_processes: int
 
 
 @dataclass
@@ -188,7 +168,7 @@ def sandbox_directories(
     return directories
 
 
-async def analyse(workspace_dir: Path | None, sessions: list[Session]) -> dict[str, Any]:
+async def analyse(workspace_dir: Path | None, sessions: list[Session]) -> StorageAnalysis:
     directories = await anyio.to_thread.run_sync(host_directories, workspace_dir)
     reports: list[dict[str, tuple[bool, int, int]] | None] = [None] * len(sessions)
 
@@ -202,10 +182,9 @@ async def analyse(workspace_dir: Path | None, sessions: list[Session]) -> dict[s
         for index, session in enumerate(sessions):
             tg.start_soon(probe, index, session)
     directories += sandbox_directories(sessions, reports)
-    analysis = StorageAnalysis(
+    return StorageAnalysis(
         size_bytes=sum(d.size_bytes for d in directories if d.kind == "root"),
         directories=directories,
         active_sessions=len(sessions),
         managed_processes=sum(len(s.processes) for s in sessions),
     )
-    return analysis.model_dump(mode="json", exclude_none=True)

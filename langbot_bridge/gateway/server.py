@@ -129,7 +129,7 @@ class GatewayServer:
         return web.json_response(
             {
                 "ok": True,
-                "box_available": self.gateway.box_available,
+                "sandbox_available": self.gateway.box_available,
                 "channels": {name: channel.ready for name, channel in self.channels.items()},
             }
         )

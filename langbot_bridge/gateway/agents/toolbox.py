@@ -126,7 +126,7 @@ class Toolbox:
         return json.dumps({"ok": not result.is_error, "content": "\n".join(texts)}, ensure_ascii=False)
 
     def diagnostics(self) -> dict[str, Any]:
-        return {"box_tools": list(self.box.tools), "mcp_tools": sorted(self._mcp_tools)}
+        return {"sandbox_tools": list(self.box.tools), "mcp_tools": sorted(self._mcp_tools)}
 
 
 def _cut(text: str) -> str:

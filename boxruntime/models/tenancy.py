@@ -1,6 +1,9 @@
-"""LangBot 0.7's admission models (reference §C.8), field for field: a grant lets one workspace
-run a managed sandbox until it expires, a revocation is a monotonic tombstone, and the policy
-(the ``box.admission`` config section) caps every grant.
+"""LangBot 0.7's tenancy payloads (reference §B.2, §C.8, §D.12, §D.13), field for field.
+
+Admission: a grant lets one workspace run a managed sandbox until it expires, a revocation is a
+monotonic tombstone, and the policy (the ``box.admission`` config section) caps every grant.
+Then what the host-control actions answer (grants, readiness, the shared-workspace probe), and
+what a tenant sees of the runtime (its status with limits and capacity, its storage).
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ import datetime as dt
 from typing import Any, Literal
 
 import pydantic
+
+from boxruntime.models.base import Model, OmitNone
+from boxruntime.models.box import RuntimeStatus
 
 
 def _strict_int(value: Any) -> Any:
@@ -174,3 +180,113 @@ class SandboxAdmissionPolicy(pydantic.BaseModel):
         if value < 0:
             raise ValueError("must be greater than or equal to 0")
         return value
+
+
+# ── what the host-control actions answer ─────────────────────────────────
+
+
+class GrantInstalled(Model):
+    """``box_upsert_sandbox_admission_grant``: the grant in force (a shorter duplicate of the
+    current one leaves the current one)."""
+
+    installed: bool = True
+    workspace_uuid: str
+    execution_generation: int
+    entitlement_revision: int
+    max_sessions: int
+    max_managed_processes: int
+    expires_at: str  # LangBot writes datetime.isoformat() ("+00:00", not pydantic's "Z")
+
+
+class GrantRevoked(Model):
+    """``box_revoke_sandbox_admission_grant``."""
+
+    revoked: bool = True
+    workspace_uuid: str
+    entitlement_revision: int
+
+
+class SharedWorkspaceProbe(Model):
+    """``box_verify_shared_workspace``'s request. The name is checked by the action, which
+    answers anything wrong with it as ``BoxReadinessError`` (never a validation error)."""
+
+    marker_name: Any = ""
+
+
+class ProbeDigest(Model):
+    """``box_verify_shared_workspace``: what the runtime read of the probe file."""
+
+    marker_name: str
+    sha256: str
+    size: int
+
+
+class ReadinessReport(OmitNone):
+    """LangBot 0.7's readiness object (``/readyz``; ``box_health`` under admission): standard
+    mode, or every admission-mode check."""
+
+    model_config = pydantic.ConfigDict(frozen=True)
+    omit_when_none = ("unsafe_soft_storage_limits", "error")
+
+    ready: bool
+    mode: Literal["standard", "grant_enforced"]
+    backend: dict[str, Any]
+    checks: dict[str, bool]
+    unsafe_soft_storage_limits: bool | None = None  # admission mode only
+    error: str | None = None
+
+
+class ManagedBackendInfo(Model):
+    """``box_get_backend_info`` under admission: the backend, and readiness for ``available``."""
+
+    name: str | None
+    available: bool
+    readiness: ReadinessReport
+
+
+# ── what a tenant sees of the runtime ────────────────────────────────────
+
+
+class StatusLimits(Model):
+    max_sessions: int
+    max_managed_processes: int
+    max_completed_processes: int
+    max_admission_records: int
+    max_rpc_file_bytes: int
+
+
+class StatusCapacity(Model):
+    limit: int
+    used: int
+    remaining: int
+
+
+class TenantRuntimeStatus(RuntimeStatus):
+    """``box_status`` for a LangBot 0.7 request: counts of its placement's sessions, plus the
+    runtime's limits and the workspace's capacity."""
+
+    limits: StatusLimits
+    capacity: StatusCapacity
+
+
+class StorageDirectory(OmitNone):
+    omit_when_none = ("parent_key",)
+
+    key: str
+    path: str
+    kind: Literal["root", "detail"]
+    exists: bool = False
+    size_bytes: int = 0
+    file_count: int = 0
+    error_count: int = 0
+    parent_key: str | None = None
+    scope: Literal["runtime_host", "sandbox_sessions"]
+
+
+class StorageAnalysis(Model):
+    """``box_get_storage_analysis`` (reference §D.13)."""
+
+    size_bytes: int
+    directories: list[StorageDirectory]
+    active_sessions: int
+    managed_processes: int
