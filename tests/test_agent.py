@@ -231,8 +231,14 @@ def kept_process(argv: list[str], stdin: bool = True) -> CommandRequest:
     )
 
 
-async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path) -> None:
-    client = AgentClient(agent_dir, "lossy")
+# The two ways a process's stdio reaches the daemon: its pipes passed over the socket, or the
+# daemon's own sockets as its stdio (gVisor, where descriptors cannot leave the sandbox).
+HANDOVERS = pytest.mark.parametrize("pass_fds", [True, False], ids=["pipes-passed", "stdio-sockets"])
+
+
+@HANDOVERS
+async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path, pass_fds: bool) -> None:
+    client = AgentClient(agent_dir, "lossy", pass_fds=pass_fds)
     await client.connect(timeout=30)
     exec_marker = f"sleep 7{os.getpid() % 1000}4"
     running = asyncio.create_task(client.run(cmd(exec_marker)))
@@ -267,8 +273,9 @@ async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path) 
     await client.close()
 
 
-async def test_the_exit_of_a_detached_process_is_kept_for_the_next_attach(agent_dir: Path) -> None:
-    client = AgentClient(agent_dir, "detached")
+@HANDOVERS
+async def test_the_exit_of_a_detached_process_is_kept_for_the_next_attach(agent_dir: Path, pass_fds: bool) -> None:
+    client = AgentClient(agent_dir, "detached", pass_fds=pass_fds)
     await client.connect(timeout=30)
     proc = await client.spawn(kept_process(["sh", "-c", "sleep 0.3; echo while-away; exit 5"], stdin=False))
     await proc.started()

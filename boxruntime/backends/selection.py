@@ -1,8 +1,10 @@
 """Backend construction and selection (reference §D.2).
 
 ``local`` tries Docker, then nsjail; an explicit name never falls back. The unsafe ``host``
-backend is never a candidate of ``local``: only its name selects it. When nothing is usable
-the error lists every candidate and why, so the user knows what to install.
+backend is never a candidate of ``local``: only its name selects it. Nor is ``gvisor``: it is
+a choice with costs (slower commands and creation, a sandbox ended as a whole when it runs out
+of memory, no network where runsc runs with --network=none) that the operator makes by name.
+When nothing is usable the error lists every candidate and why, so the user knows what to install.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from boxruntime.backends.base import Backend
-from boxruntime.config import Settings
+from boxruntime.config import BACKEND_NAMES, Settings
 from boxruntime.errors import BoxBackendUnavailableError
 from boxruntime.models import BackendInfo
 
@@ -24,6 +26,10 @@ def make_backend(name: str, settings: Settings, instance_id: str) -> Backend:
         from boxruntime.backends.docker import DockerBackend
 
         return DockerBackend(settings, instance_id)
+    if name == "gvisor":
+        from boxruntime.backends.gvisor import GvisorBackend
+
+        return GvisorBackend(settings, instance_id)
     if name == "nsjail":
         from boxruntime.backends.nsjail import NsjailBackend
 
@@ -42,7 +48,9 @@ def candidates(settings: Settings) -> tuple[str, ...]:
 async def probe_all(settings: Settings, instance_id: str) -> list[BackendInfo]:
     """Availability of every backend, for ``boxruntime doctor``."""
     infos = []
-    for name in ("docker", "nsjail", "e2b", "host"):
+    for name in BACKEND_NAMES:
+        if name == "local":
+            continue
         try:
             backend = make_backend(name, settings, instance_id)
         except BoxBackendUnavailableError as exc:

@@ -28,7 +28,7 @@ from boxruntime.backends.agent.commands import (
     event_int,
     parse_exit,
 )
-from boxruntime.backends.agent.fd_passing import HEADER, HandedPipes, fetch_fds, pipes_from
+from boxruntime.backends.agent.fd_passing import HEADER, HandedPipes, fetch_fds, open_stdio, pipes_from
 from boxruntime.backends.agent.frames import FrameProtocol
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 
@@ -62,6 +62,7 @@ class AgentProcess:
         self.keep = keep
         self.pid: int | None = None
         self.exit: CommandExit | None = None
+        self.stdio: HandedPipes | None = None  # its stdio sockets, until taken (pass_fds=False)
         self._events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         self._started: asyncio.Future[int] = loop.create_future()
@@ -82,10 +83,17 @@ class AgentProcess:
             self._completed.set_result(done)
 
     def _fail_start(self, exc: BaseException) -> None:
+        self.close_stdio()
         for fut in (self._started, self._completed):
             if not fut.done():
                 fut.set_exception(exc)
         self._events.put_nowait(exc)
+
+    def close_stdio(self) -> None:
+        stdio, self.stdio = self.stdio, None
+        for fd in () if stdio is None else (stdio.stdin, stdio.stdout, stdio.stderr):
+            if fd is not None:
+                os.close(fd)
 
     async def started(self) -> int:
         return await self._started
@@ -109,13 +117,18 @@ class AgentProcess:
 
 
 class AgentClient:
-    """One connection to one sandbox's agent; reconnects on demand after a loss."""
+    """One connection to one sandbox's agent; reconnects on demand after a loss.
+
+    ``pass_fds``: the agent hands a managed process's pipes over the socket (SCM_RIGHTS). Where
+    it cannot (gVisor), the daemon's own sockets become the process's stdio (fd_passing).
+    """
 
     _ids = itertools.count(1)
 
-    def __init__(self, socket_dir: Path, name: str) -> None:
+    def __init__(self, socket_dir: Path, name: str, pass_fds: bool = True) -> None:
         self.socket_dir = socket_dir
         self.name = name
+        self.pass_fds = pass_fds
         self._writer: asyncio.StreamWriter | None = None
         self._protocol: FrameProtocol | None = None
         self._procs: dict[str, AgentProcess] = {}
@@ -282,6 +295,9 @@ class AgentClient:
 
     async def take_fds(self, proc: AgentProcess, timeout: float = 10.0) -> HandedPipes:
         """The pipes of a process spawned with ``handoff`` (see fd_passing)."""
+        if proc.stdio is not None:
+            stdio, proc.stdio = proc.stdio, None
+            return stdio
         path = self._socket_path()
         token = f"f{next(self._ids)}"
         try:
@@ -315,11 +331,30 @@ class AgentClient:
             header["collect"] = True
         body = (req.script or "").encode("utf-8", "surrogateescape")
         try:
+            if req.handoff and not self.pass_fds:
+                header["handoff"] = False
+                header["stdio"] = await self._open_stdio(proc, req.stdin)
             await self._send(header, body)
         except BaseException:
             self._procs.pop(proc_id, None)
+            proc.close_stdio()
             raise
         return proc
+
+    async def _open_stdio(self, proc: AgentProcess, stdin: bool) -> list[str | None]:
+        """Sockets the agent will make ``proc``'s stdio; their tokens, for the spawn."""
+        path = self._socket_path()
+        tokens: list[str | None] = [f"{proc.id}.{name}" for name in ("in", "out", "err")]
+        fds: list[int] = []
+        try:
+            for token in tokens if stdin else tokens[1:]:
+                fds.append(await asyncio.to_thread(open_stdio, path, str(token), 10.0))
+        except (OSError, ValueError) as exc:
+            for fd in fds:
+                os.close(fd)
+            raise AgentLostError(f"could not open the stdio of a process in {self.name}: {exc}") from exc
+        proc.stdio = HandedPipes(fds[0], fds[1], fds[2]) if stdin else HandedPipes(None, fds[0], fds[1])
+        return tokens if stdin else [None, *tokens[1:]]
 
     async def run(self, req: CommandRequest) -> CompletedCommand:
         """Run to completion, collecting (at most ``output_cap`` bytes of) each stream.

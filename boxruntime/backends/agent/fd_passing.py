@@ -1,8 +1,11 @@
-"""Taking a process's pipes from the agent: file descriptors passed over the unix socket.
+"""A managed process's stdio, held by the daemon itself: so relay data does not pass through
+the agent.
 
-The daemon then reads and writes a managed process's stdio itself, so relay data does not pass
-through the agent. It is a connection of its own, blocking, run in a thread: asyncio streams
-cannot receive file descriptors (SCM_RIGHTS), and the main connection stays free meanwhile.
+Two ways to the same end, each over a connection of its own, blocking, run in a thread (asyncio
+streams cannot receive file descriptors, and the main connection stays free meanwhile):
+- ``fetch_fds``: the agent passes the process's pipes over the unix socket (SCM_RIGHTS);
+- ``open_stdio``: where descriptors cannot cross (gVisor: the pipes live in its kernel), the
+  daemon's connection becomes one stdio stream of a process the agent spawns next.
 Everything the agent sends is checked: it runs inside the sandbox.
 """
 
@@ -69,6 +72,24 @@ def fetch_fds(path: str, token: str, target: str, timeout: float) -> tuple[dict[
         if not isinstance(header, dict):
             raise ValueError("agent reply is not an object")
         return header, fds
+
+
+def open_stdio(path: str, token: str, timeout: float) -> int:
+    """A connection to the agent at ``path`` that it keeps as the stdio socket ``token`` (see
+    boxagent_stdio); once the reply is read, nothing but the process's own bytes follow."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        _read_frame_blocking(sock)  # the greeting
+        raw = json.dumps({"op": "stdio", "id": token}).encode()
+        sock.sendall(HEADER.pack(len(raw), 0) + raw)
+        reply = _read_frame_blocking(sock)
+        hlen, _ = HEADER.unpack_from(reply)
+        header = json.loads(reply[HEADER.size : HEADER.size + hlen])
+        if not isinstance(header, dict) or header.get("ev") != "reply" or header.get("id") != token:
+            raise ValueError(f"agent did not take the stdio socket: {str(header)[:200]}")
+        sock.settimeout(None)
+        return sock.detach()
 
 
 def pipes_from(header: dict[str, Any], fds: list[int], name: str) -> HandedPipes:

@@ -26,6 +26,7 @@ import boxagent_fs
 import boxagent_host
 import boxagent_spare
 import boxagent_spawn
+import boxagent_stdio
 from boxagent_conn import Conn
 from boxagent_output import OutputPipes
 from boxagent_proc import ExitWatch, OomCounter, Proc, kill_rest, kill_tree, now
@@ -50,6 +51,7 @@ class Agent(OutputPipes):
         self.spare = None  # a shell started ahead of time for the next command
         self.oom = OomCounter(enabled=not host)
         self.exits = ExitWatch(self.sel)
+        self.stdio = boxagent_stdio.StdioSockets()
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
@@ -64,8 +66,16 @@ class Agent(OutputPipes):
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(tmp)
         server.listen(16)
-        # Appear under the final name only once listening, so a connect never races the bind.
-        os.rename(tmp, self.socket_path)
+        try:
+            # Appear under the final name only once listening, so a connect never races the bind.
+            os.rename(tmp, self.socket_path)
+        except PermissionError:
+            # gVisor cannot rename (nor remove) a socket it made on the host: bind the final name
+            # itself (the daemon retries a refused connect until this one listens).
+            server.close()
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(self.socket_path)
+            server.listen(16)
         server.setblocking(False)
         self.sel.register(server, selectors.EVENT_READ, self.on_accept)
         self.server = server
@@ -250,8 +260,14 @@ class Agent(OutputPipes):
             self.spare = None
         else:
             try:
-                popen = boxagent_spawn.fresh_spawn(self.base_env, header, body, cwd)
-            except boxagent_spawn.SpawnError as exc:
+                stdio = self.stdio.take(header["stdio"]) if header.get("stdio") else None
+                try:
+                    popen = boxagent_spawn.fresh_spawn(self.base_env, header, body, cwd, stdio)
+                finally:
+                    for sock in stdio or ():
+                        if sock is not None:
+                            sock.close()  # the process holds its own copies now
+            except (boxagent_spawn.SpawnError, boxagent_stdio.StdioError) as exc:
                 conn.send({"ev": "failed", "id": pid_key, "error": str(exc)})
                 return
         proc = Proc(popen.pid, popen, conn, header)
@@ -262,7 +278,7 @@ class Agent(OutputPipes):
             # The daemon takes the pipes themselves (op take_fds): its data need not pass
             # through this process. The agent still reaps, signals and reports the exit.
             proc.handoff = [popen.stdin, popen.stdout, popen.stderr]
-        else:
+        elif not header.get("stdio"):
             self.read_output_of(proc, popen)
         if header.get("notify_started"):
             conn.send({"ev": "started", "id": pid_key, "pid": popen.pid})
@@ -281,6 +297,15 @@ class Agent(OutputPipes):
                 f.close()  # the daemon holds its own copies now
         if proc.status is not None:
             self.finish(proc)
+
+    def op_stdio(self, conn, header, _body):
+        """This connection becomes a stdio stream of a process spawned later (boxagent_stdio)."""
+        conn.send({"ev": "reply", "id": header.get("id")})
+        sock = conn.detach()
+        if sock is not None:
+            self.conns.discard(conn)
+            self.sel.unregister(sock)
+            self.stdio.keep(str(header.get("id")), sock)
 
     def op_signal(self, conn, header, _body):
         proc = self.procs.get(header["id"])

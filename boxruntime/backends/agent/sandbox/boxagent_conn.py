@@ -53,6 +53,20 @@ class Conn:
             if not self.closed:
                 self.sock.setblocking(False)
 
+    def detach(self):
+        """Write what is queued, then stop being a frame connection: the socket is the
+        caller's (blocking again), or None if it broke meanwhile."""
+        self.sock.setblocking(True)
+        try:
+            self.sock.sendall(bytes(self.wbuf))
+        except OSError:
+            self.agent.drop_conn(self)
+            return None
+        self.wbuf.clear()
+        self.rbuf.clear()
+        self.closed = True
+        return self.sock
+
     def flush(self):
         while self.wbuf and not self.closed:
             try:
@@ -84,7 +98,7 @@ class Conn:
             self.parse()
 
     def parse(self):
-        while len(self.rbuf) >= HEADER.size:
+        while len(self.rbuf) >= HEADER.size and not self.closed:
             hlen, blen = HEADER.unpack_from(self.rbuf)
             if hlen > MAX_HEADER or blen > MAX_BODY:
                 self.agent.drop_conn(self)

@@ -137,7 +137,7 @@ class Proc:
         self.popen = popen
         self.conn = conn
         # Outlives a lost daemon connection; only a process whose pipes the daemon holds can.
-        self.keep = bool(header.get("keep_on_disconnect") and header.get("handoff"))
+        self.keep = bool(header.get("keep_on_disconnect") and (header.get("handoff") or header.get("stdio")))
         self.cap = header.get("output_cap")  # bytes forwarded per stream; None = all
         # With ``collect``: the output kept for the exit event, instead of ``out`` frames.
         self.collected = [bytearray(), bytearray()] if header.get("collect") else None

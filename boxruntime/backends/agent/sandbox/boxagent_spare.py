@@ -92,7 +92,7 @@ class SpareShell:
 
     def script_for(self, header, body):
         """The bytes to feed this shell for the spawn request, or None if it cannot take it."""
-        if self.dead or header.get("argv") or header.get("stdin"):
+        if self.dead or header.get("argv") or header.get("stdin") or header.get("stdio"):
             return None
         env = header.get("env") or {}
         if not all(_NAME.match(key) for key in env):

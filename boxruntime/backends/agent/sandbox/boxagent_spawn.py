@@ -17,20 +17,25 @@ class SpawnError(Exception):
     """The command could not be started; the message says why."""
 
 
-def fresh_spawn(base_env, header, body, cwd):
-    """A Popen for the spawn request ``header`` (its script in ``body``), in ``cwd``."""
+def fresh_spawn(base_env, header, body, cwd, stdio=None):
+    """A Popen for the spawn request ``header`` (its script in ``body``), in ``cwd``; with
+    ``stdio`` (sockets for stdin or None, stdout, stderr: boxagent_stdio) as its stdio."""
     env = dict(base_env)
     env.update(header.get("env") or {})
     argv, pass_fds, script_fd = command_argv(header, body)
+    # Only a process whose pipes go to the daemon gets a stdin it can write to.
+    stdin = subprocess.PIPE if header.get("stdin") and header.get("handoff") else subprocess.DEVNULL
+    stdout = stderr = subprocess.PIPE
+    if stdio is not None:
+        stdin, stdout, stderr = stdio[0] or subprocess.DEVNULL, stdio[1], stdio[2]
     try:
         return subprocess.Popen(
             argv,
             cwd=cwd,
             env=env,
-            # Only a process whose pipes go to the daemon gets a stdin it can write to.
-            stdin=subprocess.PIPE if header.get("stdin") and header.get("handoff") else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
             pass_fds=pass_fds,
             start_new_session=True,
             close_fds=True,
