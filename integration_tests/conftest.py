@@ -47,6 +47,7 @@ def data_dir(tmp_path: Path) -> Path:
 def daemon(docker_engine: docker.DockerClient, data_dir: Path) -> Iterator[Daemon]:
     """A WebSocket daemon on the Docker backend; on teardown it must leave no container."""
     proc = start_daemon(data_dir, "--backend", "docker")
+    proc.extra["backend"] = "docker"
     try:
         yield proc
     finally:
@@ -59,6 +60,7 @@ def daemon(docker_engine: docker.DockerClient, data_dir: Path) -> Iterator[Daemo
 def gvisor_daemon(docker_engine: docker.DockerClient, data_dir: Path) -> Iterator[Daemon]:
     """A WebSocket daemon on the gvisor backend (Docker with runsc, registered by ./dev)."""
     proc = start_daemon(data_dir, "--backend", "gvisor")
+    proc.extra["backend"] = "gvisor"
     try:
         yield proc
     finally:

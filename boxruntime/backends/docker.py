@@ -202,6 +202,7 @@ class DockerBackend(AgentSandbox):
         mounts = [
             Mount(AGENT_DIR_OF_SCRIPTS, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
             Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
+            *self.runtime_mounts(handle),
         ]
         if ws.host is None:
             size = ws.tmpfs_mb * 1024 * 1024
@@ -262,6 +263,10 @@ class DockerBackend(AgentSandbox):
             await self._call(live_skills.add, root, name, mount)
         log.info("session %s: added skills live: %s", current.session_id, ", ".join(n for _, _, n in added))
         return current.model_copy(update={"extra_mounts": [*current.extra_mounts, *(m for m, _, _ in added)]})
+
+    def runtime_mounts(self, handle: SandboxHandle) -> list[Mount]:
+        """Mounts a runtime needs in every sandbox (see gvisor.py)."""
+        return []
 
     def container_options(self, spec: BoxSpec) -> dict[str, Any]:
         """Engine options of a sandbox's container that differ by runtime (see gvisor.py)."""
