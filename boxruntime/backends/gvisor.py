@@ -19,7 +19,8 @@ and agent. What differs, each for a measured reason (README "gVisor"):
   ``network: on`` is refused;
 - a preloaded shim makes ``ls`` and ``stat`` work under Debian's runsc (gvisor_statx);
 - gVisor checks file permissions by their mode bits and ignores POSIX ACLs, so a writable host
-  workspace that root owns (written through an ACL entry on runc) is refused.
+  workspace that root owns (written through an ACL entry on runc) is refused;
+- the warm pool serves private workspaces only (``swaps_workspace``).
 """
 
 from __future__ import annotations
@@ -177,6 +178,12 @@ class GvisorBackend(DockerBackend):
             self._shim = await self._call(gvisor_statx.build, self.settings.data_dir)
             self._shim_built = True
         return await super().start(spec, key, pooled)
+
+    def swaps_workspace(self) -> bool:
+        """No: a mount made on the carrier directory itself after start does not reach a gVisor
+        sandbox (its gofer holds the directory that was there). Mounts made below a bound
+        directory do, so skills still arrive live. Pooled sandboxes serve private workspaces."""
+        return False
 
     def adopt(self, handle: SandboxHandle, spec: BoxSpec, key: str) -> bool:
         if spec.has_host_mount() and self._root_owned_workspace(spec) is not None:
