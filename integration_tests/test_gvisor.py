@@ -6,8 +6,9 @@ test_managed_processes and test_pool (``container_daemon`` and the backend param
 
 from __future__ import annotations
 
-import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,13 @@ import pytest
 from boxruntime.backends.gvisor import MEMORY_HEADROOM_MB, PIDS_BASE, PIDS_PER_PROCESS
 from boxruntime.errors import BoxSandboxError, BoxSessionNotFoundError, BoxValidationError
 from boxruntime.protocol import Peer
-from integration_tests.daemon import Daemon, connect
+from integration_tests.daemon import Daemon, connect, daemon_env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+
+def argv0(pid: str) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
 
 
 async def run(peer: Peer, cmd: str, session: str = "g", **spec: Any) -> dict[str, Any]:
@@ -42,12 +47,26 @@ async def test_the_session_runs_on_gvisors_kernel(gvisor_daemon: Daemon) -> None
         assert listing["exit_code"] == 0 and listing["stdout"].endswith("\n0"), listing
 
 
+def test_doctor_names_gvisor_and_why_it_is_unavailable(docker_engine: docker.DockerClient, data_dir: Path) -> None:
+    def doctor(**env: str) -> str:
+        argv = [sys.executable, "-m", "boxruntime", "doctor", "--data-dir", str(data_dir)]
+        done = subprocess.run(argv, capture_output=True, text=True, env=daemon_env(data_dir, **env), timeout=120)
+        return done.stdout
+
+    ready = doctor()
+    assert "gvisor  available" in ready and "kernel: gVisor (runtime runsc" in ready, ready
+    missing = doctor(BOXRUNTIME_GVISOR_RUNTIME="no-such-runtime")
+    assert "gvisor  unavailable the Docker engine has no runtime named 'no-such-runtime'" in missing, missing
+    assert "apt-get install runsc" in missing
+
+
 async def test_limits_sit_on_the_cgroups_that_hold_gvisor(gvisor_daemon: Daemon) -> None:
     """cpus, memory and pids are the host's cgroup limits, on the cgroups gVisor's own
     processes live in; pids are counted inside by gVisor's kernel (RLIMIT_NPROC)."""
     async with connect(gvisor_daemon) as peer:
         spec = {"cpus": 0.5, "memory_mb": 200, "pids_limit": 50}
-        nproc = await run(peer, "python3 -c 'import resource; print(resource.getrlimit(resource.RLIMIT_NPROC))'", **spec)
+        limit = "python3 -c 'import resource; print(resource.getrlimit(resource.RLIMIT_NPROC))'"
+        nproc = await run(peer, limit, **spec)
         name = (await peer.call("box_get_session", {"session_id": "g"}))["backend_session_id"]
         assert nproc["stdout"] == "(50, 50)"
     client = docker.from_env()
@@ -56,7 +75,7 @@ async def test_limits_sit_on_the_cgroups_that_hold_gvisor(gvisor_daemon: Daemon)
         assert container.attrs["HostConfig"]["Runtime"] == "runsc"
         cgroups = Path("/sys/fs/cgroup")
         procs = (cgroups / "pids" / "docker" / str(container.id) / "cgroup.procs").read_text().split()
-        names = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode() for pid in procs}
+        names = {argv0(pid) for pid in procs}
         assert {"runsc-sandbox", "runsc-gofer"} <= names, names  # gVisor itself is in the cgroup
         group = str(container.id)
         assert (cgroups / "cpu" / "docker" / group / "cpu.cfs_quota_us").read_text().strip() == "50000"
@@ -106,4 +125,3 @@ async def test_running_out_of_memory_ends_the_sandbox_and_says_so(gvisor_daemon:
         assert after["stdout"] == "new sandbox"
         again = (await peer.call("box_get_session", {"session_id": "g"}))["backend_session_id"]
         assert again == before  # the same name: a new container for the same session
-        assert os.path.isdir(gvisor_daemon.data_dir)
