@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 
 from boxruntime.backends.agent.client import AgentClient, AgentLostError
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
+from boxruntime.backends.agent.fd_passing import HEADER
 from boxruntime.backends.base import AGENT_SOURCES
 from boxruntime.errors import BoxValidationError
 
@@ -301,4 +303,28 @@ async def test_malformed_frames_do_not_hurt_the_agent(agent: AgentClient, agent_
     with contextlib.suppress(ConnectionError):  # the agent may drop it before the drain returns
         await writer.drain()
     writer.close()
+    assert (await agent.run(cmd("echo still fine"))).stdout == b"still fine\n"
+
+
+async def test_a_spawn_naming_stdio_sockets_the_agent_lacks_fails_and_runs_nothing(
+    agent: AgentClient, agent_dir: Path, tmp_path: Path
+) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(agent_dir / "agent.sock"))
+
+    async def frame() -> dict[str, object]:
+        hlen, blen = HEADER.unpack(await reader.readexactly(HEADER.size))
+        header = json.loads(await reader.readexactly(hlen))
+        await reader.readexactly(blen)
+        return dict(header)
+
+    assert (await frame())["ev"] == "hello"
+    marker = tmp_path / "ran"
+    spawn = {"op": "spawn", "id": "x1", "cwd": "/tmp", "env": {}, "argv": ["touch", str(marker)]}
+    spawn["stdio"] = [None, "never-opened.out", "never-opened.err"]
+    raw = json.dumps(spawn).encode()
+    writer.write(HEADER.pack(len(raw), 0) + raw)
+    failed = await frame()
+    assert failed["ev"] == "failed" and "no stdio socket" in str(failed["error"])
+    writer.close()
+    assert not marker.exists()
     assert (await agent.run(cmd("echo still fine"))).stdout == b"still fine\n"
