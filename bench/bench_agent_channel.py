@@ -110,6 +110,7 @@ class SocketChannel:
         deadline = time.monotonic() + 30
         while not self.path.exists():
             if time.monotonic() > deadline:
+                self.container.remove(force=True)
                 raise TimeoutError("echo socket did not appear")
             time.sleep(0.01)
         self.sock = self._connect()
@@ -147,11 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     client.images.get(IMAGE)
     payload = b'{"op": "ping", "id": "p1"}\n'
     with tempfile.TemporaryDirectory(prefix="boxruntime-channel-") as tmp:
-        channels = {
-            "attach stream": AttachChannel(client, args.runtime),
-            "unix socket": SocketChannel(client, Path(tmp), args.runtime),
-        }
+        channels: dict[str, AttachChannel | SocketChannel] = {}
         try:
+            channels["attach stream"] = AttachChannel(client, args.runtime)
+            channels["unix socket"] = SocketChannel(client, Path(tmp), args.runtime)
             times: dict[str, list[float]] = {name: [] for name in channels}
             reconnects: dict[str, list[float]] = {name: [] for name in channels}
             for channel in channels.values():
