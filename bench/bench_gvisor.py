@@ -15,55 +15,31 @@ Targets (issue 15): gVisor's warm exec at most 3x runc's, its create at most 2x 
     .venv/bin/python bench/bench_gvisor.py                    # 1000 exec rounds, 20 creates
     .venv/bin/python bench/bench_gvisor.py --rounds 300 --creates 10 --json /tmp/g.json
 
-The client is the daemon's own protocol client (boxruntime.protocol.Peer) over aiohttp.
+The client is the daemon's own protocol client (bench_peer).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from bench_daemons import preflight, start_ours
-from bench_harness import DEFAULT_IMAGE, BenchError, log
+from bench_harness import DEFAULT_IMAGE, log
+from bench_peer import client, exec_ms
 from bench_report import pct
 
-from boxruntime.protocol import Peer, WebSocketConnection
+from boxruntime.protocol import Peer
 
 BACKENDS = ("docker", "gvisor")
 TARGETS = {"warm exec": 3.0, "warm exec after a pause": 3.0, "cold create": 2.0}
-
-
-@contextlib.asynccontextmanager
-async def client(url: str) -> AsyncIterator[Peer]:
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
-        peer = Peer(WebSocketConnection(ws), name="bench")
-        reader = asyncio.create_task(peer.run())
-        try:
-            yield peer
-        finally:
-            await peer.aclose()
-            await reader
-
-
-async def exec_ms(peer: Peer, session_id: str) -> float:
-    start = time.perf_counter()
-    result = await peer.call("box_exec", {"session_id": session_id, "cmd": "echo hi"}, timeout=120)
-    elapsed = (time.perf_counter() - start) * 1000
-    if result.get("stdout") != "hi":
-        raise BenchError(f"unexpected exec result: {result}")
-    return elapsed
 
 
 async def create_ms(peer: Peer, session_id: str) -> float:
