@@ -98,8 +98,9 @@ EXEC_STREAM = Streamed("box_exec_stream", model(lambda: m.BoxSpec), EXEC_ITEMS, 
 _INTERACTIVE_ITEMS: Shape[ExecStarted | OutputChunk | StreamedResult] = Shape(
     lambda: tagged(m.ExecStarted, m.OutputChunk, m.StreamedResult)
 )
+# It runs a command in a sandbox: under admission it needs a grant like box_exec (kind S).
 EXEC_INTERACTIVE = Streamed(
-    "box_exec_interactive", model(lambda: m.InteractiveExecRequest), _INTERACTIVE_ITEMS, T, timeout=SESSION_START
+    "box_exec_interactive", model(lambda: m.InteractiveExecRequest), _INTERACTIVE_ITEMS, S, timeout=SESSION_START
 )
 EXEC_INPUT = Unary("box_exec_input", model(lambda: m.ExecInputRequest), model(lambda: m.InputWritten), T, timeout=INPUT)
 EXEC_RESIZE = Unary("box_exec_resize", model(lambda: m.ExecResizeRequest), EMPTY, T, timeout=DEFAULT)
