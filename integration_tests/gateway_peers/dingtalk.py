@@ -40,6 +40,7 @@ class DingTalkServer(PeerServer):
         self.opens: list[dict[str, Any]] = []  # bodies of connections/open
         self.tickets: set[str] = set()
         self.connections = 0
+        self.connected_at: list[float] = []  # when each link was accepted (monotonic)
         self.refused_tickets = 0
         self.ws: web.WebSocketResponse | None = None
         self.acks: dict[str, list[dict[str, Any]]] = {}  # messageId -> acks received
@@ -87,6 +88,7 @@ class DingTalkServer(PeerServer):
         await ws.prepare(request)
         self.ws = ws
         self.connections += 1
+        self.connected_at.append(time.monotonic())
         self.notify()
         async for message in ws:
             if message.type == aiohttp.WSMsgType.TEXT:

@@ -55,6 +55,7 @@ class QQServer(PeerServer):
         self.resumes: list[dict[str, Any]] = []
         self.heartbeats: list[Any] = []
         self.connections = 0
+        self.connected_at: list[float] = []  # when each link was accepted (monotonic)
         self.ws: web.WebSocketResponse | None = None
         self.session_id = ""
         self.seq = 0
@@ -103,6 +104,7 @@ class QQServer(PeerServer):
         await ws.prepare(request)
         self.ws = ws
         self.connections += 1
+        self.connected_at.append(time.monotonic())
         await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": self.heartbeat_ms}}))
         self.notify()
         async for message in ws:
@@ -175,6 +177,11 @@ class QQServer(PeerServer):
         """op 7: the client should reconnect and Resume."""
         assert self.ws is not None
         await self.ws.send_str(json.dumps({"op": 7}))
+
+    async def drop(self) -> None:
+        """Cut the link (a network failure, a gateway node going away): resumable."""
+        if self.ws is not None:
+            await self.ws.close(code=1011, message=b"going away")
 
     async def close_not_resumable(self) -> None:
         assert self.ws is not None

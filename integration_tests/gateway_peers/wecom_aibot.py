@@ -40,6 +40,7 @@ class WeComAiBotServer(PeerServer):
         self.withhold_ping_acks = False
         self.ack_delay = 0.0  # seconds before a reply frame is acked
         self.connections = 0
+        self.connected_at: list[float] = []  # when each link was accepted (monotonic)
         self.subscribes: list[dict[str, Any]] = []
         self.refused = 0
         self.pings = 0
@@ -86,6 +87,7 @@ class WeComAiBotServer(PeerServer):
         await ws.prepare(request)
         self.ws = ws
         self.connections += 1
+        self.connected_at.append(time.monotonic())
         self.notify()
         async with anyio.create_task_group() as tg:
             async for message in ws:

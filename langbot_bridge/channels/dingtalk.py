@@ -122,6 +122,7 @@ class DingTalkChannel(Channel[DingTalkSettings]):
             max_msg_size=self.settings.max_body_bytes,
         ) as ws:
             self._ws = ws
+            heard()  # DingTalk accepted the ticket: the reconnect schedule starts again
             self.link.state = "connected"
             self.link.connects += 1
             self.link.connected_at = time.time()

@@ -5,8 +5,8 @@ another until the channel is told to stop for good.
 Reconnect schedule: the first attempt after a drop comes at once (at most ``first_jitter_sec``
 later, so a fleet of gateways does not reconnect in lockstep); then ``initial * 2^(n-1)`` capped
 at ``maximum``, each plus up to one second of jitter (DingTalk's SDK: ``1 s * 2^n + U(0,1)``,
-cap 60 s; WeCom's: base 1 s, cap 30 s). The count starts again once a link has carried a frame
-from the platform.
+cap 60 s; WeCom's: base 1 s, cap 30 s). The count starts again once the platform accepted a
+link (DingTalk: the ticketed socket opened; WeCom: any frame, the subscribe ack first; QQ: Hello).
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ async def run_links(
     state: LinkState,
 ) -> None:
     """Run ``link(heard)`` again and again: it connects, serves until the link ends, and calls
-    ``heard()`` whenever the platform sent something (which resets the schedule). Returns when
+    ``heard()`` once the platform accepted the link or sent something (which resets the schedule). Returns when
     ``link`` raises ``StopChannel``; any network or protocol error means reconnect."""
     failures = 0
     dropped_at: float | None = None
