@@ -84,7 +84,7 @@ class StreamedFake:
     async def resize(self, size: TerminalSize) -> None:
         raise BoxSandboxError("fake commands have no terminal")
 
-    async def signal(self, sig: int, *, until_gone: bool = False) -> None:
+    async def signal(self, sig: int, *, until_gone: bool = False, cancel: bool = False) -> None:
         self.cancelled = True
 
     def cancel(self) -> None:

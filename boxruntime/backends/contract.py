@@ -113,9 +113,11 @@ class Process(Protocol):
         """Resize the terminal (started with ``terminal``)."""
         ...
 
-    async def signal(self, sig: int, *, until_gone: bool = False) -> None:
+    async def signal(self, sig: int, *, until_gone: bool = False, cancel: bool = False) -> None:
         """Signal the command's process tree. With ``until_gone`` (SIGKILL), return only once
-        it is gone: a caller that answers "killed" must not answer before."""
+        it is gone: a caller that answers "killed" must not answer before. ``cancel``: the
+        client ends the command on purpose, so an end by this signal is ``cancelled``, not
+        ``signal``."""
         ...
 
     def cancel(self) -> None:

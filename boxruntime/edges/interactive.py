@@ -156,5 +156,5 @@ class InteractiveExecs:
     async def signal(self, req: ExecSignalRequest) -> Empty:
         proc, _ = self._find(req.exec_id)
         with contextlib.suppress(BoxSandboxError):
-            await proc.signal(req.signal)
+            await proc.signal(req.signal, cancel=True)  # the client ends it: its exit says so
         return Empty()

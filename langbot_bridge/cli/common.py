@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 EXIT_CLIENT_ERROR = 125  # boxruntime failed, not the command (as `docker run` does)
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE, as a shell reports it
+EXIT_INTERRUPTED = 128 + 2  # SIGINT (Ctrl-C), as a shell reports it
 ENDPOINT_ENV = "BOXRUNTIME_ENDPOINT"
 TOKEN_ENV = "BOXRUNTIME_TOKEN"
 POOL_SIZE_ENV = "BOXRUNTIME_POOL_SIZE"
@@ -134,6 +135,7 @@ async def connected(args: argparse.Namespace) -> AsyncIterator[Connector]:
 def run(main: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
     """Run a client command: its own errors and the daemon's are one line on stderr, exit 125."""
     import logging
+    import signal
 
     import anyio
 
@@ -143,11 +145,29 @@ def run(main: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Nam
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level, logging.WARNING))
 
     async def guarded() -> int:
-        try:
-            return await main(args)
-        except (BoxError, ClientError) as exc:
-            say(str(exc))
-            return EXIT_CLIENT_ERROR
+        # Ctrl-C cancels the command through an anyio scope, not asyncio's KeyboardInterrupt:
+        # a scope's cancellation holds until the scope exits, where the loop's one-shot
+        # cancellation of the main task can be absorbed by a scope inside it and then lost.
+        code = EXIT_INTERRUPTED
+        interrupted = False
+
+        async def on_interrupt(scope: anyio.CancelScope) -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    scope.cancel()
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(on_interrupt, tg.cancel_scope)
+            try:
+                code = await main(args)
+            except (BoxError, ClientError) as exc:
+                say(str(exc))
+                code = EXIT_CLIENT_ERROR
+            tg.cancel_scope.cancel()
+        return EXIT_INTERRUPTED if interrupted else code
 
     try:
         return anyio.run(guarded)

@@ -139,11 +139,11 @@ class AgentProcess:
         fields = {wire.TARGET: self.id, wire.Window.ROWS: rows, wire.Window.COLS: cols}
         await self._client.request(wire.Op.RESIZE, fields)
 
-    async def signal_sent(self, sig: int, timeout: float = 10.0) -> None:
+    async def signal_sent(self, sig: int, timeout: float = 10.0, cancel: bool = False) -> None:
         """Signal the process's tree, and return once the agent has sent the signal, or, for
         SIGKILL, once the process is gone (a caller that answers "killed" must not answer
         before it is)."""
-        fields = {wire.ID: self.id, wire.Signal.SIGNAL: int(sig), wire.Signal.CANCEL: False}
+        fields = {wire.ID: self.id, wire.Signal.SIGNAL: int(sig), wire.Signal.CANCEL: cancel}
         await self._client.request(wire.Op.SIGNAL, fields, timeout=timeout, token_field=wire.Signal.ACK)
 
     def kill_soon(self) -> None:

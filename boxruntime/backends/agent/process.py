@@ -126,11 +126,11 @@ class AgentCommand:
             return
         await self._proc.resize(size.rows, size.cols)
 
-    async def signal(self, sig: int, *, until_gone: bool = False) -> None:
+    async def signal(self, sig: int, *, until_gone: bool = False, cancel: bool = False) -> None:
         if until_gone:
-            await self._proc.signal_sent(sig)
+            await self._proc.signal_sent(sig, cancel=cancel)
         else:
-            await self._proc.signal(sig)
+            await self._proc.signal(sig, cancel=cancel)
 
     def cancel(self) -> None:
         with contextlib.suppress(BoxSandboxError):

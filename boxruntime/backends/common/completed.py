@@ -32,7 +32,7 @@ class RanToCompletion:
     async def resize(self, size: TerminalSize) -> None:
         raise BoxValidationError("this command has no terminal")
 
-    async def signal(self, sig: int, *, until_gone: bool = False) -> None:
+    async def signal(self, sig: int, *, until_gone: bool = False, cancel: bool = False) -> None:
         return None  # it has ended
 
     def cancel(self) -> None:
