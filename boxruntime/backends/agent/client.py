@@ -310,7 +310,12 @@ class AgentClient:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise AgentLostError(f"not connected to sandbox agent {self.name}")
-        writer.write(wire.encode(header, body))
+        try:
+            frame = wire.encode(header, body)
+        except wire.FrameTooLarge as exc:
+            # Refused here: the agent would drop the connection, and every command on it.
+            raise BoxValidationError(f"request too large for the sandbox agent ({exc})") from None
+        writer.write(frame)
 
     # ── operations ───────────────────────────────────────────────────────
 
@@ -325,6 +330,10 @@ class AgentClient:
         try:
             await self._send({**fields, wire.OP: op, token_field: token}, body)
             header, data = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise BoxSandboxError(
+                f"sandbox agent {self.name} did not answer a {op} request within {timeout:g} s"
+            ) from None
         finally:
             self._replies.pop(token, None)
         if wire.ERROR in header:

@@ -33,8 +33,9 @@ class Proc:
         self.totals = [0, 0]
         self.forwarded = [0, 0]
         self.started = now()
-        timeout = header.get(wire.Spawn.TIMEOUT)
-        self.deadline = self.started + float(timeout) if timeout else None
+        timeout = float(header.get(wire.Spawn.TIMEOUT) or 0)
+        # No deadline for none, or for one that is not a positive finite number of seconds.
+        self.deadline = self.started + timeout if 0 < timeout < float("inf") else None
         self.timed_out = False
         # With a grace, a timeout sends SIGTERM first and SIGKILL at ``kill_at``; the exit is
         # reported only after that, so nothing of a timed-out command outlives its result.
