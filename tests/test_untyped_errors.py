@@ -48,3 +48,11 @@ async def test_base64_that_is_not_ascii_is_a_validation_error(box: Box) -> None:
     await box.call("box_create_session", {"session_id": "s"})
     with pytest.raises(BoxValidationError, match="base64"):
         await box.call("box_fs_write", {"session_id": "s", "path": "f", "data": "é", "encoding": "base64"})
+
+
+def test_an_e2b_template_that_names_no_image_is_a_validation_error() -> None:
+    from boxruntime.edges.e2b.sandboxes import sandbox_spec
+
+    with pytest.raises(BoxValidationError, match="image"):
+        sandbox_spec("e2b-x", "Not An Image", internet=False)
+    assert sandbox_spec("e2b-x", "code-interpreter-v1", internet=False).image == "code-interpreter-v1"
