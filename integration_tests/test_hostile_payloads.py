@@ -117,3 +117,21 @@ async def test_an_invalid_image_reference_from_the_engine_is_a_box_error(docker_
         assert "APIError" not in type(caught.value).__name__
     finally:
         await backend.close()
+
+
+async def test_commands_that_run_out_of_memory_do_not_end_the_sandbox(box: Daemon) -> None:
+    """The OOM killer picks the largest task of the sandbox's cgroup: with forty small ones the
+    agent (its PID 1) was as likely a victim as any, and the sandbox ended with it."""
+    small = {"session_id": "oom", "memory_mb": 96}
+    async with connect(box) as peer:
+        await peer.call("box_exec", {**small, "cmd": "echo ready > f.txt"}, timeout=120)
+        spec = {"process_id": "cat", "command": "cat"}
+        cat = await peer.call("box_start_managed_process", {"session_id": "oom", "spec": spec}, timeout=60)
+        hogs = 'for i in $(seq 40); do python3 -c "import time; a = bytearray(6 << 20); time.sleep(3)" & done; wait'
+        done = await peer.call("box_exec", {**small, "cmd": hogs}, timeout=60)
+        assert done["status"] == "completed"
+        again = await peer.call("box_exec", {**small, "cmd": "cat f.txt"}, timeout=60)
+        assert again["stdout"] == "ready"
+        process = (await peer.call("box_get_session", {"session_id": "oom"}))["managed_processes"]["cat"]
+        assert process["status"] == "running" and process["started_at"] == cat["started_at"]
+        assert "recreating" not in box.log()

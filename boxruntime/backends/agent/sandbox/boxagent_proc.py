@@ -15,6 +15,18 @@ def now():
     return time.monotonic()
 
 
+def expendable(pid):
+    """Make process ``pid`` (and every process it starts, which inherit it) the OOM killer's
+    choice before the agent: in a sandbox's memory cgroup the killer takes the task with the
+    largest score, and many small commands could otherwise leave the agent, the sandbox's PID 1,
+    the largest. Raising a score needs no privilege; where /proc refuses, nothing changes."""
+    try:
+        with open("/proc/%d/oom_score_adj" % pid, "wb", buffering=0) as f:
+            f.write(b"1000")
+    except OSError:
+        pass
+
+
 class Proc:
     """One spawned command or long-lived process."""
 

@@ -18,7 +18,7 @@ import subprocess
 import termios
 
 import boxagent_wire as wire
-from boxagent_proc import Proc
+from boxagent_proc import Proc, expendable
 from boxagent_spare import SHELL, SHELL_NAME, group
 
 SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
@@ -75,6 +75,7 @@ class Launcher:
             return
         self.spares.expect(header)
         master = None
+        spare = False
         try:
             popen = self.spares.take(header, body)
             if popen is None and header.get(wire.Spawn.TTY):
@@ -82,9 +83,13 @@ class Launcher:
             elif popen is None:
                 self.spares.discard_unexpected()
                 popen = fresh_spawn(self.base_env, header, body, cwd)
+            else:
+                spare = True
         except SpawnError as exc:
             _failed(conn, proc_id, str(exc))
             return
+        if not spare:
+            expendable(popen.pid)  # a spare shell was made so already
         proc = Proc(popen.pid, popen, conn, header)
         self.procs.add(proc)
         if header.get(wire.Spawn.HANDOFF):
