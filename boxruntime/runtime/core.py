@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Literal
 
 import anyio
@@ -225,7 +225,7 @@ class BoxRuntime:
         self.metrics.exec_ended(backend, done.exit.reason, time.monotonic() - asked)
         return exec_result(spec.session_id, backend, done, float(spec.timeout_sec), OUTPUT_CAP_BYTES)
 
-    async def exec_stream(self, spec: BoxSpec) -> AsyncIterator[dict[str, Any]]:
+    async def exec_stream(self, spec: BoxSpec) -> AsyncGenerator[OutputChunk | StreamedResult, None]:
         """Output chunks as they are produced, then the result (``box_exec_stream``). A caller
         that stops reading ends the command."""
         command = self._command(spec)
@@ -241,14 +241,14 @@ class BoxRuntime:
                         collected[event.stream].extend(event.data)
                         text, encoding = decoders[event.stream].convert(event.data)
                         name: Literal["stdout", "stderr"] = "stdout" if event.stream == 1 else "stderr"
-                        yield OutputChunk(stream=name, data=text, encoding=encoding).model_dump(mode="json")
+                        yield OutputChunk(stream=name, data=text, encoding=encoding)
                     else:
                         finished = True
                         self.metrics.exec_ended(session.handle.backend, event.reason, time.monotonic() - asked)
                         done = CompletedCommand(event, bytes(collected[1]), bytes(collected[2]))
                         timeout = float(spec.timeout_sec)
                         result = exec_result(spec.session_id, session.handle.backend, done, timeout, OUTPUT_CAP_BYTES)
-                        yield StreamedResult(result=result).model_dump(mode="json")
+                        yield StreamedResult(result=result)
             finally:
                 if not finished:
                     process.cancel()  # nobody reads any more: the command must not go on
