@@ -1,4 +1,4 @@
-"""Hostile or careless payloads against a real daemon (issue 16's findings, Docker and nsjail):
+"""Hostile or careless payloads against a real daemon (issue 16's findings; Docker, gVisor, nsjail):
 each gets a fast, typed error and changes nothing else in the session: the exec in flight
 finishes, the managed process keeps running with the same pid, the sandbox stays."""
 
@@ -25,7 +25,7 @@ SESSION = "hostile"
 @pytest.fixture(params=["docker", "nsjail"])
 def box(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
     backend = str(request.param)
-    if backend == "docker":
+    if backend in ("docker", "gvisor"):
         request.getfixturevalue("docker_engine")
     daemon = start_daemon(data_dir, "--backend", backend)
     daemon.extra["backend"] = backend
@@ -60,6 +60,13 @@ async def refused_fast(peer: Peer, action: str, data: dict[str, Any], error: typ
     return str(caught.value)
 
 
+# gVisor too: its managed processes' stdio are sockets the agent keeps for a spawn (Spawn.STDIO),
+# so a spawn too large for a frame must be refused before any socket is opened, and the agent's
+# timer and file operations are the same code under another kernel.
+ALL_BACKENDS = pytest.mark.parametrize("box", ["docker", "gvisor", "nsjail"], indirect=True)
+
+
+@ALL_BACKENDS
 async def test_hostile_payloads_get_typed_errors_and_hurt_nothing_else(box: Daemon) -> None:
     async with connect(box) as peer:
         cat = await start_cat(peer)
@@ -85,6 +92,11 @@ async def test_hostile_payloads_get_typed_errors_and_hurt_nothing_else(box: Daem
         escaped = {f"V{i}": "\x01" * 60_000 for i in range(4)}
         message = await refused_fast(peer, "box_exec", {**exec_, "env": escaped}, BoxValidationError)
         assert "too large for the sandbox agent" in message
+        big = {"process_id": "big", "command": "cat", "args": ["\x01" * 60_000] * 4}
+        message = await refused_fast(
+            peer, "box_start_managed_process", {"session_id": SESSION, "spec": big}, BoxValidationError
+        )
+        assert "too large for the sandbox agent" in message
         # The agent reports what the kernel refuses, at once and typed.
         await refused_fast(peer, "box_fs_read", {**fs, "path": "missing"}, BoxValidationError)
         await refused_fast(peer, "box_fs_read", {**fs, "path": "."}, BoxValidationError)
@@ -92,6 +104,7 @@ async def test_hostile_payloads_get_typed_errors_and_hurt_nothing_else(box: Daem
         await unharmed(peer, cat, sandbox)
 
 
+@ALL_BACKENDS
 async def test_a_long_timeout_does_not_end_the_sandbox(box: Daemon) -> None:
     async with connect(box) as peer:
         cat = await start_cat(peer)
@@ -117,6 +130,28 @@ async def test_an_invalid_image_reference_from_the_engine_is_a_box_error(docker_
         assert "APIError" not in type(caught.value).__name__
     finally:
         await backend.close()
+
+
+@ALL_BACKENDS
+async def test_commands_are_the_oom_killers_choice_before_the_agent(box: Daemon) -> None:
+    """Every command (a spare shell's, a fresh spawn's, a managed process's) and what it starts
+    get oom_score_adj 1000. Under gVisor the score is kept but no OOM killer reads it: a sandbox
+    over its memory ends as a whole, with an error that says so (test_backend_contract)."""
+    async with connect(box) as peer:
+        first = await peer.call("box_exec", {"session_id": SESSION, "cmd": "cat /proc/self/oom_score_adj"}, timeout=120)
+        assert first["stdout"] == "1000"
+        # A managed process is a fresh spawn (under gVisor with the daemon's stdio sockets).
+        script = "cat /proc/self/oom_score_adj > adj.tmp && mv adj.tmp adj.txt; exec cat"
+        spec = {"process_id": "adj", "command": "sh", "args": ["-c", script]}
+        await peer.call("box_start_managed_process", {"session_id": SESSION, "spec": spec}, timeout=60)
+        read = {"session_id": SESSION, "cmd": "cat adj.txt 2>/dev/null || true"}
+        with anyio.fail_after(30):
+            while True:  # the process writes it as it starts
+                adj = (await peer.call("box_exec", read, timeout=30))["stdout"]
+                if adj:
+                    break
+                await anyio.sleep(0.1)
+        assert adj == "1000"
 
 
 async def test_commands_that_run_out_of_memory_do_not_end_the_sandbox(box: Daemon) -> None:

@@ -28,7 +28,7 @@ from boxruntime.backends.agent.commands import (
     parse_exit,
     spawn_header,
 )
-from boxruntime.backends.agent.fd_passing import HandedPipes, fetch_fds, open_stdio, pipes_from
+from boxruntime.backends.agent.fd_passing import HandedPipes, fetch_fds, open_stdio, pipes_from, stdio_tokens
 from boxruntime.backends.agent.frames import FrameProtocol
 from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.agent.watch import AgentWatch, parse_events
@@ -53,6 +53,15 @@ class AgentLostError(BoxSandboxError):
 
 class AgentOpError(SandboxFileError):
     """The agent refused or failed a request/reply operation; ``code`` is an errno name."""
+
+
+def _frame(header: dict[str, Any], body: bytes) -> bytes:
+    """The frame for ``header`` and ``body``; BoxValidationError for one over the wire's limits,
+    refused here: the agent would drop the connection, and every command on it."""
+    try:
+        return wire.encode(header, body)
+    except wire.FrameTooLarge as exc:
+        raise BoxValidationError(f"request too large for the sandbox agent ({exc})") from None
 
 
 class AgentProcess:
@@ -324,12 +333,7 @@ class AgentClient:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise AgentLostError(f"not connected to sandbox agent {self.name}")
-        try:
-            frame = wire.encode(header, body)
-        except wire.FrameTooLarge as exc:
-            # Refused here: the agent would drop the connection, and every command on it.
-            raise BoxValidationError(f"request too large for the sandbox agent ({exc})") from None
-        writer.write(frame)
+        writer.write(_frame(header, body))
 
     # ── operations ───────────────────────────────────────────────────────
 
@@ -395,6 +399,8 @@ class AgentClient:
         try:
             if req.handoff and not self.pass_fds:
                 header[wire.Spawn.HANDOFF] = False
+                header[wire.Spawn.STDIO] = stdio_tokens(proc_id, req.stdin)
+                _frame(header, body)  # refused before the agent keeps sockets for a spawn never sent
                 proc.stdio, header[wire.Spawn.STDIO] = await self._open_stdio(proc_id, req.stdin)
             await self._send(header, body)
         except BaseException:

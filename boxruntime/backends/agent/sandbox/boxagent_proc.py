@@ -15,13 +15,16 @@ def now():
     return time.monotonic()
 
 
-def expendable(pid):
+def expendable(pid="self"):
     """Make process ``pid`` (and every process it starts, which inherit it) the OOM killer's
     choice before the agent: in a sandbox's memory cgroup the killer takes the task with the
     largest score, and many small commands could otherwise leave the agent, the sandbox's PID 1,
-    the largest. Raising a score needs no privilege; where /proc refuses, nothing changes."""
+    the largest. Raising a score needs no privilege; where /proc refuses, nothing changes.
+
+    Set before the process runs anything, or a child it forks first keeps the agent's score:
+    a spare shell waits for its script, a spawn calls this as its preexec_fn (``self``)."""
     try:
-        with open("/proc/%d/oom_score_adj" % pid, "wb", buffering=0) as f:
+        with open("/proc/%s/oom_score_adj" % pid, "wb", buffering=0) as f:
             f.write(b"1000")
     except OSError:
         pass

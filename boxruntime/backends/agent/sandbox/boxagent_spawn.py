@@ -77,7 +77,6 @@ class Launcher:
             return
         self.spares.expect(header)
         master = None
-        spare = False
         try:
             popen = self.spares.take(header, body)
             if popen is None and header.get(wire.Spawn.TTY):
@@ -85,13 +84,9 @@ class Launcher:
             elif popen is None:
                 self.spares.discard_unexpected()
                 popen = self._fresh(header, body, cwd)
-            else:
-                spare = True
         except (SpawnError, StdioError) as exc:
             _failed(conn, proc_id, str(exc))
             return
-        if not spare:
-            expendable(popen.pid)  # a spare shell was made so already
         proc = Proc(popen.pid, popen, conn, header)
         self.procs.add(proc)
         if header.get(wire.Spawn.HANDOFF):
@@ -181,6 +176,7 @@ def fresh_spawn(base_env, header, body, cwd, stdio=None):
             pass_fds=pass_fds,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=expendable,  # the agent is single-threaded: safe here
         )
     except OSError as exc:
         raise SpawnError("cannot start %s: %s" % (argv[0], exc.strerror)) from None
@@ -214,6 +210,7 @@ def set_window(fd, rows, cols):
 
 def _take_terminal():  # runs in the child between fork and exec: after setsid, before exec
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    expendable()
 
 
 def tty_spawn(base_env, header, body, cwd):
