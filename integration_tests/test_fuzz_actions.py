@@ -36,7 +36,7 @@ from boxruntime.protocol import Peer
 from integration_tests.daemon import Daemon, connect, sandboxes_of, start_daemon
 
 REPLY_WITHIN_SEC = 2.0
-EXAMPLES_PER_ACTION = {"nsjail": 10, "docker": 5}  # x 41 actions
+EXAMPLES_PER_ACTION = {"nsjail": 10, "docker": 5, "gvisor": 3}  # x 41 actions
 SESSION = "fz"  # the session under fire
 OTHER_SESSIONS = ("fz-a", "fz-b")
 PROCESS = "fz-cat"
@@ -326,10 +326,10 @@ async def under_fire(daemon: Daemon, fire_box: list[Fire], portal: BlockingPorta
                 tg.cancel_scope.cancel()
 
 
-@pytest.fixture(scope="module", params=["nsjail", "docker"])
+@pytest.fixture(scope="module", params=["nsjail", "docker", "gvisor"])
 def fire(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fire]:
     backend = str(request.param)
-    if backend == "docker":
+    if backend in ("docker", "gvisor"):
         request.getfixturevalue("docker_engine")
     data_dir = tmp_path_factory.mktemp(f"fuzz-{backend}") / "data"
     env = {"BOXRUNTIME_MAX_SESSIONS": "4"}
