@@ -174,7 +174,7 @@ def test_help_offers_only_backends_that_exist() -> None:
         helped = cli(None, *command, "--help")
         assert helped.returncode == 0
         text = helped.stdout.decode()
-        assert "{local,docker,nsjail,host}" in text
+        assert "{local,docker,gvisor,nsjail,host}" in text
         assert "e2b" not in text, text
     chosen = cli(None, "serve", "--backend", "e2b")
     assert chosen.returncode == 2 and b"invalid choice: 'e2b'" in chosen.stderr
