@@ -5,16 +5,21 @@ items); this module is the one place that turns wire data into the request, and 
 wire data, for every action. A request that does not fit its model is a ``BoxValidationError``
 with pydantic's full text (LangBot 0.5's behaviour); unknown keys are ignored where the model
 ignores them.
+
+It is also where an answer's error is typed: an exception that is not a Box error (a bug, an
+SDK's error a backend failed to map) is logged with its traceback and reaches the client as
+``BoxError: internal error ...`` (LangBot's base class), never under a foreign class name.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import pydantic
 
-from boxruntime.errors import BoxValidationError
+from boxruntime.errors import BoxError, BoxValidationError
 from boxruntime.models.action_kinds import Action, Streamed, Unary
 from boxruntime.protocol import ActionHandler, Payload
 
@@ -22,6 +27,17 @@ Q = TypeVar("Q")
 R = TypeVar("R")
 I = TypeVar("I")  # noqa: E741 - a stream's item
 C = TypeVar("C")  # what a scoped view gets besides the request (the caller's session scope)
+
+log = logging.getLogger(__name__)
+
+
+def typed(action: Action, exc: Exception) -> BoxError:
+    """``exc`` as the Box error the client gets; one that is not a Box error already is a bug
+    of ours (or a backend's unmapped exception): logged here with its traceback."""
+    if isinstance(exc, BoxError):
+        return exc
+    log.error("%s: unexpected %s", action.name, type(exc).__name__, exc_info=exc)
+    return BoxError(f"internal error in {action.name}: {type(exc).__name__}: {exc}")
 
 
 def parse_request(action: Action, data: Payload) -> Any:
@@ -37,7 +53,10 @@ def serve_unary(action: Unary[Q, R], handler: Callable[[Q], Awaitable[R]]) -> Ac
 
     async def serve(data: Payload) -> Payload:
         request: Q = parse_request(action, data)
-        return action.response.dump(await handler(request))
+        try:
+            return action.response.dump(await handler(request))
+        except Exception as exc:
+            raise typed(action, exc) from exc
 
     return serve
 
@@ -52,6 +71,8 @@ def serve_streamed(action: Streamed[Q, I], handler: Callable[[Q], AsyncGenerator
         try:
             async for item in items:
                 yield action.items.dump(item)
+        except Exception as exc:
+            raise typed(action, exc) from exc
         finally:
             await items.aclose()
 
@@ -65,7 +86,10 @@ def serve_scoped(
 
     async def serve(data: Payload, scope: C) -> Payload:
         request: Q = parse_request(action, data)
-        return action.response.dump(await view(request, scope))
+        try:
+            return action.response.dump(await view(request, scope))
+        except Exception as exc:
+            raise typed(action, exc) from exc
 
     return serve
 

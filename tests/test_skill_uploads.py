@@ -17,7 +17,7 @@ import pydantic
 import pytest
 from langbot_plugin.box.actions import LangBotToBoxAction
 
-from boxruntime.errors import BoxCapacityExceededError, BoxValidationError
+from boxruntime.errors import BoxCapacityExceededError, BoxError, BoxValidationError
 from boxruntime.models import FileChunk
 from boxruntime.protocol import ActionHandler
 from boxruntime.skills.actions import SkillActions
@@ -354,10 +354,13 @@ async def test_mutating_failures_are_reported_as_validation_errors(
     monkeypatch.setattr(actions.store, "delete", denied)
     with pytest.raises(BoxValidationError, match="Permission denied"):
         await call(table, "box_delete_skill", {"name": "x"})
-    # Listing is not wrapped in LangBot: the error keeps its own class.
+    # Listing is not wrapped in LangBot (its PermissionError would cross the edge as is); here
+    # no exception crosses it untyped (issue 16): a BoxError that names the original.
     monkeypatch.setattr(actions.store, "list_skills", denied)
-    with pytest.raises(PermissionError):
+    with pytest.raises(BoxError) as caught:
         await call(table, "box_list_skills", {})
+    assert type(caught.value) is BoxError
+    assert "PermissionError: [Errno 13] Permission denied" in str(caught.value)
 
 
 @pytest.mark.anyio

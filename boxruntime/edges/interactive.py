@@ -12,7 +12,6 @@ to one connection's action table, and an exec id means nothing anywhere else.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import secrets
 from collections.abc import AsyncGenerator
@@ -133,7 +132,7 @@ class InteractiveExecs:
             raise BoxValidationError(f"interactive exec {req.exec_id} was started without stdin")
         try:
             raw = base64.b64decode(req.data, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or text that is not ASCII
             raise BoxValidationError("box_exec_input data must be base64") from None
         try:
             await proc.write(raw, req.eof)

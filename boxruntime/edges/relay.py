@@ -103,6 +103,7 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
     await ws.prepare(request)
     sockets.add(ws)  # closed with the daemon
     attachment = process.attach()
+    runtime.metrics.relay_attaches.inc()
     log.info("relay attached to %s/%s from %s", session_id, process_id, request.remote)
     try:
         async with anyio.create_task_group() as tg:
@@ -111,6 +112,7 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
                 try:
                     async for line in relay_lines(attachment):
                         await ws.send_str(line)
+                        runtime.metrics.relayed("out", len(line.encode("utf-8", "surrogateescape")) + 1)
                     await ws.close(code=aiohttp.WSCloseCode.OK, message=b"process exited")
                 except ClientReplaced:
                     await ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer client")
@@ -124,6 +126,7 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
                         if placement is not None and not tenancy.fence.is_current(placement):
                             break  # the generation went stale while this message was on its way
                         await process.write_line(msg.data)
+                        runtime.metrics.relayed("in", len(msg.data.encode("utf-8", "surrogateescape")) + 1)
                 # The client closed, and its close was answered in this same step: it must not
                 # count as attached once it can ask (the full detach follows the cancellation).
                 process.release(attachment)

@@ -1,8 +1,10 @@
-"""The daemon's HTTP side: ``/rpc/ws`` (action RPC), ``/healthz``, ``/readyz``; and both ways of
-serving (WebSocket, stdio) until told to stop.
+"""The daemon's HTTP side: ``/rpc/ws`` (action RPC), ``/healthz``, ``/readyz``, ``/metrics``; and
+both ways of serving (WebSocket, stdio) until told to stop.
 
 Every WebSocket route checks the token *before* the upgrade when one is configured, and a
-daemon never listens on a non-loopback address without one.
+daemon never listens on a non-loopback address without one. ``/metrics`` (Prometheus) takes
+the same token as ``/rpc/ws`` (``Authorization: Bearer``), since it tells who runs what; the
+health probes stay open. Every 401, whichever route refused, is counted.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from boxruntime.edges.e2b import add_e2b_routes
 from boxruntime.edges.handlers import BoxActions
 from boxruntime.edges.relay import RELAY_PATHS, relay_ws
 from boxruntime.event_loop import running_loop_name
+from boxruntime.metrics import CONTENT_TYPE
 from boxruntime.models import RelayInfo
 from boxruntime.protocol import MAX_MESSAGE_BYTES, ActionHandler, Peer, StreamConnection, WebSocketConnection
 from boxruntime.runtime.core import BoxRuntime
@@ -99,6 +102,31 @@ def require_auth(handler: Handler) -> Handler:
     return checked
 
 
+@web.middleware
+async def count_auth_failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every 401 of any route (token, LangBot instance, E2B API key or access token), by the
+    route's template: the path itself is the caller's and would make a series per request."""
+    try:
+        response = await handler(request)
+    except web.HTTPUnauthorized:
+        request.app[RUNTIME_KEY].metrics.auth_failed(route_of(request))
+        raise
+    if response.status == 401:
+        request.app[RUNTIME_KEY].metrics.auth_failed(route_of(request))
+    return response
+
+
+def route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(unmatched)"
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus's text format, from this daemon's own registry (``boxruntime.metrics``)."""
+    body = request.app[RUNTIME_KEY].metrics.scrape()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
 def control_actions(tenancy: Tenancy, skills: SkillActions, relay: RelayInfo | None = None) -> dict[str, ActionHandler]:
     """One control connection's actions: the runtime's, the skill store's and the tenancy's, each
     bound to its catalogue entry."""
@@ -117,7 +145,13 @@ async def rpc_ws(request: web.Request) -> web.StreamResponse:
     request.app[SOCKETS_KEY].add(ws)
     actions = control_actions(tenancy, request.app[SKILLS_KEY])  # relay on this same endpoint
     gate = TenantGate(tenancy, identified=instance is not None, host_backend_allowed=bool(request.app[TOKEN_KEY]))
-    peer = Peer(WebSocketConnection(ws), actions, name=f"ws:{request.remote}", gate=gate)
+    peer = Peer(
+        WebSocketConnection(ws),
+        actions,
+        name=f"ws:{request.remote}",
+        gate=gate,
+        on_failure=tenancy.runtime.metrics.rpc_failed,
+    )
     log.info("control connection from %s", request.remote)
     try:
         await peer.run()
@@ -166,7 +200,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
 
 def create_app(tenancy: Tenancy, skills: SkillActions, token: str | None, control: bool = True) -> web.Application:
     """The HTTP side. ``control=False`` (stdio mode) serves only the relay and health routes."""
-    app = web.Application()
+    app = web.Application(middlewares=[count_auth_failures])
     app[RUNTIME_KEY] = tenancy.runtime
     app[TENANCY_KEY] = tenancy
     app[SKILLS_KEY] = skills
@@ -179,6 +213,7 @@ def create_app(tenancy: Tenancy, skills: SkillActions, token: str | None, contro
         app.router.add_get(path, require_auth(relay))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", require_auth(metrics))
     return app
 
 
@@ -256,7 +291,13 @@ async def serve_stdio(settings: Settings, relay_port: int = 0) -> None:
         # Under LangBot 4.x the instance comes pinned in LANGBOT_BOX_TRUSTED_INSTANCE_UUID: the
         # client on stdin is that instance, a 0.7 client.
         gate = TenantGate(tenancy, identified=settings.trusted_instance is not None, host_backend_allowed=True)
-        peer = Peer(connection, control_actions(tenancy, skills, relay_info), name="stdio", gate=gate)
+        peer = Peer(
+            connection,
+            control_actions(tenancy, skills, relay_info),
+            name="stdio",
+            gate=gate,
+            on_failure=runtime.metrics.rpc_failed,
+        )
         log.info(
             "boxruntime serving action RPC on stdio (backend=%s, relay on port %d, loop=%s)",
             settings.backend,

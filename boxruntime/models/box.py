@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import pydantic
 
-from boxruntime.models.base import Model, OmitNone
+from boxruntime.models import bounds
+from boxruntime.models.base import Model, OmitNone, Request
 
 DEFAULT_IMAGE = "boxruntime/sandbox:latest"
 # What LangBot's client sends when its user did not choose an image. It lives on a registry
@@ -74,9 +75,14 @@ def _stripped_absolute_sandbox_path(value: str, field: str) -> str:
     value = value.strip()
     if not value.startswith("/"):
         raise ValueError(f"{field} must be an absolute path inside the sandbox")
-    if "\0" in value:
-        raise ValueError(f"{field} must not contain NUL bytes")
-    return value
+    return bounds.path_text(value, field)
+
+
+def _absolute_host_path(value: str, field: str) -> str:
+    value = value.strip()
+    if not _is_absolute_host_path(value):
+        raise ValueError(f"{field} must be an absolute host path")
+    return bounds.path_text(value, field)
 
 
 def non_blank(value: str, field: str) -> str:
@@ -87,13 +93,22 @@ def non_blank(value: str, field: str) -> str:
     return value
 
 
+def session_id(value: str) -> str:
+    """A session id: stripped, not empty, bounded (``bounds.identifier``)."""
+    return bounds.identifier(non_blank(value, "session_id"), "session_id")
+
+
+MAX_MOUNTS = 64  # extra mounts of one sandbox
+MAX_PROCESS_ID_CHARS = 128
+
+
 def _string_map(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): str(v) for k, v in value.items()}
     return value
 
 
-class MountSpec(Model):
+class MountSpec(Request):
     """One additional bind mount (LangBot's BoxMountSpec)."""
 
     model_config = pydantic.ConfigDict(extra="ignore")
@@ -105,10 +120,7 @@ class MountSpec(Model):
     @pydantic.field_validator("host_path")
     @classmethod
     def _host_path(cls, value: str) -> str:
-        value = value.strip()
-        if not _is_absolute_host_path(value):
-            raise ValueError("host_path must be an absolute host path")
-        return value
+        return _absolute_host_path(value, "host_path")
 
     @pydantic.field_validator("mount_path")
     @classmethod
@@ -119,10 +131,12 @@ class MountSpec(Model):
         return value
 
 
-class BoxSpec(Model):
+class BoxSpec(Request):
     """A request for a sandbox (and, for exec, a command in it). LangBot's BoxSpec.
 
-    Unknown keys are ignored, as LangBot 0.5 does, so newer clients can talk to us.
+    Unknown keys are ignored, as LangBot 0.5 does, so newer clients can talk to us. Beyond
+    LangBot's rules every field is bounded (``bounds``): sizes, a timeout of at most a week,
+    resources, an image reference the Engine would accept.
     """
 
     model_config = pydantic.ConfigDict(extra="ignore")
@@ -137,13 +151,13 @@ class BoxSpec(Model):
     host_path: str | None = None
     host_path_mode: HostMountMode = HostMountMode.READ_WRITE
     mount_path: str = DEFAULT_MOUNT_PATH
-    extra_mounts: list[MountSpec] = pydantic.Field(default_factory=list)
+    extra_mounts: list[MountSpec] = pydantic.Field(default_factory=list, max_length=MAX_MOUNTS)
     persistent: bool = False
-    cpus: float = 1.0
-    memory_mb: int = 512
-    pids_limit: int = 128
+    cpus: float = pydantic.Field(default=1.0, allow_inf_nan=False, le=bounds.MAX_CPUS)
+    memory_mb: int = pydantic.Field(default=512, le=bounds.MAX_MEMORY_MB)
+    pids_limit: int = pydantic.Field(default=128, le=bounds.MAX_PIDS)
     read_only_rootfs: bool = True
-    workspace_quota_mb: int = 0
+    workspace_quota_mb: int = pydantic.Field(default=0, le=bounds.MAX_QUOTA_MB)
 
     @pydantic.model_validator(mode="before")
     @classmethod
@@ -158,7 +172,9 @@ class BoxSpec(Model):
     @pydantic.field_validator("cmd")
     @classmethod
     def _cmd(cls, value: str) -> str:
-        return value.strip()
+        if "\0" in value:
+            raise ValueError("cmd must not contain NUL bytes")
+        return bounds.bounded_text(value.strip(), "cmd", bounds.MAX_COMMAND_BYTES)
 
     @pydantic.field_validator("workdir")
     @classmethod
@@ -175,6 +191,8 @@ class BoxSpec(Model):
     def _timeout(cls, value: int) -> int:
         if value <= 0:
             raise ValueError("timeout_sec must be greater than 0")
+        if value > bounds.MAX_TIMEOUT_SEC:
+            raise ValueError(f"timeout_sec must be at most {bounds.MAX_TIMEOUT_SEC} (a week)")
         return value
 
     @pydantic.field_validator("cpus")
@@ -182,6 +200,8 @@ class BoxSpec(Model):
     def _cpus(cls, value: float) -> float:
         if value <= 0:
             raise ValueError("cpus must be greater than 0")
+        if value < bounds.MIN_CPUS:
+            raise ValueError(f"cpus must be at least {bounds.MIN_CPUS}")
         return value
 
     @pydantic.field_validator("memory_mb")
@@ -208,7 +228,7 @@ class BoxSpec(Model):
     @pydantic.field_validator("session_id")
     @classmethod
     def _session_id(cls, value: str) -> str:
-        return non_blank(value, "session_id")
+        return session_id(value)
 
     @pydantic.field_validator("env", mode="before")
     @classmethod
@@ -218,20 +238,18 @@ class BoxSpec(Model):
     @pydantic.field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if not key or "=" in key or "\0" in key or "\0" in item:
-                raise ValueError(f"invalid environment variable name or value: {key!r}")
+        bounds.environment(value)
         return value
+
+    @pydantic.field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        return bounds.image_reference(value)
 
     @pydantic.field_validator("host_path")
     @classmethod
     def _host_path(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip()
-        if not _is_absolute_host_path(value):
-            raise ValueError("host_path must be an absolute host path")
-        return value
+        return None if value is None else _absolute_host_path(value, "host_path")
 
     @pydantic.model_validator(mode="after")
     def _workdir_under_host_mount(self) -> BoxSpec:
@@ -325,7 +343,7 @@ class ExecResult(Model):
         return self.status == ExecStatus.COMPLETED and self.exit_code == 0
 
 
-class ManagedProcessSpec(Model):
+class ManagedProcessSpec(Request):
     model_config = pydantic.ConfigDict(extra="ignore")
 
     process_id: str = "default"
@@ -338,24 +356,35 @@ class ManagedProcessSpec(Model):
     @classmethod
     def _process_id(cls, value: str) -> str:
         value = value.strip()
-        if not value or len(value) > 128:
-            raise ValueError("process_id must be 1..128 characters")
-        return value
+        if not value or len(value) > MAX_PROCESS_ID_CHARS:
+            raise ValueError(f"process_id must be 1..{MAX_PROCESS_ID_CHARS} characters")
+        return bounds.identifier(value, "process_id")
 
     @pydantic.field_validator("command")
     @classmethod
     def _command(cls, value: str) -> str:
-        return non_blank(value, "command")
+        return bounds.arguments([non_blank(value, "command")], "command")[0]
 
     @pydantic.field_validator("args", mode="before")
     @classmethod
     def _args(cls, value: Any) -> Any:
         return [str(item) for item in value] if isinstance(value, list) else value
 
+    @pydantic.field_validator("args")
+    @classmethod
+    def _args_bounded(cls, value: list[str]) -> list[str]:
+        return bounds.arguments(value)
+
     @pydantic.field_validator("env", mode="before")
     @classmethod
     def _env(cls, value: Any) -> Any:
         return _string_map(value)
+
+    @pydantic.field_validator("env")
+    @classmethod
+    def _env_bounded(cls, value: dict[str, str]) -> dict[str, str]:
+        bounds.environment(value)
+        return value
 
     @pydantic.field_validator("cwd")
     @classmethod
@@ -413,7 +442,7 @@ class RuntimeStatus(Model):
     pool: PoolStatus | None = None
 
 
-class SessionIdRequest(Model):
+class SessionIdRequest(Request):
     model_config = pydantic.ConfigDict(extra="ignore")
 
     session_id: str
@@ -421,11 +450,16 @@ class SessionIdRequest(Model):
     @pydantic.field_validator("session_id")
     @classmethod
     def _session_id(cls, value: str) -> str:
-        return non_blank(value, "session_id")
+        return session_id(value)
 
 
 class ProcessRef(SessionIdRequest):
     process_id: str = "default"
+
+    @pydantic.field_validator("process_id")
+    @classmethod
+    def _process_id(cls, value: str) -> str:
+        return bounds.identifier(value, "process_id", MAX_PROCESS_ID_CHARS)
 
 
 class OutputChunk(Model):

@@ -6,10 +6,13 @@ from typing import Literal
 
 import pydantic
 
+from boxruntime.models import bounds
 from boxruntime.models.base import Model
 from boxruntime.models.box import SessionIdRequest
 
 FS_MAX_CHUNK_BYTES = 8 * 1024 * 1024
+# base64 of FS_MAX_CHUNK_BYTES, padding included.
+_MAX_BASE64_CHARS = (FS_MAX_CHUNK_BYTES + 2) // 3 * 4
 FileType = Literal["file", "dir", "symlink", "other"]
 
 
@@ -23,22 +26,30 @@ class FsRequest(SessionIdRequest):
     def _path(cls, value: str) -> str:
         if not value or "\0" in value:
             raise ValueError("path must be a non-empty path without NUL bytes")
-        return value
+        return bounds.path_text(value, "path")
 
 
 class FsReadRequest(FsRequest):
-    offset: int = pydantic.Field(default=0, ge=0)
+    offset: int = pydantic.Field(default=0, ge=0, le=bounds.MAX_FILE_OFFSET)
     length: int | None = pydantic.Field(default=None, ge=1, le=FS_MAX_CHUNK_BYTES)
     encoding: Literal["base64", "utf-8"] = "base64"
 
 
 class FsWriteRequest(FsRequest):
-    data: str = ""
+    """At most FS_MAX_CHUNK_BYTES of data (base64 or UTF-8); a larger file goes in pieces."""
+
+    data: str = pydantic.Field(default="", max_length=_MAX_BASE64_CHARS)
     encoding: Literal["utf-8", "base64"] = "utf-8"
     mode: int | None = pydantic.Field(default=None, ge=0, le=0o7777)
     append: bool = False
-    offset: int | None = pydantic.Field(default=None, ge=0)
+    offset: int | None = pydantic.Field(default=None, ge=0, le=bounds.MAX_FILE_OFFSET)
     make_parents: bool = True
+
+    @pydantic.model_validator(mode="after")
+    def _data_fits_one_operation(self) -> FsWriteRequest:
+        if self.encoding == "utf-8":
+            bounds.bounded_text(self.data, "data", FS_MAX_CHUNK_BYTES)
+        return self
 
 
 class FsListRequest(FsRequest):

@@ -12,13 +12,16 @@ from typing import Literal
 
 import pydantic
 
-from boxruntime.models.base import Model
+from boxruntime.models.base import Model, Request
 from boxruntime.models.box import BoxSpec
 
 MAX_TERMINAL_SIDE = 10_000
+MAX_EXEC_ID_CHARS = 64  # the daemon's ids are 16 hex digits
+# One box_exec_input: base64 of at most 8 MiB (a WebSocket message holds 16 MiB).
+MAX_INPUT_CHARS = (8 << 20) // 3 * 4
 
 
-class TerminalSize(Model):
+class TerminalSize(Request):
     """A terminal's size in character cells."""
 
     rows: int = pydantic.Field(ge=1, le=MAX_TERMINAL_SIDE)
@@ -46,26 +49,28 @@ class ExecStarted(Model):
     exec_id: str
 
 
-class ExecInputRequest(Model):
+class _ExecRef(Request):
+    exec_id: str = pydantic.Field(max_length=MAX_EXEC_ID_CHARS)
+
+
+class ExecInputRequest(_ExecRef):
     """``box_exec_input``: bytes for the command's stdin (base64), and whether they are the last.
 
     Answered once the command has taken them, so a client sending one request at a time never
     has more in flight than the command reads."""
 
-    exec_id: str
-    data: str = ""
+    data: str = pydantic.Field(default="", max_length=MAX_INPUT_CHARS)
     eof: bool = False
 
 
-class ExecSignalRequest(Model):
+class ExecSignalRequest(_ExecRef):
     """``box_exec_signal``: send a signal to the command's process group and session (default
     SIGKILL). Its stream then ends with its result, as for any other end."""
 
-    exec_id: str
     signal: int = pydantic.Field(default=9, ge=1, le=64)
 
 
 class ExecResizeRequest(TerminalSize):
     """``box_exec_resize``: the new size of the command's terminal."""
 
-    exec_id: str
+    exec_id: str = pydantic.Field(max_length=MAX_EXEC_ID_CHARS)

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import pydantic
 
-from boxruntime.models.base import Model
+from boxruntime.models import bounds
+from boxruntime.models.base import Model, Request
 
 # LangBot 0.7's rule for upload keys; LangBot 0.5's keys (``<sha256[:16]>-<uuid hex>.zip``) match it.
 FILE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -42,8 +43,17 @@ NullAsZipName = Annotated[str, _none_as("skill.zip")]
 NullAsFalse = Annotated[bool, _none_as(False)]
 NullAsNoPaths = Annotated[list[str], _none_as([])]
 
+# Bounds (``boxruntime.models.bounds``): names, paths (relative ones too) and texts.
+_Name = Annotated[str, pydantic.AfterValidator(lambda v: bounds.identifier(v, "name"))]
+_Path = Annotated[str, pydantic.AfterValidator(lambda v: bounds.path_text(v, "path"))]
+_Paths = Annotated[NullAsNoPaths, pydantic.AfterValidator(lambda v: bounds.path_list(v, "paths"))]
+_Text = Annotated[str, pydantic.AfterValidator(lambda v: bounds.bounded_text(v, "text", bounds.MAX_TEXT_BYTES))]
+_Count = Annotated[int, pydantic.Field(ge=0, le=bounds.MAX_COUNT)]
+# One chunk of an upload: base64 of at most 8 MiB (a WebSocket message holds 16 MiB).
+MAX_CHUNK_BASE64_CHARS = (8 << 20) // 3 * 4 + 4
 
-class _Request(Model):
+
+class _Request(Request):
     # LangBot str()s what it is given, so a number where a string belongs is not an error.
     model_config = pydantic.ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
@@ -142,22 +152,22 @@ class ChunkReceipt(Model):
 class SkillFields(_Request):
     """``box_create_skill``'s ``skill``. A field left out (or null) is filled from the package."""
 
-    name: str = ""
-    display_name: str | None = None
-    description: str | None = None
-    instructions: str | None = None
-    package_root: str | None = None
+    name: _Name = ""
+    display_name: _Text | None = None
+    description: _Text | None = None
+    instructions: _Text | None = None
+    package_root: _Path | None = None
 
 
 class SkillUpdate(_Request):
     """``box_update_skill``'s ``skill``; ``model_fields_set`` tells "left out" from "set to null",
     and so does its wire form, which holds only the fields that were set."""
 
-    name: str | None = None
-    display_name: str | None = None
-    description: str | None = None
-    instructions: str | None = None
-    package_root: str | None = None
+    name: _Name | None = None
+    display_name: _Text | None = None
+    description: _Text | None = None
+    instructions: _Text | None = None
+    package_root: _Path | None = None
 
     @pydantic.model_serializer(mode="wrap")
     def _only_set(self, handler: pydantic.SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -166,7 +176,7 @@ class SkillUpdate(_Request):
 
 
 class SkillNameRequest(_Request):
-    name: str
+    name: _Name
 
 
 class CreateSkillRequest(_Request):
@@ -174,17 +184,17 @@ class CreateSkillRequest(_Request):
 
 
 class UpdateSkillRequest(_Request):
-    name: str
+    name: _Name
     skill: SkillUpdate
 
 
 class ScanSkillRequest(_Request):
-    path: str
+    path: _Path
 
 
 class ListSkillFilesRequest(_Request):
-    name: str
-    path: NullAsDot = "."
+    name: _Name
+    path: Annotated[NullAsDot, pydantic.AfterValidator(lambda v: bounds.path_text(v, "path"))] = "."
     include_hidden: NullAsFalse = False
     max_entries: int = 200
 
@@ -196,21 +206,24 @@ class ListSkillFilesRequest(_Request):
 
 
 class ReadSkillFileRequest(_Request):
-    name: str
-    path: str
+    name: _Name
+    path: _Path
 
 
 class WriteSkillFileRequest(_Request):
-    name: str
-    path: str
-    content: str = ""
+    name: _Name
+    path: _Path
+    content: _Text = ""
+
+
+_Subdir = Annotated[NullAsEmpty, pydantic.AfterValidator(lambda v: bounds.path_text(v, "path"))]
 
 
 class PreviewSkillZipRequest(_Request):
     file_key: str
-    filename: NullAsZipName = "skill.zip"
-    source_subdir: NullAsEmpty = ""
-    target_suffix: NullAsEmpty = "upload"
+    filename: Annotated[NullAsZipName, pydantic.AfterValidator(lambda v: bounds.path_text(v, "filename"))] = "skill.zip"
+    source_subdir: _Subdir = ""
+    target_suffix: Annotated[NullAsEmpty, pydantic.AfterValidator(lambda v: bounds.identifier(v, "suffix"))] = "upload"
 
     @pydantic.field_validator("file_key")
     @classmethod
@@ -219,19 +232,19 @@ class PreviewSkillZipRequest(_Request):
 
 
 class InstallSkillZipRequest(PreviewSkillZipRequest):
-    source_paths: NullAsNoPaths = pydantic.Field(default_factory=list)
-    source_path: NullAsEmpty = ""
+    source_paths: _Paths = pydantic.Field(default_factory=list)
+    source_path: _Subdir = ""
 
 
 class FileChunk(_Request):
     """One ``__file_chunk`` (reference §A.7). Sizes are checked by the upload store."""
 
     file_key: str
-    file_length: int | None = None
-    chunk_base64: str
-    chunk_index: int = pydantic.Field(ge=0)
-    chunk_amount: int = pydantic.Field(ge=1)
-    chunk_size: int | None = None
+    file_length: _Count | None = None
+    chunk_base64: str = pydantic.Field(max_length=MAX_CHUNK_BASE64_CHARS)
+    chunk_index: int = pydantic.Field(ge=0, le=bounds.MAX_COUNT)
+    chunk_amount: int = pydantic.Field(ge=1, le=bounds.MAX_COUNT)
+    chunk_size: _Count | None = None
 
     @pydantic.field_validator("file_key")
     @classmethod

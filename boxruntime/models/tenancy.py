@@ -13,13 +13,16 @@ from typing import Any, Literal
 
 import pydantic
 
-from boxruntime.models.base import Model, OmitNone
+from boxruntime.models import bounds
+from boxruntime.models.base import Model, OmitNone, UnicodeFields
 from boxruntime.models.box import RuntimeStatus
 
 
 def _strict_int(value: Any) -> Any:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError("must be an integer")
+    if not -bounds.MAX_COUNT <= value <= bounds.MAX_COUNT:
+        raise ValueError(f"must be at most {bounds.MAX_COUNT} in size")
     return value
 
 
@@ -27,10 +30,10 @@ def _required_id(value: str) -> str:
     value = value.strip()
     if not value:
         raise ValueError("must not be empty")
-    return value
+    return bounds.identifier(value, "id")
 
 
-class SandboxAdmissionGrant(pydantic.BaseModel):
+class SandboxAdmissionGrant(UnicodeFields):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     instance_uuid: str
@@ -65,7 +68,10 @@ class SandboxAdmissionGrant(pydantic.BaseModel):
     def _aware(cls, value: dt.datetime) -> dt.datetime:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("expires_at must include a timezone")
-        return value.astimezone(dt.UTC)
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:  # year 9999 at a negative offset is year 10000 in UTC
+            raise ValueError("expires_at is out of range") from None
 
     @property
     def workspace_key(self) -> tuple[str, str]:
@@ -75,7 +81,7 @@ class SandboxAdmissionGrant(pydantic.BaseModel):
         return self.expires_at <= now
 
 
-class SandboxAdmissionRevocation(pydantic.BaseModel):
+class SandboxAdmissionRevocation(UnicodeFields):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
     instance_uuid: str
@@ -89,7 +95,7 @@ class SandboxAdmissionRevocation(pydantic.BaseModel):
     def _revision_is_int(cls, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError("entitlement_revision must be an integer")
-        return value
+        return _strict_int(value)
 
     @pydantic.field_validator("entitlement_revision")
     @classmethod

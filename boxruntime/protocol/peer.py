@@ -53,6 +53,9 @@ ActionHandler = Callable[[Payload], ActionResult]
 # Sits between a request and its handler (the daemon's tenancy gate): checks the request's
 # context, may rewrite its data and the handler's answers, and calls the handler or refuses.
 RequestGate = Callable[[Request, ActionHandler], ActionResult]
+# Told of every request this peer answers with an error: (action name, the error). The daemon
+# counts them (boxruntime.metrics).
+FailureHook = Callable[[str, BaseException], None]
 
 DEFAULT_TIMEOUT = 15.0
 MAX_INFLIGHT = 128
@@ -93,8 +96,10 @@ class Peer:
         max_inflight: int = MAX_INFLIGHT,
         name: str = "peer",
         gate: RequestGate | None = None,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self._conn = connection
+        self._on_failure = on_failure
         self._actions: dict[str, ActionHandler] = {"__ping": _ping}
         self._actions.update(actions or {})
         self._gate = gate
@@ -138,6 +143,7 @@ class Peer:
                 elif isinstance(message, BadRequest):
                     bad = BoxValidationError(message.reason)
                     request_failed(self.name, "(malformed request)", None, bad, time.monotonic())
+                    self._failed(message.action, bad)
                     self._start(self._send_error(message.seq_id, bad))
         finally:
             self._closed.set()
@@ -176,6 +182,7 @@ class Peer:
     def _dispatch(self, req: Request) -> None:
         if self._inflight >= self._max_inflight and req.action not in _ALWAYS_SERVED:
             busy = BoxCapacityExceededError(f"Runtime connection is busy (max {self._max_inflight} concurrent actions)")
+            self._failed(req.action, busy)
             self._start(self._send_error(req.seq_id, busy))
             return
         self._inflight += 1
@@ -235,7 +242,12 @@ class Peer:
             log.debug("%s: peer gone before %s was answered", self.name, req.action)
         except Exception as exc:
             request_failed(self.name, req.action, req.data, exc, started)  # one line per failure
+            self._failed(req.action, exc)
             await self._send_error(req.seq_id, exc)
+
+    def _failed(self, action: str, exc: BaseException) -> None:
+        if self._on_failure is not None:
+            self._on_failure(action, exc)
 
     async def _send_error(self, seq_id: int, exc: BaseException) -> None:
         with contextlib.suppress(_PeerGone):

@@ -6,7 +6,8 @@ The server and the stdio loop each hold one; handlers translate actions into its
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, Literal
 
 import anyio
@@ -16,6 +17,7 @@ from boxruntime.backends.selection import select_backend
 from boxruntime.config import Settings, apply_box_config
 from boxruntime.errors import BoxBackendUnavailableError, BoxRuntimeUnavailableError, BoxValidationError
 from boxruntime.instance import InstanceLock
+from boxruntime.metrics import Live, Metrics
 from boxruntime.models import (
     OUTPUT_CAP_BYTES,
     BackendInfo,
@@ -59,6 +61,22 @@ class BoxRuntime:
         self.files = SessionFiles(self.sessions)
         self.processes = ProcessManager(self.sessions)
         self.commands = CommandManager(self.sessions)
+        self.metrics = Metrics()  # this daemon's own registry: /metrics
+        self.metrics.watch(
+            Live(
+                sessions=lambda: ((s.handle.backend, s.info().status.value) for s in self.sessions.sessions()),
+                managed_processes=self._running_processes,
+                pool=lambda: (self.pool.status().ready, self.pool.size) if self.pool.size > 0 else None,
+                backend=lambda: self._backend.name if self._backend is not None else None,
+            )
+        )
+        self.sessions.on_create.append(lambda new, pooled: self.metrics.session_created(new.handle.backend, pooled))
+
+    def _running_processes(self) -> Iterator[str]:
+        for session in self.sessions.sessions():
+            for process in session.processes.values():
+                if process.running:
+                    yield session.handle.backend
 
     # ── lifecycle ────────────────────────────────────────────────────────
 
@@ -196,14 +214,22 @@ class BoxRuntime:
 
     async def exec(self, spec: BoxSpec) -> ExecResult:
         command = self._command(spec)
+        asked = time.monotonic()
         async with self.sessions.lease(spec) as session:
-            done = await session.backend.run(session.handle, command)
-        return exec_result(spec.session_id, session.handle.backend, done, float(spec.timeout_sec), OUTPUT_CAP_BYTES)
+            backend = session.handle.backend
+            try:
+                done = await session.backend.run(session.handle, command)
+            except anyio.get_cancelled_exc_class():
+                self.metrics.exec_ended(backend, "cancelled", time.monotonic() - asked)
+                raise
+        self.metrics.exec_ended(backend, done.exit.reason, time.monotonic() - asked)
+        return exec_result(spec.session_id, backend, done, float(spec.timeout_sec), OUTPUT_CAP_BYTES)
 
     async def exec_stream(self, spec: BoxSpec) -> AsyncGenerator[OutputChunk | StreamedResult, None]:
         """Output chunks as they are produced, then the result (``box_exec_stream``). A caller
         that stops reading ends the command."""
         command = self._command(spec)
+        asked = time.monotonic()
         decoders = {1: ChunkText(), 2: ChunkText()}
         collected: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         async with self.sessions.lease(spec) as session:
@@ -218,6 +244,7 @@ class BoxRuntime:
                         yield OutputChunk(stream=name, data=text, encoding=encoding)
                     else:
                         finished = True
+                        self.metrics.exec_ended(session.handle.backend, event.reason, time.monotonic() - asked)
                         done = CompletedCommand(event, bytes(collected[1]), bytes(collected[2]))
                         timeout = float(spec.timeout_sec)
                         result = exec_result(spec.session_id, session.handle.backend, done, timeout, OUTPUT_CAP_BYTES)
@@ -225,5 +252,6 @@ class BoxRuntime:
             finally:
                 if not finished:
                     process.cancel()  # nobody reads any more: the command must not go on
+                    self.metrics.exec_ended(session.handle.backend, "cancelled", time.monotonic() - asked)
                 with anyio.CancelScope(shield=True):
                     await process.close()

@@ -11,7 +11,6 @@ reaches the whole sandbox (E2B's) names ``/``; the sandbox's own permissions sti
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import posixpath
 from collections.abc import AsyncIterator, Sequence
@@ -104,7 +103,7 @@ class SessionFiles:
         if req.encoding == "base64":
             try:
                 body = base64.b64decode(req.data, validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or text that is not ASCII
                 raise BoxValidationError("data is not valid base64") from None
         else:
             body = req.data.encode("utf-8")

@@ -167,6 +167,7 @@ class SessionManager:
         self._closing = 0  # removals still tearing their sandbox down count against capacity
         self._deadline_changed = anyio.Event()
         self.on_remove: list[Callable[[Session], Awaitable[None]]] = []
+        self.on_create: list[Callable[[Session, bool], None]] = []  # (session, from the warm pool)
 
     # ── queries ──────────────────────────────────────────────────────────
 
@@ -236,12 +237,15 @@ class SessionManager:
             backend.check_spec(spec)  # before the pool: a pooled sandbox must not hide a refusal
             key = safe_key(spec.session_id)
             handle = await self._pool.take(backend, spec, key) if self._pool is not None else None
+            pooled = handle is not None
             if handle is None:
                 handle = await backend.start(spec, key)
         finally:
             self._creating -= 1
         session = Session(spec=spec.model_copy(update={"cmd": ""}), backend=backend, handle=handle)
         self._sessions[spec.session_id] = session
+        for hook in self.on_create:
+            hook(session, pooled)
         log.info("session %s created (%s %s)", spec.session_id, handle.backend, handle.sandbox_id)
         return session
 

@@ -28,7 +28,7 @@ from boxruntime.backends.agent.commands import (
     parse_exit,
     spawn_header,
 )
-from boxruntime.backends.agent.fd_passing import HandedPipes, fetch_fds, open_stdio, pipes_from
+from boxruntime.backends.agent.fd_passing import HandedPipes, fetch_fds, open_stdio, pipes_from, stdio_tokens
 from boxruntime.backends.agent.frames import FrameProtocol
 from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.agent.watch import AgentWatch, parse_events
@@ -53,6 +53,15 @@ class AgentLostError(BoxSandboxError):
 
 class AgentOpError(SandboxFileError):
     """The agent refused or failed a request/reply operation; ``code`` is an errno name."""
+
+
+def _frame(header: dict[str, Any], body: bytes) -> bytes:
+    """The frame for ``header`` and ``body``; BoxValidationError for one over the wire's limits,
+    refused here: the agent would drop the connection, and every command on it."""
+    try:
+        return wire.encode(header, body)
+    except wire.FrameTooLarge as exc:
+        raise BoxValidationError(f"request too large for the sandbox agent ({exc})") from None
 
 
 class AgentProcess:
@@ -324,7 +333,7 @@ class AgentClient:
         writer = self._writer
         if writer is None or writer.is_closing():
             raise AgentLostError(f"not connected to sandbox agent {self.name}")
-        writer.write(wire.encode(header, body))
+        writer.write(_frame(header, body))
 
     # ── operations ───────────────────────────────────────────────────────
 
@@ -339,6 +348,10 @@ class AgentClient:
         try:
             await self._send({**fields, wire.OP: op, token_field: token}, body)
             header, data = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise BoxSandboxError(
+                f"sandbox agent {self.name} did not answer a {op} request within {timeout:g} s"
+            ) from None
         finally:
             self._replies.pop(token, None)
         if wire.ERROR in header:
@@ -386,6 +399,8 @@ class AgentClient:
         try:
             if req.handoff and not self.pass_fds:
                 header[wire.Spawn.HANDOFF] = False
+                header[wire.Spawn.STDIO] = stdio_tokens(proc_id, req.stdin)
+                _frame(header, body)  # refused before the agent keeps sockets for a spawn never sent
                 proc.stdio, header[wire.Spawn.STDIO] = await self._open_stdio(proc_id, req.stdin)
             await self._send(header, body)
         except BaseException:

@@ -53,10 +53,15 @@ def fetch_fds(path: str, token: str, target: str, timeout: float) -> tuple[dict[
         return header, fds
 
 
+def stdio_tokens(proc_id: str, stdin: bool) -> list[str | None]:
+    """The names of process ``proc_id``'s stdio sockets in its spawn (``Spawn.STDIO``)."""
+    return [f"{proc_id}.in" if stdin else None, f"{proc_id}.out", f"{proc_id}.err"]
+
+
 def open_stdio(path: str, proc_id: str, stdin: bool, timeout: float) -> tuple[HandedPipes, list[str | None]]:
     """Connections to the agent at ``path`` that it keeps as process ``proc_id``'s stdio sockets
     (see boxagent_stdio), and the tokens that name them in its spawn (stdin's None without one)."""
-    tokens: list[str | None] = [f"{proc_id}.in" if stdin else None, f"{proc_id}.out", f"{proc_id}.err"]
+    tokens = stdio_tokens(proc_id, stdin)
     fds: list[int] = []
     try:
         for token in tokens:

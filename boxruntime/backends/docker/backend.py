@@ -43,8 +43,10 @@ from boxruntime.backends.docker import engine_exec, live_skills, workspace_carri
 from boxruntime.config import Settings
 from boxruntime.errors import (
     BoxBackendUnavailableError,
+    BoxError,
     BoxImageNotFoundError,
     BoxSandboxError,
+    BoxValidationError,
 )
 from boxruntime.instance import instance_alive
 from boxruntime.models import LANGBOT_DEFAULT_IMAGE, BackendInfo, BoxSpec, NetworkMode
@@ -97,6 +99,22 @@ def docker_host() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
+def engine_error(what: str, exc: Exception) -> BoxError:
+    """What the Engine (or the way to it) refused, as a Box error: a 400 is a request it will
+    not take (an image reference, more CPUs than the host has), anything else the sandbox's or
+    the Engine's failure. No SDK exception leaves this backend."""
+    if isinstance(exc, docker.errors.APIError):
+        detail = exc.explanation or str(exc)
+        if exc.status_code == 400:
+            return BoxValidationError(f"{what}: the Docker engine refused the request: {detail}")
+        return BoxSandboxError(f"{what}: Docker engine error {exc.status_code}: {detail}")
+    if isinstance(exc, docker.errors.DockerException):
+        return BoxSandboxError(f"{what}: {type(exc).__name__}: {exc}")
+    if type(exc).__module__.startswith(("requests", "urllib3")):  # OSErrors: the Engine's socket
+        return BoxBackendUnavailableError(f"{what}: the Docker engine is not reachable: {exc}")
+    return BoxSandboxError(f"{what}: {type(exc).__name__}: {exc}")  # a host file the backend prepares
+
+
 class DockerBackend(AgentBackend[DockerSandbox]):
     name = "docker"
 
@@ -120,8 +138,12 @@ class DockerBackend(AgentBackend[DockerSandbox]):
         return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Blocking SDK calls run in a worker thread; the event loop never waits on the engine."""
-        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        """Blocking SDK calls run in a worker thread; the event loop never waits on the engine.
+        What the SDK raises comes out as a Box error (``engine_error``)."""
+        try:
+            return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+        except (docker.errors.DockerException, OSError) as exc:
+            raise engine_error(f"docker ({getattr(fn, '__name__', 'call')})", exc) from exc
 
     async def probe(self) -> BackendInfo:
         try:
@@ -174,6 +196,10 @@ class DockerBackend(AgentBackend[DockerSandbox]):
             return True
         except docker.errors.ImageNotFound:
             return False
+        except docker.errors.APIError as exc:
+            if exc.status_code == 400:  # not a reference at all (the models check it first)
+                raise BoxValidationError(f"invalid image reference {name!r}: {exc.explanation or exc}") from exc
+            raise
 
     def _resolve_image(self, requested: str) -> str:
         if self._has_image(requested):
@@ -321,7 +347,7 @@ class DockerBackend(AgentBackend[DockerSandbox]):
                 **kwargs,
             )
         except docker.errors.APIError as exc:
-            raise BoxSandboxError(f"docker could not start the sandbox: {exc.explanation or exc}") from exc
+            raise engine_error("docker could not start the sandbox", exc) from exc
 
     async def _wait_for_agent(self, handle: DockerSandbox, container: Container) -> None:
         """Connect to the agent; or, in an image without python3, switch to Engine-API exec."""
@@ -369,7 +395,11 @@ class DockerBackend(AgentBackend[DockerSandbox]):
     async def alive(self, handle: DockerSandbox) -> bool:
         if not handle.engine_exec:
             return await super().alive(handle)
-        state, _ = await self._call(_state_and_logs, self._engine().containers.get(handle.sandbox_id))
+        try:
+            container = await self._call(lambda: self._engine().containers.get(handle.sandbox_id))
+        except BoxError:
+            return False
+        state, _ = await self._call(_state_and_logs, container)
         return state == "running"
 
     async def stop(self, handle: DockerSandbox, keep_workspace: bool = False) -> None:

@@ -87,6 +87,10 @@ def jail_argv(plan: JailPlan) -> list[str]:
         "--rlimit_nofile", "4096",
         "--rlimit_as", "inf",
         "--rlimit_nproc", "max",
+        # The jail's own processes may write their /proc entries, as any process on a host may:
+        # the agent raises its commands' oom_score_adj, so an out-of-memory sandbox loses a
+        # command rather than its PID 1 (and with it the sandbox). /proc/sys stays root's.
+        "--proc_rw",
     ]  # fmt: skip
     if plan.as_root:
         # Root needs no user namespace to build mounts; the jail then drops to the sandbox user.

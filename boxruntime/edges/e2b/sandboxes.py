@@ -21,6 +21,7 @@ from boxruntime.edges.e2b.api_models import NewSandbox, SandboxCreated, SandboxD
 from boxruntime.edges.e2b.envd_messages import ProcessConfig
 from boxruntime.errors import BoxSessionNotFoundError
 from boxruntime.models import BoxSpec, NetworkMode, utcnow
+from boxruntime.payloads import parse
 from boxruntime.runtime.core import BoxRuntime
 from boxruntime.runtime.sessions import Session
 
@@ -65,7 +66,9 @@ class E2BSandbox:
 def sandbox_spec(session_id: str, image: str, internet: bool) -> BoxSpec:
     """A session as E2B's ``base`` template has it: the user's home is the writable workspace."""
     network = NetworkMode.ON if internet else NetworkMode.OFF
-    return BoxSpec(session_id=session_id, image=image, mount_path=USER_HOME, workdir=USER_HOME, network=network)
+    # A template id is the caller's: one that is no image reference is a BoxValidationError (400).
+    fields = {"session_id": session_id, "image": image, "mount_path": USER_HOME, "workdir": USER_HOME}
+    return parse(BoxSpec, {**fields, "network": network})
 
 
 class Sandboxes:

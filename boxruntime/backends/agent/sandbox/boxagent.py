@@ -42,6 +42,10 @@ from boxagent_stdio import StdioSockets
 from boxagent_watch import DirectoryWatches
 
 IDLE_WAKE_SEC = 1.0  # a periodic wake-up also catches a SIGCHLD lost to a race
+# The longest select() wait: it takes int milliseconds (at most ~24.8 days), so a deadline
+# further away (a long timeout) must not become its timeout: the OverflowError would end the
+# agent, and with it the sandbox. Waking up once an hour costs nothing.
+MAX_WAIT_SEC = 3600.0
 
 
 class Agent:
@@ -226,7 +230,7 @@ class Agent:
         moments = [m for m in moments if m is not None]
         if not moments:
             return IDLE_WAKE_SEC
-        return max(0.0, min(moments) - now())
+        return max(0.0, min(min(moments) - now(), MAX_WAIT_SEC))
 
     # ── requests ─────────────────────────────────────────────────────────
 

@@ -28,7 +28,17 @@ class Conn:
     def send(self, header, body=b""):
         if self.closed:
             return
-        wire.encode_into(self.wbuf, header, body)
+        try:
+            wire.encode_into(self.wbuf, header, body)
+        except wire.FrameTooLarge as exc:
+            # The daemon would drop a frame this large, and the connection with it: what it
+            # waits for fails instead, and everything else on the connection goes on.
+            failed = {wire.ID: header.get(wire.ID), wire.ERROR: "reply too large: %s" % exc}
+            if header.get(wire.EV) == wire.Ev.REPLY:
+                failed.update({wire.EV: wire.Ev.REPLY, wire.CODE: "E2BIG"})
+            else:
+                failed[wire.EV] = wire.Ev.ERROR
+            wire.encode_into(self.wbuf, failed)
         # Written once per loop iteration: the frames of one command often leave together.
         self.agent.dirty.add(self)
 

@@ -22,6 +22,9 @@ import boxagent_wire as wire
 
 SPECIAL_READ = 65536
 MAX_BYTES = 8 << 20  # one file operation moves at most this much; larger files go in pieces
+# A listing stops (truncated) once its entries take about this much JSON: the whole reply must
+# fit one frame header, or the daemon would drop the connection.
+LISTING_BUDGET = wire.MAX_HEADER // 2
 
 
 class FsError(Exception):
@@ -43,6 +46,24 @@ def confined(path, roots):
         if _inside(real, os.path.realpath(root)):
             return real
     raise FsError("%s is outside the sandbox workspace (allowed: %s)" % (path, ", ".join(roots)), "EACCES")
+
+
+def open_resolved(real, flags, mode=0o644):
+    """Open ``real``, a path ``confined`` resolved (absolute, no symlink, no ``..``), without
+    following a symlink anywhere on the way: each directory is opened below the previous one
+    with O_NOFOLLOW, and so is the file. A component a process in the sandbox swapped for a
+    symlink since the path was resolved is refused (ELOOP, ENOTDIR), never followed out of
+    the roots the path was checked against."""
+    parts = [part for part in real.split("/") if part]
+    directory = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in parts[:-1]:
+            below = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            os.close(directory)
+            directory = below
+        return os.open(parts[-1] if parts else ".", flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=directory)
+    finally:
+        os.close(directory)
 
 
 def confined_entry(path, roots):
@@ -102,7 +123,7 @@ def read(header, _body, roots, max_bytes):
     offset = int(header.get(wire.Fs.OFFSET) or 0)
     length = min(int(header.get(wire.Fs.LENGTH) or max_bytes), max_bytes)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_resolved(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise _oserror(exc, header[wire.Fs.PATH]) from None
     try:
@@ -135,7 +156,7 @@ def write(header, body, roots, _max_bytes):
         except OSError as exc:
             raise _oserror(exc, os.path.dirname(target)) from None
     path = confined(target, roots)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK
     offset = header.get(wire.Fs.OFFSET)
     if header.get(wire.Fs.APPEND):
         flags |= os.O_APPEND
@@ -143,7 +164,7 @@ def write(header, body, roots, _max_bytes):
         flags |= os.O_TRUNC
     mode = header.get(wire.Fs.MODE)
     try:
-        fd = os.open(path, flags, 0o644 if mode is None else int(mode))
+        fd = open_resolved(path, flags, 0o644 if mode is None else int(mode))
     except OSError as exc:
         raise _oserror(exc, target) from None
     try:
@@ -190,6 +211,7 @@ def listing(header, _body, roots, _max_bytes):
     except OSError as exc:
         raise _oserror(exc, base) from None
     entries = []
+    size = 0  # about as much JSON as the entries take
     stack = [(iter(top), "", 1)]  # the directories being walked, innermost last
     while stack:
         items, prefix, depth = stack[-1]
@@ -201,11 +223,13 @@ def listing(header, _body, roots, _max_bytes):
             st = item.stat(follow_symlinks=False)
         except OSError:
             continue
-        if len(entries) >= limit:
+        if len(entries) >= limit or size >= LISTING_BUDGET:
             return {wire.Fs.PATH: header[wire.Fs.PATH], wire.Fs.ENTRIES: entries, wire.Fs.TRUNCATED: True}, b""
         entry = _describe(st)
         entry.update({wire.Entry.NAME: item.name, wire.Entry.PATH: prefix + item.name})
         entries.append(entry)
+        # Names may be escaped up to 6 bytes a byte (\u00XX); the other fields are short.
+        size += 200 + 6 * (len(entry[wire.Entry.NAME]) + len(entry[wire.Entry.PATH]) + len(entry[wire.Entry.OWNER]))
         if recursive and stat.S_ISDIR(st.st_mode) and (max_depth <= 0 or depth < max_depth):
             try:
                 stack.append((iter(_sorted_entries(item.path, hidden)), entry[wire.Entry.PATH] + "/", depth + 1))
@@ -334,7 +358,14 @@ class FileOps:
         try:
             if operation is None:
                 raise FsError("unknown file operation %r" % header.get(wire.Fs.OPERATION))
-            reply, data = operation(header, body, roots, MAX_BYTES)
+            try:
+                reply, data = operation(header, body, roots, MAX_BYTES)
+            except FsError:
+                raise
+            except OSError as exc:  # one the operation did not expect: its errno all the same
+                raise _oserror(exc, header.get(wire.Fs.PATH)) from None
+            except (ValueError, TypeError, OverflowError, KeyError) as exc:  # a field out of range
+                raise FsError("invalid file request: %s: %s" % (type(exc).__name__, exc)) from None
         except FsError as exc:
             conn.send({wire.EV: wire.Ev.REPLY, wire.ID: header.get(wire.ID), wire.ERROR: str(exc), wire.CODE: exc.code})
             return

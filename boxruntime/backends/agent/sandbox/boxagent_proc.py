@@ -15,6 +15,21 @@ def now():
     return time.monotonic()
 
 
+def expendable(pid="self"):
+    """Make process ``pid`` (and every process it starts, which inherit it) the OOM killer's
+    choice before the agent: in a sandbox's memory cgroup the killer takes the task with the
+    largest score, and many small commands could otherwise leave the agent, the sandbox's PID 1,
+    the largest. Raising a score needs no privilege; where /proc refuses, nothing changes.
+
+    Set before the process runs anything, or a child it forks first keeps the agent's score:
+    a spare shell waits for its script, a spawn calls this as its preexec_fn (``self``)."""
+    try:
+        with open("/proc/%s/oom_score_adj" % pid, "wb", buffering=0) as f:
+            f.write(b"1000")
+    except OSError:
+        pass
+
+
 class Proc:
     """One spawned command or long-lived process."""
 
@@ -36,8 +51,9 @@ class Proc:
         self.totals = [0, 0]
         self.forwarded = [0, 0]
         self.started = now()
-        timeout = header.get(wire.Spawn.TIMEOUT)
-        self.deadline = self.started + float(timeout) if timeout else None
+        timeout = float(header.get(wire.Spawn.TIMEOUT) or 0)
+        # No deadline for none, or for one that is not a positive finite number of seconds.
+        self.deadline = self.started + timeout if 0 < timeout < float("inf") else None
         self.timed_out = False
         # With a grace, a timeout sends SIGTERM first and SIGKILL at ``kill_at``; the exit is
         # reported only after that, so nothing of a timed-out command outlives its result.

@@ -28,6 +28,7 @@ import re
 import signal
 
 import boxagent_wire as wire
+from boxagent_proc import expendable
 
 SPARES = 2  # kept ready: see SparePool
 SHELL = "/bin/sh"
@@ -153,6 +154,7 @@ class SpareShell:
         finally:
             for fd in (read_end, out_w, err_w):
                 os.close(fd)
+        expendable(pid)  # before it runs anything: whatever it starts inherits the score
         self.popen = Spawned(pid, out_r, err_r)
         self.pid = pid
         self.dead = False

@@ -18,7 +18,7 @@ import subprocess
 import termios
 
 import boxagent_wire as wire
-from boxagent_proc import Proc
+from boxagent_proc import Proc, expendable
 from boxagent_spare import SHELL, SHELL_NAME, group
 from boxagent_stdio import StdioError
 
@@ -176,6 +176,7 @@ def fresh_spawn(base_env, header, body, cwd, stdio=None):
             pass_fds=pass_fds,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=expendable,  # the agent is single-threaded: safe here
         )
     except OSError as exc:
         raise SpawnError("cannot start %s: %s" % (argv[0], exc.strerror)) from None
@@ -209,6 +210,7 @@ def set_window(fd, rows, cols):
 
 def _take_terminal():  # runs in the child between fork and exec: after setsid, before exec
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    expendable()
 
 
 def tty_spawn(base_env, header, body, cwd):

@@ -251,27 +251,40 @@ CHANGES: Final = (Change.CREATE, Change.WRITE, Change.REMOVE, Change.RENAME, Cha
 # ── the codec ────────────────────────────────────────────────────────────
 
 
-def encode(header: Header, body: bytes = b"") -> bytes:
-    """One frame."""
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    return PREFIX.pack(len(raw), len(body)) + raw + body
-
-
-def encode_into(buffer: bytearray, header: Header, body: bytes = b"") -> None:
-    """One frame, appended to ``buffer`` (a large body is copied once, not twice)."""
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    buffer += PREFIX.pack(len(raw), len(body))
-    buffer += raw
-    if body:
-        buffer += body
-
-
 class FrameError(ValueError):
     """The bytes are not frames of this protocol."""
 
 
 class FrameTooLarge(FrameError):
-    """A frame's lengths exceed the limits: the stream cannot be followed any further."""
+    """A frame's lengths exceed the limits: the stream cannot be followed any further. Raised
+    by the encoder too, before anything is written: a frame the other side would refuse must
+    never be sent (it would end the connection and everything in flight on it)."""
+
+
+def _header_bytes(header: Header, body: bytes) -> bytes:
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    if len(raw) > MAX_HEADER or len(body) > MAX_BODY:
+        raise FrameTooLarge(
+            "frame too large: a %d-byte header (at most %d) and a %d-byte body (at most %d)"
+            % (len(raw), MAX_HEADER, len(body), MAX_BODY)
+        )
+    return raw
+
+
+def encode(header: Header, body: bytes = b"") -> bytes:
+    """One frame; FrameTooLarge if it exceeds the limits."""
+    raw = _header_bytes(header, body)
+    return PREFIX.pack(len(raw), len(body)) + raw + body
+
+
+def encode_into(buffer: bytearray, header: Header, body: bytes = b"") -> None:
+    """One frame, appended to ``buffer`` (a large body is copied once, not twice); FrameTooLarge
+    (and ``buffer`` unchanged) if it exceeds the limits."""
+    raw = _header_bytes(header, body)
+    buffer += PREFIX.pack(len(raw), len(body))
+    buffer += raw
+    if body:
+        buffer += body
 
 
 class BadHeader(FrameError):
