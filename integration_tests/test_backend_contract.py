@@ -3,14 +3,18 @@ runs: the same calls, the same behaviour. Each backend is driven directly, in-pr
 runtime drives it: a sandbox is started, used and stopped; nothing of it may be left behind.
 
 What a backend cannot enforce it must say (``probe().enforced_limits``): the host backend's
-missing limits are checked as absent, not skipped.
+missing limits, and the e2b backend's (E2B's API has no per-sandbox memory or process limit),
+are checked as said to be absent, not skipped.
+
+The e2b backend runs its sandboxes on an E2B "cluster": a second daemon's E2B front door
+(integration_tests/e2b_cluster.py), reached through E2B's own SDK.
 """
 
 from __future__ import annotations
 
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +37,12 @@ from boxruntime.config import Settings
 from boxruntime.instance import InstanceLock
 from boxruntime.models import BoxSpec
 from integration_tests.daemon import containers_of
+from integration_tests.e2b_cluster import e2b_cluster, sandboxes_on_cluster
+from integration_tests.e2b_site import E2BSite
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["docker", "nsjail", "host"]
+BACKENDS = ["docker", "nsjail", "host", "e2b"]
 WORKSPACE = "/workspace"
 ROOTS = [WORKSPACE, "/tmp"]
 
@@ -68,6 +74,31 @@ async def collect(process: Process) -> tuple[bytes, bytes, CommandExit]:
     raise AssertionError("the events ended without the command's end")
 
 
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2BSite]:
+    """The E2B server the e2b backend's sandboxes run on (one for the module)."""
+    docker.from_env().ping()
+    data_dir = tmp_path_factory.mktemp("contract-e2b") / "data"
+    data_dir.mkdir()
+    with e2b_cluster(data_dir) as running:
+        running.daemon.extra["data_dir"] = data_dir
+        yield running
+
+
+def settings_for(name: str, data_dir: Path, request: pytest.FixtureRequest) -> Settings:
+    if name != "e2b":
+        return Settings(data_dir=data_dir, pool_size=0)
+    cluster: E2BSite = request.getfixturevalue("cluster")
+    url = cluster.daemon.http
+    return Settings(
+        data_dir=cluster.daemon.extra["data_dir"],  # the data dir the cluster knows as this backend's
+        pool_size=0,
+        e2b_api_key=cluster.api_key,
+        e2b_api_url=url,
+        e2b_sandbox_url=url,
+    )
+
+
 @pytest.fixture(params=BACKENDS)
 async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Sandbox]:
     name: str = request.param
@@ -75,9 +106,10 @@ async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         docker.from_env().ping()  # the engine must be there (CI starts it); a failure, not a skip
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    lock = InstanceLock(data_dir)
+    settings = settings_for(name, data_dir, request)
+    lock = InstanceLock(settings.data_dir)
     lock.acquire()
-    backend = make_backend(name, Settings(data_dir=data_dir, pool_size=0), lock.instance_id)
+    backend = make_backend(name, settings, lock.instance_id)
     info = await backend.probe()
     assert info.available, info.reason
     spec = BoxSpec(session_id=f"contract-{uuid.uuid4().hex[:8]}", memory_mb=256, pids_limit=64)
@@ -90,6 +122,8 @@ async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         lock.release()
         if name == "docker":
             assert containers_of(data_dir) == []
+        if name == "e2b":
+            assert sandboxes_on_cluster(settings.data_dir) == []
 
 
 # ── commands ─────────────────────────────────────────────────────────────
@@ -208,20 +242,26 @@ async def test_a_watch_sees_a_change(sandbox: Sandbox) -> None:
 # ── limits: enforced, or said not to be ─────────────────────────────────
 
 ENFORCED = ("memory_mb", "pids_limit", "network")
+# What a backend cannot enforce, by design: it must say so in probe(), and every other limit it
+# must enforce. The host backend isolates nothing; E2B's API sets no per-sandbox memory or
+# process limit (the template decides), while its network switch is honoured.
+NOT_ENFORCED = {"host": {"memory_mb", "pids_limit", "network"}, "e2b": {"memory_mb", "pids_limit"}}
 
 
 async def test_limits_are_enforced_or_reported_absent(sandbox: Sandbox) -> None:
     info = await sandbox.backend.probe()
     said = info.enforced_limits
-    if info.unsafe_direct_execution:
-        assert all("not enforced" in said[name] for name in ("memory_mb", "pids_limit", "network"))
-        return
-    assert all(said[name].startswith("enforced") for name in ENFORCED), said
-    # 256 MB of memory: a 400 MB allocation dies; 64 pids: a fork storm is refused.
-    code, _, _, exit = await sandbox.run("python3 -c 'x = bytearray(400 * 1024 * 1024)'", timeout=60)
-    assert code != 0 or exit.reason == "oom"
-    forks = "i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done 2>/dev/null; jobs -p | wc -l"
-    _, out, _, _ = await sandbox.run(forks, timeout=60)
-    assert int(out.strip() or 0) < 64
-    _, out, _, _ = await sandbox.run("cat /sys/class/net/*/operstate 2>/dev/null | sort -u; ls /sys/class/net")
-    assert set(out.split()) <= {b"lo", b"unknown", b"down"}  # no interface but loopback
+    absent = NOT_ENFORCED.get(sandbox.backend.name, set())
+    assert info.unsafe_direct_execution == (sandbox.backend.name == "host")
+    for name in ENFORCED:
+        assert ("not enforced" in said[name]) if name in absent else said[name].startswith("enforced"), said
+    if "memory_mb" not in absent:  # 256 MB of memory: a 400 MB allocation dies
+        code, _, _, exit = await sandbox.run("python3 -c 'x = bytearray(400 * 1024 * 1024)'", timeout=60)
+        assert code != 0 or exit.reason == "oom"
+    if "pids_limit" not in absent:  # 64 pids: a fork storm is refused
+        forks = "i=0; while [ $i -lt 200 ]; do sleep 5 & i=$((i+1)); done 2>/dev/null; jobs -p | wc -l"
+        _, out, _, _ = await sandbox.run(forks, timeout=60)
+        assert int(out.strip() or 0) < 64
+    if "network" not in absent:
+        _, out, _, _ = await sandbox.run("cat /sys/class/net/*/operstate 2>/dev/null | sort -u; ls /sys/class/net")
+        assert set(out.split()) <= {b"lo", b"unknown", b"down"}  # no interface but loopback
