@@ -26,10 +26,6 @@ from integration_tests.e2b_site import E2BSite, e2b_site
 _CLUSTERS: dict[Path, E2BSite] = {}
 
 
-def cluster_dir(data_dir: Path) -> Path:
-    return data_dir.parent / f"{data_dir.name}-e2b-cluster"
-
-
 def backend_env(cluster: E2BSite) -> dict[str, str]:
     """What a user sets to run the e2b backend against this cluster."""
     return {**cluster.env(), "BOXRUNTIME_E2B_TIMEOUT_SEC": "300"}
@@ -57,29 +53,41 @@ def sandboxes_on_cluster(data_dir: Path) -> list[str]:
 
 @contextlib.contextmanager
 def e2b_cluster(data_dir: Path) -> Iterator[E2BSite]:
-    """The cluster for the e2b-backend daemon(s) of ``data_dir``; on the way out it must have no
-    sandbox left (the daemons under test removed theirs)."""
-    with e2b_site(cluster_dir(data_dir), "docker", with_token=True) as cluster:
-        register(data_dir, cluster)
-        try:
-            yield cluster
-        finally:
-            unregister(data_dir)
+    """The cluster: a Docker daemon with a token and a warm pool, its state in ``data_dir``; on
+    the way out it must exit cleanly and leave no sandbox (e2b_site checks)."""
+    with e2b_site(data_dir, "docker", with_token=True) as cluster:
+        yield cluster
+
+
+@contextlib.contextmanager
+def served_by(cluster: E2BSite, data_dir: Path) -> Iterator[None]:
+    """The e2b-backend daemon(s) of ``data_dir`` run their sandboxes on ``cluster``; on the way
+    out none of theirs may be left there."""
+    register(data_dir, cluster)
+    try:
+        yield
+        assert sandboxes_on_cluster(data_dir) == []
+    finally:
+        unregister(data_dir)
 
 
 @contextlib.contextmanager
 def e2b_daemon(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, token: str | None = None
+    cluster: E2BSite,
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    token: str | None = None,
+    backend: str = "e2b",
 ) -> Iterator[Daemon]:
-    """A cluster, and a daemon on ``data_dir`` serving ``--backend e2b`` against it. On the way
-    out the daemon must exit cleanly and leave no sandbox on the cluster."""
-    with e2b_cluster(data_dir) as cluster:
-        daemon = start_daemon(
-            data_dir, "--backend", "e2b", *args, token=token, env={**backend_env(cluster), **(env or {})}
-        )
+    """A daemon on ``data_dir`` serving ``--backend e2b`` (or ``local``, for a client's box_init
+    to choose e2b) against ``cluster``. On the way out it must exit cleanly and leave no sandbox
+    on the cluster."""
+    with served_by(cluster, data_dir):
+        extra = {**backend_env(cluster), **(env or {})}
+        daemon = start_daemon(data_dir, "--backend", backend, *args, token=token, env=extra)
         try:
             yield daemon
         finally:
             code = daemon.stop()
             assert code == 0, f"exit status {code}:\n{daemon.log()[-3000:]}"
-            assert sandboxes_on_cluster(data_dir) == []

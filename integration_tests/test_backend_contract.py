@@ -12,6 +12,7 @@ The e2b backend runs its sandboxes on an E2B "cluster": a second daemon's E2B fr
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,7 +38,7 @@ from boxruntime.config import Settings
 from boxruntime.instance import InstanceLock
 from boxruntime.models import BoxSpec
 from integration_tests.daemon import containers_of
-from integration_tests.e2b_cluster import e2b_cluster, sandboxes_on_cluster
+from integration_tests.e2b_cluster import served_by
 from integration_tests.e2b_site import E2BSite
 
 pytestmark = pytest.mark.anyio
@@ -74,29 +75,19 @@ async def collect(process: Process) -> tuple[bytes, bytes, CommandExit]:
     raise AssertionError("the events ended without the command's end")
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2BSite]:
-    """The E2B server the e2b backend's sandboxes run on (one for the module)."""
-    docker.from_env().ping()
-    data_dir = tmp_path_factory.mktemp("contract-e2b") / "data"
-    data_dir.mkdir()
-    with e2b_cluster(data_dir) as running:
-        running.daemon.extra["data_dir"] = data_dir
-        yield running
-
-
-def settings_for(name: str, data_dir: Path, request: pytest.FixtureRequest) -> Settings:
+@contextlib.contextmanager
+def backend_settings(name: str, data_dir: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """The settings a backend is made with; the e2b backend's point at the test E2B server,
+    which must have none of its sandboxes left afterwards."""
     if name != "e2b":
-        return Settings(data_dir=data_dir, pool_size=0)
-    cluster: E2BSite = request.getfixturevalue("cluster")
+        yield Settings(data_dir=data_dir, pool_size=0)
+        return
+    cluster: E2BSite = request.getfixturevalue("e2b_server")
     url = cluster.daemon.http
-    return Settings(
-        data_dir=cluster.daemon.extra["data_dir"],  # the data dir the cluster knows as this backend's
-        pool_size=0,
-        e2b_api_key=cluster.api_key,
-        e2b_api_url=url,
-        e2b_sandbox_url=url,
-    )
+    with served_by(cluster, data_dir):
+        yield Settings(
+            data_dir=data_dir, pool_size=0, e2b_api_key=cluster.api_key, e2b_api_url=url, e2b_sandbox_url=url
+        )
 
 
 @pytest.fixture(params=BACKENDS)
@@ -106,24 +97,22 @@ async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         docker.from_env().ping()  # the engine must be there (CI starts it); a failure, not a skip
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    settings = settings_for(name, data_dir, request)
-    lock = InstanceLock(settings.data_dir)
+    lock = InstanceLock(data_dir)
     lock.acquire()
-    backend = make_backend(name, settings, lock.instance_id)
-    info = await backend.probe()
-    assert info.available, info.reason
-    spec = BoxSpec(session_id=f"contract-{uuid.uuid4().hex[:8]}", memory_mb=256, pids_limit=64)
-    handle = await backend.start(spec, spec.session_id)
-    try:
-        yield Sandbox(backend, handle)
-    finally:
-        await backend.stop(handle)
-        await backend.close()
-        lock.release()
-        if name == "docker":
-            assert containers_of(data_dir) == []
-        if name == "e2b":
-            assert sandboxes_on_cluster(settings.data_dir) == []
+    with backend_settings(name, data_dir, request) as settings:
+        backend = make_backend(name, settings, lock.instance_id)
+        info = await backend.probe()
+        assert info.available, info.reason
+        spec = BoxSpec(session_id=f"contract-{uuid.uuid4().hex[:8]}", memory_mb=256, pids_limit=64)
+        handle = await backend.start(spec, spec.session_id)
+        try:
+            yield Sandbox(backend, handle)
+        finally:
+            await backend.stop(handle)
+            await backend.close()
+            lock.release()
+    if name == "docker":
+        assert containers_of(data_dir) == []
 
 
 # ── commands ─────────────────────────────────────────────────────────────

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +54,7 @@ from boxruntime.backends.contract import (
 )
 from boxruntime.backends.e2b import mapping, workspace_sync
 from boxruntime.backends.e2b.command_request import start_error, start_request
-from boxruntime.backends.e2b.errors import sandbox_error
+from boxruntime.backends.e2b.errors import SandboxGone, sandbox_error
 from boxruntime.backends.e2b.files import SandboxFiles
 from boxruntime.backends.e2b.paths import SandboxPaths, real_mount_path
 from boxruntime.backends.e2b.process import E2bProcess, start
@@ -247,7 +247,9 @@ class E2bBackend(Backend[E2bSandbox]):
         try:
             await handle.sandbox.files.make_dir(real)  # False: it was there already
         except Exception as exc:
-            raise sandbox_error(exc, f"making the directory {handle.paths.logical(real)}", handle.paths) from None
+            error = sandbox_error(exc, f"making the directory {handle.paths.logical(real)}", handle.paths)
+            handle.lost = handle.lost or isinstance(error, SandboxGone)
+            raise error from None
         handle.known_dirs.add(real)
 
     async def _start(self, handle: E2bSandbox, command: Command, *, sync_after: bool) -> E2bProcess:
@@ -267,7 +269,8 @@ class E2bBackend(Backend[E2bSandbox]):
         except ConnectError as exc:
             error = start_error(exc, command, handle.paths)
             if isinstance(error, BoxSandboxError) and not await self.alive(handle):
-                raise BoxSandboxError(f"the E2B sandbox {handle.sandbox_id} is gone") from None
+                gone = f"the E2B sandbox {handle.sandbox_id} is gone; the session's next request makes a new one"
+                raise SandboxGone(gone) from None
             raise error from None
         handle.answered()
         syncing = sync_after and any(m.writable for m in handle.mounts)
@@ -320,13 +323,19 @@ class E2bBackend(Backend[E2bSandbox]):
 
     # ── files ────────────────────────────────────────────────────────────
 
-    async def _on_files(self, handle: E2bSandbox, path: str | None = None) -> SandboxFiles:
+    @contextlib.asynccontextmanager
+    async def _on_files(self, handle: E2bSandbox) -> AsyncIterator[SandboxFiles]:
+        """The sandbox's files; a sandbox found gone is remembered as such (``known_alive``)."""
         await self._remove_stale_watchers(handle)
-        return handle.files
+        try:
+            yield handle.files
+        except SandboxGone:
+            handle.lost = True
+            raise
+        handle.answered()
 
     async def _after_write(self, handle: E2bSandbox, path: str) -> None:
         """A write through the file API under a writable host mount reaches the host too."""
-        handle.answered()
         real = handle.paths.real(path)
         for mount in handle.mounts:
             if mount.writable and (real == mount.real or real.startswith(mount.real.rstrip("/") + "/")):
@@ -336,9 +345,8 @@ class E2bBackend(Backend[E2bSandbox]):
     async def read_file(
         self, handle: E2bSandbox, path: str, roots: Sequence[str], offset: int, length: int
     ) -> FileChunk:
-        chunk = await (await self._on_files(handle)).read_file(path, roots, offset, length)
-        handle.answered()
-        return chunk
+        async with self._on_files(handle) as files:
+            return await files.read_file(path, roots, offset, length)
 
     async def write_file(
         self,
@@ -353,10 +361,10 @@ class E2bBackend(Backend[E2bSandbox]):
         make_parents: bool = True,
         own: bool = False,
     ) -> FileWritten:
-        files = await self._on_files(handle)
-        written = await files.write_file(
-            path, roots, data, mode=mode, append=append, offset=offset, make_parents=make_parents
-        )
+        async with self._on_files(handle) as files:
+            written = await files.write_file(
+                path, roots, data, mode=mode, append=append, offset=offset, make_parents=make_parents
+            )
         await self._after_write(handle, path)
         return written
 
@@ -371,35 +379,35 @@ class E2bBackend(Backend[E2bSandbox]):
         max_entries: int = 1000,
         include_hidden: bool = True,
     ) -> Listing:
-        files = await self._on_files(handle)
-        listing = await files.list_dir(
-            path,
-            roots,
-            recursive=recursive,
-            max_depth=max_depth,
-            max_entries=max_entries,
-            include_hidden=include_hidden,
-        )
-        handle.answered()
-        return listing
+        async with self._on_files(handle) as files:
+            return await files.list_dir(
+                path,
+                roots,
+                recursive=recursive,
+                max_depth=max_depth,
+                max_entries=max_entries,
+                include_hidden=include_hidden,
+            )
 
     async def stat(self, handle: E2bSandbox, path: str, roots: Sequence[str]) -> FileInfo:
-        info = await (await self._on_files(handle)).stat(path, roots)
-        handle.answered()
-        return info
+        async with self._on_files(handle) as files:
+            return await files.stat(path, roots)
 
     async def remove(self, handle: E2bSandbox, path: str, roots: Sequence[str], *, recursive: bool = False) -> Removed:
-        removed = await (await self._on_files(handle)).remove(path, roots, recursive=recursive)
+        async with self._on_files(handle) as files:
+            removed = await files.remove(path, roots, recursive=recursive)
         await self._after_write(handle, path)
         return removed
 
     async def make_dir(self, handle: E2bSandbox, path: str, roots: Sequence[str]) -> FileInfo:
-        made = await (await self._on_files(handle)).make_dir(path, roots)
+        async with self._on_files(handle) as files:
+            made = await files.make_dir(path, roots)
         await self._after_write(handle, path)
         return made
 
     async def move(self, handle: E2bSandbox, source: str, destination: str, roots: Sequence[str]) -> FileInfo:
-        moved = await (await self._on_files(handle)).move(source, destination, roots)
+        async with self._on_files(handle) as files:
+            moved = await files.move(source, destination, roots)
         await self._after_write(handle, destination)
         return moved
 
@@ -410,7 +418,10 @@ class E2bBackend(Backend[E2bSandbox]):
         try:
             answer = await handle.filesystem.create_watcher(request, timeout_ms=30_000)
         except ConnectError as exc:
-            raise sandbox_error(exc, f"watching {path}", handle.paths) from None
+            error = sandbox_error(exc, f"watching {path}", handle.paths)
+            if not isinstance(error, SandboxGone) and not await self.alive(handle):
+                error = SandboxGone(f"watching {path}: the E2B sandbox is gone")
+            raise error from None
         handle.answered()
         return PolledWatch(handle.filesystem, answer.watcher_id, handle.stale_watchers.append)
 

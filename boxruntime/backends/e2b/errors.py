@@ -75,6 +75,11 @@ _BY_STATUS = {400: "EINVAL", 403: "EACCES", 404: "ENOENT", 409: "EEXIST", 507: "
 _LOST = (Code.UNAVAILABLE, Code.UNAUTHENTICATED, Code.DEADLINE_EXCEEDED, Code.CANCELED, Code.UNIMPLEMENTED)
 
 
+class SandboxGone(BoxSandboxError):
+    """The sandbox is gone (killed, or its E2B timeout passed): the session's next request makes
+    a new one. On the wire it is a BoxSandboxError."""
+
+
 def errno_of(exc: BaseException) -> str | None:
     """The errno name a refusal stands for, or None when it is no file error at all."""
     text = str(exc.message if isinstance(exc, ConnectError) else exc).lower()
@@ -118,7 +123,7 @@ def sandbox_error(exc: BaseException, doing: str, paths: SandboxPaths | None = N
     if code is not None:
         return SandboxFileError(f"{doing}: {message}", code)
     if is_gone(exc):
-        return BoxSandboxError(f"{doing}: the E2B sandbox is gone ({message})")
+        return SandboxGone(f"{doing}: the E2B sandbox is gone ({message}); the session's next request makes a new one")
     if isinstance(exc, AuthenticationException):
         return BoxSandboxError(f"{doing}: E2B refused the credentials ({message})")
     if isinstance(exc, TimeoutException | httpx.TimeoutException | TimeoutError):

@@ -66,7 +66,7 @@ class MountSync:
     inner: tuple[str, ...] = ()  # paths (relative) of other mounts inside this one: not ours
     baseline: dict[str, Seen] = field(default_factory=dict)  # files as the last sync saw them
     host_seen: dict[str, tuple[int, int]] = field(default_factory=dict)  # size, mtime_ns here
-    too_big: set[str] = field(default_factory=set)
+    left_out: set[str] = field(default_factory=set)  # never copied (too big, or no way to write it here)
     disabled: str | None = None  # why it is no longer copied back
 
     def ours(self, relative: str) -> bool:
@@ -136,7 +136,7 @@ def pack(mounts: list[MountSync]) -> Packed:
                         continue
                     if stat.S_ISREG(info.st_mode):
                         if info.st_size > MAX_FILE_BYTES:
-                            sync.too_big.add(relative)
+                            sync.left_out.add(relative)
                             notes.append(f"{source} is not copied to E2B: over {MAX_FILE_BYTES >> 20} MiB")
                             continue
                         files += 1
@@ -227,10 +227,10 @@ async def download(sandbox: AsyncSandbox, sync: MountSync) -> None:
     moved = 0
     for relative, entry in sorted(files.items()):
         seen = _seen(entry)
-        if sync.baseline.get(relative) == seen or relative in sync.too_big:
+        if sync.baseline.get(relative) == seen or relative in sync.left_out:
             continue
         if seen[0] > MAX_FILE_BYTES:
-            sync.too_big.add(relative)
+            sync.left_out.add(relative)
             log.warning("e2b: %s/%s is not copied back: over %d MiB", sync.host, relative, MAX_FILE_BYTES >> 20)
             continue
         if moved + seen[0] > MAX_TOTAL_BYTES:
@@ -242,7 +242,14 @@ async def download(sandbox: AsyncSandbox, sync: MountSync) -> None:
             log.warning("e2b: %s/%s is not copied back: %s", sync.host, relative, exc)
             continue
         moved += len(data)
-        sync.host_seen[relative] = await anyio.to_thread.run_sync(_write_here, sync.host, relative, data, entry.mode)
+        try:
+            sync.host_seen[relative] = await anyio.to_thread.run_sync(
+                _write_here, sync.host, relative, data, entry.mode
+            )
+        except OSError as exc:  # a symlink or a file where the path needs a directory: never through it
+            log.warning("e2b: %s/%s is not copied back: %s", sync.host, relative, exc)
+            sync.left_out.add(relative)
+            continue
         sync.baseline[relative] = seen
     for relative in sorted(set(sync.baseline) - set(files), reverse=True):
         await anyio.to_thread.run_sync(_delete_here, sync, relative)
