@@ -20,7 +20,7 @@ import pytest
 
 from boxruntime.backends.selection import make_backend
 from boxruntime.config import Settings
-from boxruntime.errors import BoxSandboxError
+from boxruntime.errors import BoxSandboxError, BoxSessionConflictError
 from boxruntime.instance import InstanceLock
 from boxruntime.models import BoxSpec
 from boxruntime.protocol import Peer
@@ -182,3 +182,24 @@ async def test_upkeep_renews_the_sandbox_timeout(e2b_server: E2BSite, data_dir: 
             await backend.stop(handle)
             await backend.close()
             lock.release()
+
+
+async def test_a_live_session_takes_more_mounts_and_refuses_fewer(
+    e2b_server: E2BSite, tmp_path: Path, data_dir: Path
+) -> None:
+    root = tmp_path / "mounts"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    (root / "a" / "a.txt").write_text("a")
+    (root / "b" / "b.txt").write_text("b")
+    first = {"host_path": str(root / "a"), "mount_path": "/opt/a", "mode": "ro"}
+    second = {"host_path": str(root / "b"), "mount_path": "/opt/b", "mode": "rw"}
+    with e2b_daemon(e2b_server, data_dir, "--allow-mount-root", str(root)) as daemon:
+        async with connect(daemon) as peer:
+            one = await peer.call("box_exec", {"session_id": "m", "cmd": "cat /opt/a/a.txt", "extra_mounts": [first]})
+            assert one["stdout"] == "a"
+            both = {"session_id": "m", "cmd": "cat /opt/a/a.txt /opt/b/b.txt; echo more > /opt/b/c.txt"}
+            two = await peer.call("box_exec", {**both, "extra_mounts": [first, second]}, timeout=120)
+            assert two["stdout"] == "ab" and (root / "b" / "c.txt").read_text() == "more\n"
+            with pytest.raises(BoxSessionConflictError, match="cannot change the mounts"):
+                await peer.call("box_exec", {"session_id": "m", "cmd": "true", "extra_mounts": [second]})

@@ -108,3 +108,13 @@ def test_a_file_changed_here_is_not_deleted_because_the_sandbox_deleted_it(tmp_p
     for relative in ("same.txt", "changed.txt", "never-here.txt"):
         workspace_sync._delete_here(sync, relative)
     assert sorted(p.name for p in root.iterdir()) == ["changed.txt"]
+
+
+def test_a_mount_added_inside_a_tree_takes_its_files_from_that_tree(tmp_path: Path) -> None:
+    workspace = plan(ResolvedMount(str(tmp_path / "ws"), "/workspace", read_only=False), [])[0]
+    workspace.baseline = {"sub/a.txt": (1, 1.0), "top.txt": (1, 1.0)}  # copied back before the mount came
+    added = plan(None, [ResolvedMount(str(tmp_path / "sub"), "/workspace/sub", read_only=False)])
+    workspace_sync.nest([workspace, *added])
+    assert workspace.inner == ("sub",)
+    # sub/a.txt is the new mount's now: the workspace must not take it for deleted in the sandbox
+    assert workspace.baseline == {"top.txt": (1, 1.0)}

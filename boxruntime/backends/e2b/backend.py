@@ -208,6 +208,26 @@ class E2bBackend(Backend[E2bSandbox]):
         handle.mounts = mounts
         handle.notes += await workspace_sync.upload(handle.sandbox, mounts, lambda argv: self._run_quiet(handle, argv))
 
+    async def extend_mounts(self, handle: E2bSandbox, current: BoxSpec, requested: BoxSpec) -> BoxSpec:
+        """More extra mounts for a live session: copied in like the first ones (a mount cannot be
+        taken away from a sandbox that has its files: fewer or other mounts are refused)."""
+        have = {(m.host_path, m.mount_path, m.mode) for m in current.active_extra_mounts()}
+        wanted = requested.active_extra_mounts()
+        if not have <= {(m.host_path, m.mount_path, m.mode) for m in wanted}:
+            return await super().extend_mounts(handle, current, requested)
+        self.check_spec(requested)
+        _, extras = resolve_mounts(requested, self.settings.mount_roots())
+        added = [e for e, m in zip(extras, wanted, strict=True) if (m.host_path, m.mount_path, m.mode) not in have]
+        prepare_host_dirs(added, os.geteuid(), os.getegid())
+        new = workspace_sync.plan(None, added)
+        workspace_sync.nest([*handle.mounts, *new])  # before the upload: a new tree leaves out older inner ones
+        handle.files.paths = SandboxPaths.build(requested.mount_path, [m.mount_path for m in wanted])
+        handle.notes += await workspace_sync.upload(handle.sandbox, new, lambda argv: self._run_quiet(handle, argv))
+        handle.mounts += new
+        return current.model_copy(
+            update={"extra_mounts": [*current.extra_mounts, *(m for m in wanted if m not in current.extra_mounts)]}
+        )
+
     async def stop(self, handle: E2bSandbox, keep_workspace: bool = False) -> None:
         with anyio.CancelScope(shield=True):
             if not handle.lost:

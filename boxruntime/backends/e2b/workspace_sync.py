@@ -80,13 +80,20 @@ def plan(workspace: ResolvedMount | None, extras: list[ResolvedMount]) -> list[M
     """The trees of a session, workspace first (extra mounts inside it are theirs, not its)."""
     mounts = [m for m in (workspace, *extras) if m is not None]
     synced = [MountSync(Path(m.host_path), real_mount_path(m.mount_path), not m.read_only) for m in mounts]
+    nest(synced)
+    return synced
+
+
+def nest(synced: list[MountSync]) -> None:
+    """Tell each tree which others lie inside it (their files are theirs)."""
     for sync in synced:
         sync.inner = tuple(
             posixpath.relpath(other.real, sync.real)
             for other in synced
             if other is not sync and other.real.startswith(sync.real.rstrip("/") + "/")
         )
-    return synced
+        # Files a tree saw where a mount now lies are that mount's: not "deleted" from this tree.
+        sync.baseline = {rel: seen for rel, seen in sync.baseline.items() if sync.ours(rel)}
 
 
 # ── in ───────────────────────────────────────────────────────────────────
@@ -151,8 +158,8 @@ def pack(mounts: list[MountSync]) -> Packed:
                     entry = tar.gettarinfo(str(source), arcname=member)
                     entry.uid = entry.gid = 0
                     entry.uname = entry.gname = ""
-                    if entry.isreg():
-                        with open(source, "rb") as data:
+                    if entry.isreg():  # opened without following a symlink swapped in since the walk
+                        with os.fdopen(os.open(source, os.O_RDONLY | os.O_NOFOLLOW), "rb") as data:
                             tar.addfile(entry, data)
                     else:
                         tar.addfile(entry)
