@@ -193,7 +193,7 @@ def sandboxes_of(backend: str, data_dir: Path) -> list[str]:
         from integration_tests.e2b_cluster import sandboxes_on_cluster
 
         return sandboxes_on_cluster(data_dir)
-    if backend == "docker":
+    if backend in ("docker", "gvisor"):
         return containers_of(data_dir)
     if backend == "host":
         return [str(pid) for pid in host_agents_of(data_dir)]

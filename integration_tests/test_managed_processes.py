@@ -1,5 +1,6 @@
-"""Managed processes and the stdio relay, on real sandboxes (Docker, nsjail, and the e2b
-backend's sandboxes on a second daemon that speaks E2B's API: integration_tests/e2b_cluster.py)."""
+"""Managed processes and the stdio relay, on real sandboxes (Docker with runc and with gVisor,
+nsjail, and the e2b backend's sandboxes on a second daemon that speaks E2B's API:
+integration_tests/e2b_cluster.py)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ for raw in sys.stdin:
 """
 
 
-@pytest.fixture(params=["docker", "nsjail", "e2b"])
+@pytest.fixture(params=["docker", "gvisor", "nsjail", "e2b"])
 def box(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
     backend = str(request.param)
     env = {"BOXRUNTIME_SESSION_TTL_SEC": "2"}
@@ -50,7 +51,7 @@ def box(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
         with e2b_daemon(request.getfixturevalue("e2b_server"), data_dir, env=env) as daemon:
             yield daemon
         return
-    if backend == "docker":
+    if backend in ("docker", "gvisor"):
         request.getfixturevalue("docker_engine")
     daemon = start_daemon(data_dir, "--backend", backend, env=env)
     daemon.extra["backend"] = backend
