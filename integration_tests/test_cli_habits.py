@@ -174,7 +174,7 @@ def test_help_offers_only_backends_that_exist() -> None:
         helped = cli(None, *command, "--help")
         assert helped.returncode == 0
         text = helped.stdout.decode()
-        assert "{local,docker,nsjail,host,e2b}" in text
+        assert "{local,docker,gvisor,nsjail,host,e2b}" in text
     chosen = cli(None, "serve", "--backend", "firecracker")
     assert chosen.returncode == 2 and b"invalid choice: 'firecracker'" in chosen.stderr
 
