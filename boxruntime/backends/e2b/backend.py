@@ -15,7 +15,7 @@ runs in these sandboxes; envd, E2B's in-sandbox daemon, does the work.
 - lifetime: a sandbox is created with ``box.e2b.timeout_sec`` (300 s) and renewed by
   ``upkeep`` every minute while its session lives; a daemon that dies leaves sandboxes that E2B
   ends by itself. Orphans of dead daemons of this machine and data dir (metadata) are killed at
-  start, the daemon's own at exit.
+  start, the daemon's own at exit (``fleet.py``, with the reachability check ``probe`` makes).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import anyio
 from connectrpc.errors import ConnectError
-from e2b import AsyncSandbox, SandboxQuery
+from e2b import AsyncSandbox
 from e2b.envd.client_async import create_rpc_client
 from e2b.envd.filesystem import filesystem_connect, filesystem_pb
 from e2b.envd.process import process_connect
@@ -52,7 +52,7 @@ from boxruntime.backends.contract import (
     SandboxUsage,
     Watch,
 )
-from boxruntime.backends.e2b import mapping, workspace_sync
+from boxruntime.backends.e2b import fleet, mapping, workspace_sync
 from boxruntime.backends.e2b.command_request import start_error, start_request
 from boxruntime.backends.e2b.errors import SandboxGone, sandbox_error
 from boxruntime.backends.e2b.files import SandboxFiles
@@ -62,7 +62,6 @@ from boxruntime.backends.e2b.watch import PolledWatch
 from boxruntime.backends.e2b.workspace_sync import MountSync
 from boxruntime.config import Settings
 from boxruntime.errors import BoxBackendUnavailableError, BoxImageNotFoundError, BoxSandboxError
-from boxruntime.instance import instance_alive
 from boxruntime.models import BackendInfo, BoxSpec
 from boxruntime.security import prepare_host_dirs, resolve_mounts
 
@@ -111,33 +110,9 @@ class E2bBackend(Backend[E2bSandbox]):
     async def probe(self) -> BackendInfo:
         if self._probed is not None and time.monotonic() - self._probed[0] < PROBE_CACHE_SEC:
             return self._probed[1]
-        where = mapping.where(self.settings)
-        if not self.settings.e2b_api_key:
-            reason = (
-                "no E2B API key: set E2B_API_KEY (or box.e2b.api_key); for an E2B-compatible server that "
-                "takes any key (another boxruntime without a token), any value"
-            )
-            return BackendInfo(name=self.name, available=False, reason=reason)
-        try:
-            with anyio.fail_after(mapping.PROBE_TIMEOUT_SEC):
-                query = SandboxQuery(metadata={mapping.META_SITE: mapping.site_id(self.settings.data_dir)})
-                params = self._params(mapping.PROBE_TIMEOUT_SEC) | {"retries": 0}
-                await AsyncSandbox.list(query=query, limit=1, **params).next_items()
-        except AuthenticationException:
-            return BackendInfo(name=self.name, available=False, reason=f"the E2B API at {where} refused the API key")
-        except TimeoutError:
-            reason = f"the E2B API at {where} did not answer within {mapping.PROBE_TIMEOUT_SEC:g} s"
-            return BackendInfo(name=self.name, available=False, reason=reason)
-        except Exception as exc:
-            reason = f"cannot reach the E2B API at {where}: {type(exc).__name__}: {exc}"
-            return BackendInfo(name=self.name, available=False, reason=reason)
-        info = BackendInfo(
-            name=self.name,
-            available=True,
-            reason=f"E2B API at {where}",
-            enforced_limits=mapping.enforced_limits(self.settings),
-        )
-        self._probed = (time.monotonic(), info)
+        info = await fleet.reachable(self.settings)
+        if info.available:
+            self._probed = (time.monotonic(), info)
         return info
 
     def check_spec(self, spec: BoxSpec) -> None:
@@ -237,10 +212,7 @@ class E2bBackend(Backend[E2bSandbox]):
 
     async def _kill(self, handle: E2bSandbox) -> None:
         handle.lost = True
-        try:
-            await AsyncSandbox.kill(handle.sandbox_id, **self._params())
-        except Exception as exc:
-            log.warning("e2b: killing sandbox %s failed (E2B ends it at its timeout): %s", handle.sandbox_id, exc)
+        await fleet.kill(self.settings, handle.sandbox_id)
 
     async def alive(self, handle: E2bSandbox) -> bool:
         if handle.lost:
@@ -490,29 +462,8 @@ class E2bBackend(Backend[E2bSandbox]):
             handle.answered()
             await self._remove_stale_watchers(handle)
 
-    async def _ours(self, **wanted: str) -> list[Any]:
-        metadata = {mapping.META_SITE: mapping.site_id(self.settings.data_dir), **wanted}
-        paginator = AsyncSandbox.list(query=SandboxQuery(metadata=metadata), limit=100, **self._params())
-        found: list[Any] = []
-        while paginator.has_next:
-            found += await paginator.next_items()
-        return found
-
     async def cleanup_orphans(self) -> list[str]:
-        try:
-            listed = await self._ours()
-        except Exception as exc:
-            log.warning("e2b: cannot list sandboxes left by dead daemons: %s", exc)
-            return []
-        removed = []
-        for sandbox in listed:
-            owner = (sandbox.metadata or {}).get(mapping.META_INSTANCE, "")
-            if owner == self.instance_id or instance_alive(self.settings.data_dir, owner):
-                continue
-            with contextlib.suppress(Exception):
-                await AsyncSandbox.kill(sandbox.sandbox_id, **self._params())
-                removed.append(sandbox.sandbox_id)
-        return removed
+        return await fleet.remove_orphans(self.settings, self.instance_id)
 
     async def remove_own(self) -> list[str]:
         removed = []
@@ -520,13 +471,4 @@ class E2bBackend(Backend[E2bSandbox]):
             await self._kill(handle)
             self._live.pop(handle.sandbox_id, None)
             removed.append(handle.sandbox_id)
-        try:
-            listed = await self._ours(**{mapping.META_INSTANCE: self.instance_id})
-        except Exception as exc:
-            log.warning("e2b: cannot list this daemon's sandboxes: %s", exc)
-            return removed
-        for sandbox in listed:
-            with contextlib.suppress(Exception):
-                await AsyncSandbox.kill(sandbox.sandbox_id, **self._params())
-                removed.append(sandbox.sandbox_id)
-        return removed
+        return removed + await fleet.remove_instance(self.settings, self.instance_id)
