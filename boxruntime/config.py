@@ -95,9 +95,18 @@ class Settings(pydantic.BaseModel):
     docker_cpu_limit_enabled: bool = True
     # The engine's name for the runsc runtime, for the gvisor backend (./dev registers it).
     gvisor_runtime: str = "runsc"
+    # The e2b backend (boxruntime/backends/e2b): E2B's cloud with just the key, or any
+    # E2B-compatible server (another boxruntime) at api_url and sandbox_url. The key is a secret:
+    # it is never logged (the SDK sends it as X-API-KEY).
     e2b_api_key: str | None = None
     e2b_api_url: str | None = None
-    e2b_template: str | None = None
+    e2b_sandbox_url: str | None = None
+    e2b_domain: str | None = None
+    e2b_template: str | None = None  # the template of the default image (default: E2B's "base")
+    # An E2B sandbox dies this long after the daemon last renewed it (every minute while its
+    # session lives): sandboxes of a daemon that died go by themselves. E2B's cloud caps it
+    # (1 h on Hobby, 24 h on Pro).
+    e2b_timeout_sec: int = pydantic.Field(default=300, ge=120, le=86400)
     # The daemon's event loop: uvloop (libuv) where installed does the same work with less CPU
     # per request than asyncio's own loop; "asyncio" forces the standard one.
     event_loop: LoopChoice = "auto"
@@ -190,6 +199,10 @@ _ENV_KEYS = {
     "LANGBOT_BOX_TRUSTED_INSTANCE_UUID": "trusted_instance",
     "E2B_API_KEY": "e2b_api_key",
     "E2B_API_URL": "e2b_api_url",
+    "E2B_SANDBOX_URL": "e2b_sandbox_url",
+    "E2B_DOMAIN": "e2b_domain",
+    "BOXRUNTIME_E2B_TEMPLATE": "e2b_template",
+    "BOXRUNTIME_E2B_TIMEOUT_SEC": "e2b_timeout_sec",
 }
 
 
@@ -251,9 +264,11 @@ def apply_box_config(settings: Settings, config: dict[str, Any]) -> list[str]:
                     flag if isinstance(flag, bool) else str(flag).lower() not in ("0", "false")
                 )
         elif key == "e2b" and isinstance(value, dict):
-            for name in ("api_key", "api_url", "template"):
+            for name in E2B_KEYS:
                 if value.get(name):
                     updates[f"e2b_{name}"] = str(value[name])
+            if value.get("timeout_sec") is not None:
+                updates["e2b_timeout_sec"] = value["timeout_sec"]
         elif key == "limits" and isinstance(value, dict):
             ignored += _limits_section(value, updates)
         elif key == "admission":
@@ -272,6 +287,9 @@ def apply_box_config(settings: Settings, config: dict[str, Any]) -> list[str]:
         log.info("box_init: ignored keys %s", ", ".join(sorted(ignored)))
     return ignored
 
+
+# ``box.e2b``: LangBot's keys (api_key, api_url, template) and ours; and ``timeout_sec``.
+E2B_KEYS = ("api_key", "api_url", "sandbox_url", "domain", "template")
 
 # LangBot 0.7's ``box.limits`` keys that are ours too; strict ints, its ranges (reference §D.1).
 LIMIT_KEYS = (

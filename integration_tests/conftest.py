@@ -14,6 +14,8 @@ import pytest
 
 from boxruntime.models import DEFAULT_IMAGE
 from integration_tests.daemon import Daemon, containers_of, start_daemon
+from integration_tests.e2b_cluster import e2b_cluster
+from integration_tests.e2b_site import E2BSite
 
 
 @pytest.fixture
@@ -34,6 +36,15 @@ def docker_engine() -> Iterator[docker.DockerClient]:
         pytest.fail(f"{DEFAULT_IMAGE} missing; ./dev test builds it (boxruntime image build)")
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def e2b_server(tmp_path_factory: pytest.TempPathFactory, docker_engine: docker.DockerClient) -> Iterator[E2BSite]:
+    """The E2B server the e2b backend's tests run their sandboxes on: a second daemon (Docker)
+    speaking E2B's API (integration_tests/e2b_cluster.py), one for the whole run; each daemon
+    under test is told its address as a user would tell it E2B's."""
+    with e2b_cluster(tmp_path_factory.mktemp("e2b-server") / "data") as cluster:
+        yield cluster
 
 
 @pytest.fixture

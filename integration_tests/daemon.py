@@ -187,8 +187,12 @@ def host_agents_of(data_dir: Path) -> list[int]:
 
 
 def sandboxes_of(backend: str, data_dir: Path) -> list[str]:
-    """The live sandboxes a backend keeps for ``data_dir``: containers, jail processes, or the
-    host backend's session agents."""
+    """The live sandboxes a backend keeps for ``data_dir``: containers, jail processes, the
+    host backend's session agents, or the e2b backend's sandboxes on its test cluster."""
+    if backend == "e2b":
+        from integration_tests.e2b_cluster import sandboxes_on_cluster
+
+        return sandboxes_on_cluster(data_dir)
     if backend in ("docker", "gvisor"):
         return containers_of(data_dir)
     if backend == "host":

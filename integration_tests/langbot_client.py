@@ -140,15 +140,17 @@ async def over_websocket_with_headers(url: str, headers: dict[str, str]) -> Asyn
 
 
 @contextlib.asynccontextmanager
-async def over_stdio(data_dir: Path, cwd: Path, backend: str = "docker") -> AsyncIterator[LangBotLink]:
+async def over_stdio(
+    data_dir: Path, cwd: Path, backend: str = "docker", env: dict[str, str] | None = None
+) -> AsyncIterator[LangBotLink]:
     """LangBot 0.5's own StdioClientController spawning ``boxruntime serve --stdio``.
 
     On exit stdin is closed (what LangBot does when it goes away) and the daemon is given
     ``EXIT_TIMEOUT`` seconds to exit by itself; ``link.exit_code`` is then its exit status,
-    or None if it had to be killed.
+    or None if it had to be killed. ``env``: more of the daemon's environment.
     """
     controller = StdioClientController(
-        command=sys.executable, args=stdio_args(backend), env=daemon_env(data_dir), working_dir=str(cwd)
+        command=sys.executable, args=stdio_args(backend), env=daemon_env(data_dir, **(env or {})), working_dir=str(cwd)
     )
     handed: list[Connection] = []
 

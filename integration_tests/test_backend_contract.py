@@ -3,14 +3,19 @@ runs: the same calls, the same behaviour. Each backend is driven directly, in-pr
 runtime drives it: a sandbox is started, used and stopped; nothing of it may be left behind.
 
 What a backend cannot enforce it must say (``probe().enforced_limits``): the host backend's
-missing limits are checked as absent, not skipped.
+missing limits, and the e2b backend's (E2B's API has no per-sandbox memory or process limit),
+are checked as said to be absent, not skipped.
+
+The e2b backend runs its sandboxes on an E2B "cluster": a second daemon's E2B front door
+(integration_tests/e2b_cluster.py), reached through E2B's own SDK.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +39,12 @@ from boxruntime.errors import BoxSandboxError
 from boxruntime.instance import InstanceLock
 from boxruntime.models import BoxSpec
 from integration_tests.daemon import containers_of
+from integration_tests.e2b_cluster import served_by
+from integration_tests.e2b_site import E2BSite
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["docker", "gvisor", "nsjail", "host"]
+BACKENDS = ["docker", "gvisor", "nsjail", "host", "e2b"]
 WORKSPACE = "/workspace"
 ROOTS = [WORKSPACE, "/tmp"]
 
@@ -69,6 +76,21 @@ async def collect(process: Process) -> tuple[bytes, bytes, CommandExit]:
     raise AssertionError("the events ended without the command's end")
 
 
+@contextlib.contextmanager
+def backend_settings(name: str, data_dir: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """The settings a backend is made with; the e2b backend's point at the test E2B server,
+    which must have none of its sandboxes left afterwards."""
+    if name != "e2b":
+        yield Settings(data_dir=data_dir, pool_size=0)
+        return
+    cluster: E2BSite = request.getfixturevalue("e2b_server")
+    url = cluster.daemon.http
+    with served_by(cluster, data_dir):
+        yield Settings(
+            data_dir=data_dir, pool_size=0, e2b_api_key=cluster.api_key, e2b_api_url=url, e2b_sandbox_url=url
+        )
+
+
 @pytest.fixture(params=BACKENDS)
 async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Sandbox]:
     name: str = request.param
@@ -78,19 +100,20 @@ async def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     data_dir.mkdir()
     lock = InstanceLock(data_dir)
     lock.acquire()
-    backend = make_backend(name, Settings(data_dir=data_dir, pool_size=0), lock.instance_id)
-    info = await backend.probe()
-    assert info.available, info.reason
-    spec = BoxSpec(session_id=f"contract-{uuid.uuid4().hex[:8]}", memory_mb=256, pids_limit=64)
-    handle = await backend.start(spec, spec.session_id)
-    try:
-        yield Sandbox(backend, handle)
-    finally:
-        await backend.stop(handle)
-        await backend.close()
-        lock.release()
-        if name in ("docker", "gvisor"):
-            assert containers_of(data_dir) == []
+    with backend_settings(name, data_dir, request) as settings:
+        backend = make_backend(name, settings, lock.instance_id)
+        info = await backend.probe()
+        assert info.available, info.reason
+        spec = BoxSpec(session_id=f"contract-{uuid.uuid4().hex[:8]}", memory_mb=256, pids_limit=64)
+        handle = await backend.start(spec, spec.session_id)
+        try:
+            yield Sandbox(backend, handle)
+        finally:
+            await backend.stop(handle)
+            await backend.close()
+            lock.release()
+    if name in ("docker", "gvisor"):
+        assert containers_of(data_dir) == []
 
 
 # ── commands ─────────────────────────────────────────────────────────────
@@ -209,6 +232,10 @@ async def test_a_watch_sees_a_change(sandbox: Sandbox) -> None:
 # ── limits: enforced, or said not to be ─────────────────────────────────
 
 ENFORCED = ("memory_mb", "pids_limit", "network")
+# What a backend cannot enforce, by design: it must say so in probe(), and every other limit it
+# must enforce. The host backend isolates nothing; E2B's API sets no per-sandbox memory or
+# process limit (the template decides), while its network switch is honoured.
+NOT_ENFORCED = {"host": {"memory_mb", "pids_limit", "network"}, "e2b": {"memory_mb", "pids_limit"}}
 FORK_STORM = """
 import os, signal, time
 children = []
@@ -231,17 +258,22 @@ for pid in children:
 async def test_limits_are_enforced_or_reported_absent(sandbox: Sandbox) -> None:
     info = await sandbox.backend.probe()
     said = info.enforced_limits
-    if info.unsafe_direct_execution:
-        assert all("not enforced" in said[name] for name in ("memory_mb", "pids_limit", "network"))
+    absent = NOT_ENFORCED.get(sandbox.backend.name, set())
+    assert info.unsafe_direct_execution == (sandbox.backend.name == "host")
+    for name in ENFORCED:
+        # gVisor here: no network at all (its runtime runs with --network=none), which holds too.
+        enforced = said[name].startswith(("enforced", "always off"))
+        assert ("not enforced" in said[name]) if name in absent else enforced, said
+    if "pids_limit" not in absent:
+        # 64 pids: a fork storm is refused (counted by the forking process itself, which then
+        # ends its children, so the next commands have the whole budget again).
+        code, out, _, _ = await sandbox.run(f"python3 -c '{FORK_STORM}'", timeout=60)
+        assert code == 0 and 0 < int(out) < 64, out
+    if "network" not in absent:
+        _, out, _, _ = await sandbox.run("cat /sys/class/net/*/operstate 2>/dev/null | sort -u; ls /sys/class/net")
+        assert set(out.split()) <= {b"lo", b"unknown", b"down"}  # no interface but loopback
+    if "memory_mb" in absent:
         return
-    # gVisor here: no network at all (its runtime runs with --network=none), which holds too.
-    assert all(said[name].startswith(("enforced", "always off")) for name in ENFORCED), said
-    # 64 pids: a fork storm is refused (counted by the forking process itself, which then ends
-    # its children, so the next commands have the whole budget again).
-    code, out, _, _ = await sandbox.run(f"python3 -c '{FORK_STORM}'", timeout=60)
-    assert code == 0 and 0 < int(out) < 64, out
-    _, out, _, _ = await sandbox.run("cat /sys/class/net/*/operstate 2>/dev/null | sort -u; ls /sys/class/net")
-    assert set(out.split()) <= {b"lo", b"unknown", b"down"}  # no interface but loopback
     # 256 MB of memory: a 640 MB allocation dies, alone or, where the backend says so, with its
     # whole sandbox (gVisor has no OOM killer inside), and then with an error that says why.
     hog = "python3 -c 'x = b\"x\" * (640 << 20)'"  # every page written, well over any headroom

@@ -11,6 +11,10 @@ wheel built here, installed by pip inside the sandbox from a mounted wheel direc
 
 Relay drops are real: the relay goes through a TCP proxy in front of the daemon, which cuts
 every link (``drop``) and refuses new ones (``hold``) on demand.
+
+The tests marked ``THROUGH_E2B`` also run on the e2b backend: the servers run in E2B sandboxes
+on a second daemon that speaks E2B's API (integration_tests/e2b_cluster.py), their code copied in
+from the mounted directory, their stdio carried by envd's process API.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from boxruntime.errors import (
     BoxValidationError,
 )
 from integration_tests.daemon import Daemon, daemon_env, eventually, sandboxes_of, start_daemon
+from integration_tests.e2b_cluster import e2b_daemon
 from integration_tests.mcp_site import (
     ENV,
     FAST_RELAY,
@@ -74,8 +79,18 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+# The MCP tests that also run on the e2b backend (each of its sessions copies the ~3,400 files of
+# the mounted site in): MCP itself, mcp-server-time from PyPI, and a relay that drops.
+THROUGH_E2B = pytest.mark.parametrize("backend", ["docker", "nsjail", "e2b"], indirect=True)
+
+
 @pytest.fixture
-def box(backend: str, data_dir: Path, mcp_root: Path) -> Iterator[Daemon]:
+def box(backend: str, data_dir: Path, mcp_root: Path, request: pytest.FixtureRequest) -> Iterator[Daemon]:
+    if backend == "e2b":
+        cluster = request.getfixturevalue("e2b_server")
+        with e2b_daemon(cluster, data_dir, "--allow-mount-root", str(mcp_root)) as daemon:
+            yield daemon
+        return
     daemon = start_daemon(data_dir, "--backend", backend, "--allow-mount-root", str(mcp_root))
     try:
         yield daemon
@@ -167,6 +182,7 @@ class RelayProxy:
 # ── the tests ────────────────────────────────────────────────────────────
 
 
+@THROUGH_E2B
 async def test_tools_resources_prompts_and_a_1mb_result(service: BoxService, mcp_root: Path) -> None:
     async with hub(service, mcp_root) as mcp:
         server = await mcp.start(fixture_spec())
@@ -191,6 +207,7 @@ async def test_tools_resources_prompts_and_a_1mb_result(service: BoxService, mcp
     assert session.persistent is True and not session.managed_processes
 
 
+@THROUGH_E2B
 async def test_two_servers_share_one_session_including_mcp_server_time_from_pypi(
     service: BoxService, mcp_root: Path
 ) -> None:
@@ -217,6 +234,7 @@ async def test_two_servers_share_one_session_including_mcp_server_time_from_pypi
         assert await clock.list_resources() == [] and await clock.list_prompts() == []
 
 
+@THROUGH_E2B
 async def test_a_dropped_relay_reconnects_without_restarting_the_server(
     box: Daemon, service: BoxService, mcp_root: Path
 ) -> None:

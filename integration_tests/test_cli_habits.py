@@ -174,23 +174,33 @@ def test_help_offers_only_backends_that_exist() -> None:
         helped = cli(None, *command, "--help")
         assert helped.returncode == 0
         text = helped.stdout.decode()
-        assert "{local,docker,gvisor,nsjail,host}" in text
-        assert "e2b" not in text, text
-    chosen = cli(None, "serve", "--backend", "e2b")
-    assert chosen.returncode == 2 and b"invalid choice: 'e2b'" in chosen.stderr
+        assert "{local,docker,gvisor,nsjail,host,e2b}" in text
+    chosen = cli(None, "serve", "--backend", "firecracker")
+    assert chosen.returncode == 2 and b"invalid choice: 'firecracker'" in chosen.stderr
 
 
-def test_serve_refuses_a_backend_this_build_lacks_instead_of_retrying(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ({}, b"no E2B API key: set E2B_API_KEY"),
+        ({"E2B_API_KEY": "k", "E2B_API_URL": "http://127.0.0.1:9"}, b"cannot reach the E2B API at http://127.0.0.1:9"),
+    ],
+)
+def test_serve_refuses_an_e2b_backend_it_cannot_reach_instead_of_retrying(
+    tmp_path: Path, settings: dict[str, str], said: bytes
+) -> None:
+    env = {k: v for k, v in daemon_env(tmp_path / "data", BOXRUNTIME_BACKEND="e2b").items() if not k.startswith("E2B_")}
     done = subprocess.run(
         [sys.executable, "-m", "boxruntime", "serve", "--port", "0"],
-        env=daemon_env(tmp_path / "data", BOXRUNTIME_BACKEND="e2b"),
+        env={**env, **settings},
         cwd=ROOT,
         capture_output=True,
         timeout=TIMEOUT,
         check=False,
     )
-    assert done.returncode == 2
-    assert b"the e2b backend is not part of this build" in done.stderr and b"Traceback" not in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert b"not starting: the e2b backend is unavailable: " + said in done.stderr
+    assert b"Traceback" not in done.stderr
 
 
 # ── which daemon, and how long sessions live ───────────────────────────

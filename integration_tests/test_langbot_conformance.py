@@ -1,7 +1,8 @@
 """LangBot 0.5.0a2's real Box client drives our daemon, unchanged, over both of its transports.
 
-Every test talks to a real ``boxruntime`` process on each backend (Docker, nsjail, and the
-unsafe host backend) through LangBot's own ``ActionRPCBoxClient`` + ``Handler`` + connection
+Every test talks to a real ``boxruntime`` process on each backend (Docker, nsjail, the
+unsafe host backend, and the e2b backend, whose sandboxes run on a second daemon that speaks
+E2B's API: integration_tests/e2b_cluster.py) through LangBot's own ``ActionRPCBoxClient`` + ``Handler`` + connection
 classes (``langbot-plugin==0.5.0a2``):
 
 * ``ws``: their ``WebSocketClientController`` against a loopback daemon without a token (the
@@ -44,12 +45,14 @@ from langbot_plugin.box.models import (
 from langbot_plugin.entities.io.errors import ActionCallError
 
 from integration_tests.daemon import Daemon, containers_of, sandboxes_of, start_daemon
+from integration_tests.e2b_cluster import backend_env, served_by
+from integration_tests.e2b_site import E2BSite
 from integration_tests.langbot_client import LangBotLink, over_stdio, over_websocket, over_websocket_with_headers
 
 pytestmark = [pytest.mark.langbot, pytest.mark.docker, pytest.mark.anyio]
 
 TRANSPORTS = ["ws", "stdio"]
-BACKENDS = ["docker", "nsjail", "host"]
+BACKENDS = ["docker", "nsjail", "host", "e2b"]
 # The keys LangBot's BoxSessionInfo reads (reference §C.4); our extensions may come on top.
 SESSION_INFO_KEYS = set(BoxSessionInfo.model_fields)
 
@@ -77,8 +80,20 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def e2b_env(backend: str, data_dir: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """For the e2b backend: the test E2B server, and the settings that point a daemon at it (as a
+    user sets them: E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY). Nothing for the others."""
+    if backend != "e2b":
+        yield {}
+        return
+    cluster: E2BSite = request.getfixturevalue("e2b_server")
+    with served_by(cluster, data_dir):
+        yield backend_env(cluster)
+
+
+@pytest.fixture
 def ws_daemon(
-    transport: str, backend: str, data_dir: Path, docker_engine: docker.DockerClient
+    transport: str, backend: str, data_dir: Path, docker_engine: docker.DockerClient, e2b_env: dict[str, str]
 ) -> Iterator[Daemon | None]:
     """A loopback WebSocket daemon for ``ws``, token-less unless the backend is host; it must
     leave nothing behind."""
@@ -86,11 +101,12 @@ def ws_daemon(
         yield None
         return
     token = secrets.token_urlsafe(32) if backend == "host" else None
-    daemon = start_daemon(data_dir, "--backend", "docker" if backend == "docker" else "local", token=token)
+    first = "docker" if backend == "docker" else "local"
+    daemon = start_daemon(data_dir, "--backend", first, token=token, env=e2b_env)
     try:
         yield daemon
     finally:
-        daemon.stop()
+        assert daemon.stop() == 0, daemon.log()[-3000:]
         assert sandboxes_of(backend, data_dir) == []
 
 
@@ -103,6 +119,7 @@ async def langbot(
     data_dir: Path,
     langbot_cwd: Path,
     docker_engine: docker.DockerClient,
+    e2b_env: dict[str, str],
 ) -> AsyncIterator[LangBotLink]:
     if ws_daemon is not None:
         if ws_daemon.token:
@@ -115,7 +132,7 @@ async def langbot(
                 await link.client.init({"backend": backend})  # what LangBot sends on connect
             yield link
         return
-    async with over_stdio(data_dir, langbot_cwd, backend) as link:
+    async with over_stdio(data_dir, langbot_cwd, backend, env=e2b_env) as link:
         link.backend = backend
         if backend != "docker":
             await link.client.init({"backend": backend})
@@ -133,8 +150,9 @@ def spec(session_id: str, cmd: str = "", **fields: object) -> BoxSpec:
 
 async def workspace_seen_by_commands(langbot: LangBotLink, session_id: str) -> str:
     """What ``pwd`` says in the workspace: /workspace in a sandbox; on the host backend (as on
-    LangBot's) the host directory it stands for."""
-    if langbot.backend != "host":
+    LangBot's) the host directory it stands for, and on the e2b backend (as on LangBot's) where
+    E2B's user may write, /home/user/workspace: each names it in $LANGBOT_BOX_WORKSPACE."""
+    if langbot.backend not in ("host", "e2b"):
         return "/workspace"
     return (await langbot.client.execute(spec(session_id, 'printf %s "$LANGBOT_BOX_WORKSPACE"'))).stdout
 

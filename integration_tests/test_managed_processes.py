@@ -1,5 +1,6 @@
 """Managed processes and the stdio relay, on real sandboxes (Docker with runc and with gVisor,
-and nsjail)."""
+nsjail, and the e2b backend's sandboxes on a second daemon that speaks E2B's API:
+integration_tests/e2b_cluster.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from boxruntime.errors import BoxManagedProcessNotFoundError, BoxSessionNotFoundError
 from boxruntime.protocol import Peer, StreamConnection
 from integration_tests.daemon import ROOT, Daemon, connect, daemon_env, sandboxes_of, start_daemon
+from integration_tests.e2b_cluster import e2b_daemon
 
 pytestmark = [pytest.mark.anyio]
 
@@ -41,12 +43,17 @@ for raw in sys.stdin:
 """
 
 
-@pytest.fixture(params=["docker", "gvisor", "nsjail"])
+@pytest.fixture(params=["docker", "gvisor", "nsjail", "e2b"])
 def box(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
     backend = str(request.param)
+    env = {"BOXRUNTIME_SESSION_TTL_SEC": "2"}
+    if backend == "e2b":
+        with e2b_daemon(request.getfixturevalue("e2b_server"), data_dir, env=env) as daemon:
+            yield daemon
+        return
     if backend in ("docker", "gvisor"):
         request.getfixturevalue("docker_engine")
-    daemon = start_daemon(data_dir, "--backend", backend, env={"BOXRUNTIME_SESSION_TTL_SEC": "2"})
+    daemon = start_daemon(data_dir, "--backend", backend, env=env)
     daemon.extra["backend"] = backend
     try:
         yield daemon

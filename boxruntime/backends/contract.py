@@ -368,6 +368,10 @@ class Backend(abc.ABC, Generic[H]):
 
     # the backend as a whole
 
+    async def upkeep(self) -> None:
+        """Periodic work while this backend is selected (the runtime calls it about once a
+        minute): a remote backend renews its sandboxes' leases here."""
+
     async def cleanup_orphans(self) -> list[str]:
         """Remove sandboxes left by dead daemons of this data dir; returns their ids."""
         return []

@@ -1,10 +1,11 @@
 """Backend[Any] construction and selection (reference §D.2).
 
 ``local`` tries Docker, then nsjail; an explicit name never falls back. The unsafe ``host``
-backend is never a candidate of ``local``: only its name selects it. Nor is ``gvisor``: it is
-a choice with costs (slower commands and creation, a sandbox ended as a whole when it runs out
-of memory, no network where runsc runs with --network=none) that the operator makes by name.
-When nothing is usable the error lists every candidate and why, so the user knows what to install.
+backend and the remote ``e2b`` backend are never candidates of ``local``: only their names
+select them. Nor is ``gvisor``: it is a choice with costs (slower commands and creation, a
+sandbox ended as a whole when it runs out of memory, no network where runsc runs with
+--network=none) that the operator makes by name. When nothing is usable the error lists every
+candidate and why, so the user knows what to install.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from boxruntime.models import backend_names as names
 
 log = logging.getLogger(__name__)
 
-LOCAL_CANDIDATES = ("docker", "nsjail")  # never an unsafe one (host) by default
+LOCAL_CANDIDATES = ("docker", "nsjail")  # never an unsafe one (host) nor a remote one (e2b) by default
 
 
 def make_backend(name: str, settings: Settings, instance_id: str) -> Backend[Any]:
@@ -40,6 +41,10 @@ def make_backend(name: str, settings: Settings, instance_id: str) -> Backend[Any
         from boxruntime.backends.host.backend import HostBackend
 
         return HostBackend(settings, instance_id)
+    if name == "e2b":
+        from boxruntime.backends.e2b.backend import E2bBackend
+
+        return E2bBackend(settings, instance_id)
     raise BoxBackendUnavailableError(f"the {name} backend is not part of this build yet")
 
 
@@ -59,6 +64,19 @@ async def probe_all(settings: Settings, instance_id: str) -> list[BackendInfo]:
         infos.append(await backend.probe())
         await backend.close()
     return infos
+
+
+async def probe_named(settings: Settings, name: str) -> BackendInfo:
+    """Whether the backend ``name`` can be used now (``serve`` asks before it starts serving a
+    remote backend: an unreachable E2B server is a reason not to start, not to retry forever)."""
+    try:
+        backend = make_backend(name, settings, "preflight")
+    except BoxBackendUnavailableError as exc:
+        return BackendInfo(name=name, available=False, reason=str(exc))
+    try:
+        return await backend.probe()
+    finally:
+        await backend.close()
 
 
 async def select_backend(settings: Settings, instance_id: str) -> tuple[Backend[Any], BackendInfo]:

@@ -67,6 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if settings.backend in names.REMOTE:
+        refusal = _remote_refusal(settings)
+        if refusal is not None:
+            print(f"boxruntime: not starting: {refusal}", file=sys.stderr)
+            return 2
     started = time.monotonic()
     try:
         options = run_options(settings.event_loop)
@@ -84,6 +89,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     log.info("boxruntime stopped after %.1f s; every sandbox it started is removed", time.monotonic() - started)
     return 0
+
+
+def _remote_refusal(settings: Settings) -> str | None:
+    """Why a remote backend (e2b) cannot serve, asked once before serving: a daemon that cannot
+    reach its sandboxes' server says so and exits instead of failing every request."""
+    import anyio
+
+    from boxruntime.backends.selection import probe_named
+
+    info = anyio.run(probe_named, settings, settings.backend)
+    return None if info.available else f"the {settings.backend} backend is unavailable: {info.reason}"
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -133,7 +149,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend",
         choices=names.CHOICES,
-        help="sandbox backend (default local: docker, else nsjail; host = UNSAFE, no isolation)",
+        help="sandbox backend (default local: docker, else nsjail; host = UNSAFE, no isolation; "
+        "e2b = sandboxes on E2B or an E2B-compatible server)",
     )
     parser.add_argument("--log-level", default="info")
 

@@ -107,6 +107,17 @@ class BoxRuntime:
         while True:
             await anyio.sleep(WORKSPACE_SWEEP_INTERVAL_SEC)
             await self.sweep_workspaces()
+            await self._backend_upkeep()
+
+    async def _backend_upkeep(self) -> None:
+        """The selected backend's own periodic work (the e2b backend renews its sandboxes)."""
+        backend = self._backend
+        if backend is None:
+            return
+        try:
+            await backend.upkeep()
+        except Exception:
+            log.exception("backend upkeep failed")
 
     async def run_background(self) -> None:
         """The reaper, the warm pool, and the pumps of managed processes and commands; run until
