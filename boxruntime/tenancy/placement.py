@@ -6,6 +6,7 @@ Pure functions and small values; the gate and the relay use them, nothing here d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ def normalize_instance_id(value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=4096)  # every tenant request maps its ids: hash a workspace once
 def workspace_namespace(instance_uuid: str, workspace_uuid: str) -> str:
     """``ws-<24 hex>``: durable per workspace, the same for every placement generation."""
     digest = hashlib.sha256(f"{instance_uuid}\0{workspace_uuid}".encode()).hexdigest()
