@@ -22,7 +22,7 @@ import pytest
 from boxruntime.backends.agent.backend import AGENT_SOURCES
 from boxruntime.backends.agent.client import AgentClient, AgentLostError
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
-from boxruntime.errors import BoxValidationError
+from boxruntime.errors import BoxSandboxError, BoxValidationError
 
 pytestmark = pytest.mark.anyio
 MIB = 1024 * 1024
@@ -291,6 +291,7 @@ async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path) 
     assert stdout.readline() == b"got two\n"
     await client.connect(timeout=30)  # reconnect: the kept process is re-attached
     stdin.close()
+    await server.write_input(b"", eof=True)  # the agent's own copy of a kept stdin goes too
     events = [event async for event in server.events()]
     assert isinstance(events[-1], CommandExit) and events[-1].code == 0
     assert not any(isinstance(e, Output) for e in events)  # its output never went through the agent
@@ -322,6 +323,45 @@ async def test_the_exit_of_a_detached_process_is_kept_for_the_next_attach(agent_
     seen = [event async for event in proc.events()]
     assert len(seen) == 1 and isinstance(seen[0], CommandExit) and seen[0].code == 5
     await client.close()
+
+
+async def test_a_successor_takes_over_a_kept_process_and_what_it_wrote_meanwhile(agent_dir: Path) -> None:
+    first = AgentClient(agent_dir, "first")
+    await first.connect(timeout=30)
+    script = 'echo ready; while read line; do echo "got $line"; done; echo bye'
+    server = await first.spawn(kept_process(["sh", "-c", script]))
+    pid = await server.started()
+    pipes = await first.take_fds(server)
+    assert pipes.stdin is not None
+    stdin, stdout = os.fdopen(pipes.stdin, "wb", buffering=0), os.fdopen(pipes.stdout, "rb", buffering=0)
+    assert stdout.readline() == b"ready\n"
+    stdin.write(b"before\n")
+    # The first daemon dies: the kernel closes everything it held, its connection included.
+    stdin.close()
+    stdout.close()
+    os.close(pipes.stderr)
+    assert first._writer is not None
+    first._writer.transport.abort()
+    await first.close()
+
+    successor = AgentClient(agent_dir, "successor")
+    await successor.connect(timeout=30)
+    adopted, handed = await successor.adopt(server.id, pid)
+    assert adopted.pid == pid and handed.stdin is not None
+    stdin, stdout = os.fdopen(handed.stdin, "wb", buffering=0), os.fdopen(handed.stdout, "rb", buffering=0)
+    assert stdout.readline() == b"got before\n"  # written while no daemon held the pipes
+    stdin.write(b"after\n")
+    assert stdout.readline() == b"got after\n"
+    stdin.close()
+    await adopted.write_input(b"", eof=True)
+    assert stdout.readline() == b"bye\n"
+    stdout.close()
+    os.close(handed.stderr)
+    events = [event async for event in adopted.events()]
+    assert isinstance(events[-1], CommandExit) and events[-1].code == 0
+    with pytest.raises(BoxSandboxError, match="did not hand over"):
+        await successor.adopt("c-no-such-process", None)
+    await successor.close()
 
 
 async def test_malformed_frames_do_not_hurt_the_agent(agent: AgentClient, agent_dir: Path) -> None:
