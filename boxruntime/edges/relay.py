@@ -102,6 +102,7 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
     ws = web.WebSocketResponse(protocols=("mcp",), max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30, compress=False)
     await ws.prepare(request)
     sockets.add(ws)  # closed with the daemon
+    await runtime.sessions.used(session_id)  # a frozen session thaws for its relay client
     attachment = process.attach()
     log.info("relay attached to %s/%s from %s", session_id, process_id, request.remote)
     try:
@@ -123,6 +124,7 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         if placement is not None and not tenancy.fence.is_current(placement):
                             break  # the generation went stale while this message was on its way
+                        await runtime.sessions.used(session_id)
                         await process.write_line(msg.data)
                 # The client closed, and its close was answered in this same step: it must not
                 # count as attached once it can ask (the full detach follows the cancellation).

@@ -7,10 +7,13 @@ in here and below; the runtime sees only the contract's types.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import signal
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,11 +46,15 @@ from boxruntime.backends.contract import (
     Watch,
 )
 from boxruntime.backends.contract import state_dir as session_state_dir
-from boxruntime.errors import BoxSandboxError
+from boxruntime.errors import BoxError, BoxSandboxError
 from boxruntime.instance import instance_alive
 from boxruntime.models import BoxSpec
+from boxruntime.security import resolve_mounts
+
+log = logging.getLogger(__name__)
 
 AGENT_SOURCES = Path(__file__).parent / "sandbox"
+RECOVER_CONNECT_SEC = 5.0  # a recovered sandbox's agent answers at once, or the sandbox is lost
 AGENT_DIR_OF_SCRIPTS = "/opt/boxruntime"
 AGENT_PATH_IN_SANDBOX = f"{AGENT_DIR_OF_SCRIPTS}/boxagent.py"
 AGENT_DIR_IN_SANDBOX = "/run/boxruntime"
@@ -169,6 +176,112 @@ class AgentBackend(Backend[AH]):
         handle.key = key
         handle.private_workspace = moved
         return True
+
+    # ── a successor's take-over (re-adoption) ────────────────────────────
+
+    def describe(self, handle: AH) -> dict[str, Any]:
+        return {"sandbox_id": handle.sandbox_id, "state_dir": str(handle.state_dir) if handle.state_dir else None}
+
+    def claim_state(self, described: Mapping[str, Any]) -> Path | None:
+        """Move a dead daemon's host state of a sandbox (its agent's socket directory, jail
+        files) under this instance; the new path, or None if there is none to take. A renamed
+        directory stays what the sandbox has mounted: its bind mounts hold the directory."""
+        old = described.get("state_dir")
+        if not isinstance(old, str) or not old:
+            return None
+        source = Path(old)
+        target = self.state_dir(source.name)
+        if source == target:
+            return target if target.is_dir() else None
+        if target.exists():
+            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            return None
+        return target
+
+    def replan_workspace(self, handle: AH, spec: BoxSpec, key: str) -> None:
+        """The workspace of a recovered sandbox, found again as ``start`` made it: held (its
+        lease) and granted (a host directory's ACL) by this daemon now. BoxValidationError when
+        this daemon's settings no longer allow the session's mounts."""
+        workspace_mount, _ = resolve_mounts(spec, self.settings.mount_roots())
+        uid, gid = workspaces.sandbox_identity(self.settings, workspace_mount, handle.notes)
+        handle.adopt_workspace(workspaces.plan(self.settings.data_dir, spec, key, workspace_mount, uid, gid))
+
+    async def reconnect_agent(self, handle: AH) -> bool:
+        """Connect to a recovered sandbox's agent through its (moved) socket directory."""
+        assert handle.state_dir is not None
+        handle.agent = AgentClient(handle.state_dir / "agent", handle.sandbox_id)
+        try:
+            await handle.agent.connect(timeout=RECOVER_CONNECT_SEC)
+            return True
+        except BoxSandboxError as exc:
+            log.warning("sandbox %s: its agent does not answer: %s", handle.sandbox_id, exc)
+            await handle.agent.close()
+            handle.agent = None
+            return False
+
+    async def finish_recovery(self, handle: AH, spec: BoxSpec, key: str, agent: bool = True) -> bool:
+        """The common end of ``recover``: the workspace, then the agent (unless the sandbox runs
+        without one). False: the sandbox cannot be used (the caller removes it)."""
+        try:
+            self.replan_workspace(handle, spec, key)
+        except BoxError as exc:
+            log.warning("sandbox %s: its workspace cannot be taken over: %s", handle.sandbox_id, exc)
+            return False
+        return await self.reconnect_agent(handle) if agent else True
+
+    def process_ref(self, process: Process) -> str | None:
+        if isinstance(process, AgentCommand) and process.kept:
+            return process.ref
+        return None
+
+    async def recover_process(self, handle: AH, ref: str, pid: int | None) -> Process | None:
+        agent = await self.connected_agent(handle)
+        try:
+            proc, handed = await agent.adopt(ref, pid)
+        except BoxSandboxError as exc:
+            log.warning("sandbox %s: process %s is gone: %s", handle.sandbox_id, ref, exc)
+            return None
+        process = AgentCommand(proc, piped=True)
+        try:
+            process.use_pipes(await ProcessPipes.open(handed, process.on_pipe_data))
+        except BaseException:
+            process.cancel()
+            await process.close()
+            raise
+        return process
+
+    async def end_strays(self, handle: AH, known: Collection[str]) -> list[str]:
+        agent = await self.connected_agent(handle)
+        ended = []
+        for ref in agent.detached_at_start:
+            if ref in known:
+                continue
+            try:
+                proc, handed = await agent.adopt(ref, None)
+            except BoxSandboxError:
+                continue
+            for fd in (handed.stdin, handed.stdout, handed.stderr):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            with contextlib.suppress(BoxSandboxError):
+                await proc.signal(signal.SIGKILL, cancel=True)
+            ended.append(ref)
+        return ended
+
+    async def release(self, handle: AH) -> None:
+        if handle.agent is not None:
+            await handle.agent.close()  # the agent ends commands in flight; kept processes stay
+        handle.close_workspace_acl()
+        if handle.private_workspace is not None:
+            # Its lease ends with this daemon; count the handover as a use, so no sweeper takes
+            # the workspace before the successor holds it again.
+            with contextlib.suppress(OSError):
+                os.utime(handle.private_workspace.parent)
 
     # ── the agent ────────────────────────────────────────────────────────
 

@@ -112,6 +112,11 @@ class AgentCommand:
     # ── the process ──────────────────────────────────────────────────────
 
     @property
+    def kept(self) -> bool:
+        """A lasting process whose pipes the daemon holds: it outlives the daemon."""
+        return self._piped and self._proc.keep
+
+    @property
     def ref(self) -> str:
         """The agent's id of the process: how a successor daemon finds a kept one again."""
         return self._proc.id

@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -373,16 +373,96 @@ class DockerBackend(AgentBackend[DockerSandbox]):
 
     def _remove_container(self, name: str) -> None:
         try:
-            self._engine().containers.get(name).remove(force=True, v=True)
+            container = self._engine().containers.get(name)
+            if container.status == "paused":
+                container.unpause()  # frozen processes would not take the kill
+            container.remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
                 log.warning("could not remove container %s: %s", name, exc)
 
-    async def cleanup_orphans(self) -> list[str]:
-        """Remove containers of dead daemons of this data dir; never anyone else's."""
-        return await self._call(self._cleanup_orphans)
+    # ── a successor's take-over, and freezing ────────────────────────────
+
+    def survives_daemon(self) -> bool:
+        return True  # a container runs on whatever happens to its daemon
+
+    def describe(self, handle: DockerSandbox) -> dict[str, Any]:
+        return {
+            **super().describe(handle),
+            "container_id": handle.container_id,
+            "resolved_image": handle.resolved_image,
+            "engine_exec": handle.engine_exec,
+            "skills_root": str(handle.skills_root) if handle.skills_root else None,
+            "carrier": str(handle.carrier) if handle.carrier else None,
+            "carrier_target": handle.carrier_target,
+        }
+
+    async def recover(self, spec: BoxSpec, key: str, described: Mapping[str, Any]) -> DockerSandbox | None:
+        name = described.get("sandbox_id")
+        if not isinstance(name, str):
+            return None
+        state = self.claim_state(described)
+        status = await self._call(self._running_or_paused, name)
+        handle = DockerSandbox(
+            backend=self.name,
+            sandbox_id=name,
+            key=key,
+            resolved_image=described.get("resolved_image"),
+            state_dir=state,
+            container_id=described.get("container_id"),
+            engine_exec=bool(described.get("engine_exec")),
+        )
+        if state is not None:
+            # Paths under the state directory moved with it.
+            old = Path(str(described.get("state_dir")))
+            for attr in ("skills_root", "carrier"):
+                value = described.get(attr)
+                if isinstance(value, str) and Path(value).is_relative_to(old):
+                    setattr(handle, attr, state / Path(value).relative_to(old))
+            handle.carrier_target = described.get("carrier_target")
+        usable = status is not None and state is not None
+        if usable and status == "paused":
+            await self._call(lambda: self._engine().api.unpause(name))
+        if usable:
+            usable = await self.finish_recovery(handle, spec, key, agent=not handle.engine_exec)
+        if not usable:
+            with anyio.CancelScope(shield=True):
+                await self._call(self._remove_container, name)
+                if state is not None:
+                    host_mounts.remove_tree(state)
+            return None
+        return handle
+
+    def _running_or_paused(self, name: str) -> str | None:
+        """The container's state if it is one of ours (this data dir) and running or paused."""
+        try:
+            container = self._engine().containers.get(name)
+        except docker.errors.NotFound:
+            return None
+        if container.labels.get(LABEL_DATA_DIR) != str(self.settings.data_dir.resolve()):
+            return None
+        status = str(container.status)
+        return status if status in ("running", "paused") else None
+
+    def can_freeze(self) -> bool:
+        return True  # docker pause: the cgroup freezer (runc), or the runtime's own (runsc)
+
+    async def freeze(self, handle: DockerSandbox) -> None:
+        await self._call(self._engine().api.pause, handle.sandbox_id)
+
+    async def thaw(self, handle: DockerSandbox) -> None:
+        try:
+            await self._call(self._engine().api.unpause, handle.sandbox_id)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: not paused
+                raise BoxSandboxError(f"could not thaw sandbox {handle.sandbox_id}: {exc.explanation or exc}") from exc
+
+    async def cleanup_orphans(self, spare: Collection[str] = ()) -> list[str]:
+        """Remove containers of dead daemons of this data dir, except those in ``spare`` (taken
+        over by a live daemon); never anyone else's."""
+        return await self._call(self._cleanup_orphans, frozenset(spare))
 
     def _own_containers(self) -> list[Container]:
         data_dir = str(self.settings.data_dir.resolve())
@@ -391,11 +471,11 @@ class DockerBackend(AgentBackend[DockerSandbox]):
         )
         return found
 
-    def _cleanup_orphans(self) -> list[str]:
+    def _cleanup_orphans(self, spare: frozenset[str]) -> list[str]:
         removed: list[str] = []
         for container in self._own_containers():
             owner = container.labels.get(LABEL_INSTANCE, "")
-            if owner == self.instance_id or instance_alive(self.settings.data_dir, owner):
+            if owner == self.instance_id or container.name in spare or instance_alive(self.settings.data_dir, owner):
                 continue
             self._remove_container(container.name)
             removed.append(container.name)
