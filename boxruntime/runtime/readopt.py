@@ -53,6 +53,8 @@ async def take_over(
         async with anyio.create_task_group() as tg:
             for record in claimed:
                 tg.start_soon(one, record)
+        if not enabled:
+            await anyio.to_thread.run_sync(book.drop_dead)
         spare = await anyio.to_thread.run_sync(book.claimed_sandboxes)
         removed = await backend.cleanup_orphans(spare)
     finally:

@@ -158,6 +158,18 @@ class RecordBook:
                 directory.rmdir()
         return claimed
 
+    def drop_dead(self) -> None:
+        """Remove dead instances' records unclaimed (re-adoption off: their sandboxes are
+        removed as orphans)."""
+        for directory in self.root.iterdir() if self.root.is_dir() else []:
+            owner = directory.name
+            if owner == self.instance_id or not directory.is_dir() or instance_alive(self.data_dir, owner):
+                continue
+            for leftover in directory.iterdir():
+                leftover.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+
     def claimed_sandboxes(self) -> set[str]:
         """Ids of the sandboxes that live daemons' records name (this one's included): orphan
         cleanup must spare them."""
