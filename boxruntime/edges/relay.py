@@ -99,10 +99,12 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
         BoxReadinessError,
     ) as exc:
         return _error(exc)
+    # A frozen session thaws before its relay client is answered (and stays awake while one is
+    # attached, unless suspend_with_relay).
+    await runtime.sessions.used(session_id)
     ws = web.WebSocketResponse(protocols=("mcp",), max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30, compress=False)
     await ws.prepare(request)
     sockets.add(ws)  # closed with the daemon
-    await runtime.sessions.used(session_id)  # a frozen session thaws for its relay client
     attachment = process.attach()
     log.info("relay attached to %s/%s from %s", session_id, process_id, request.remote)
     try:
