@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -299,9 +300,10 @@ class SessionManager:
     async def _thaw(self, session: Session) -> None:
         """Under the session's lock: thaw it if it is frozen."""
         if session.suspended:
+            started = time.perf_counter()
             await session.backend.thaw(session.handle)
             session.suspended = False
-            log.info("session %s thawed", session.session_id)
+            log.info("session %s thawed in %.1f ms", session.session_id, (time.perf_counter() - started) * 1000)
 
     async def thaw(self, session_id: str) -> None:
         """Thaw the session if it is frozen; a no-op for one that is not."""
