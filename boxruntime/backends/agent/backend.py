@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import anyio
 
 from boxruntime.backends.agent import files as agent_files
+from boxruntime.backends.agent import takeover
 from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.agent.commands import CommandRequest
 from boxruntime.backends.agent.pipes import ProcessPipes
@@ -54,7 +54,6 @@ from boxruntime.security import resolve_mounts
 log = logging.getLogger(__name__)
 
 AGENT_SOURCES = Path(__file__).parent / "sandbox"
-RECOVER_CONNECT_SEC = 5.0  # a recovered sandbox's agent answers at once, or the sandbox is lost
 AGENT_DIR_OF_SCRIPTS = "/opt/boxruntime"
 AGENT_PATH_IN_SANDBOX = f"{AGENT_DIR_OF_SCRIPTS}/boxagent.py"
 AGENT_DIR_IN_SANDBOX = "/run/boxruntime"
@@ -183,24 +182,8 @@ class AgentBackend(Backend[AH]):
         return {"sandbox_id": handle.sandbox_id, "state_dir": str(handle.state_dir) if handle.state_dir else None}
 
     def claim_state(self, described: Mapping[str, Any]) -> Path | None:
-        """Move a dead daemon's host state of a sandbox (its agent's socket directory, jail
-        files) under this instance; the new path, or None if there is none to take. A renamed
-        directory stays what the sandbox has mounted: its bind mounts hold the directory."""
-        old = described.get("state_dir")
-        if not isinstance(old, str) or not old:
-            return None
-        source = Path(old)
-        target = self.state_dir(source.name)
-        if source == target:
-            return target if target.is_dir() else None
-        if target.exists():
-            return None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(source, target)
-        except FileNotFoundError:
-            return None
-        return target
+        """Move a dead daemon's host state of a sandbox under this instance (agent/takeover.py)."""
+        return takeover.claim_state(described, self.state_dir)
 
     def replan_workspace(self, handle: AH, spec: BoxSpec, key: str) -> None:
         """The workspace of a recovered sandbox, found again as ``start`` made it: held (its
@@ -213,15 +196,8 @@ class AgentBackend(Backend[AH]):
     async def reconnect_agent(self, handle: AH) -> bool:
         """Connect to a recovered sandbox's agent through its (moved) socket directory."""
         assert handle.state_dir is not None
-        handle.agent = AgentClient(handle.state_dir / "agent", handle.sandbox_id)
-        try:
-            await handle.agent.connect(timeout=RECOVER_CONNECT_SEC)
-            return True
-        except BoxSandboxError as exc:
-            log.warning("sandbox %s: its agent does not answer: %s", handle.sandbox_id, exc)
-            await handle.agent.close()
-            handle.agent = None
-            return False
+        handle.agent = await takeover.reconnect(handle.state_dir / "agent", handle.sandbox_id)
+        return handle.agent is not None
 
     async def finish_recovery(self, handle: AH, spec: BoxSpec, key: str, agent: bool = True) -> bool:
         """The common end of ``recover``: the workspace, then the agent (unless the sandbox runs
@@ -239,39 +215,10 @@ class AgentBackend(Backend[AH]):
         return None
 
     async def recover_process(self, handle: AH, ref: str, pid: int | None) -> Process | None:
-        agent = await self.connected_agent(handle)
-        try:
-            proc, handed = await agent.adopt(ref, pid)
-        except BoxSandboxError as exc:
-            log.warning("sandbox %s: process %s is gone: %s", handle.sandbox_id, ref, exc)
-            return None
-        process = AgentCommand(proc, piped=True)
-        try:
-            process.use_pipes(await ProcessPipes.open(handed, process.on_pipe_data))
-        except BaseException:
-            process.cancel()
-            await process.close()
-            raise
-        return process
+        return await takeover.adopt_process(await self.connected_agent(handle), ref, pid)
 
     async def end_strays(self, handle: AH, known: Collection[str]) -> list[str]:
-        agent = await self.connected_agent(handle)
-        ended = []
-        for ref in agent.detached_at_start:
-            if ref in known:
-                continue
-            try:
-                proc, handed = await agent.adopt(ref, None)
-            except BoxSandboxError:
-                continue
-            for fd in (handed.stdin, handed.stdout, handed.stderr):
-                if fd is not None:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            with contextlib.suppress(BoxSandboxError):
-                await proc.signal(signal.SIGKILL, cancel=True)
-            ended.append(ref)
-        return ended
+        return await takeover.end_strays(await self.connected_agent(handle), known)
 
     async def release(self, handle: AH) -> None:
         if handle.agent is not None:

@@ -39,7 +39,7 @@ from boxruntime.backends.common import workspace as workspaces
 from boxruntime.backends.common.completed import RanToCompletion
 from boxruntime.backends.common.workspace_acl import before_command
 from boxruntime.backends.contract import Command, CompletedCommand, Process
-from boxruntime.backends.docker import engine_exec, live_skills, workspace_carrier
+from boxruntime.backends.docker import engine_exec, live_skills, takeover, workspace_carrier
 from boxruntime.config import Settings
 from boxruntime.errors import (
     BoxBackendUnavailableError,
@@ -62,7 +62,7 @@ T = TypeVar("T")
 
 LABEL_MANAGED = "boxruntime.managed"
 LABEL_INSTANCE = "boxruntime.instance"
-LABEL_DATA_DIR = "boxruntime.data_dir"
+LABEL_DATA_DIR = takeover.LABEL_DATA_DIR
 LABEL_SESSION = "boxruntime.session_id"
 LABEL_KEY = "boxruntime.session_key"
 AGENT_START_TIMEOUT = 30.0
@@ -389,42 +389,20 @@ class DockerBackend(AgentBackend[DockerSandbox]):
         return True  # a container runs on whatever happens to its daemon
 
     def describe(self, handle: DockerSandbox) -> dict[str, Any]:
-        return {
-            **super().describe(handle),
-            "container_id": handle.container_id,
-            "resolved_image": handle.resolved_image,
-            "engine_exec": handle.engine_exec,
-            "skills_root": str(handle.skills_root) if handle.skills_root else None,
-            "carrier": str(handle.carrier) if handle.carrier else None,
-            "carrier_target": handle.carrier_target,
-        }
+        return {**super().describe(handle), **takeover.describe(handle)}
 
     async def recover(self, spec: BoxSpec, key: str, described: Mapping[str, Any]) -> DockerSandbox | None:
         name = described.get("sandbox_id")
         if not isinstance(name, str):
             return None
         state = self.claim_state(described)
-        status = await self._call(self._running_or_paused, name)
-        handle = DockerSandbox(
-            backend=self.name,
-            sandbox_id=name,
-            key=key,
-            resolved_image=described.get("resolved_image"),
-            state_dir=state,
-            container_id=described.get("container_id"),
-            engine_exec=bool(described.get("engine_exec")),
-        )
-        if state is not None:
-            # Paths under the state directory moved with it.
-            old = Path(str(described.get("state_dir")))
-            for attr in ("skills_root", "carrier"):
-                value = described.get(attr)
-                if isinstance(value, str) and Path(value).is_relative_to(old):
-                    setattr(handle, attr, state / Path(value).relative_to(old))
-            handle.carrier_target = described.get("carrier_target")
+        engine = await self._call(self._engine)
+        status = await self._call(takeover.running_or_paused, engine, name, self.settings.data_dir)
+        handle = DockerSandbox(backend=self.name, sandbox_id=name, key=key, state_dir=state)
+        takeover.restore(handle, described, state)
         usable = status is not None and state is not None
         if usable and status == "paused":
-            await self._call(lambda: self._engine().api.unpause(name))
+            await self._call(engine.api.unpause, name)
         if usable:
             usable = await self.finish_recovery(handle, spec, key, agent=not handle.engine_exec)
         if not usable:
@@ -434,17 +412,6 @@ class DockerBackend(AgentBackend[DockerSandbox]):
                     host_mounts.remove_tree(state)
             return None
         return handle
-
-    def _running_or_paused(self, name: str) -> str | None:
-        """The container's state if it is one of ours (this data dir) and running or paused."""
-        try:
-            container = self._engine().containers.get(name)
-        except docker.errors.NotFound:
-            return None
-        if container.labels.get(LABEL_DATA_DIR) != str(self.settings.data_dir.resolve()):
-            return None
-        status = str(container.status)
-        return status if status in ("running", "paused") else None
 
     def can_freeze(self) -> bool:
         return True  # docker pause: the cgroup freezer (runc), or the runtime's own (runsc)
