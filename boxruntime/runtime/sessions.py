@@ -33,10 +33,10 @@ from boxruntime.errors import (
 )
 from boxruntime.ids import safe_key
 from boxruntime.models import SESSION_IDENTITY_FIELDS, BoxSpec, SessionInfo, SessionStatus, utcnow
+from boxruntime.runtime.records import RecordBook, session_record
 
 if TYPE_CHECKING:
     from boxruntime.runtime.processes import ManagedProcess
-    from boxruntime.runtime.records import RecordBook
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +277,6 @@ class SessionManager:
         """Write the session's record, where its sandbox can outlive this daemon."""
         if self.records is None or not session.backend.survives_daemon() or session.closing:
             return
-        from boxruntime.runtime.records import session_record
-
         self.records.save(session_record(session, handover))
         session.saved_used_at = session.last_used_at
 
