@@ -120,13 +120,13 @@ def nsjail_bin_dir() -> Path:
 OURS_DATA = "ours-data"  # our websocket daemon's data dir, under the bench's work dir
 
 
-def ours_env(data_dir: Path, image: str, pool_size: int) -> dict[str, str]:
+def ours_env(data_dir: Path, image: str, pool_size: int, source: Path = ROOT) -> dict[str, str]:
     env = clean_env()
     env["BOXRUNTIME_DATA_DIR"] = str(data_dir)
     # The warm pool keeps sandboxes of the default image ready: make that the image both daemons use.
     env["BOXRUNTIME_DEFAULT_IMAGE"] = image
     env["BOXRUNTIME_POOL_SIZE"] = str(pool_size)
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(source)
     return env
 
 
@@ -139,16 +139,19 @@ def theirs_env(backend: str) -> dict[str, str]:
     return env
 
 
-def start_ours(work: Path, mount_root: Path, backend: str, image: str, pool_size: int) -> DaemonProc:
+def start_ours(
+    work: Path, mount_root: Path, backend: str, image: str, pool_size: int, source: Path = ROOT
+) -> DaemonProc:
+    """Our daemon, from the tree at ``source`` (this one by default; bench_ab runs an older one)."""
     data_dir = work / OURS_DATA
     data_dir.mkdir()
     port = free_port()
     log_path = work / "ours.log"
-    env = ours_env(data_dir, image, pool_size)
+    env = ours_env(data_dir, image, pool_size, source)
     argv = [sys.executable, "-m", "boxruntime", "serve", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--backend", backend, "--allow-mount-root", str(mount_root)]
     with log_path.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=source, start_new_session=True)
     return DaemonProc("ours (boxruntime)", port, proc, log_path, signal.SIGTERM)
 
 

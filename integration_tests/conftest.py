@@ -47,12 +47,33 @@ def data_dir(tmp_path: Path) -> Path:
 def daemon(docker_engine: docker.DockerClient, data_dir: Path) -> Iterator[Daemon]:
     """A WebSocket daemon on the Docker backend; on teardown it must leave no container."""
     proc = start_daemon(data_dir, "--backend", "docker")
+    proc.extra["backend"] = "docker"
     try:
         yield proc
     finally:
         proc.stop()
         leftovers = containers_of(data_dir)
         assert leftovers == [], f"daemon left containers behind: {leftovers}"
+
+
+@pytest.fixture
+def gvisor_daemon(docker_engine: docker.DockerClient, data_dir: Path) -> Iterator[Daemon]:
+    """A WebSocket daemon on the gvisor backend (Docker with runsc, registered by ./dev)."""
+    proc = start_daemon(data_dir, "--backend", "gvisor")
+    proc.extra["backend"] = "gvisor"
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        leftovers = containers_of(data_dir)
+        assert leftovers == [], f"daemon left containers behind: {leftovers}"
+
+
+@pytest.fixture(params=["docker", "gvisor"])
+def container_daemon(request: pytest.FixtureRequest) -> Daemon:
+    """The same test on both container runtimes: runc (docker) and runsc (gvisor)."""
+    daemon: Daemon = request.getfixturevalue("daemon" if request.param == "docker" else "gvisor_daemon")
+    return daemon
 
 
 @pytest.fixture

@@ -189,7 +189,7 @@ def host_agents_of(data_dir: Path) -> list[int]:
 def sandboxes_of(backend: str, data_dir: Path) -> list[str]:
     """The live sandboxes a backend keeps for ``data_dir``: containers, jail processes, or the
     host backend's session agents."""
-    if backend == "docker":
+    if backend in ("docker", "gvisor"):
         return containers_of(data_dir)
     if backend == "host":
         return [str(pid) for pid in host_agents_of(data_dir)]

@@ -5,6 +5,7 @@ with why), each example script, and the LangBot config through LangBot's own cli
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -56,6 +57,20 @@ def reader_env(daemon: Daemon) -> dict[str, str]:
     return env
 
 
+def exported(code: str, daemon: Daemon) -> dict[str, str]:
+    """What a sh block's ``export`` lines leave in the reader's shell for the blocks after it
+    (each block runs in its own process here), the README's default address read as this
+    test daemon's own port."""
+    found: dict[str, str] = {}
+    for line in code.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["export"]:
+            for word in words[1:]:
+                name, _, value = word.partition("=")
+                found[name] = value.replace("http://127.0.0.1:5410", daemon.http)
+    return found
+
+
 def run(argv: list[str], env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         argv, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=TIMEOUT, check=False
@@ -78,6 +93,7 @@ def test_every_readme_block_runs(box: Daemon, tmp_path: Path) -> None:
                 done = run([str(PYTHON), str(script)], env)
             else:
                 done = run(["bash", "-e", "-o", "pipefail", "-c", code], env)
+                env.update(exported(code, box))
             assert done.returncode == 0, f"README block {number} ({lang}) failed:\n{code}\n{done.stdout}{done.stderr}"
             outputs.append(done.stdout)
     finally:
@@ -86,6 +102,7 @@ def test_every_readme_block_runs(box: Daemon, tmp_path: Path) -> None:
     assert "hello from the box\n" in text
     assert "'get_current_time'" in text and '"timezone": "UTC"' in text
     assert "HELLO\n" in text
+    assert "hi\n\nhello\n" in text  # the E2B SDK's block: the command's stdout, then the file
 
 
 def test_the_chat_bot_example(box: Daemon) -> None:

@@ -1,4 +1,5 @@
-"""Managed processes and the stdio relay, on real sandboxes (Docker and nsjail)."""
+"""Managed processes and the stdio relay, on real sandboxes (Docker with runc and with gVisor,
+and nsjail)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ for raw in sys.stdin:
 """
 
 
-@pytest.fixture(params=["docker", "nsjail"])
+@pytest.fixture(params=["docker", "gvisor", "nsjail"])
 def box(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
     backend = str(request.param)
-    if backend == "docker":
+    if backend in ("docker", "gvisor"):
         request.getfixturevalue("docker_engine")
     daemon = start_daemon(data_dir, "--backend", backend, env={"BOXRUNTIME_SESSION_TTL_SEC": "2"})
     daemon.extra["backend"] = backend

@@ -18,10 +18,10 @@ from tests import langbot_host_fs as langbot
 pytestmark = [pytest.mark.anyio]
 
 
-@pytest.fixture(params=["docker", "nsjail", "host"])
+@pytest.fixture(params=["docker", "gvisor", "nsjail", "host"])
 def pooled(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
     backend = str(request.param)
-    if backend == "docker":
+    if backend in ("docker", "gvisor"):
         request.getfixturevalue("docker_engine")
     token = "p" * 40 if backend == "host" else None  # never served over WebSocket without one
     daemon = start_daemon(data_dir, "--backend", backend, env={"BOXRUNTIME_POOL_SIZE": "2"}, token=token)

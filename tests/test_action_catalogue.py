@@ -20,7 +20,18 @@ from boxruntime.action_table import ActionTable
 from boxruntime.config import Settings
 from boxruntime.edges.server import control_actions, skill_actions
 from boxruntime.errors import BoxValidationError
-from boxruntime.models import Empty, ManagedProcessInfo, ManagedProcessStatus, ProcessRef
+from boxruntime.models import (
+    BackendInfo,
+    Empty,
+    ManagedProcessInfo,
+    ManagedProcessStatus,
+    NetworkMode,
+    ProcessRef,
+    ReadinessReport,
+    SessionDetails,
+    SkillUpdate,
+    UpdateSkillRequest,
+)
 from boxruntime.models import actions as a
 from boxruntime.models.action_kinds import Kind, Streamed, Unary
 from boxruntime.protocol import DEFAULT_TIMEOUT, call_unary
@@ -248,3 +259,36 @@ def test_the_catalogue_loads_no_model_and_the_client_no_skill_or_tenancy_model()
     before, after = out.strip().split("] [")
     assert before.strip("[]") == "'boxruntime.models.action_kinds', 'boxruntime.models.actions'"
     assert "skills" not in after and "tenancy" not in after
+
+
+# ── wire forms the models now carry themselves ───────────────────────────
+
+
+def test_a_skill_update_sends_only_the_fields_that_were_set() -> None:
+    request = UpdateSkillRequest(name="pdf", skill=SkillUpdate(display_name=None, description="d"))
+    assert a.UPDATE_SKILL.request.dump(request) == {"name": "pdf", "skill": {"display_name": None, "description": "d"}}
+    assert a.UPDATE_SKILL.request.parse({"name": "pdf", "skill": {}}).skill.model_fields_set == set()
+
+
+def test_answers_leave_out_the_keys_langbot_leaves_out() -> None:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    details = SessionDetails(
+        session_id="s",
+        backend_name="docker",
+        backend_session_id="c",
+        image="i",
+        network=NetworkMode.OFF,
+        created_at=now,
+        last_used_at=now,
+    )
+    dumped = a.GET_SESSION.response.dump(details)
+    assert "managed_processes" not in dumped and "managed_process" not in dumped and dumped["host_path"] is None
+    ready = ReadinessReport(ready=True, mode="standard", backend={"name": "docker"}, checks={"backend_available": True})
+    assert a.HEALTH.response.dump(ready) == {
+        "ready": True,
+        "mode": "standard",
+        "backend": {"name": "docker"},
+        "checks": {"backend_available": True},
+    }
+    assert isinstance(a.HEALTH.response.parse({"name": "docker", "available": True}), BackendInfo)
+    assert isinstance(a.HEALTH.response.parse(a.HEALTH.response.dump(ready)), ReadinessReport)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 from boxruntime.backends.agent.backend import AGENT_SOURCES
 from boxruntime.backends.agent.client import AgentClient, AgentLostError
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
+from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.errors import BoxSandboxError, BoxValidationError
 
 pytestmark = pytest.mark.anyio
@@ -269,8 +271,14 @@ def kept_process(argv: list[str], stdin: bool = True) -> CommandRequest:
     )
 
 
-async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path) -> None:
-    client = AgentClient(agent_dir, "lossy")
+# The two ways a process's stdio reaches the daemon: its pipes passed over the socket, or the
+# daemon's own sockets as its stdio (gVisor, where descriptors cannot leave the sandbox).
+HANDOVERS = pytest.mark.parametrize("pass_fds", [True, False], ids=["pipes-passed", "stdio-sockets"])
+
+
+@HANDOVERS
+async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path, pass_fds: bool) -> None:
+    client = AgentClient(agent_dir, "lossy", pass_fds=pass_fds)
     await client.connect(timeout=30)
     exec_marker = f"sleep 7{os.getpid() % 1000}4"
     running = asyncio.create_task(client.run(cmd(exec_marker)))
@@ -306,8 +314,9 @@ async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path) 
     await client.close()
 
 
-async def test_the_exit_of_a_detached_process_is_kept_for_the_next_attach(agent_dir: Path) -> None:
-    client = AgentClient(agent_dir, "detached")
+@HANDOVERS
+async def test_the_exit_of_a_detached_process_is_kept_for_the_next_attach(agent_dir: Path, pass_fds: bool) -> None:
+    client = AgentClient(agent_dir, "detached", pass_fds=pass_fds)
     await client.connect(timeout=30)
     proc = await client.spawn(kept_process(["sh", "-c", "sleep 0.3; echo while-away; exit 5"], stdin=False))
     await proc.started()
@@ -372,4 +381,28 @@ async def test_malformed_frames_do_not_hurt_the_agent(agent: AgentClient, agent_
     with contextlib.suppress(ConnectionError):  # the agent may drop it before the drain returns
         await writer.drain()
     writer.close()
+    assert (await agent.run(cmd("echo still fine"))).stdout == b"still fine\n"
+
+
+async def test_a_spawn_naming_stdio_sockets_the_agent_lacks_fails_and_runs_nothing(
+    agent: AgentClient, agent_dir: Path, tmp_path: Path
+) -> None:
+    reader, writer = await asyncio.open_unix_connection(str(agent_dir / "agent.sock"))
+
+    async def frame() -> dict[str, object]:
+        hlen, blen = wire.PREFIX.unpack(await reader.readexactly(wire.PREFIX.size))
+        header = json.loads(await reader.readexactly(hlen))
+        await reader.readexactly(blen)
+        return dict(header)
+
+    assert (await frame())["ev"] == "hello"
+    marker = tmp_path / "ran"
+    spawn = {"op": "spawn", "id": "x1", "cwd": "/tmp", "env": {}, "argv": ["touch", str(marker)]}
+    spawn["stdio"] = [None, "never-opened.out", "never-opened.err"]
+    raw = json.dumps(spawn).encode()
+    writer.write(wire.PREFIX.pack(len(raw), 0) + raw)
+    failed = await frame()
+    assert failed["ev"] == "failed" and "no stdio socket" in str(failed["error"])
+    writer.close()
+    assert not marker.exists()
     assert (await agent.run(cmd("echo still fine"))).stdout == b"still fine\n"

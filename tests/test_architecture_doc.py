@@ -8,7 +8,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
-SOURCE_FOLDERS = ("boxruntime", "boxruntime_cli", "langbot_bridge", "tests", "integration_tests", "langbot4_tests", "bench")
+SOURCE_FOLDERS = (
+    "boxruntime",
+    "boxruntime_cli",
+    "langbot_bridge",
+    "tests",
+    "integration_tests",
+    "langbot4_tests",
+    "bench",
+)
 
 
 def named_paths() -> set[str]:

@@ -156,6 +156,18 @@ def test_backend_key(clean_env: Path) -> None:
     assert s.backend == "local"
 
 
+def test_gvisor_is_chosen_by_name_only(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from boxruntime.backends.selection import candidates
+
+    s = load_settings()
+    assert "gvisor" not in candidates(s)  # local never picks it
+    apply_box_config(s, {"backend": "gVisor"})
+    assert (s.backend, candidates(s)) == ("gvisor", ("gvisor",))
+    monkeypatch.setenv("BOXRUNTIME_BACKEND", "gvisor")
+    monkeypatch.setenv("BOXRUNTIME_GVISOR_RUNTIME", "runsc-kvm")
+    assert (load_settings().backend, load_settings().gvisor_runtime) == ("gvisor", "runsc-kvm")
+
+
 def test_local_host_root_defaults_the_allowed_roots(clean_env: Path) -> None:
     s = load_settings()
     assert apply_box_config(s, {"local": {"host_root": "./data/box"}}) == []

@@ -32,7 +32,8 @@ def test_the_readme_example_is_complete_and_valid(tmp_path: Path, monkeypatch: p
     config = load_config(path)
     check(config)
     kinds = {c.kind for c in config.channel}
-    assert kinds == {"workbot", "bncr", "http_bot"} and config.agent.kind == "openai"
+    assert kinds == {"workbot", "bncr", "http_bot", "dingtalk", "wecom_aibot", "qq", "wecom_app", "wecom_kf"}
+    assert config.agent.kind == "openai"
     assert config.data_dir == tmp_path / "gateway-data"
     # Every setting of every model appears in the example (the README documents every key).
     sections = {
@@ -46,7 +47,7 @@ def test_the_readme_example_is_complete_and_valid(tmp_path: Path, monkeypatch: p
     for name, model in sections.items():
         for key in type(model).model_fields:
             assert re.search(rf"^#? ?{key} =", example, re.MULTILINE), f"[{name}] {key} is not in the README example"
-    for kind in (AGENTS.get("openai"), *(CHANNELS.get(k) for k in kinds)):
+    for kind in (AGENTS.get("openai"), AGENTS.get("acp"), *(CHANNELS.get(k) for k in kinds)):
         for key in kind.settings.model_fields:
             assert re.search(rf"^#? ?{key} =", example, re.MULTILINE), (
                 f"{kind.name}: {key} is not in the README example"
@@ -59,7 +60,7 @@ def test_kinds_check_their_own_tables() -> None:
     wrong = parse_config({"agent": {"kind": "command", "model": "gpt"}}, Path("."))
     with pytest.raises(GatewayConfigError, match="model: Extra inputs are not permitted"):
         validate_kind(AGENTS.get("command").settings, wrong.agent, "[agent]")
-    with pytest.raises(GatewayConfigError, match="unknown agent kind 'acme'; known: command, openai"):
+    with pytest.raises(GatewayConfigError, match="unknown agent kind 'acme'; known: acp, command, openai"):
         AGENTS.get("acme")
     with pytest.raises(GatewayConfigError, match="unknown channel kind 'fax'"):
         CHANNELS.get("fax")

@@ -15,7 +15,13 @@ import pytest
 from boxruntime.config import Settings
 from boxruntime.edges.handlers import BoxActions
 from boxruntime.edges.server import skill_actions
-from boxruntime.errors import BoxPermissionError, BoxSessionNotFoundError, BoxValidationError
+from boxruntime.errors import (
+    BoxAdmissionError,
+    BoxPermissionError,
+    BoxReadinessError,
+    BoxSessionNotFoundError,
+    BoxValidationError,
+)
 from boxruntime.protocol import ActionHandler
 from boxruntime.protocol.envelope import Request
 from boxruntime.runtime.core import BoxRuntime
@@ -271,3 +277,25 @@ async def test_the_host_backend_is_refused_over_a_tokenless_websocket(tenancy: T
     with pytest.raises(BoxValidationError, match="host backend requires local stdio control"):
         await tokenless.call("box_init", {"backend": "host"})
     assert tenancy.settings.backend == "local"
+
+
+async def test_interactive_exec_needs_a_grant_under_admission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """box_exec_interactive runs a command in a sandbox: grant-enforced mode holds it to a grant
+    as it does box_exec (a tenant action would have run it without one)."""
+    monkeypatch.setattr("boxruntime.runtime.core.select_backend", Selector())
+    settings = Settings(
+        data_dir=tmp_path / "data", trusted_instance="inst-1", pool_size=0, admission_config={"required": True}
+    )
+    runtime = BoxRuntime(settings)
+    await runtime.start()
+    try:
+        lb = Tenant(Tenancy(runtime), identified=True)
+        request = Request(1, "box_exec_interactive", {"session_id": "global", "cmd": "id", "stdin": False}, ctx("ws-a"))
+        stream = lb.gate(request, lb.actions["box_exec_interactive"])
+        assert isinstance(stream, AsyncIterator)
+        with pytest.raises((BoxAdmissionError, BoxReadinessError)):
+            async for _ in stream:
+                pass
+        assert runtime.sessions.sessions() == []
+    finally:
+        await runtime.close()

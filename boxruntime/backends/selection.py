@@ -1,8 +1,10 @@
 """Backend[Any] construction and selection (reference §D.2).
 
 ``local`` tries Docker, then nsjail; an explicit name never falls back. The unsafe ``host``
-backend is never a candidate of ``local``: only its name selects it. When nothing is usable
-the error lists every candidate and why, so the user knows what to install.
+backend is never a candidate of ``local``: only its name selects it. Nor is ``gvisor``: it is
+a choice with costs (slower commands and creation, a sandbox ended as a whole when it runs out
+of memory, no network where runsc runs with --network=none) that the operator makes by name.
+When nothing is usable the error lists every candidate and why, so the user knows what to install.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ def make_backend(name: str, settings: Settings, instance_id: str) -> Backend[Any
         from boxruntime.backends.docker.backend import DockerBackend
 
         return DockerBackend(settings, instance_id)
+    if name == "gvisor":
+        from boxruntime.backends.gvisor.backend import GvisorBackend
+
+        return GvisorBackend(settings, instance_id)
     if name == "nsjail":
         from boxruntime.backends.nsjail.backend import NsjailBackend
 

@@ -7,6 +7,7 @@ requests and dumps the answers (``boxruntime.action_table``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -91,10 +92,10 @@ class BoxActions:
         return await self.runtime.exec(spec)
 
     async def exec_stream(self, spec: BoxSpec) -> AsyncGenerator[OutputChunk | StreamedResult, None]:
-        # The runtime yields the items already dumped; read back into their models here until
-        # it yields the models themselves.
-        async for item in self.runtime.exec_stream(spec):
-            yield a.EXEC_ITEMS.parse(item)
+        # Closed with this stream: a client that stops reading ends the command at once.
+        async with contextlib.aclosing(self.runtime.exec_stream(spec)) as items:
+            async for item in items:
+                yield item
 
     async def create_session(self, spec: BoxSpec) -> SessionInfo:
         return await self.runtime.create_session(spec)

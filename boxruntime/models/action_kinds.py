@@ -104,6 +104,7 @@ class Unary(Generic[Q, R]):
         request: Shape[Q],
         response: Shape[R],
         kind: Kind,
+        *,
         timeout: float,
         langbot_timeout: float | None = None,
     ) -> None:
@@ -130,6 +131,7 @@ class Streamed(Generic[Q, I]):
         request: Shape[Q],
         items: Shape[I],
         kind: Kind,
+        *,
         timeout: float,
         langbot_timeout: float | None = None,
     ) -> None:

@@ -8,8 +8,10 @@ A name LangBot knows but this build does not implement is accepted in LangBot's 
 
 from __future__ import annotations
 
-IMPLEMENTED = ("docker", "nsjail", "host")  # the backends of this build (host: explicit opt-in only)
+# The backends of this build; gvisor and host only by name (never picked by ``local``).
+IMPLEMENTED = ("docker", "gvisor", "nsjail", "host")
 LOCAL = "local"  # Docker if an engine is reachable, else nsjail
 CHOICES = (LOCAL, *IMPLEMENTED)  # what --backend and BOXRUNTIME_BACKEND offer
 LANGBOT_NAMES = (LOCAL, "docker", "nsjail", "e2b", "host")  # what LangBot's box config may name
+ACCEPTED = (*CHOICES, *(name for name in LANGBOT_NAMES if name not in CHOICES))  # ours and LangBot's
 NOT_IMPLEMENTED = tuple(name for name in LANGBOT_NAMES if name not in CHOICES)

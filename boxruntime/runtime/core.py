@@ -6,7 +6,7 @@ The server and the stdio loop each hold one; handlers translate actions into its
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Literal
 
 import anyio
@@ -220,7 +220,7 @@ class BoxRuntime:
             done = await session.backend.run(session.handle, command)
         return exec_result(spec.session_id, session.handle.backend, done, float(spec.timeout_sec), OUTPUT_CAP_BYTES)
 
-    async def exec_stream(self, spec: BoxSpec) -> AsyncIterator[dict[str, Any]]:
+    async def exec_stream(self, spec: BoxSpec) -> AsyncGenerator[OutputChunk | StreamedResult, None]:
         """Output chunks as they are produced, then the result (``box_exec_stream``). A caller
         that stops reading ends the command."""
         command = self._command(spec)
@@ -235,13 +235,13 @@ class BoxRuntime:
                         collected[event.stream].extend(event.data)
                         text, encoding = decoders[event.stream].convert(event.data)
                         name: Literal["stdout", "stderr"] = "stdout" if event.stream == 1 else "stderr"
-                        yield OutputChunk(stream=name, data=text, encoding=encoding).model_dump(mode="json")
+                        yield OutputChunk(stream=name, data=text, encoding=encoding)
                     else:
                         finished = True
                         done = CompletedCommand(event, bytes(collected[1]), bytes(collected[2]))
                         timeout = float(spec.timeout_sec)
                         result = exec_result(spec.session_id, session.handle.backend, done, timeout, OUTPUT_CAP_BYTES)
-                        yield StreamedResult(result=result).model_dump(mode="json")
+                        yield StreamedResult(result=result)
             finally:
                 if not finished:
                     process.cancel()  # nobody reads any more: the command must not go on

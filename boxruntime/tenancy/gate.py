@@ -22,6 +22,7 @@ import pydantic
 
 from boxruntime.config import host_backend_refusal
 from boxruntime.errors import BoxPermissionError, BoxValidationError
+from boxruntime.models import SessionDeleted
 from boxruntime.models import actions as a
 from boxruntime.models.action_kinds import Kind, Streamed
 from boxruntime.protocol import ActionHandler, Payload, call_unary
@@ -110,7 +111,8 @@ class TenantGate:
             return await view(data, scope)
         answer = await call_unary(handler, data)
         if req.action == a.DELETE_SESSION.name:
-            return {"deleted": req.data["session_id"]}  # the id as the caller sent it
+            # The id as the caller sent it.
+            return a.DELETE_SESSION.response.dump(SessionDeleted(deleted=req.data["session_id"]))
         return answer
 
     async def _legacy(self, req: Request, handler: ActionHandler) -> Payload:

@@ -50,6 +50,8 @@ PROBE_MAX_BYTES = 1024
 SANDBOX_ACTIONS = a.names(Kind.SANDBOX)
 # The sandbox actions whose request is a BoxSpec (admission normalises it; strict mode checks it).
 SPEC_ACTIONS = frozenset(action.name for action in (a.EXEC, a.EXEC_STREAM, a.CREATE_SESSION))
+# What box_exec_interactive adds to a BoxSpec (boxruntime.models.interactive).
+INTERACTIVE_FIELDS = ("stdin", "tty", "no_timeout")
 
 
 def _now() -> dt.datetime:
@@ -95,12 +97,23 @@ class ManagedSandboxes:
         and workspace, or the one session id checked."""
         if action in SPEC_ACTIONS:
             return self.admission.normalize_spec(data, self.workspace_dir(placement))
+        if action == a.EXEC_INTERACTIVE.name:
+            return self._interactive(data, placement)
         if action == a.GET_SESSIONS.name:
             return data
         self.admission.logical_id(data.get("session_id"))
         if action == a.START_PROCESS.name and grant.max_managed_processes <= 0:
             raise BoxAdmissionError("Sandbox admission grant does not permit managed processes")
         return data
+
+    def _interactive(self, data: Payload, placement: Placement) -> Payload:
+        """An interactive exec's spec normalised as box_exec's is; how it is attached kept, but
+        never without the policy's timeout."""
+        attach = {key: data[key] for key in INTERACTIVE_FIELDS if key in data}
+        if attach.get("no_timeout"):
+            raise BoxAdmissionError("Managed sandbox commands keep the policy's timeout")
+        spec = {key: value for key, value in data.items() if key not in INTERACTIVE_FIELDS}
+        return {**self.admission.normalize_spec(spec, self.workspace_dir(placement)), **attach}
 
     async def admit_relay(self, placement: Placement) -> None:
         grant = await self.admit(placement)

@@ -55,6 +55,9 @@ log = logging.getLogger(__name__)
 
 
 class BncrSettings(ChannelSettings):
+    """``[[channel]] kind = "bncr"``: the WebSocket path, the client token's environment
+    variable, push acknowledgement (bncr's ``outboundRequireAck``) and file-transfer limits."""
+
     kind: Literal["bncr"] = "bncr"
     path: str | None = None  # default /bncr/<name>
     token_env: str = pydantic.Field(min_length=1)
@@ -70,6 +73,9 @@ class BncrSettings(ChannelSettings):
 
 
 class Connection:
+    """One bncr client's WebSocket: its account once ``bncr.connect`` succeeded, and the
+    acks its pushes wait for."""
+
     def __init__(self, ws: web.WebSocketResponse, authenticated: bool) -> None:
         self.ws = ws
         self.authenticated = authenticated
@@ -80,15 +86,20 @@ class Connection:
         self._send_lock = anyio.Lock()
 
     async def emit(self, frame: dict[str, Any]) -> None:
+        """Send one JSON frame; a lock keeps concurrent senders' frames whole."""
         async with self._send_lock:
             await self.ws.send_str(json.dumps(frame, ensure_ascii=False))
 
     @property
     def open(self) -> bool:
+        """Whether the socket is still open."""
         return not self.ws.closed
 
 
 class BncrChannel(Channel[BncrSettings]):
+    """The bncr bridge's server side: clients connect to ``path``, send ``bncr.inbound`` and
+    receive ``bncr.push`` events on the newest connection of their account."""
+
     kind = "bncr"
 
     def __init__(self, settings: BncrSettings, host: ChannelHost) -> None:
@@ -103,10 +114,12 @@ class BncrChannel(Channel[BncrSettings]):
         self.last: dict[str, Any] = {}
 
     def routes(self) -> list[web.RouteDef]:
+        """The WebSocket upgrade on ``path``."""
         return [web.get(self.path, self._websocket)]
 
     @property
     def ready(self) -> bool:
+        """Whether any client is connected (replies wait in the outbox otherwise)."""
         return any(conns for conns in self.connections.values())
 
     def _primary(self, account: str) -> Connection | None:
@@ -114,6 +127,7 @@ class BncrChannel(Channel[BncrSettings]):
         return conns[-1] if conns else None
 
     async def shutdown(self) -> None:
+        """Close every client connection with 1001 (going away)."""
         for conns in list(self.connections.values()):
             for conn in conns:
                 await conn.ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
@@ -293,6 +307,8 @@ class BncrChannel(Channel[BncrSettings]):
     # ── out ──────────────────────────────────────────────────────────────
 
     async def send(self, delivery: Delivery) -> SendResult:
+        """Push one message (a file first goes over as acknowledged chunks) to the account's
+        primary connection; ``Offline`` when none is connected, so it waits for the next one."""
         outbound = delivery.outbound
         chat = outbound.chat
         conn = self._primary(chat.account)
@@ -359,6 +375,7 @@ class BncrChannel(Channel[BncrSettings]):
         return Failed("the client refused the message (fatal ack)") if ack.errorCode == "fatal" else Retry("nack")
 
     def resolve_target(self, target: str) -> ChatRef | None:
+        """The chat any of bncr's six target forms names (``bncr:<platform>:<group>:<user>`` ...)."""
         parsed = wire.parse_target(target)
         if parsed is None:
             return None
@@ -373,6 +390,7 @@ class BncrChannel(Channel[BncrSettings]):
         )
 
     def diagnostics(self) -> dict[str, Any]:
+        """Connections per account, open uploads, and the last inbound/outbound/activity times."""
         return {
             "path": self.path,
             "accounts": {account: len(conns) for account, conns in self.connections.items()},

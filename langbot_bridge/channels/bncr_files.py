@@ -51,6 +51,9 @@ class Finished:
 
 
 class Uploads:
+    """Client-to-gateway transfers: open ones by ``transferId``, finished ones by the path a
+    ``bncr.inbound`` names, all within a memory budget and a time to live."""
+
     def __init__(self, max_bytes: int, ttl: float) -> None:
         self.max_bytes = max_bytes
         self.ttl = ttl
@@ -59,6 +62,7 @@ class Uploads:
         self.budget = BUFFERED_FILES * max_bytes  # memory all uploads may hold together
 
     def buffered(self) -> int:
+        """Bytes held by open and finished uploads together."""
         held = sum(len(c) for upload in self._open.values() for c in upload.chunks.values())
         return held + sum(len(f.data) for f in self._done.values())
 
@@ -69,6 +73,8 @@ class Uploads:
             del self._done[key]
 
     def init(self, params: FileInit, account: str) -> dict[str, Any]:
+        """Open a transfer (a repeated init of an open one is answered ``duplicated``); raises
+        ``TransferError`` when the file is too large, its chunk count is wrong, or too many are open."""
         now = time.time()
         self._prune(now)
         if params.transferId in self._open:
@@ -83,6 +89,7 @@ class Uploads:
         return {"ok": True, "transferId": params.transferId, "status": "init"}
 
     def chunk(self, params: FileChunk) -> dict[str, Any]:
+        """Store one chunk after checking its index, base64, size and SHA-256."""
         upload = self._open.get(params.transferId)
         if upload is None:
             raise TransferError("transfer not found")
@@ -109,6 +116,7 @@ class Uploads:
         }
 
     def complete(self, transfer_id: str) -> dict[str, Any]:
+        """Join the chunks, check size and SHA-256, and return the ``path`` an inbound names."""
         upload = self._open.get(transfer_id)
         if upload is None:
             raise TransferError("transfer not found")
@@ -136,12 +144,14 @@ class Uploads:
         }
 
     def abort(self, transfer_id: str) -> dict[str, Any]:
+        """Drop an open transfer (an unknown one is answered ``not-found``, not an error)."""
         found = self._open.pop(transfer_id, None)
         if found is None:
             return {"ok": True, "transferId": transfer_id, "message": "not-found"}
         return {"ok": True, "transferId": transfer_id, "status": "aborted"}
 
     def take(self, path: str) -> Finished | None:
+        """Hand over (and forget) the finished upload at ``path``; None when unknown or expired."""
         self._prune(time.time())
         return self._done.pop(path, None)
 
@@ -176,6 +186,7 @@ class AckWaiters:
         return wait
 
     def resolve(self, ack: FileAck) -> bool:
+        """Wake whoever waits for this ack; False when nobody does (late or unknown)."""
         entry = self._waiting.get((ack.transferId, ack.stage, ack.chunkIndex if ack.stage == "chunk" else -1))
         if entry is None:
             return False

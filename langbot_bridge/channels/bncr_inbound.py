@@ -29,6 +29,8 @@ class Parsed:
 
 
 def parse_inbound(params: dict[str, Any], channel: str, account: str, uploads: Uploads, max_file_bytes: int) -> Parsed:
+    """``bncr.inbound`` params as an ``Inbound`` with its files; raises ``Rejected`` (400/413)
+    for a request without a route, bad base64, an oversized file or an unknown upload path."""
     p = wire.InboundParams.model_validate(params)
     named = wire.parse_target(p.sessionKey or p.scope) if (p.sessionKey or p.scope) else None
     platform = p.platform.strip() or (named[0].platform if named else "")

@@ -40,18 +40,22 @@ class Route:
 
     @property
     def scope(self) -> str:
+        """``platform:groupId:userId``."""
         return f"{self.platform}:{self.group_id}:{self.user_id}"
 
     @property
     def is_group(self) -> bool:
+        """A group chat (``groupId`` other than "0")."""
         return self.group_id != "0"
 
     @property
     def session_key(self) -> str:
+        """The canonical ``agent:main:bncr:direct:<hex>`` key of this route."""
         return f"{SESSION_PREFIX}direct:{self.scope.encode('utf-8').hex()}"
 
 
 def route_from_scope(scope: str) -> Route | None:
+    """``platform:groupId:userId`` as a Route; None unless all three parts are there."""
     parts = scope.split(":")
     if len(parts) != 3 or not all(part.strip() for part in parts):
         return None
@@ -60,6 +64,7 @@ def route_from_scope(scope: str) -> Route | None:
 
 
 def route_from_hex(text: str) -> Route | None:
+    """A route encoded as the hex of its UTF-8 scope; None when it is not one."""
     if not _HEX.fullmatch(text):
         return None
     try:
@@ -104,6 +109,8 @@ def extract_task(text: str) -> tuple[str | None, str]:
 
 
 class Request(pydantic.BaseModel):
+    """A client request frame ``{"type":"req","id","method","params"}``."""
+
     model_config = pydantic.ConfigDict(extra="allow")
 
     type: Literal["req"]
@@ -113,14 +120,17 @@ class Request(pydantic.BaseModel):
 
 
 def response(request_id: str | int, result: dict[str, Any]) -> dict[str, Any]:
+    """The success answer to request ``request_id``."""
     return {"type": "res", "id": request_id, "ok": True, "result": result}
 
 
 def error(request_id: str | int | None, message: str) -> dict[str, Any]:
+    """The failure answer to request ``request_id`` (None when the frame had no readable id)."""
     return {"type": "res", "id": request_id, "ok": False, "error": {"message": message}}
 
 
 def event(name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A gateway-to-client event frame (``bncr.push``, ``bncr.file.*``)."""
     return {"type": "event", "event": name, "payload": payload}
 
 
@@ -147,6 +157,8 @@ class InboundParams(pydantic.BaseModel):
 
 
 class FileInit(pydantic.BaseModel):
+    """``bncr.file.init``: a transfer's name, type, size and chunking, and the whole file's SHA-256."""
+
     model_config = pydantic.ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
     transferId: str = pydantic.Field(min_length=1)
@@ -160,6 +172,8 @@ class FileInit(pydantic.BaseModel):
 
 
 class FileChunk(pydantic.BaseModel):
+    """``bncr.file.chunk``: one base64 chunk with its index, offset, size and SHA-256."""
+
     model_config = pydantic.ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
     transferId: str = pydantic.Field(min_length=1)
@@ -171,6 +185,9 @@ class FileChunk(pydantic.BaseModel):
 
 
 class FileAck(pydantic.BaseModel):
+    """``bncr.file.ack``: the client's verdict on one stage (``chunk``, ``complete``) of a
+    gateway-to-client transfer; ``complete`` carries the client's ``path``."""
+
     model_config = pydantic.ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
     transferId: str = pydantic.Field(min_length=1)
@@ -183,6 +200,8 @@ class FileAck(pydantic.BaseModel):
 
 
 class Ack(pydantic.BaseModel):
+    """``bncr.ack``: the client's verdict on a push (``fatal``: do not send it again)."""
+
     model_config = pydantic.ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
     messageId: str = pydantic.Field(min_length=1)

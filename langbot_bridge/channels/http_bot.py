@@ -69,6 +69,7 @@ ERRORS = {  # reason -> (HTTP status, envelope code)
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """LangBot's ``X-LB-Signature``: ``"sha256=" + hex(HMAC-SHA256(secret, "<ts>." + body))``."""
     return "sha256=" + hmac_sha256_hex(secret, f"{timestamp}.".encode() + body)
 
 
@@ -89,6 +90,10 @@ def verify(secret: str, body: bytes, timestamp: str | None, signature: str | Non
 
 
 class HttpBotSettings(ChannelSettings):
+    """``[[channel]] kind = "http_bot"``: the bot id in the inbound URL, the signing secrets
+    (environment variable names), the replay window, and the ``callback_url`` replies go to
+    (from config only, so a request can never choose where replies are sent)."""
+
     kind: Literal["http_bot"] = "http_bot"
     bot_id: str = pydantic.Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     secret_env: str | None = None  # inbound signing secret
@@ -104,12 +109,16 @@ class HttpBotSettings(ChannelSettings):
 
 
 class Sender(pydantic.BaseModel):
+    """The ``sender`` of an inbound request; its ``id`` names the user (default: the session)."""
+
     id: str | int | None = None
     name: str = "User"
     group_name: str | None = None
 
 
 class InboundBody(pydantic.BaseModel):
+    """The JSON body of ``POST /bots/<bot_id>``: a session, a LangBot message chain and its sender."""
+
     session_id: str | int
     message: list[dict[str, Any]]
     session_type: Literal["person", "group"] | None = None
@@ -134,6 +143,9 @@ def _data_uri_bytes(value: str) -> tuple[bytes, str]:
 
 
 class HttpBotChannel(Channel[HttpBotSettings]):
+    """LangBot's HTTP bot shape as a webhook channel: signed, idempotent requests in (202 once
+    stored), signed callbacks out in order per session."""
+
     kind = "http_bot"
 
     def __init__(self, settings: HttpBotSettings, host: ChannelHost) -> None:
@@ -147,6 +159,7 @@ class HttpBotChannel(Channel[HttpBotSettings]):
 
     @property
     def capabilities(self) -> Capabilities:
+        """Streams partial replies when ``stream`` is set; text and files within the configured caps."""
         return Capabilities(
             streaming=self.settings.stream,
             max_text_chars=self.settings.max_text_chars,
@@ -154,6 +167,7 @@ class HttpBotChannel(Channel[HttpBotSettings]):
         )
 
     def routes(self) -> list[web.RouteDef]:
+        """``POST /bots/<bot_id>``, LangBot's inbound URL."""
         return [web.post(f"/bots/{self.settings.bot_id}", self._inbound)]
 
     # ── in ───────────────────────────────────────────────────────────────
@@ -239,6 +253,8 @@ class HttpBotChannel(Channel[HttpBotSettings]):
     # ── out ──────────────────────────────────────────────────────────────
 
     async def send(self, delivery: Delivery) -> SendResult:
+        """One signed callback with ``is_final`` as the outbox says; the outbox's idempotency
+        key goes along so the receiver can drop a retried copy."""
         outbound = delivery.outbound
         parts = [await self._file_part(outbound, delivery)] if outbound.file is not None else []
         if outbound.text or not parts:
@@ -247,6 +263,8 @@ class HttpBotChannel(Channel[HttpBotSettings]):
         return await self._post(payload, outbound.idempotency_key)
 
     async def stream(self, frame: StreamFrame) -> None:
+        """A partial reply as a callback with ``stream=true, is_final=false``; raises when the
+        receiver refuses it (a lost partial frame is not retried: the final reply follows)."""
         parts = [{"type": "Plain", "text": frame.text}]
         payload = self._payload(frame.chat, frame.reply_to, frame.sequence, False, True, parts)
         result = await self._post(payload, f"{frame.turn}-s{frame.sequence}")
@@ -301,6 +319,7 @@ class HttpBotChannel(Channel[HttpBotSettings]):
         return Failed(f"callback answered HTTP {status}")
 
     def diagnostics(self) -> dict[str, Any]:
+        """The inbound path and whether signatures are required."""
         return {"path": f"/bots/{self.settings.bot_id}", "signed": self.settings.signature_required}
 
 

@@ -36,6 +36,8 @@ def refusal(error: Rejected, body: dict[str, Any]) -> web.Response:
 
 
 def hmac_sha256_hex(secret: str, data: bytes) -> str:
+    """Lowercase hex HMAC-SHA256 of ``data`` keyed with the UTF-8 ``secret`` (WorkBot's
+    ``X-Signature``, and the digest inside the HTTP bot's ``sha256=`` signature)."""
     return hmac.new(secret.encode("utf-8"), data, hashlib.sha256).hexdigest()
 
 

@@ -57,6 +57,10 @@ TRANSIENT_RESULTS = (201101, 201102)
 
 
 class WorkBotSettings(ChannelSettings):
+    """``[[channel]] kind = "workbot"``: the robot, where its token and signing secret come
+    from (environment variable names, never the secrets), WorkBot's API base, the send rate
+    limit and how group messages are answered."""
+
     kind: Literal["workbot"] = "workbot"
     robot_id: str = pydantic.Field(min_length=1)
     token_env: str = pydantic.Field(min_length=1)  # the robot's bearer token for send-message
@@ -111,6 +115,9 @@ def _refusal(error: Rejected) -> web.Response:
 
 
 class WorkBotChannel(Channel[WorkBotSettings]):
+    """A WorkBot robot as a webhook channel: signed callbacks in on ``path``, rate-limited
+    ``send-message`` calls out, result callbacks settling what was sent."""
+
     kind = "workbot"
 
     def __init__(self, settings: WorkBotSettings, host: ChannelHost) -> None:
@@ -124,6 +131,7 @@ class WorkBotChannel(Channel[WorkBotSettings]):
 
     @property
     def capabilities(self) -> Capabilities:
+        """Text up to ``max_text_chars``; files only when the gateway has a ``public_url``."""
         # WorkBot fetches files by URL: without a public URL for the gateway there is none to give.
         return Capabilities(
             max_text_chars=self.settings.max_text_chars,
@@ -132,6 +140,7 @@ class WorkBotChannel(Channel[WorkBotSettings]):
         )
 
     def routes(self) -> list[web.RouteDef]:
+        """One POST route for both message callbacks and result callbacks."""
         return [web.post(self.path, self._callback)]
 
     # ── in ───────────────────────────────────────────────────────────────
@@ -239,6 +248,9 @@ class WorkBotChannel(Channel[WorkBotSettings]):
     # ── out ──────────────────────────────────────────────────────────────
 
     async def send(self, delivery: Delivery) -> SendResult:
+        """One ``send-message`` call (text, or a file by URL), within the rate limit. A 429 or
+        5xx is ``Retry``, a refusal ``Failed``; with ``await_results`` the message stays
+        unconfirmed until WorkBot's result callback names its ``messageId``."""
         outbound = delivery.outbound
         chat = outbound.chat
         body: dict[str, Any] = {"robotId": self.settings.robot_id, "titleList": [chat.title or chat.chat_id]}
@@ -292,6 +304,8 @@ class WorkBotChannel(Channel[WorkBotSettings]):
         return Sent(message_id, confirmed=not (self.settings.await_results and message_id))
 
     def diagnostics(self) -> dict[str, Any]:
+        """The callback path, whether callbacks must be signed, and how often a send waited
+        for the rate limit."""
         return {"path": self.path, "signed": self.secret is not None, "rate_limited_waits": self.limit.waited}
 
 

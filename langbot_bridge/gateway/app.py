@@ -22,7 +22,7 @@ import anyio.abc
 
 from boxruntime.errors import BoxValidationError
 from langbot_bridge.connector import Connector
-from langbot_bridge.gateway.agents import AGENTS, AgentDeps, AgentRunner
+from langbot_bridge.gateway.agents import AGENTS, AgentDeps, AgentRunner, AgentState
 from langbot_bridge.gateway.boxlink import box_target
 from langbot_bridge.gateway.channel import Accepted, Channel, ChannelHost, Rejected
 from langbot_bridge.gateway.config import GatewayConfig, GatewayConfigError, validate_kind
@@ -143,6 +143,15 @@ class Gateway:
         counts = (await self.store.counts()).get(channel, {})
         return {"pending": counts.get("outbox_pending", 0), "dead": counts.get("outbox_dead", 0)}
 
+    def timing(self, channel: str, name: str, ms: float) -> None:
+        self.counters.time(f"{channel}.{name}", ms)
+
+    async def load_state(self, channel: str, key: str) -> str | None:
+        return await self.store.load_state(f"channel:{channel}", key)
+
+    async def save_state(self, channel: str, key: str, value: str | None) -> None:
+        await self.store.save_state(f"channel:{channel}", key, value)
+
     # ── operator API ─────────────────────────────────────────────────────
 
     async def send(self, channel_name: str, target: str, text: str) -> ChatRef:
@@ -178,12 +187,17 @@ class Gateway:
                 session_template=config.box.template,
                 allowed_mount_roots=[config.path(p) for p in config.box.allowed_mount_roots],
                 output_limit=config.box.output_limit,
-                session_defaults={"image": config.box.image} if config.box.image else None,
+                session_defaults=config.box.session_defaults(),
             )
             sessions = ChatSessions(service, self._connector, config.box.skills)
             agent_kind = AGENTS.get(config.agent.kind)
             agent_settings = validate_kind(agent_kind.settings, config.agent, "[agent]")
-            deps = AgentDeps(service=service, gateway_name=config.gateway.name, skills=sessions.skills)
+            deps = AgentDeps(
+                service=service,
+                gateway_name=config.gateway.name,
+                skills=sessions.skills,
+                state=AgentState(self.store, f"agent:{config.agent.kind}"),
+            )
             self._agent = await stack.enter_async_context(agent_kind.build(agent_settings, deps))
             self.channels = build_channels(config, self)
             tg = await stack.enter_async_context(anyio.create_task_group())

@@ -101,6 +101,18 @@ class ChannelHost(Protocol):
         """The channel's outbox: ``pending`` (waiting to be sent) and ``dead`` (given up) messages."""
         ...
 
+    def timing(self, channel: str, name: str, ms: float) -> None:
+        """Record one timing of the channel (diagnostics ``timings``, as ``<channel>.<name>``)."""
+        ...
+
+    async def load_state(self, channel: str, key: str) -> str | None:
+        """A value the channel kept across restarts (a sync cursor, a resumable session)."""
+        ...
+
+    async def save_state(self, channel: str, key: str, value: str | None) -> None:
+        """Keep a value across restarts, committed on return (None forgets it)."""
+        ...
+
 
 class ChannelSettings(pydantic.BaseModel):
     """Settings every channel has; a kind adds its own fields."""

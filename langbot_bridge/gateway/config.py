@@ -20,6 +20,7 @@ from typing import Any, Literal
 import pydantic
 
 from boxruntime.errors import BoxValidationError
+from boxruntime.models import MountSpec
 
 
 class GatewayConfigError(BoxValidationError):
@@ -107,6 +108,10 @@ class BoxSection(Section):
     scope: str = "chat"  # chat, user, bot, or a session id template
     image: str | None = None
     skills: list[str] = pydantic.Field(default_factory=list)  # installed skills mounted in every chat's sandbox
+    # Host directories bind-mounted into every chat's sandbox, each with its mode ("ro" or "rw",
+    # the default as in LangBot's mount spec), e.g. an ACP agent's packages; each must lie under
+    # allowed_mount_roots.
+    extra_mounts: list[MountSpec] = pydantic.Field(default_factory=list)
     allowed_mount_roots: list[Path] = pydantic.Field(default_factory=list)
     output_limit: int = pydantic.Field(default=4000, ge=100)
     # A spawned daemon's own settings (endpoint = "stdio" only).
@@ -116,6 +121,15 @@ class BoxSection(Section):
     @property
     def template(self) -> str:
         return SCOPES.get(self.scope, self.scope)
+
+    def session_defaults(self) -> dict[str, Any] | None:
+        """The spec fields every chat session starts from: the image, the extra mounts."""
+        defaults: dict[str, Any] = {}
+        if self.image:
+            defaults["image"] = self.image
+        if self.extra_mounts:
+            defaults["extra_mounts"] = [m.model_dump(mode="json") for m in self.extra_mounts]
+        return defaults or None
 
 
 class KindSection(pydantic.BaseModel):

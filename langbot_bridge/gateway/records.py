@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS chats (
     first_seen REAL NOT NULL,
     last_seen REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS channel_state (
+    owner TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (owner, key)
+);
 """
 
 

@@ -33,6 +33,7 @@ class ChatSessions:
         self._lock = anyio.Lock()
         self._prepared: set[tuple[str, int]] = set()
         self._base_roots = list(service.mounts.roots)
+        self._base_mounts = list(service.session_defaults.get("extra_mounts", []))
 
     async def skills(self) -> list[Skill]:
         """The configured skills (looked up once), their mounts added to the service's defaults."""
@@ -46,7 +47,8 @@ class ChatSessions:
                 skills = [await self._skill(name) for name in self.skill_names]
                 mounts = await skill_mounts(self.service.client, self.skill_names)
                 self.service.mounts = MountPolicy([*self._base_roots, *(m.host_path for m in mounts)])
-                self.service.session_defaults["extra_mounts"] = [m.model_dump(mode="json") for m in mounts]
+                skill_specs = [m.model_dump(mode="json") for m in mounts]
+                self.service.session_defaults["extra_mounts"] = [*self._base_mounts, *skill_specs]
                 self._skills = skills
         return self._skills
 

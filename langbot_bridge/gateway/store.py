@@ -314,6 +314,32 @@ class Store:
 
         await self.db.run(op)
 
+    # ── channel and agent state ───────────────────────────────────────────
+
+    async def load_state(self, owner: str, key: str) -> str | None:
+        """A value a channel or agent kept (a sync cursor, a resumable session), or None."""
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM channel_state WHERE owner=? AND key=?", (owner, key)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self.db.run(op)
+
+    async def save_state(self, owner: str, key: str, value: str | None) -> None:
+        """Keep ``value`` under (owner, key), committed on return; None forgets it."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            if value is None:
+                conn.execute("DELETE FROM channel_state WHERE owner=? AND key=?", (owner, key))
+                return
+            conn.execute(
+                "INSERT INTO channel_state (owner, key, value, updated_at) VALUES (?,?,?,?) "
+                "ON CONFLICT (owner, key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
+                (owner, key, value, time.time()),
+            )
+
+        await self.db.run(op)
+
     # ── upkeep ────────────────────────────────────────────────────────────
 
     async def prune(self, retention: Retention) -> int:

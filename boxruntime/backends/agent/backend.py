@@ -118,8 +118,10 @@ def installed_agent(data_dir: Path) -> Path:
 class AgentBackend(Backend[AH]):
     """Shared behaviour of the backends whose sandboxes run the agent."""
 
-    # The agent can pass a process's pipes to the daemon (SCM_RIGHTS across the socket).
-    hands_over_pipes = True
+    # The agent can pass a process's pipes to the daemon (SCM_RIGHTS across the socket). Where it
+    # cannot (gVisor: the pipes live in its kernel), the daemon's own sockets become the stdio of
+    # a process it will hold (AgentClient(pass_fds=False)); a terminal then stays with the agent.
+    passes_fds = True
     # On a timeout: SIGTERM, then SIGKILL this much later (None: SIGKILL at once).
     kill_grace: float | None = None
 
@@ -313,7 +315,9 @@ class AgentBackend(Backend[AH]):
         agent = await self.connected_agent(handle)
         await before_command(handle.workspace_acl, command.cwd)
         wants_input = command.stdin or command.terminal is not None
-        piped = self.hands_over_pipes and (lasting or wants_input)
+        # The daemon holds the stdio of what lasts or takes input, unless it is a terminal that
+        # cannot be handed over.
+        piped = (lasting or wants_input) and (self.passes_fds or command.terminal is None)
         proc = await agent.spawn(self.request(handle, command, piped=piped, lasting=lasting))
         process = AgentCommand(proc, piped=piped)
         if piped:

@@ -27,8 +27,9 @@ from boxruntime.backends.agent.commands import (
     Output,
     event_int,
     parse_exit,
+    spawn_header,
 )
-from boxruntime.backends.agent.fd_passing import HandedPipes, fetch_fds, pipes_from
+from boxruntime.backends.agent.fd_passing import HandedPipes, fetch_fds, open_stdio, pipes_from
 from boxruntime.backends.agent.frames import FrameProtocol
 from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.agent.watch import AgentWatch, parse_events
@@ -67,6 +68,7 @@ class AgentProcess:
         self.keep = keep
         self.pid: int | None = None
         self.exit: CommandExit | None = None
+        self.stdio: HandedPipes | None = None  # its stdio sockets, until taken (pass_fds=False)
         self._events: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self._sink: Callable[[Event | BaseException], None] | None = None
         loop = asyncio.get_running_loop()
@@ -105,10 +107,17 @@ class AgentProcess:
             self._completed.set_result(done)
 
     def _fail_start(self, exc: BaseException) -> None:
+        self.close_stdio()
         for fut in (self._started, self._completed):
             if not fut.done():
                 fut.set_exception(exc)
         self._deliver(exc)
+
+    def close_stdio(self) -> None:
+        stdio, self.stdio = self.stdio, None
+        for fd in () if stdio is None else (stdio.stdin, stdio.stdout, stdio.stderr):
+            if fd is not None:
+                os.close(fd)
 
     async def started(self) -> int:
         return await self._started
@@ -160,13 +169,18 @@ class AgentProcess:
 
 
 class AgentClient:
-    """One connection to one sandbox's agent; reconnects on demand after a loss."""
+    """One connection to one sandbox's agent; reconnects on demand after a loss.
+
+    ``pass_fds``: the agent hands a managed process's pipes over the socket (SCM_RIGHTS). Where
+    it cannot (gVisor), the daemon's own sockets become the process's stdio (fd_passing).
+    """
 
     _ids = itertools.count(1)
 
-    def __init__(self, socket_dir: Path, name: str) -> None:
+    def __init__(self, socket_dir: Path, name: str, pass_fds: bool = True) -> None:
         self.socket_dir = socket_dir
         self.name = name
+        self.pass_fds = pass_fds
         self._writer: asyncio.StreamWriter | None = None
         self._protocol: FrameProtocol | None = None
         self._procs: dict[str, AgentProcess] = {}
@@ -368,6 +382,9 @@ class AgentClient:
 
     async def take_fds(self, proc: AgentProcess, timeout: float = 10.0) -> HandedPipes:
         """The pipes of a process spawned with ``handoff`` (see fd_passing)."""
+        if proc.stdio is not None:
+            stdio, proc.stdio = proc.stdio, None
+            return stdio
         path = self._socket_path()
         token = f"f{next(self._ids)}"
         try:
@@ -381,34 +398,16 @@ class AgentClient:
         proc_id = f"c{_PROC_ID_PREFIX}-{next(self._ids)}"
         proc = AgentProcess(self, proc_id, keep=req.keep_on_disconnect)
         self._procs[proc_id] = proc
-        header: dict[str, Any] = {
-            wire.OP: wire.Op.SPAWN,
-            wire.ID: proc_id,
-            wire.Spawn.CWD: req.cwd,
-            wire.Spawn.ENV: req.env,
-            wire.Spawn.TIMEOUT: req.timeout,
-            wire.Spawn.OUTPUT_CAP: req.output_cap,
-            wire.Spawn.STDIN: req.stdin,
-            wire.Spawn.KEEP_ON_DISCONNECT: req.keep_on_disconnect,
-            wire.Spawn.NOTIFY_STARTED: req.notify_started,
-            wire.Spawn.HANDOFF: req.handoff,
-            wire.Spawn.MAKE_CWD: req.make_cwd,
-        }
-        if req.pty is not None:
-            header[wire.Spawn.PTY] = list(req.pty)
-        if req.argv is not None:
-            header[wire.Spawn.ARGV] = req.argv
-        if req.kill_grace:
-            header[wire.Spawn.KILL_GRACE] = req.kill_grace
-        if req.tty is not None:
-            header[wire.Spawn.TTY] = {wire.Window.ROWS: req.tty[0], wire.Window.COLS: req.tty[1]}
-        if collect:
-            header[wire.Spawn.COLLECT] = True
+        header = spawn_header(req, proc_id, collect)
         body = (req.script or "").encode("utf-8", "surrogateescape")
         try:
+            if req.handoff and not self.pass_fds:
+                header[wire.Spawn.HANDOFF] = False
+                proc.stdio, header[wire.Spawn.STDIO] = await self._open_stdio(proc_id, req.stdin)
             await self._send(header, body)
         except BaseException:
             self._procs.pop(proc_id, None)
+            proc.close_stdio()
             raise
         return proc
 
@@ -428,6 +427,13 @@ class AgentClient:
             self._procs.pop(proc_id, None)
             raise
         return proc, handed
+
+    async def _open_stdio(self, proc_id: str, stdin: bool) -> tuple[HandedPipes, list[str | None]]:
+        """Sockets the agent will make process ``proc_id``'s stdio, and their tokens for the spawn."""
+        try:
+            return await asyncio.to_thread(open_stdio, self._socket_path(), proc_id, stdin, 10.0)
+        except (OSError, ValueError) as exc:
+            raise AgentLostError(f"could not open the stdio of a process in {self.name}: {exc}") from exc
 
     async def run(self, req: CommandRequest) -> CompletedCommand:
         """Run to completion, collecting (at most ``output_cap`` bytes of) each stream.

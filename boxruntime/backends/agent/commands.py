@@ -9,7 +9,16 @@ from typing import Any
 from boxruntime.backends.agent.sandbox import boxagent_wire as wire
 from boxruntime.backends.contract import CommandExit, CompletedCommand, Output
 
-__all__ = ["CommandExit", "CommandRequest", "CompletedCommand", "Event", "Output", "event_int", "parse_exit"]
+__all__ = [
+    "CommandExit",
+    "CommandRequest",
+    "CompletedCommand",
+    "Event",
+    "Output",
+    "event_int",
+    "parse_exit",
+    "spawn_header",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,34 @@ class CommandRequest:
 
 
 Event = Output | CommandExit
+
+
+def spawn_header(req: CommandRequest, proc_id: str, collect: bool) -> dict[str, Any]:
+    """The agent's ``spawn`` request for ``req`` (its script goes in the body)."""
+    header: dict[str, Any] = {
+        wire.OP: wire.Op.SPAWN,
+        wire.ID: proc_id,
+        wire.Spawn.CWD: req.cwd,
+        wire.Spawn.ENV: req.env,
+        wire.Spawn.TIMEOUT: req.timeout,
+        wire.Spawn.OUTPUT_CAP: req.output_cap,
+        wire.Spawn.STDIN: req.stdin,
+        wire.Spawn.KEEP_ON_DISCONNECT: req.keep_on_disconnect,
+        wire.Spawn.NOTIFY_STARTED: req.notify_started,
+        wire.Spawn.HANDOFF: req.handoff,
+        wire.Spawn.MAKE_CWD: req.make_cwd,
+    }
+    if req.pty is not None:
+        header[wire.Spawn.PTY] = list(req.pty)
+    if req.argv is not None:
+        header[wire.Spawn.ARGV] = req.argv
+    if req.kill_grace:
+        header[wire.Spawn.KILL_GRACE] = req.kill_grace
+    if req.tty is not None:
+        header[wire.Spawn.TTY] = {wire.Window.ROWS: req.tty[0], wire.Window.COLS: req.tty[1]}
+    if collect:
+        header[wire.Spawn.COLLECT] = True
+    return header
 
 
 def event_int(header: dict[str, Any], key: str, default: int | None = None) -> int:

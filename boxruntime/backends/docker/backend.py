@@ -212,6 +212,7 @@ class DockerBackend(AgentBackend[DockerSandbox]):
         mounts = [
             Mount(AGENT_DIR_OF_SCRIPTS, str(installed_agent(self.settings.data_dir)), type="bind", read_only=True),
             Mount(AGENT_DIR_IN_SANDBOX, str(agent_dir), type="bind"),
+            *self.runtime_mounts(handle),
         ]
         if ws.host is None:
             size = ws.tmpfs_mb * 1024 * 1024
@@ -232,7 +233,7 @@ class DockerBackend(AgentBackend[DockerSandbox]):
             handle.container_id = container.id
             if carrier is not None and ws.host is not None:
                 await self._call(workspace_carrier.fill, carrier, ws.host)
-            handle.agent = AgentClient(agent_dir, handle.sandbox_id)
+            handle.agent = AgentClient(agent_dir, handle.sandbox_id, pass_fds=self.passes_fds)
             await self._wait_for_agent(handle, container)
             if carrier is not None and ws.host is not None and handle.agent is not None:
                 # (Without an agent, in an image with no python3, there is nothing to ask.)
@@ -274,11 +275,23 @@ class DockerBackend(AgentBackend[DockerSandbox]):
         log.info("session %s: added skills live: %s", current.session_id, ", ".join(n for _, _, n in added))
         return current.model_copy(update={"extra_mounts": [*current.extra_mounts, *(m for m, _, _ in added)]})
 
+    def runtime_mounts(self, handle: DockerSandbox) -> list[Mount]:
+        """Mounts a runtime needs in every sandbox (see backends/gvisor)."""
+        return []
+
+    def container_options(self, spec: BoxSpec) -> dict[str, Any]:
+        """Engine options of a sandbox's container that differ by runtime (see backends/gvisor)."""
+        return {
+            "mem_limit": f"{spec.memory_mb}m",
+            "memswap_limit": f"{spec.memory_mb}m",
+            "pids_limit": spec.pids_limit,
+        }
+
     def _run_container(
         self, spec: BoxSpec, key: str, image: str, mounts: list[Mount], name: str, user: str
     ) -> Container:
         engine = self._engine()
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = self.container_options(spec)
         if self.settings.docker_cpu_limit_enabled:
             kwargs["nano_cpus"] = int(spec.cpus * 1_000_000_000)
         try:
@@ -299,9 +312,6 @@ class DockerBackend(AgentBackend[DockerSandbox]):
                 working_dir="/",
                 environment={"HOME": SANDBOX_HOME, "LANG": "C.UTF-8"},
                 network_mode="none" if spec.network == NetworkMode.OFF else "bridge",
-                mem_limit=f"{spec.memory_mb}m",
-                memswap_limit=f"{spec.memory_mb}m",
-                pids_limit=spec.pids_limit,
                 read_only=spec.read_only_rootfs,
                 tmpfs={"/tmp": f"size={self.settings.tmp_size_mb}m,mode=1777"},
                 mounts=mounts,

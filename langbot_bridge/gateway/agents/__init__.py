@@ -1,5 +1,6 @@
 """Agent runners by ``[agent] kind``: ``openai`` (any OpenAI-compatible chat-completions model with
-the sandbox tools), ``command`` (``/sh`` for operators and tests). More kinds register here."""
+the sandbox tools), ``command`` (``/sh`` for operators and tests), ``acp`` (an Agent Client Protocol agent living in
+the chat's sandbox). More kinds register here."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from langbot_bridge.gateway.agents.base import (
     AgentReply,
     AgentRunner,
     AgentSettings,
+    AgentState,
     ReplyStream,
     TurnInput,
     failure_reply,
@@ -20,6 +22,7 @@ AGENTS: Registry[AgentKind] = Registry(
     {
         "command": "langbot_bridge.gateway.agents.command",
         "openai": "langbot_bridge.gateway.agents.openai_runner",
+        "acp": "langbot_bridge.gateway.agents.acp_runner",
     },
 )
 
@@ -30,6 +33,7 @@ __all__ = [
     "AgentReply",
     "AgentRunner",
     "AgentSettings",
+    "AgentState",
     "ReplyStream",
     "TurnInput",
     "failure_reply",

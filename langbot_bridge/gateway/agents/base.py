@@ -53,6 +53,29 @@ class AgentReply:
     history: list[dict[str, Any]] | None = None  # messages this turn adds to the chat's history
 
 
+class StateStore(Protocol):
+    async def load_state(self, owner: str, key: str) -> str | None: ...
+
+    async def save_state(self, owner: str, key: str, value: str | None) -> None: ...
+
+
+class AgentState:
+    """Values a runner keeps across gateway restarts (per chat: an agent's session id), in the
+    gateway's store under the runner's own name."""
+
+    def __init__(self, store: StateStore, owner: str) -> None:
+        self.store = store
+        self.owner = owner
+
+    async def load(self, key: str) -> str | None:
+        """The value kept under ``key``, or None."""
+        return await self.store.load_state(self.owner, key)
+
+    async def save(self, key: str, value: str | None) -> None:
+        """Keep ``value`` under ``key`` (None forgets it), committed on return."""
+        await self.store.save_state(self.owner, key, value)
+
+
 @dataclass(frozen=True, slots=True)
 class AgentDeps:
     """What the gateway gives a runner."""
@@ -60,6 +83,7 @@ class AgentDeps:
     service: BoxService
     gateway_name: str
     skills: Callable[[], Awaitable[list[Skill]]]  # the skills mounted in every chat's sandbox
+    state: AgentState | None = None  # None only where no gateway store exists (unit tests)
 
 
 class AgentRunner(abc.ABC):

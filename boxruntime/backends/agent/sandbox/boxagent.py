@@ -13,6 +13,7 @@ to the parts that each own one job and register their operations here:
 
 - boxagent_procs: the process table, reaping, deadlines, exit events (signal, attach);
 - boxagent_spawn: starting commands and wiring their stdio (spawn, take_fds);
+  boxagent_stdio: the daemon's sockets kept as stdio of a later spawn (stdio), under gVisor;
 - boxagent_output: pumping their output; boxagent_input: their stdin and terminal (input, resize);
 - boxagent_spare: the spare shells started ahead of the next commands;
 - boxagent_fs: file operations (fs); boxagent_watch: directory watches (watch, unwatch);
@@ -37,6 +38,7 @@ from boxagent_output import OutputPump
 from boxagent_proc import now
 from boxagent_procs import OomCounter, ProcessTable
 from boxagent_spare import SparePool
+from boxagent_stdio import StdioSockets
 from boxagent_watch import DirectoryWatches
 
 IDLE_WAKE_SEC = 1.0  # a periodic wake-up also catches a SIGCHLD lost to a race
@@ -59,8 +61,10 @@ class Agent:
         self.input = InputFeed(self.sel, self.procs)
         self.procs.drives(self.output, self.input)
         self.watches = DirectoryWatches(self.sel)
-        launcher = boxagent_spawn.Launcher(base_env, self.procs, self.spares, self.output, self.input)
+        self.stdio = StdioSockets()
+        launcher = boxagent_spawn.Launcher(base_env, self.procs, self.spares, self.output, self.input, self.stdio)
         self.on(wire.Op.PING, self.op_ping)
+        self.on(wire.Op.STDIO, self.op_stdio)
         for part in (self.procs, launcher, self.input, FileOps(self.watches), self.watches):
             part.register(self.on)
 
@@ -83,8 +87,16 @@ class Agent:
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(tmp)
         server.listen(16)
-        # Appear under the final name only once listening, so a connect never races the bind.
-        os.rename(tmp, self.socket_path)
+        try:
+            # Appear under the final name only once listening, so a connect never races the bind.
+            os.rename(tmp, self.socket_path)
+        except PermissionError:
+            # gVisor cannot rename (nor remove) a socket it made on the host: bind the final name
+            # itself (the daemon retries a refused connect until this one listens).
+            server.close()
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.bind(self.socket_path)
+            server.listen(16)
         server.setblocking(False)
         self.sel.register(server, selectors.EVENT_READ, self.on_accept)
         self.server = server
@@ -118,6 +130,17 @@ class Agent:
         conn.sock.close()
         self.watches.conn_lost(conn)
         self.procs.conn_lost(conn)
+
+    def op_stdio(self, conn, header, _body):
+        """This connection becomes a stdio stream of a process spawned later (boxagent_stdio)."""
+        token = header.get(wire.ID)
+        conn.send({wire.EV: wire.Ev.REPLY, wire.ID: token})
+        self.dirty.discard(conn)
+        sock = conn.detach()
+        if sock is not None:
+            self.conns.discard(conn)
+            self.sel.unregister(sock)
+            self.stdio.keep(str(token), sock)
 
     def update_conn_interest(self, conn):
         if conn.closed:

@@ -48,6 +48,19 @@ class Conn:
             if not self.closed:
                 self.sock.setblocking(False)
 
+    def detach(self):
+        """Write what is queued, then stop being a frame connection: the socket is the
+        caller's (blocking again), or None if it broke meanwhile."""
+        self.sock.setblocking(True)
+        try:
+            self.sock.sendall(bytes(self.wbuf))
+        except OSError:
+            self.agent.drop_conn(self)
+            return None
+        self.wbuf.clear()
+        self.closed = True
+        return self.sock
+
     def flush(self):
         while self.wbuf and not self.closed:
             try:
@@ -79,7 +92,7 @@ class Conn:
             self.handle_frames()
 
     def handle_frames(self):
-        while True:
+        while not self.closed:  # a frame may have detached the socket (Op.STDIO)
             try:
                 frame = self.frames.next_frame()
             except wire.BadHeader:

@@ -24,7 +24,10 @@ class Proc:
         self.popen = popen
         self.conn = conn
         # Outlives a lost daemon connection; only a process whose pipes the daemon holds can.
-        self.keep = bool(header.get(wire.Spawn.KEEP_ON_DISCONNECT) and header.get(wire.Spawn.HANDOFF))
+        self.keep = bool(
+            header.get(wire.Spawn.KEEP_ON_DISCONNECT)
+            and (header.get(wire.Spawn.HANDOFF) or header.get(wire.Spawn.STDIO))
+        )
         self.cap = header.get(wire.Spawn.OUTPUT_CAP)  # bytes forwarded per stream; None = all
         # With ``collect``: the output kept for the exit event, instead of ``out`` frames.
         self.collected = [bytearray(), bytearray()] if header.get(wire.Spawn.COLLECT) else None

@@ -159,7 +159,7 @@ class SpareShell:
 
     def script_for(self, header, body, base_env):
         """The bytes to feed this shell for the spawn request, or None if it cannot take it."""
-        if self.dead:
+        if self.dead or header.get(wire.Spawn.STDIO):
             return None
         if self.shape is not None:
             if shape_of(header, base_env) != self.shape:

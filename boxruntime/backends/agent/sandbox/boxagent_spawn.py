@@ -20,6 +20,7 @@ import termios
 import boxagent_wire as wire
 from boxagent_proc import Proc
 from boxagent_spare import SHELL, SHELL_NAME, group
+from boxagent_stdio import StdioError
 
 SCRIPT_INLINE_MAX = 64 * 1024  # longer commands go through a memfd, not argv (ARG_MAX)
 
@@ -50,8 +51,9 @@ class Launcher:
     """Starts commands and wires their stdio: to the output pump and the input feed, or kept
     for the daemon to take (``handoff``)."""
 
-    def __init__(self, base_env, procs, spares, output, inputs):
+    def __init__(self, base_env, procs, spares, output, inputs, stdio):
         self.base_env = base_env
+        self.stdio = stdio
         self.procs = procs
         self.spares = spares
         self.output = output
@@ -81,8 +83,8 @@ class Launcher:
                 popen, master = tty_spawn(self.base_env, header, body, cwd)
             elif popen is None:
                 self.spares.discard_unexpected()
-                popen = fresh_spawn(self.base_env, header, body, cwd)
-        except SpawnError as exc:
+                popen = self._fresh(header, body, cwd)
+        except (SpawnError, StdioError) as exc:
             _failed(conn, proc_id, str(exc))
             return
         proc = Proc(popen.pid, popen, conn, header)
@@ -94,6 +96,8 @@ class Launcher:
             if proc.keep and master is None:
                 for pipe in (popen.stdout, popen.stderr):
                     widen_pipe(pipe)
+        elif header.get(wire.Spawn.STDIO):
+            pass  # its stdio are the daemon's own sockets: nothing passes through here
         elif master is not None:
             proc.tty_fd = master
             self.input.keep_stdin(proc, open(os.dup(master), "wb", buffering=0))  # noqa: SIM115
@@ -104,6 +108,18 @@ class Launcher:
             self.output.read_output_of(proc, ((1, popen.stdout), (2, popen.stderr)))
         if header.get(wire.Spawn.NOTIFY_STARTED):
             conn.send({wire.EV: wire.Ev.STARTED, wire.ID: proc_id, wire.Started.PID: popen.pid})
+
+    def _fresh(self, header, body, cwd):
+        tokens = header.get(wire.Spawn.STDIO)
+        if not tokens:
+            return fresh_spawn(self.base_env, header, body, cwd)
+        stdio = self.stdio.take(tokens)
+        try:
+            return fresh_spawn(self.base_env, header, body, cwd, stdio)
+        finally:
+            for sock in stdio:
+                if sock is not None:
+                    sock.close()  # the process holds its own copies now
 
     def op_take_fds(self, conn, header, _body):
         """Pass a handed-off process's stdin, stdout and stderr to the daemon (SCM_RIGHTS).
@@ -159,11 +175,12 @@ def widen_pipe(pipe):
         pass
 
 
-def fresh_spawn(base_env, header, body, cwd):
+def fresh_spawn(base_env, header, body, cwd, stdio=None):
     """A Popen for the spawn request ``header`` (its script in ``body``), in ``cwd``.
 
     With ``stdin`` the command gets a pipe the agent (``op_input``) or, with ``handoff``, the
-    daemon writes to; otherwise /dev/null."""
+    daemon writes to; otherwise /dev/null. With ``stdio`` (sockets for stdin or None, stdout,
+    stderr: boxagent_stdio) those sockets are its stdio instead."""
     env = dict(base_env)
     env.update(header.get(wire.Spawn.ENV) or {})
     wants_stdin = bool(header.get(wire.Spawn.STDIN))
@@ -183,6 +200,10 @@ def fresh_spawn(base_env, header, body, cwd):
             pass_fds = (script_fd,)  # sourced by number; the pipe is the stdin
         else:
             stdin = script_fd  # the script of ``sh -s``
+    stdout = stderr = subprocess.PIPE
+    if stdio is not None:
+        stdin = stdio[0] if stdio[0] is not None else stdin
+        stdout, stderr = stdio[1], stdio[2]
     try:
         return subprocess.Popen(
             argv,
@@ -190,8 +211,8 @@ def fresh_spawn(base_env, header, body, cwd):
             cwd=cwd,
             env=env,
             stdin=stdin,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stderr,
             pass_fds=pass_fds,
             start_new_session=True,
             close_fds=True,

@@ -51,6 +51,9 @@ class Op:
     RESIZE: Final = "resize"  # TARGET's terminal size (Window)
     WATCH: Final = "watch"  # watch a directory (Watch); replied once watching
     UNWATCH: Final = "unwatch"  # end a watch (Watch.WATCH); no reply
+    # This connection becomes the stdio socket named ``id`` of a later spawn (Spawn.STDIO):
+    # replied, then no more frames on it either way, only the process's bytes.
+    STDIO: Final = "stdio"
 
 
 class Ev:
@@ -95,6 +98,9 @@ class Spawn:
     KEEP_ON_DISCONNECT: Final = "keep_on_disconnect"  # outlives its connection (with handoff)
     NOTIFY_STARTED: Final = "notify_started"  # send ``started``
     MAKE_CWD: Final = "make_cwd"  # create a missing workdir (default true)
+    # [stdin token or null, stdout token, stderr token]: sockets opened with Op.STDIO become the
+    # process's stdio, where its pipes cannot be handed over (gVisor: boxagent_stdio)
+    STDIO: Final = "stdio"
 
 
 class Window:
