@@ -235,3 +235,54 @@ async def _session(daemon: Daemon, session_id: str) -> dict[str, Any]:
     async with connect(daemon) as peer:
         found: dict[str, Any] = await peer.call("box_get_session", {"session_id": session_id})
         return found
+
+
+@pytest.mark.parametrize("leave", [signal.SIGKILL, signal.SIGUSR2], ids=["crash", "handover"])
+async def test_a_gvisor_sandbox_is_taken_over_without_its_managed_processes(
+    docker_engine: object, data_dir: Path, leave: signal.Signals
+) -> None:
+    """Under gVisor a managed process's stdio are its daemon's own sockets, which end with it:
+    the successor takes over the sandbox (the same one: what its /tmp holds), not the process,
+    ends what is left of it, and starts processes of its own there as usual."""
+    started: list[Daemon] = []
+    try:
+        first = start_daemon(data_dir, "--backend", "gvisor")
+        started.append(first)
+        async with connect(first) as peer:
+            await start_server(peer)
+            created = (await peer.call("box_get_session", {"session_id": SESSION}))["created_at"]
+            await peer.call(
+                "box_exec", {"session_id": SESSION, "persistent": True, "cmd": "echo same > /tmp/sandbox"}, timeout=60
+            )
+        first.stop(leave)
+        assert len(sandboxes_of("gvisor", data_dir)) == 1
+
+        successor = start_daemon(data_dir, "--backend", "gvisor")
+        started.append(successor)
+        assert "took over 1 of 1 sessions" in successor.log()
+        async with connect(successor) as peer:
+            session = await peer.call("box_get_session", {"session_id": SESSION})
+            assert session["created_at"] == created and not session.get("managed_processes")  # absent when none
+            kept = await peer.call(
+                "box_exec", {"session_id": SESSION, "persistent": True, "cmd": "cat /tmp/sandbox"}, timeout=60
+            )
+            assert kept["stdout"] == "same"
+            for _ in range(300):  # the stray is sent SIGKILL during the take-over
+                procs = await peer.call(
+                    "box_exec",
+                    {"session_id": SESSION, "persistent": True, "cmd": "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"},
+                    timeout=60,
+                )
+                if "server.py" not in procs["stdout"]:
+                    break
+                await anyio.sleep(0.1)
+            assert "server.py" not in procs["stdout"]
+            spec = {"process_id": "mcp", "command": "python3", "args": ["-u", "/workspace/server.py"]}
+            await peer.call("box_start_managed_process", {"session_id": SESSION, "spec": spec}, timeout=60)
+        async with aiohttp.ClientSession() as http, http.ws_connect(relay_url(successor), protocols=("mcp",)) as ws:
+            await ws.send_str("again")
+            assert await receive_json(ws) == {"echo": "again"}
+    finally:
+        for daemon in started:
+            daemon.stop()
+        assert sandboxes_of("gvisor", data_dir) == []

@@ -1,6 +1,7 @@
 """Idle suspend on real sandboxes: a session idle past ``suspend_idle_sec`` is frozen (Docker
 pause, the cgroup v1 freezer for jails) with its running process, and its next action, or a relay
-client attaching, thaws it; the process goes on where it stopped (same pid)."""
+client attaching, thaws it; the process goes on where it stopped (same pid). Under gVisor, pause
+stops every task in gVisor's kernel (runsc pause)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,10 @@ for i in itertools.count():
 """
 
 
-@pytest.fixture(params=["docker", "nsjail"])
+@pytest.fixture(params=["docker", "gvisor", "nsjail"])
 def box(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
     backend = str(request.param)
-    if backend == "docker":
+    if backend in ("docker", "gvisor"):
         request.getfixturevalue("docker_engine")
     daemon = start_daemon(data_dir, "--backend", backend, env={"BOXRUNTIME_SUSPEND_IDLE_SEC": "1"})
     daemon.extra["backend"] = backend
@@ -42,7 +43,7 @@ def box(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[Daemon]:
 
 
 def frozen_by_the_backend(box: Daemon, sandbox_id: str) -> bool:
-    if box.extra["backend"] == "docker":
+    if box.extra["backend"] in ("docker", "gvisor"):
         client = docker.from_env()
         try:
             return str(client.containers.get(sandbox_id).status) == "paused"

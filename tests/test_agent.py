@@ -20,6 +20,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from boxruntime.backends.agent import takeover
 from boxruntime.backends.agent.backend import AGENT_SOURCES
 from boxruntime.backends.agent.client import AgentClient, AgentLostError
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
@@ -371,6 +372,45 @@ async def test_a_successor_takes_over_a_kept_process_and_what_it_wrote_meanwhile
     with pytest.raises(BoxSandboxError, match="did not hand over"):
         await successor.adopt("c-no-such-process", None)
     await successor.close()
+
+
+@HANDOVERS
+async def test_a_successor_ends_the_kept_processes_no_record_names(agent_dir: Path, pass_fds: bool) -> None:
+    """A kept process the dead daemon left and no record names is ended, whether its pipes can
+    be taken again (passed pipes) or not (the dead daemon's own stdio sockets, as under gVisor)."""
+    marker = f"sleep 8{os.getpid() % 1000}{int(pass_fds)}"
+    first = AgentClient(agent_dir, "first", pass_fds=pass_fds)
+    await first.connect(timeout=30)
+    stray = await first.spawn(kept_process(["sh", "-c", f"{marker}; true"], stdin=False))
+    await stray.started()
+    pipes = await first.take_fds(stray)
+    for fd in (pipes.stdin, pipes.stdout, pipes.stderr):
+        if fd is not None:
+            os.close(fd)  # the first daemon dies: the kernel closes what it held
+    assert first._writer is not None
+    first._writer.transport.abort()
+    await first.close()
+
+    for _ in range(250):  # until the agent has seen the first connection go
+        successor = AgentClient(agent_dir, "successor", pass_fds=pass_fds)
+        await successor.connect(timeout=30)
+        if stray.id in successor.detached_at_start:
+            break
+        await successor.close()
+        await asyncio.sleep(0.02)
+    assert stray.id in successor.detached_at_start
+    assert pids_alive(marker) != []
+    assert await takeover.end_strays(successor, known=()) == [stray.id]
+    for _ in range(250):
+        if not pids_alive(marker):
+            break
+        await asyncio.sleep(0.02)
+    assert pids_alive(marker) == []
+    await successor.close()
+    again = AgentClient(agent_dir, "third", pass_fds=pass_fds)
+    await again.connect(timeout=30)
+    assert again.detached_at_start == []  # reported and forgotten by the agent
+    await again.close()
 
 
 async def test_malformed_frames_do_not_hurt_the_agent(agent: AgentClient, agent_dir: Path) -> None:

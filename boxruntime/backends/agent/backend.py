@@ -198,7 +198,7 @@ class AgentBackend(Backend[AH]):
     async def reconnect_agent(self, handle: AH) -> bool:
         """Connect to a recovered sandbox's agent through its (moved) socket directory."""
         assert handle.state_dir is not None
-        handle.agent = await takeover.reconnect(handle.state_dir / "agent", handle.sandbox_id)
+        handle.agent = await takeover.reconnect(handle.state_dir / "agent", handle.sandbox_id, self.passes_fds)
         return handle.agent is not None
 
     async def finish_recovery(self, handle: AH, spec: BoxSpec, key: str, agent: bool = True) -> bool:

@@ -415,11 +415,7 @@ class AgentClient:
         """A kept process a previous daemon started (``proc_id``): its pipes again (what it wrote
         meanwhile waits in them), and its events on this connection from now on. BoxSandboxError
         when the agent has no such process any more."""
-        if proc_id in self._procs:
-            raise BoxSandboxError(f"process {proc_id} in {self.name} is already adopted")
-        proc = AgentProcess(self, proc_id, keep=True)
-        proc._adopted(pid)
-        self._procs[proc_id] = proc
+        proc = self._adopted(proc_id, pid)
         try:
             handed = await self.take_fds(proc)
             await self._send({wire.OP: wire.Op.ATTACH, wire.ID: proc_id})  # its exit, if it has one
@@ -427,6 +423,25 @@ class AgentClient:
             self._procs.pop(proc_id, None)
             raise
         return proc, handed
+
+    async def attach(self, proc_id: str, pid: int | None) -> AgentProcess:
+        """A kept process a previous daemon started, without its stdio (they cannot be taken
+        again: the previous daemon's own sockets): its events, its exit, signals."""
+        proc = self._adopted(proc_id, pid)
+        try:
+            await self._send({wire.OP: wire.Op.ATTACH, wire.ID: proc_id})
+        except BaseException:
+            self._procs.pop(proc_id, None)
+            raise
+        return proc
+
+    def _adopted(self, proc_id: str, pid: int | None) -> AgentProcess:
+        if proc_id in self._procs:
+            raise BoxSandboxError(f"process {proc_id} in {self.name} is already adopted")
+        proc = AgentProcess(self, proc_id, keep=True)
+        proc._adopted(pid)
+        self._procs[proc_id] = proc
+        return proc
 
     async def _open_stdio(self, proc_id: str, stdin: bool) -> tuple[HandedPipes, list[str | None]]:
         """Sockets the agent will make process ``proc_id``'s stdio, and their tokens for the spawn."""

@@ -49,9 +49,9 @@ def claim_state(described: Mapping[str, Any], state_dir: Callable[[str], Path]) 
     return target
 
 
-async def reconnect(socket_dir: Path, name: str) -> AgentClient | None:
+async def reconnect(socket_dir: Path, name: str, pass_fds: bool) -> AgentClient | None:
     """A connection to a recovered sandbox's agent, or None if it does not answer."""
-    agent = AgentClient(socket_dir, name)
+    agent = AgentClient(socket_dir, name, pass_fds=pass_fds)
     try:
         await agent.connect(timeout=RECOVER_CONNECT_SEC)
         return agent
@@ -79,20 +79,25 @@ async def adopt_process(agent: AgentClient, ref: str, pid: int | None) -> AgentC
 
 
 async def end_strays(agent: AgentClient, known: Collection[str]) -> list[str]:
-    """Kill the kept processes that were detached at connect and are not ``known``."""
+    """Kill the kept processes that were detached at connect and are not ``known``. One whose
+    pipes cannot be taken (its stdio were the dead daemon's sockets: ``pass_fds`` False) is
+    attached without them, so its exit is still reported and the agent forgets it."""
     ended = []
     for ref in agent.detached_at_start:
         if ref in known:
             continue
         try:
-            proc, handed = await agent.adopt(ref, None)
-        except BoxSandboxError:
-            continue
-        for fd in (handed.stdin, handed.stdout, handed.stderr):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        with contextlib.suppress(BoxSandboxError):
+            if agent.pass_fds:
+                proc, handed = await agent.adopt(ref, None)
+                for fd in (handed.stdin, handed.stdout, handed.stderr):
+                    if fd is not None:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+            else:
+                proc = await agent.attach(ref, None)
             await proc.signal(signal.SIGKILL, cancel=True)
+        except BoxSandboxError as exc:
+            log.warning("sandbox %s: stray process %s not ended: %s", agent.name, ref, exc)
+            continue
         ended.append(ref)
     return ended

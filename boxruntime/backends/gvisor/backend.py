@@ -20,7 +20,12 @@ and agent. What differs, each for a measured reason (README "gVisor"):
 - a preloaded shim makes ``ls`` and ``stat`` work under Debian's runsc (statx.py);
 - gVisor checks file permissions by their mode bits and ignores POSIX ACLs, so a writable host
   workspace that root owns (written through an ACL entry on runc) is refused;
-- the warm pool serves private workspaces only (``swaps_workspace``).
+- the warm pool serves private workspaces only (``swaps_workspace``);
+- a sandbox outlives its daemon and is taken over by a successor (its files, /tmp, everything
+  it runs), but its managed processes are not (``process_ref`` is None): their stdio are the
+  dead daemon's own sockets, which end with it, and no successor can be given them again; the
+  successor ends them (``end_strays``), and a client starts them afresh. Freezing is Docker's
+  pause, which runsc implements by stopping every task in gVisor's kernel.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from docker.types import Mount, Ulimit
 
 from boxruntime.backends.agent.client import AgentLostError
 from boxruntime.backends.common import workspace as workspaces
-from boxruntime.backends.contract import Command, CompletedCommand
+from boxruntime.backends.contract import Command, CompletedCommand, Process
 from boxruntime.backends.docker.backend import DockerBackend, DockerSandbox
 from boxruntime.backends.gvisor import statx as gvisor_statx
 from boxruntime.errors import BoxBackendUnavailableError, BoxSandboxError, BoxValidationError
@@ -206,6 +211,11 @@ class GvisorBackend(DockerBackend):
                 "it under runc. Give the directory to a non-root owner (the sandbox then runs as that owner), "
                 "mount it read-only, or use the docker backend"
             )
+
+    def process_ref(self, process: Process) -> str | None:
+        """None: a managed process's stdio are this daemon's own sockets (``passes_fds``), which
+        end with it; a successor could take over the process but never its input or output."""
+        return None
 
     # ── a sandbox that gVisor ended ──────────────────────────────────────
 
