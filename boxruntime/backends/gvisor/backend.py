@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import docker.errors
 from docker.types import Mount, Ulimit
 
@@ -87,6 +88,9 @@ class GvisorBackend(DockerBackend):
         self._runtime: Runtime | None = None
         self._shim: Path | None = None
         self._shim_built = False
+        # Sessions started at once must not build the shim at once: they share a staging
+        # directory, and one's rename would pull it from under another's compiler.
+        self._shim_lock = anyio.Lock()
 
     def _registered_runtime(self) -> Runtime:
         """The runtime, checked: registered, its binary present, and the socket reachable."""
@@ -180,9 +184,10 @@ class GvisorBackend(DockerBackend):
                 "namespace on this machine). Use network=off, or the docker backend for this session"
             )
         self._refuse_root_owned_workspace(spec)
-        if not self._shim_built:
-            self._shim = await self._call(gvisor_statx.build, self.settings.data_dir)
-            self._shim_built = True
+        async with self._shim_lock:
+            if not self._shim_built:
+                self._shim = await self._call(gvisor_statx.build, self.settings.data_dir)
+                self._shim_built = True
         return await super().start(spec, key, pooled)
 
     def swaps_workspace(self) -> bool:
