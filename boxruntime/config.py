@@ -110,6 +110,17 @@ class Settings(pydantic.BaseModel):
     # The daemon's event loop: uvloop (libuv) where installed does the same work with less CPU
     # per request than asyncio's own loop; "asyncio" forces the standard one.
     event_loop: LoopChoice = "auto"
+    # Crash recovery and upgrades (README): take over the sandboxes of dead daemons of this data
+    # dir, and let sandboxes outlive a daemon that dies (nsjail jails too); off: a successor
+    # removes them, and jails die with their daemon.
+    readopt: bool = True
+    # At SIGTERM/SIGINT a WebSocket daemon leaves its sandboxes running for a successor instead
+    # of removing them (SIGUSR2 always does). A stdio daemon always removes them.
+    keep_sandboxes: bool = False
+    # Freeze a session idle for this long (0: never); its next action or relay traffic thaws it.
+    suspend_idle_sec: int = pydantic.Field(default=0, ge=0)
+    # Freeze idle sessions even while a relay client is attached to one of their processes.
+    suspend_with_relay: bool = False
 
     @pydantic.field_validator("backend")
     @classmethod
@@ -196,6 +207,10 @@ _ENV_KEYS = {
     "BOXRUNTIME_POOL_SIZE": "pool_size",
     "BOXRUNTIME_EVENT_LOOP": "event_loop",
     "BOXRUNTIME_TENANCY_REQUIRED": "tenancy_required",
+    "BOXRUNTIME_READOPT": "readopt",
+    "BOXRUNTIME_KEEP_SANDBOXES": "keep_sandboxes",
+    "BOXRUNTIME_SUSPEND_IDLE_SEC": "suspend_idle_sec",
+    "BOXRUNTIME_SUSPEND_WITH_RELAY": "suspend_with_relay",
     "LANGBOT_BOX_TRUSTED_INSTANCE_UUID": "trusted_instance",
     "E2B_API_KEY": "e2b_api_key",
     "E2B_API_URL": "e2b_api_url",

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -58,3 +59,18 @@ def instance_alive(data_dir: Path, instance_id: str) -> bool:
     with contextlib.suppress(OSError):
         path.unlink()  # a dead daemon's leftover
     return False
+
+
+@contextlib.contextmanager
+def adoption_lock(data_dir: Path) -> Iterator[None]:
+    """Held while a daemon claims dead daemons' sessions and removes their orphans, so that
+    one daemon's cleanup never removes a sandbox another is taking over (blocking: run it in a
+    worker thread from async code)."""
+    path = data_dir / "records" / ".adoption.lock"  # beside the records it guards
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

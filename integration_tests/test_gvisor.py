@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import docker
 import pytest
 
@@ -45,6 +46,19 @@ async def test_the_session_runs_on_gvisors_kernel(gvisor_daemon: Daemon) -> None
         # ls and stat work: the preloaded shim drops the statx flag this runsc refuses.
         listing = await run(peer, "touch /tmp/f && ls -l /tmp/f && stat -c %s /tmp/f")
         assert listing["exit_code"] == 0 and listing["stdout"].endswith("\n0"), listing
+
+
+async def test_sessions_started_at_once_on_a_new_daemon_all_get_the_shim(gvisor_daemon: Daemon) -> None:
+    """The first sessions of a daemon build the statx shim: started together, they build it
+    once (they used to share a staging directory and fail each other's compiler)."""
+    async with connect(gvisor_daemon) as peer, anyio.create_task_group() as tg:
+        for index in range(4):
+            tg.start_soon(run, peer, "touch /tmp/f && stat -c %s /tmp/f", f"at-once-{index}")
+    async with connect(gvisor_daemon) as peer:
+        listed = await peer.call("box_get_sessions", {})
+        assert sorted(s["session_id"] for s in listed["sessions"]) == [f"at-once-{i}" for i in range(4)]
+        for index in range(4):
+            assert (await run(peer, "stat -c %s /tmp/f", f"at-once-{index}"))["stdout"] == "0"
 
 
 def test_doctor_names_gvisor_and_why_it_is_unavailable(docker_engine: docker.DockerClient, data_dir: Path) -> None:

@@ -10,9 +10,10 @@ attributes: gates to hold a call open, failures to inject, scripted command resu
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -112,6 +113,11 @@ class FakeBackend(Backend[FakeSandbox]):
         self.available = True
         self.closed = False
         self._serial = itertools.count(1)
+        # Sandboxes that outlive the daemon: a successor's FakeBackend shares ``live`` and
+        # ``frozen`` with its predecessor's (as a real engine would keep containers).
+        self.survives = False
+        self.freezable = False
+        self.frozen: set[str] = set()
 
     def started(self, session_id: str) -> anyio.Event:
         """An event set when ``start`` for this id is entered (create it before the call)."""
@@ -150,6 +156,8 @@ class FakeBackend(Backend[FakeSandbox]):
         self.calls.append(("exec", handle.sandbox_id))
         if handle.sandbox_id not in self.live or handle.sandbox_id in self.dead:
             raise BoxSandboxError(f"sandbox {handle.sandbox_id} is gone")
+        if handle.sandbox_id in self.frozen:
+            raise BoxSandboxError(f"sandbox {handle.sandbox_id} is frozen: a command would wait forever")
         self.requests.append(req)
         return self.results.pop(0) if self.results else Scripted()
 
@@ -196,8 +204,35 @@ class FakeBackend(Backend[FakeSandbox]):
             await gate.wait()
         return handle.sandbox_id in self.live and handle.sandbox_id not in self.dead
 
-    async def cleanup_orphans(self) -> list[str]:
-        self.calls.append(("cleanup_orphans", ""))
+    def survives_daemon(self) -> bool:
+        return self.survives
+
+    def describe(self, handle: FakeSandbox) -> dict[str, Any]:
+        return {"sandbox_id": handle.sandbox_id}
+
+    async def recover(self, spec: BoxSpec, key: str, described: Mapping[str, Any]) -> FakeSandbox | None:
+        self.calls.append(("recover", spec.session_id))
+        handle = self.live.get(str(described.get("sandbox_id")))
+        if not isinstance(handle, FakeSandbox):
+            return None
+        self.frozen.discard(handle.sandbox_id)  # a recovered sandbox comes back thawed
+        return handle
+
+    def can_freeze(self) -> bool:
+        return self.freezable
+
+    async def freeze(self, handle: FakeSandbox) -> None:
+        self.calls.append(("freeze", handle.sandbox_id))
+        await anyio.lowlevel.checkpoint()
+        self.frozen.add(handle.sandbox_id)
+
+    async def thaw(self, handle: FakeSandbox) -> None:
+        self.calls.append(("thaw", handle.sandbox_id))
+        await anyio.lowlevel.checkpoint()
+        self.frozen.discard(handle.sandbox_id)
+
+    async def cleanup_orphans(self, spare: Collection[str] = ()) -> list[str]:
+        self.calls.append(("cleanup_orphans", ",".join(sorted(spare))))
         return []
 
     async def remove_own(self) -> list[str]:

@@ -20,11 +20,12 @@ from pathlib import Path
 import anyio
 import pytest
 
+from boxruntime.backends.agent import takeover
 from boxruntime.backends.agent.backend import AGENT_SOURCES
 from boxruntime.backends.agent.client import AgentClient, AgentLostError
 from boxruntime.backends.agent.commands import CommandExit, CommandRequest, Output
 from boxruntime.backends.agent.sandbox import boxagent_wire as wire
-from boxruntime.errors import BoxValidationError
+from boxruntime.errors import BoxSandboxError, BoxValidationError
 
 pytestmark = pytest.mark.anyio
 MIB = 1024 * 1024
@@ -299,6 +300,8 @@ async def test_connection_loss_kills_execs_and_keeps_processes(agent_dir: Path, 
     assert stdout.readline() == b"got two\n"
     await client.connect(timeout=30)  # reconnect: the kept process is re-attached
     stdin.close()
+    if pass_fds:
+        await server.write_input(b"", eof=True)  # the agent's own copy of a kept stdin goes too
     events = [event async for event in server.events()]
     assert isinstance(events[-1], CommandExit) and events[-1].code == 0
     assert not any(isinstance(e, Output) for e in events)  # its output never went through the agent
@@ -331,6 +334,84 @@ async def test_the_exit_of_a_detached_process_is_kept_for_the_next_attach(agent_
     seen = [event async for event in proc.events()]
     assert len(seen) == 1 and isinstance(seen[0], CommandExit) and seen[0].code == 5
     await client.close()
+
+
+async def test_a_successor_takes_over_a_kept_process_and_what_it_wrote_meanwhile(agent_dir: Path) -> None:
+    first = AgentClient(agent_dir, "first")
+    await first.connect(timeout=30)
+    script = 'echo ready; while read line; do echo "got $line"; done; echo bye'
+    server = await first.spawn(kept_process(["sh", "-c", script]))
+    pid = await server.started()
+    pipes = await first.take_fds(server)
+    assert pipes.stdin is not None
+    stdin, stdout = os.fdopen(pipes.stdin, "wb", buffering=0), os.fdopen(pipes.stdout, "rb", buffering=0)
+    assert stdout.readline() == b"ready\n"
+    stdin.write(b"before\n")
+    # The first daemon dies: the kernel closes everything it held, its connection included.
+    stdin.close()
+    stdout.close()
+    os.close(pipes.stderr)
+    assert first._writer is not None
+    first._writer.transport.abort()
+    await first.close()
+
+    successor = AgentClient(agent_dir, "successor")
+    await successor.connect(timeout=30)
+    adopted, handed = await successor.adopt(server.id, pid)
+    assert adopted.pid == pid and handed.stdin is not None
+    stdin, stdout = os.fdopen(handed.stdin, "wb", buffering=0), os.fdopen(handed.stdout, "rb", buffering=0)
+    assert stdout.readline() == b"got before\n"  # written while no daemon held the pipes
+    stdin.write(b"after\n")
+    assert stdout.readline() == b"got after\n"
+    stdin.close()
+    await adopted.write_input(b"", eof=True)
+    assert stdout.readline() == b"bye\n"
+    stdout.close()
+    os.close(handed.stderr)
+    events = [event async for event in adopted.events()]
+    assert isinstance(events[-1], CommandExit) and events[-1].code == 0
+    with pytest.raises(BoxSandboxError, match="did not hand over"):
+        await successor.adopt("c-no-such-process", None)
+    await successor.close()
+
+
+@HANDOVERS
+async def test_a_successor_ends_the_kept_processes_no_record_names(agent_dir: Path, pass_fds: bool) -> None:
+    """A kept process the dead daemon left and no record names is ended, whether its pipes can
+    be taken again (passed pipes) or not (the dead daemon's own stdio sockets, as under gVisor)."""
+    marker = f"sleep 8{os.getpid() % 1000}{int(pass_fds)}"
+    first = AgentClient(agent_dir, "first", pass_fds=pass_fds)
+    await first.connect(timeout=30)
+    stray = await first.spawn(kept_process(["sh", "-c", f"{marker}; true"], stdin=False))
+    await stray.started()
+    pipes = await first.take_fds(stray)
+    for fd in (pipes.stdin, pipes.stdout, pipes.stderr):
+        if fd is not None:
+            os.close(fd)  # the first daemon dies: the kernel closes what it held
+    assert first._writer is not None
+    first._writer.transport.abort()
+    await first.close()
+
+    for _ in range(250):  # until the agent has seen the first connection go
+        successor = AgentClient(agent_dir, "successor", pass_fds=pass_fds)
+        await successor.connect(timeout=30)
+        if stray.id in successor.detached_at_start:
+            break
+        await successor.close()
+        await asyncio.sleep(0.02)
+    assert stray.id in successor.detached_at_start
+    assert pids_alive(marker) != []
+    assert await takeover.end_strays(successor, known=()) == [stray.id]
+    for _ in range(250):
+        if not pids_alive(marker):
+            break
+        await asyncio.sleep(0.02)
+    assert pids_alive(marker) == []
+    await successor.close()
+    again = AgentClient(agent_dir, "third", pass_fds=pass_fds)
+    await again.connect(timeout=30)
+    assert again.detached_at_start == []  # reported and forgotten by the agent
+    await again.close()
 
 
 async def test_malformed_frames_do_not_hurt_the_agent(agent: AgentClient, agent_dir: Path) -> None:

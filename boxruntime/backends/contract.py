@@ -13,15 +13,19 @@ the same methods its own way.
   resized and signalled). A lasting process outlives the runtime's connection to the sandbox.
 - **Files** are read, written, listed, moved and watched by path inside the sandbox, confined
   to the roots the runtime names; answers are the protocol's file models.
+- A sandbox may **outlive its daemon** (``survives_daemon``): the runtime keeps what
+  ``describe`` says of it in the data dir, and a successor daemon takes it over with
+  ``recover`` (and its lasting processes with ``recover_process``) after a crash or a
+  handover (``release``). An idle sandbox may be **frozen** and thawed (``freeze``, ``thaw``).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import pydantic
 
@@ -366,14 +370,72 @@ class Backend(abc.ABC, Generic[H]):
         handle.key = key
         return True
 
+    # sandboxes that outlive their daemon (re-adoption: runtime/readopt.py)
+
+    def survives_daemon(self) -> bool:
+        """Do this backend's sandboxes, and their lasting processes, keep running when the daemon
+        dies (a crash) or lets go of them (``release``), for a successor to ``recover``? False:
+        they end with the daemon, and a successor starts afresh (keeping the workspaces)."""
+        return False
+
+    def describe(self, handle: H) -> dict[str, Any]:
+        """What a successor daemon needs to find this sandbox again: JSON-able, kept in the
+        session's record in the data dir (written when the session is made or changes)."""
+        return {}
+
+    async def recover(self, spec: BoxSpec, key: str, described: Mapping[str, Any]) -> H | None:
+        """Take over a sandbox a dead daemon of this data dir left running, from what
+        ``describe`` said of it; its session is ``spec``, keyed ``key``. A frozen sandbox comes
+        back thawed. The runtime asks only about records it has claimed (moved under its own
+        instance while holding the data dir's adoption lock), never about a live daemon's.
+        None when the sandbox is gone or unusable, after removing what is left of it except
+        its workspace."""
+        return None
+
+    def process_ref(self, process: Process) -> str | None:
+        """How a successor finds a lasting process of this backend again (``recover_process``);
+        None when it cannot."""
+        return None
+
+    async def recover_process(self, handle: H, ref: str, pid: int | None) -> Process | None:
+        """A lasting process that the dead daemon started in a recovered sandbox, by its
+        ``process_ref``: what it wrote since that daemon last read comes first in its events,
+        then its output as usual (its exit, if it ended meanwhile). None when it is gone."""
+        return None
+
+    async def end_strays(self, handle: H, known: Collection[str]) -> list[str]:
+        """End the lasting processes of a recovered sandbox whose refs are not ``known`` (no
+        record names them: nobody can reach them any more); returns their refs."""
+        return []
+
+    async def release(self, handle: H) -> None:
+        """Let go of a sandbox without stopping it (a handover to a successor): close what the
+        daemon holds for it; the sandbox and its lasting processes run on."""
+
+    # idle suspend
+
+    def can_freeze(self) -> bool:
+        """Can a sandbox of this backend be frozen (every process stopped, none of its state
+        lost) and thawed again?"""
+        return False
+
+    async def freeze(self, handle: H) -> None:
+        """Stop every process of the sandbox until ``thaw``; they use no CPU meanwhile."""
+        raise self._unsupported("freezing sandboxes")
+
+    async def thaw(self, handle: H) -> None:
+        """Let a frozen sandbox's processes run again; a no-op for one that is not frozen."""
+        raise self._unsupported("freezing sandboxes")
+
     # the backend as a whole
 
     async def upkeep(self) -> None:
         """Periodic work while this backend is selected (the runtime calls it about once a
         minute): a remote backend renews its sandboxes' leases here."""
 
-    async def cleanup_orphans(self) -> list[str]:
-        """Remove sandboxes left by dead daemons of this data dir; returns their ids."""
+    async def cleanup_orphans(self, spare: Collection[str] = ()) -> list[str]:
+        """Remove sandboxes left by dead daemons of this data dir, except those whose ids are in
+        ``spare`` (taken over by a live daemon); returns their ids."""
         return []
 
     async def sweep_workspaces(self, ttl_sec: float) -> list[str]:

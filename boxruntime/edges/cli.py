@@ -38,6 +38,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
         "data_dir": getattr(args, "data_dir", None),
+        "keep_sandboxes": True if getattr(args, "keep_sandboxes", False) else None,
     }
     roots = getattr(args, "allow_mount_root", None)
     if roots:
@@ -76,6 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         options = run_options(settings.event_loop)
         if args.stdio:
+            if settings.keep_sandboxes:
+                log.warning("keep_sandboxes has no effect with --stdio: a stdio daemon removes its sandboxes")
             # The port, when given, is the managed-process relay's (as with `lbp box -s`).
             anyio.run(serve_stdio, settings, args.port or 0, backend_options=options)
         else:
@@ -87,7 +90,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         where = f"{settings.host}:{settings.port}"
         print(f"boxruntime: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    log.info("boxruntime stopped after %.1f s; every sandbox it started is removed", time.monotonic() - started)
+    log.info("boxruntime stopped after %.1f s", time.monotonic() - started)
     return 0
 
 
@@ -182,6 +185,12 @@ def add_daemon_commands(sub: Any) -> None:
         help="port of /rpc/ws and the relay (default 5410; with --stdio, the relay's)",
     )
     serve.add_argument("--allow-mount-root", action="append", help="allow host mounts under this directory")
+    serve.add_argument(
+        "--keep-sandboxes",
+        action="store_true",
+        help="at SIGTERM/SIGINT leave sandboxes running for the next daemon on this data dir "
+        "(an upgrade; SIGUSR2 always does); WebSocket only",
+    )
     serve.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="text lines, or one JSON object per line"
     )

@@ -99,6 +99,9 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
         BoxReadinessError,
     ) as exc:
         return _error(exc)
+    # A frozen session thaws before its relay client is answered (and stays awake while one is
+    # attached, unless suspend_with_relay).
+    await runtime.sessions.used(session_id)
     ws = web.WebSocketResponse(protocols=("mcp",), max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30, compress=False)
     await ws.prepare(request)
     sockets.add(ws)  # closed with the daemon
@@ -125,6 +128,7 @@ async def relay_ws(request: web.Request, tenancy: Tenancy, sockets: set[web.WebS
                     if msg.type == aiohttp.WSMsgType.TEXT:
                         if placement is not None and not tenancy.fence.is_current(placement):
                             break  # the generation went stale while this message was on its way
+                        await runtime.sessions.used(session_id)
                         await process.write_line(msg.data)
                         runtime.metrics.relayed("in", len(msg.data.encode("utf-8", "surrogateescape")) + 1)
                 # The client closed, and its close was answered in this same step: it must not

@@ -217,15 +217,26 @@ def create_app(tenancy: Tenancy, skills: SkillActions, token: str | None, contro
     return app
 
 
-async def _until_signalled() -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+# What a daemon does with its sandboxes when it stops (README: crash recovery and upgrades):
+# - stdio: its client is gone (EOF) or it was told to stop: nobody will come back through this
+#   pipe, so it removes them, always;
+# - WebSocket: SIGTERM/SIGINT remove them (a service being stopped leaves nothing behind) unless
+#   ``keep_sandboxes`` is set; SIGUSR2 is the handover of an upgrade: it keeps them for the next
+#   daemon on the data dir either way. A crash keeps them too, and the next daemon takes over.
+HANDOVER_SIGNAL = signal.SIGUSR2
+
+
+async def _until_signalled(*extra: signal.Signals) -> int:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, *extra) as signals:
         async for signum in signals:
             log.info("received %s, shutting down", signal.Signals(signum).name)
-            return
+            return int(signum)
+    raise AssertionError("signal receiver ended")  # pragma: no cover - it never ends
 
 
 async def serve_websocket(settings: Settings) -> None:
     check_bind_policy(settings)
+    keep = False
     runtime = BoxRuntime(settings)
     await runtime.start()
     skills = skill_actions(settings)
@@ -246,14 +257,16 @@ async def serve_websocket(settings: Settings) -> None:
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(run_daemon_tasks, tenancy, skills)
-            await _until_signalled()
+            signum = await _until_signalled(HANDOVER_SIGNAL)
+            keep = signum == HANDOVER_SIGNAL or settings.keep_sandboxes
             tg.cancel_scope.cancel()
         sockets: set[web.WebSocketResponse] = app[SOCKETS_KEY]
         for ws in list(sockets):
             await ws.close(code=1001, message=b"Box runtime shutting down")
     finally:
         await runner.cleanup()
-        await runtime.close()
+        if await runtime.close(keep=keep):
+            log.info("sandboxes left running for the next daemon on %s", settings.data_dir)
         tenancy.close()
 
 

@@ -308,6 +308,7 @@ class SessionInfo(Model):
     workspace_quota_enforced: bool | None = None
     notes: list[str] = pydantic.Field(default_factory=list)
     expires_at: dt.datetime | None = None  # removed then, busy or not (an E2B sandbox's timeout)
+    suspended: bool = False  # frozen while idle; the next action thaws it (README: idle suspend)
 
 
 class SessionDetails(OmitNone, SessionInfo):
@@ -405,8 +406,9 @@ class ManagedProcessInfo(Model):
     exited_at: dt.datetime | None = None
     exit_code: int | None = None
     stderr_preview: str = ""
-    # Extension: bytes of stdout kept for the next relay client.
+    # Extensions: bytes of stdout kept for the next relay client; the process id in the sandbox.
     pending_output_bytes: int = 0
+    pid: int | None = None
 
 
 class BackendInfo(Model):

@@ -34,8 +34,11 @@ from boxruntime.runtime.commands import CommandManager
 from boxruntime.runtime.files import SessionFiles
 from boxruntime.runtime.pool import WarmPool
 from boxruntime.runtime.processes import ProcessManager
+from boxruntime.runtime.readopt import take_over
+from boxruntime.runtime.records import RecordBook
 from boxruntime.runtime.results import exec_result
 from boxruntime.runtime.sessions import SessionManager
+from boxruntime.runtime.suspend import Suspender
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,13 @@ class BoxRuntime:
         self._backend_lock = anyio.Lock()
         self._closing = False
         self.pool = WarmPool(self.backend, settings)
+        self.records = RecordBook(settings.data_dir, self.instance_id)
         self.sessions = SessionManager(
             self.backend,
             max_sessions=lambda: self.settings.max_sessions,
             ttl_sec=lambda: self.settings.session_ttl_sec,
             pool=self.pool,
+            records=self.records if settings.readopt else None,
         )
         self.files = SessionFiles(self.sessions)
         self.processes = ProcessManager(self.sessions)
@@ -71,6 +76,8 @@ class BoxRuntime:
             )
         )
         self.sessions.on_create.append(lambda new, pooled: self.metrics.session_created(new.handle.backend, pooled))
+        self.suspender = Suspender(self.sessions, settings)
+        self.readopted: list[str] = []  # sessions taken over from dead daemons at start
 
     def _running_processes(self) -> Iterator[str]:
         for session in self.sessions.sessions():
@@ -88,9 +95,12 @@ class BoxRuntime:
         except BoxBackendUnavailableError as exc:
             log.warning("%s", exc)  # serve anyway: box_init may select another backend
             return
-        removed = await backend.cleanup_orphans()
-        if removed:
-            log.info("removed %d sandboxes left by dead daemons: %s", len(removed), ", ".join(removed))
+        # Dead daemons' sandboxes: taken over (runtime/readopt.py), or removed.
+        self.readopted = await take_over(
+            self.records, backend, self.sessions, self.processes, enabled=self.settings.readopt
+        )
+        if self.readopted:
+            self.metrics.readoptions.labels(backend.name).inc(len(self.readopted))
         await self.sweep_workspaces()
 
     async def sweep_workspaces(self) -> None:
@@ -128,20 +138,32 @@ class BoxRuntime:
             tg.start_soon(self.processes.run)
             tg.start_soon(self.commands.run)
             tg.start_soon(self._sweep_periodically)
+            tg.start_soon(self.suspender.run)
 
-    async def close(self) -> None:
-        """Remove every sandbox this daemon created, then release the backend."""
+    async def close(self, keep: bool = False) -> bool:
+        """Remove every sandbox this daemon created, then release the backend. ``keep`` (a
+        handover): leave the sessions' sandboxes and managed processes running, their records
+        written in full, for a successor; only where the backend's sandboxes outlive the daemon
+        and ``readopt`` is on. Returns whether sandboxes were kept."""
         self._closing = True
+        backend = self._backend
+        kept = keep and self.settings.readopt and backend is not None and backend.survives_daemon()
         with anyio.CancelScope(shield=True):
+            if kept:
+                for session in self.sessions.hand_over():
+                    await session.backend.release(session.handle)
+            # Everything not handed over (all of it, without a handover) is removed.
             await self.sessions.remove_all(include_persistent=True, keep_workspaces=True)
             await self.pool.drain()
-            if self._backend is not None:
-                leftovers = await self._backend.remove_own()
-                if leftovers:
-                    log.info("removed unregistered sandboxes: %s", ", ".join(leftovers))
-                await self._backend.close()
+            if backend is not None:
+                if not kept:
+                    leftovers = await backend.remove_own()
+                    if leftovers:
+                        log.info("removed unregistered sandboxes: %s", ", ".join(leftovers))
+                await backend.close()
                 self._backend = None
             self.instance.release()
+        return kept
 
     # ── backend ──────────────────────────────────────────────────────────
 

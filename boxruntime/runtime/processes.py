@@ -5,6 +5,10 @@ exec timeout never touches it. Its stdout is split into lines; while a relay
 client is attached each line goes to it, otherwise the lines are kept (the last 1 MiB / 1000
 lines) and delivered first on the next attach — output is not lost while nobody listens.
 stderr feeds a rolling preview. Stop = close stdin, SIGTERM, SIGKILL after 5 s.
+
+A process outlives its daemon where the sandbox does (re-adoption, runtime/readopt.py): the
+session's record names it, and a successor takes it over (``ProcessManager.adopt``) with the
+output it wrote meanwhile; a handover also passes on the lines read and not yet delivered.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from boxruntime.errors import (
     BoxSandboxError,
 )
 from boxruntime.models import ManagedProcessInfo, ManagedProcessSpec, ManagedProcessStatus, utcnow
+from boxruntime.runtime.records import ProcessRecord
 from boxruntime.runtime.sessions import Session, SessionManager
 
 log = logging.getLogger(__name__)
@@ -69,11 +74,45 @@ class ManagedProcess:
     replay_dropped: int = 0
     attachment: Attachment | None = None
     exited: anyio.Event = field(default_factory=anyio.Event)
+    ref: str | None = None  # the backend's reference to it, for a successor (Backend.process_ref)
+    # The pump stopped because the daemon is going, not the process: it may run on for a successor.
+    abandoned: bool = False
     _partial: bytearray = field(default_factory=bytearray)
 
     @property
     def running(self) -> bool:
         return self.exited_at is None
+
+    @classmethod
+    def recovered(cls, session_id: str, kept: ProcessRecord, process: Process) -> ManagedProcess:
+        """The process a dead daemon's record names, taken over (``process`` from the backend)."""
+        managed = cls(
+            session_id=session_id,
+            spec=kept.spec,
+            process=process,
+            started_at=kept.started_at,
+            stderr_preview=kept.stderr_preview,
+            ref=kept.ref,
+        )
+        for line in kept.replay:
+            managed._keep(line)
+        managed._partial += kept.partial.encode("utf-8", "surrogateescape")
+        return managed
+
+    def record(self, handover: bool = False) -> ProcessRecord | None:
+        """What a successor needs to take it over; None once it has exited (or cannot be)."""
+        if self.ref is None or (not self.running and not self.abandoned):
+            return None
+        return ProcessRecord(
+            process_id=self.spec.process_id,
+            spec=self.spec,
+            ref=self.ref,
+            pid=self.process.pid,
+            started_at=self.started_at,
+            stderr_preview=self.stderr_preview,
+            replay=list(self.replay) if handover else [],
+            partial=bytes(self._partial).decode("utf-8", "surrogateescape") if handover else "",
+        )
 
     def info(self) -> ManagedProcessInfo:
         return ManagedProcessInfo(
@@ -90,6 +129,7 @@ class ManagedProcess:
             exit_code=self.exit_code,
             stderr_preview=self.stderr_preview,
             pending_output_bytes=self.replay_bytes,
+            pid=self.process.pid,
         )
 
     # ── output ───────────────────────────────────────────────────────────
@@ -153,6 +193,9 @@ class ManagedProcess:
                     exit = event
         except BoxSandboxError as exc:  # the sandbox went away under the process
             self._stderr(f"\n[boxruntime: {exc}]".encode())
+        except anyio.get_cancelled_exc_class():
+            self.abandoned = True  # the daemon is going; the process is not (yet) known to end
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await self.process.close()
@@ -237,6 +280,7 @@ class ProcessManager:
     def __init__(self, sessions: SessionManager) -> None:
         self._sessions = sessions
         self._tg: anyio.abc.TaskGroup | None = None
+        self._adopted: list[tuple[Session, ManagedProcess]] = []  # pumped once run() starts
         sessions.on_remove.append(self.stop_session)
 
     async def run(self) -> None:
@@ -244,6 +288,9 @@ class ProcessManager:
         the pumps end with it."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            adopted, self._adopted = self._adopted, []
+            for session, process in adopted:
+                tg.start_soon(self._pump, session, process, name=f"mp-{session.session_id}-{process.spec.process_id}")
             try:
                 await anyio.sleep_forever()
             finally:
@@ -277,16 +324,29 @@ class ProcessManager:
                 with anyio.CancelScope(shield=True):
                     await started.close()
                 raise
-            process = ManagedProcess(session_id=session_id, spec=spec, process=started)
+            process = ManagedProcess(
+                session_id=session_id, spec=spec, process=started, ref=session.backend.process_ref(started)
+            )
             session.processes[spec.process_id] = process
             self._forget_old_exits(session)
+            self._sessions.save(session)
             tg.start_soon(self._pump, session, process, name=f"mp-{session_id}-{spec.process_id}")
         log.info("session %s: managed process %s started (%s)", session_id, spec.process_id, spec.command)
         return process.info()
 
+    def adopt(self, session: Session, process: ManagedProcess) -> None:
+        """A process taken over from a dead daemon (runtime/readopt.py): its output is pumped
+        from now on (once ``run`` has started)."""
+        session.processes[process.spec.process_id] = process
+        if self._tg is None:
+            self._adopted.append((session, process))
+        else:
+            self._tg.start_soon(self._pump, session, process, name=f"mp-{session.session_id}-{process.spec.process_id}")
+
     async def _pump(self, session: Session, process: ManagedProcess) -> None:
         await process.pump()
         session.touch()
+        self._sessions.save(session)
         log.info(
             "session %s: managed process %s exited with %s",
             process.session_id, process.spec.process_id, process.exit_code,
@@ -303,6 +363,7 @@ class ProcessManager:
             process = self.get(session_id, process_id)
             await process.stop()
             session.processes.pop(process_id, None)
+            self._sessions.save(session)
 
     async def stop_session(self, session: Session) -> None:
         async with anyio.create_task_group() as tg:

@@ -7,6 +7,10 @@ reaper, capacity, delete and shutdown (reference §D.3, without the anchor's def
 - ``max_sessions`` counts live sessions plus creations in flight (seed S3).
 - A session may have a deadline (E2B's sandbox timeout): it is removed then, busy or not, and
   is not reaped as idle before.
+- Where the backend's sandboxes outlive the daemon, each session has a record in the data dir
+  (runtime/records.py) that a successor takes it over from (runtime/readopt.py).
+- A frozen session (runtime/suspend.py) is thawed by the next lease before anything reaches
+  its sandbox, and before it is removed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,6 +33,7 @@ from boxruntime.errors import (
 )
 from boxruntime.ids import safe_key
 from boxruntime.models import SESSION_IDENTITY_FIELDS, BoxSpec, SessionInfo, SessionStatus, utcnow
+from boxruntime.runtime.records import RecordBook, session_record
 
 if TYPE_CHECKING:
     from boxruntime.runtime.processes import ManagedProcess
@@ -47,6 +53,8 @@ class Session:
     keepalive: list[Callable[[], bool]] = field(default_factory=list)
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     expires_at: dt.datetime | None = None  # removed at this moment whatever its use
+    suspended: bool = False  # frozen (runtime/suspend.py): thawed before anything reaches it
+    saved_used_at: dt.datetime | None = None  # last_used_at as its record last said
 
     @property
     def session_id(self) -> str:
@@ -91,6 +99,7 @@ class Session:
             workspace_quota_enforced=self.handle.workspace_quota_enforced,
             notes=list(self.handle.notes),
             expires_at=self.expires_at,
+            suspended=self.suspended,
         )
 
 
@@ -156,9 +165,11 @@ class SessionManager:
         max_sessions: Callable[[], int],
         ttl_sec: Callable[[], int],
         pool: SandboxPool | None = None,
+        records: RecordBook | None = None,
     ) -> None:
         self._backend = backend
         self._pool = pool
+        self.records = records
         self._max_sessions = max_sessions
         self._ttl_sec = ttl_sec
         self._sessions: dict[str, Session] = {}
@@ -181,6 +192,10 @@ class SessionManager:
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
 
+    def find(self, session_id: str) -> Session | None:
+        """The registered session of that id (closing or not), or None."""
+        return self._sessions.get(session_id)
+
     def get(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
         if session is None or session.closing:
@@ -201,7 +216,10 @@ class SessionManager:
                     raise BoxSessionConflictError(f"Box session {spec.session_id} already exists with {conflict}")
                 # A reused session must never silently lack mounts the request asked for.
                 if _mount_set(session.spec) != _mount_set(spec):
+                    await self._thaw(session)
                     session.spec = await session.backend.extend_mounts(session.handle, session.spec, spec)
+                    self.save(session)
+                await self._thaw(session)
                 if await session.backend.alive(session.handle):
                     session.touch()
                     return session
@@ -221,6 +239,7 @@ class SessionManager:
             or self._locks.held(spec.session_id)
             or _conflict(session.spec, spec) is not None
             or _mount_set(session.spec) != _mount_set(spec)
+            or session.suspended
             or not session.backend.known_alive(session.handle)
         ):
             return None
@@ -244,10 +263,65 @@ class SessionManager:
             self._creating -= 1
         session = Session(spec=spec.model_copy(update={"cmd": ""}), backend=backend, handle=handle)
         self._sessions[spec.session_id] = session
+        self.save(session)
         for hook in self.on_create:
             hook(session, pooled)
         log.info("session %s created (%s %s)", spec.session_id, handle.backend, handle.sandbox_id)
         return session
+
+    def adopt(self, session: Session) -> None:
+        """Register a session taken over from a dead daemon (runtime/readopt.py)."""
+        if session.session_id in self._sessions:
+            raise BoxSessionConflictError(f"session {session.session_id} exists already")
+        self._sessions[session.session_id] = session
+
+    # ── records (for a successor) ────────────────────────────────────────
+
+    def save(self, session: Session, handover: bool = False) -> None:
+        """Write the session's record, where its sandbox can outlive this daemon."""
+        if self.records is None or not session.backend.survives_daemon() or session.closing:
+            return
+        self.records.save(session_record(session, handover))
+        session.saved_used_at = session.last_used_at
+
+    def save_timestamps(self) -> None:
+        """Write the records whose last use changed since they were written (each reaper round:
+        a successor's TTL counts from about the right moment, without a write per exec)."""
+        for session in list(self._sessions.values()):
+            if session.saved_used_at != session.last_used_at:
+                self.save(session)
+
+    # ── freezing ─────────────────────────────────────────────────────────
+
+    @contextlib.asynccontextmanager
+    async def locked(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the per-id lock of ``session_id`` (nothing creates, changes or removes it)."""
+        async with self._locks.hold(session_id):
+            yield
+
+    async def _thaw(self, session: Session) -> None:
+        """Under the session's lock: thaw it if it is frozen."""
+        if session.suspended:
+            started = time.perf_counter()
+            await session.backend.thaw(session.handle)
+            session.suspended = False
+            log.info("session %s thawed in %.1f ms", session.session_id, (time.perf_counter() - started) * 1000)
+
+    async def thaw(self, session_id: str) -> None:
+        """Thaw the session if it is frozen; a no-op for one that is not."""
+        session = self._sessions.get(session_id)
+        if session is None or not session.suspended:
+            return
+        async with self._locks.hold(session_id):
+            await self._thaw(session)
+
+    async def used(self, session_id: str) -> None:
+        """Traffic that reaches the session outside a lease (a relay's): it counts as a use, and
+        a frozen session is thawed first."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            await self.thaw(session_id)
+            session.touch()
 
     @contextlib.asynccontextmanager
     async def lease(self, spec: BoxSpec) -> AsyncIterator[Session]:
@@ -259,6 +333,8 @@ class SessionManager:
     async def lease_existing(self, session_id: str) -> AsyncIterator[Session]:
         """An existing session, protected from the reaper while the caller uses it."""
         with _in_use(self.get(session_id)) as session:
+            if session.suspended:
+                await self.thaw(session_id)
             yield session
 
     # ── removal ──────────────────────────────────────────────────────────
@@ -273,7 +349,13 @@ class SessionManager:
         if self._sessions.get(session.session_id) is session:
             del self._sessions[session.session_id]
         self._closing += 1
+        if self.records is not None:
+            self.records.remove(session.handle.key)
         with anyio.CancelScope(shield=True):  # a half-removed sandbox would leak
+            try:
+                await self._thaw(session)  # frozen processes cannot take a signal
+            except Exception:
+                log.exception("session %s: thawing before removal failed", session.session_id)
             for hook in self.on_remove:
                 try:
                     await hook(session)
@@ -291,6 +373,7 @@ class SessionManager:
         """Remove the session at ``when`` (None: only when idle past the TTL, as usual)."""
         session = self.get(session_id)
         session.expires_at = when
+        self.save(session)
         self._deadline_changed.set()  # the reaper may have to wake up sooner
         return session
 
@@ -328,11 +411,24 @@ class SessionManager:
             self._deadline_changed = anyio.Event()
             try:
                 reaped = await self.reap_expired()
+                self.save_timestamps()
             except Exception:
                 log.exception("session reaper failed")
                 continue
             if reaped:
                 log.info("reaped idle sessions: %s", ", ".join(reaped))
+
+    def hand_over(self) -> list[Session]:
+        """At a handover: write the records of the sessions whose sandboxes outlive the daemon
+        in full, and forget those sessions (they run on for a successor); returns them. The
+        others stay registered, to be removed as usual."""
+        kept = []
+        for session in list(self._sessions.values()):
+            if session.backend.survives_daemon() and self.records is not None:
+                self.save(session, handover=True)
+                del self._sessions[session.session_id]
+                kept.append(session)
+        return kept
 
     async def remove_all(self, include_persistent: bool, keep_workspaces: bool) -> list[str]:
         targets = [s for s in self._sessions.values() if include_persistent or not s.spec.persistent]

@@ -7,10 +7,12 @@ in here and below; the runtime sees only the contract's types.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 import anyio
 
 from boxruntime.backends.agent import files as agent_files
+from boxruntime.backends.agent import takeover
 from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.agent.commands import CommandRequest
 from boxruntime.backends.agent.pipes import ProcessPipes
@@ -43,9 +46,12 @@ from boxruntime.backends.contract import (
     Watch,
 )
 from boxruntime.backends.contract import state_dir as session_state_dir
-from boxruntime.errors import BoxSandboxError
+from boxruntime.errors import BoxError, BoxSandboxError
 from boxruntime.instance import instance_alive
 from boxruntime.models import BoxSpec
+from boxruntime.security import resolve_mounts
+
+log = logging.getLogger(__name__)
 
 AGENT_SOURCES = Path(__file__).parent / "sandbox"
 AGENT_DIR_OF_SCRIPTS = "/opt/boxruntime"
@@ -171,6 +177,60 @@ class AgentBackend(Backend[AH]):
         handle.key = key
         handle.private_workspace = moved
         return True
+
+    # ── a successor's take-over (re-adoption) ────────────────────────────
+
+    def describe(self, handle: AH) -> dict[str, Any]:
+        return {"sandbox_id": handle.sandbox_id, "state_dir": str(handle.state_dir) if handle.state_dir else None}
+
+    def claim_state(self, described: Mapping[str, Any]) -> Path | None:
+        """Move a dead daemon's host state of a sandbox under this instance (agent/takeover.py)."""
+        return takeover.claim_state(described, self.state_dir)
+
+    def replan_workspace(self, handle: AH, spec: BoxSpec, key: str) -> None:
+        """The workspace of a recovered sandbox, found again as ``start`` made it: held (its
+        lease) and granted (a host directory's ACL) by this daemon now. BoxValidationError when
+        this daemon's settings no longer allow the session's mounts."""
+        workspace_mount, _ = resolve_mounts(spec, self.settings.mount_roots())
+        uid, gid = workspaces.sandbox_identity(self.settings, workspace_mount, handle.notes)
+        handle.adopt_workspace(workspaces.plan(self.settings.data_dir, spec, key, workspace_mount, uid, gid))
+
+    async def reconnect_agent(self, handle: AH) -> bool:
+        """Connect to a recovered sandbox's agent through its (moved) socket directory."""
+        assert handle.state_dir is not None
+        handle.agent = await takeover.reconnect(handle.state_dir / "agent", handle.sandbox_id, self.passes_fds)
+        return handle.agent is not None
+
+    async def finish_recovery(self, handle: AH, spec: BoxSpec, key: str, agent: bool = True) -> bool:
+        """The common end of ``recover``: the workspace, then the agent (unless the sandbox runs
+        without one). False: the sandbox cannot be used (the caller removes it)."""
+        try:
+            self.replan_workspace(handle, spec, key)
+        except BoxError as exc:
+            log.warning("sandbox %s: its workspace cannot be taken over: %s", handle.sandbox_id, exc)
+            return False
+        return await self.reconnect_agent(handle) if agent else True
+
+    def process_ref(self, process: Process) -> str | None:
+        if isinstance(process, AgentCommand) and process.kept:
+            return process.ref
+        return None
+
+    async def recover_process(self, handle: AH, ref: str, pid: int | None) -> Process | None:
+        return await takeover.adopt_process(await self.connected_agent(handle), ref, pid)
+
+    async def end_strays(self, handle: AH, known: Collection[str]) -> list[str]:
+        return await takeover.end_strays(await self.connected_agent(handle), known)
+
+    async def release(self, handle: AH) -> None:
+        if handle.agent is not None:
+            await handle.agent.close()  # the agent ends commands in flight; kept processes stay
+        handle.close_workspace_acl()
+        if handle.private_workspace is not None:
+            # Its lease ends with this daemon; count the handover as a use, so no sweeper takes
+            # the workspace before the successor holds it again.
+            with contextlib.suppress(OSError):
+                os.utime(handle.private_workspace.parent)
 
     # ── the agent ────────────────────────────────────────────────────────
 

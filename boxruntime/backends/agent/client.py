@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import os
+import secrets
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -45,6 +46,9 @@ HELLO_TIMEOUT_SEC = 5.0  # the agent greets a new connection at once
 # the connection, answers it too.
 INPUT_TIMEOUT_SEC = 24 * 3600.0
 _MAX_UNIX_PATH = 100
+# Process ids outlive the daemon that chose them (kept processes, re-adopted by a successor):
+# each daemon process spells its own, so a successor never reuses one still in the agent.
+_PROC_ID_PREFIX = secrets.token_hex(4)
 
 
 class AgentLostError(BoxSandboxError):
@@ -99,6 +103,12 @@ class AgentProcess:
         while not self._events.empty():
             sink(self._events.get_nowait())
         self._sink = sink
+
+    def _adopted(self, pid: int | None) -> None:
+        """A kept process a previous daemon started: it runs already (as ``pid``)."""
+        self.pid = pid
+        if not self._started.done():
+            self._started.set_result(pid or 0)
 
     def _complete(self, done: CompletedCommand) -> None:
         self.exit = done.exit
@@ -189,6 +199,9 @@ class AgentClient:
         self._dir_fd: int | None = None
         self._ever_connected = False
         self.reconnects = 0
+        # The kept processes nobody was attached to when this client first connected (a
+        # successor daemon's view of what its predecessor left running): Hello.DETACHED.
+        self.detached_at_start: list[str] = []
 
     # ── connection ───────────────────────────────────────────────────────
 
@@ -238,6 +251,10 @@ class AgentClient:
                 raise BoxSandboxError(f"sandbox agent for {self.name} sent no greeting")
             if self._ever_connected:
                 self.reconnects += 1
+            else:
+                detached = hello.get(wire.Hello.DETACHED)
+                if isinstance(detached, list):
+                    self.detached_at_start = [str(d) for d in detached][:10000]
             self._ever_connected = True
             self._writer, self._protocol = writer, protocol
             for proc in self._procs.values():
@@ -391,7 +408,7 @@ class AgentClient:
 
     async def spawn(self, req: CommandRequest, collect: bool = False) -> AgentProcess:
         """Start ``req``; with ``collect`` its output comes only with the result (``run``)."""
-        proc_id = f"c{next(self._ids)}"
+        proc_id = f"c{_PROC_ID_PREFIX}-{next(self._ids)}"
         proc = AgentProcess(self, proc_id, keep=req.keep_on_disconnect)
         self._procs[proc_id] = proc
         header = spawn_header(req, proc_id, collect)
@@ -407,6 +424,38 @@ class AgentClient:
             self._procs.pop(proc_id, None)
             proc.close_stdio()
             raise
+        return proc
+
+    async def adopt(self, proc_id: str, pid: int | None) -> tuple[AgentProcess, HandedPipes]:
+        """A kept process a previous daemon started (``proc_id``): its pipes again (what it wrote
+        meanwhile waits in them), and its events on this connection from now on. BoxSandboxError
+        when the agent has no such process any more."""
+        proc = self._adopted(proc_id, pid)
+        try:
+            handed = await self.take_fds(proc)
+            await self._send({wire.OP: wire.Op.ATTACH, wire.ID: proc_id})  # its exit, if it has one
+        except BaseException:
+            self._procs.pop(proc_id, None)
+            raise
+        return proc, handed
+
+    async def attach(self, proc_id: str, pid: int | None) -> AgentProcess:
+        """A kept process a previous daemon started, without its stdio (they cannot be taken
+        again: the previous daemon's own sockets): its events, its exit, signals."""
+        proc = self._adopted(proc_id, pid)
+        try:
+            await self._send({wire.OP: wire.Op.ATTACH, wire.ID: proc_id})
+        except BaseException:
+            self._procs.pop(proc_id, None)
+            raise
+        return proc
+
+    def _adopted(self, proc_id: str, pid: int | None) -> AgentProcess:
+        if proc_id in self._procs:
+            raise BoxSandboxError(f"process {proc_id} in {self.name} is already adopted")
+        proc = AgentProcess(self, proc_id, keep=True)
+        proc._adopted(pid)
+        self._procs[proc_id] = proc
         return proc
 
     async def _open_stdio(self, proc_id: str, stdin: bool) -> tuple[HandedPipes, list[str | None]]:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from boxruntime.backends.agent.client import AgentProcess
+from boxruntime.backends.agent.client import AgentOpError, AgentProcess
 from boxruntime.backends.agent.pipes import ProcessPipes
 from boxruntime.backends.contract import CommandExit, Output, ProcessEvent, TerminalSize
 from boxruntime.errors import BoxSandboxError
@@ -111,12 +111,27 @@ class AgentCommand:
 
     # ── the process ──────────────────────────────────────────────────────
 
+    @property
+    def kept(self) -> bool:
+        """A lasting process whose pipes the daemon holds: it outlives the daemon."""
+        return self._piped and self._proc.keep
+
+    @property
+    def ref(self) -> str:
+        """The agent's id of the process: how a successor daemon finds a kept one again."""
+        return self._proc.id
+
     async def write(self, data: bytes, eof: bool = False) -> None:
         if self._pipes is not None:
             if data:
                 await self._pipes.write(data)
-            if eof:
+            if eof and self._pipes.terminal is None:
                 self._pipes.close_stdin()
+                if self._proc.keep:
+                    # The agent keeps a copy of a kept process's stdin (so it outlives the
+                    # daemon): stdin ends only once that copy is closed too.
+                    with contextlib.suppress(AgentOpError):  # it has exited meanwhile
+                        await self._proc.write_input(b"", eof=True)
             return
         await self._proc.write_input(data, eof)
 

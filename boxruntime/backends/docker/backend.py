@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -39,7 +39,7 @@ from boxruntime.backends.common import workspace as workspaces
 from boxruntime.backends.common.completed import RanToCompletion
 from boxruntime.backends.common.workspace_acl import before_command
 from boxruntime.backends.contract import Command, CompletedCommand, Process
-from boxruntime.backends.docker import engine_exec, live_skills, workspace_carrier
+from boxruntime.backends.docker import engine_exec, live_skills, takeover, workspace_carrier
 from boxruntime.config import Settings
 from boxruntime.errors import (
     BoxBackendUnavailableError,
@@ -64,7 +64,7 @@ T = TypeVar("T")
 
 LABEL_MANAGED = "boxruntime.managed"
 LABEL_INSTANCE = "boxruntime.instance"
-LABEL_DATA_DIR = "boxruntime.data_dir"
+LABEL_DATA_DIR = takeover.LABEL_DATA_DIR
 LABEL_SESSION = "boxruntime.session_id"
 LABEL_KEY = "boxruntime.session_key"
 AGENT_START_TIMEOUT = 30.0
@@ -413,16 +413,63 @@ class DockerBackend(AgentBackend[DockerSandbox]):
 
     def _remove_container(self, name: str) -> None:
         try:
-            self._engine().containers.get(name).remove(force=True, v=True)
+            container = self._engine().containers.get(name)
+            if container.status == "paused":
+                container.unpause()  # frozen processes would not take the kill
+            container.remove(force=True, v=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
             if exc.status_code != 409:  # 409: removal already in progress
                 log.warning("could not remove container %s: %s", name, exc)
 
-    async def cleanup_orphans(self) -> list[str]:
-        """Remove containers of dead daemons of this data dir; never anyone else's."""
-        return await self._call(self._cleanup_orphans)
+    # ── a successor's take-over, and freezing ────────────────────────────
+
+    def survives_daemon(self) -> bool:
+        return True  # a container runs on whatever happens to its daemon
+
+    def describe(self, handle: DockerSandbox) -> dict[str, Any]:
+        return {**super().describe(handle), **takeover.describe(handle)}
+
+    async def recover(self, spec: BoxSpec, key: str, described: Mapping[str, Any]) -> DockerSandbox | None:
+        name = described.get("sandbox_id")
+        if not isinstance(name, str):
+            return None
+        state = self.claim_state(described)
+        engine = await self._call(self._engine)
+        status = await self._call(takeover.running_or_paused, engine, name, self.settings.data_dir)
+        handle = DockerSandbox(backend=self.name, sandbox_id=name, key=key, state_dir=state)
+        takeover.restore(handle, described, state)
+        usable = status is not None and state is not None
+        if usable and status == "paused":
+            await self._call(engine.api.unpause, name)
+        if usable:
+            usable = await self.finish_recovery(handle, spec, key, agent=not handle.engine_exec)
+        if not usable:
+            with anyio.CancelScope(shield=True):
+                await self._call(self._remove_container, name)
+                if state is not None:
+                    host_mounts.remove_tree(state)
+            return None
+        return handle
+
+    def can_freeze(self) -> bool:
+        return True  # docker pause: the cgroup freezer (runc), or the runtime's own (runsc)
+
+    async def freeze(self, handle: DockerSandbox) -> None:
+        await self._call(self._engine().api.pause, handle.sandbox_id)
+
+    async def thaw(self, handle: DockerSandbox) -> None:
+        try:
+            await self._call(self._engine().api.unpause, handle.sandbox_id)
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: not paused
+                raise BoxSandboxError(f"could not thaw sandbox {handle.sandbox_id}: {exc.explanation or exc}") from exc
+
+    async def cleanup_orphans(self, spare: Collection[str] = ()) -> list[str]:
+        """Remove containers of dead daemons of this data dir, except those in ``spare`` (taken
+        over by a live daemon); never anyone else's."""
+        return await self._call(self._cleanup_orphans, frozenset(spare))
 
     def _own_containers(self) -> list[Container]:
         data_dir = str(self.settings.data_dir.resolve())
@@ -431,11 +478,11 @@ class DockerBackend(AgentBackend[DockerSandbox]):
         )
         return found
 
-    def _cleanup_orphans(self) -> list[str]:
+    def _cleanup_orphans(self, spare: frozenset[str]) -> list[str]:
         removed: list[str] = []
         for container in self._own_containers():
             owner = container.labels.get(LABEL_INSTANCE, "")
-            if owner == self.instance_id or instance_alive(self.settings.data_dir, owner):
+            if owner == self.instance_id or container.name in spare or instance_alive(self.settings.data_dir, owner):
                 continue
             self._remove_container(container.name)
             removed.append(container.name)

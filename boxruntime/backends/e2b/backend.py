@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,8 +462,8 @@ class E2bBackend(Backend[E2bSandbox]):
             handle.answered()
             await self._remove_stale_watchers(handle)
 
-    async def cleanup_orphans(self) -> list[str]:
-        return await fleet.remove_orphans(self.settings, self.instance_id)
+    async def cleanup_orphans(self, spare: Collection[str] = ()) -> list[str]:
+        return await fleet.remove_orphans(self.settings, self.instance_id, spare)
 
     async def remove_own(self) -> list[str]:
         removed = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import anyio
@@ -67,8 +68,9 @@ async def _ours(settings: Settings, **wanted: str) -> list[Any]:
     return found
 
 
-async def remove_orphans(settings: Settings, instance_id: str) -> list[str]:
-    """Kill this data dir's sandboxes whose daemon is dead; returns their ids."""
+async def remove_orphans(settings: Settings, instance_id: str, spare: Collection[str] = ()) -> list[str]:
+    """Kill this data dir's sandboxes whose daemon is dead, but those in ``spare`` (taken over by
+    a live daemon); returns their ids. (E2B sandboxes are not taken over: nothing is spared yet.)"""
     try:
         listed = await _ours(settings)
     except Exception as exc:
@@ -77,7 +79,7 @@ async def remove_orphans(settings: Settings, instance_id: str) -> list[str]:
     removed = []
     for sandbox in listed:
         owner = (sandbox.metadata or {}).get(mapping.META_INSTANCE, "")
-        if owner == instance_id or instance_alive(settings.data_dir, owner):
+        if owner == instance_id or sandbox.sandbox_id in spare or instance_alive(settings.data_dir, owner):
             continue
         with contextlib.suppress(Exception):
             await AsyncSandbox.kill(sandbox.sandbox_id, **mapping.api_params(settings))

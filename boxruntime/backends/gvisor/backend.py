@@ -20,7 +20,12 @@ and agent. What differs, each for a measured reason (README "gVisor"):
 - a preloaded shim makes ``ls`` and ``stat`` work under Debian's runsc (statx.py);
 - gVisor checks file permissions by their mode bits and ignores POSIX ACLs, so a writable host
   workspace that root owns (written through an ACL entry on runc) is refused;
-- the warm pool serves private workspaces only (``swaps_workspace``).
+- the warm pool serves private workspaces only (``swaps_workspace``);
+- a sandbox outlives its daemon and is taken over by a successor (its files, /tmp, everything
+  it runs), but its managed processes are not (``process_ref`` is None): their stdio are the
+  dead daemon's own sockets, which end with it, and no successor can be given them again; the
+  successor ends them (``end_strays``), and a client starts them afresh. Freezing is Docker's
+  pause, which runsc implements by stopping every task in gVisor's kernel.
 """
 
 from __future__ import annotations
@@ -32,12 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import docker.errors
 from docker.types import Mount, Ulimit
 
 from boxruntime.backends.agent.client import AgentLostError
 from boxruntime.backends.common import workspace as workspaces
-from boxruntime.backends.contract import Command, CompletedCommand
+from boxruntime.backends.contract import Command, CompletedCommand, Process
 from boxruntime.backends.docker.backend import DockerBackend, DockerSandbox
 from boxruntime.backends.gvisor import statx as gvisor_statx
 from boxruntime.errors import BoxBackendUnavailableError, BoxSandboxError, BoxValidationError
@@ -82,6 +88,9 @@ class GvisorBackend(DockerBackend):
         self._runtime: Runtime | None = None
         self._shim: Path | None = None
         self._shim_built = False
+        # Sessions started at once must not build the shim at once: they share a staging
+        # directory, and one's rename would pull it from under another's compiler.
+        self._shim_lock = anyio.Lock()
 
     def _registered_runtime(self) -> Runtime:
         """The runtime, checked: registered, its binary present, and the socket reachable."""
@@ -175,9 +184,10 @@ class GvisorBackend(DockerBackend):
                 "namespace on this machine). Use network=off, or the docker backend for this session"
             )
         self._refuse_root_owned_workspace(spec)
-        if not self._shim_built:
-            self._shim = await self._call(gvisor_statx.build, self.settings.data_dir)
-            self._shim_built = True
+        async with self._shim_lock:
+            if not self._shim_built:
+                self._shim = await self._call(gvisor_statx.build, self.settings.data_dir)
+                self._shim_built = True
         return await super().start(spec, key, pooled)
 
     def swaps_workspace(self) -> bool:
@@ -206,6 +216,11 @@ class GvisorBackend(DockerBackend):
                 "it under runc. Give the directory to a non-root owner (the sandbox then runs as that owner), "
                 "mount it read-only, or use the docker backend"
             )
+
+    def process_ref(self, process: Process) -> str | None:
+        """None: a managed process's stdio are this daemon's own sockets (``passes_fds``), which
+        end with it; a successor could take over the process but never its input or output."""
+        return None
 
     # ── a sandbox that gVisor ended ──────────────────────────────────────
 

@@ -26,7 +26,7 @@ import os
 import pwd
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -241,8 +241,10 @@ class HostBackend(AgentBackend[HostSandbox]):
         session.remap(session.workspace, extras)
         return current.model_copy(update={"extra_mounts": requested.extra_mounts})
 
-    async def cleanup_orphans(self) -> list[str]:
-        # Agents die with their daemon (parent-death signal) and take their trees along.
+    async def cleanup_orphans(self, spare: Collection[str] = ()) -> list[str]:
+        # Agents die with their daemon (parent-death signal) and take their trees along: host
+        # sessions are not taken over by a successor (survives_daemon is False), which keeps
+        # their workspaces and starts new sessions.
         return await anyio.to_thread.run_sync(self.remove_dead_instances_state)
 
     # ── commands and files, translated to host paths ─────────────────────

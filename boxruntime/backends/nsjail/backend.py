@@ -4,8 +4,14 @@ One long-lived nsjail process per session runs the agent as the jail's PID 1, so
 does not pay for a new jail (LangBot's nsjail backend builds one per exec). The jail has its
 own pid, mount, uts, ipc and (unless ``network: on``) network namespaces, no capabilities,
 no-new-privileges, an unprivileged uid, cgroup limits where the host allows them (rlimits
-otherwise), and the same mount policy as Docker. nsjail gets SIGTERM when the daemon dies, so
-a jail never outlives its daemon.
+otherwise), and the same mount policy as Docker.
+
+A jail lives as long as its nsjail process. With ``readopt`` (the default) nsjail is started in
+a session of its own without a parent-death signal, so a jail outlives a crashed or departing
+daemon and a successor takes it over (``recover``: found by the pid and start time its record
+names) or, when no record claims it, ends it (``cleanup_orphans``). Without it nsjail gets
+SIGTERM when the daemon dies, and a jail never outlives its daemon. An idle jail can be frozen
+with the cgroup v1 freezer (nsjail/freezer.py).
 """
 
 from __future__ import annotations
@@ -18,21 +24,26 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 
-from boxruntime.backends.agent.backend import AgentBackend, AgentHandle, installed_agent
+from boxruntime.backends.agent.backend import AGENT_DIR_IN_SANDBOX, AgentBackend, AgentHandle, installed_agent
 from boxruntime.backends.agent.client import AgentClient
 from boxruntime.backends.common import host_mounts
 from boxruntime.backends.common import workspace as workspaces
 from boxruntime.backends.common.parent_death import die_with_parent
 from boxruntime.backends.contract import Command, CompletedCommand
+from boxruntime.backends.nsjail import freezer
 from boxruntime.backends.nsjail.cgroups import CgroupSupport, detect
 from boxruntime.backends.nsjail.jail_args import JailPlan, jail_argv
+from boxruntime.backends.nsjail.jail_process import JailProcess, cmdline, start_ticks
 from boxruntime.config import Settings
 from boxruntime.errors import BoxSandboxError, BoxValidationError
+from boxruntime.instance import instance_alive
 from boxruntime.models import DEFAULT_IMAGE, LANGBOT_DEFAULT_IMAGE, BackendInfo, BoxSpec, NetworkMode
 from boxruntime.security import prepare_host_dirs, resolve_mounts
 
@@ -88,9 +99,27 @@ def _passwd_files(state: Path, uid: int, gid: int) -> dict[str, Path]:
     return {"/etc/passwd": etc / "passwd", "/etc/group": etc / "group"}
 
 
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it (the jail's processes, where no cgroup lists them)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_bytes()
+            except OSError:
+                continue
+            parents.setdefault(int(stat[stat.rfind(b")") + 2 :].split()[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
 @dataclass(kw_only=True)
 class JailSandbox(AgentHandle):
-    process: asyncio.subprocess.Process | None = None  # nsjail itself, the jail's parent
+    process: JailProcess | None = None  # nsjail itself, the jail's parent
     jail_pid: int | None = None  # the jail's PID 1 (the agent), as the host sees it
     oom_seen: int | None = None  # the jail cgroup's OOM-kill count at the last look
 
@@ -195,18 +224,18 @@ class NsjailBackend(AgentBackend[JailSandbox]):
         return handle
 
     async def _launch(self, handle: JailSandbox, plan: JailPlan, agent_dir: Path) -> None:
-        process = await asyncio.create_subprocess_exec(
+        child = await asyncio.create_subprocess_exec(
             *jail_argv(plan),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=None if self.survives_daemon() else die_with_parent,
         )
-        handle.process = process
+        process = handle.process = JailProcess.launched(child)
         handle.agent = AgentClient(agent_dir, handle.sandbox_id)
         try:
-            await handle.agent.connect(timeout=AGENT_START_TIMEOUT, alive=lambda: process.returncode is None)
+            await handle.agent.connect(timeout=AGENT_START_TIMEOUT, alive=lambda: process.running)
         except BoxSandboxError as exc:
             raise BoxSandboxError(f"the jail did not start: {self._log_tail(plan.log_file) or exc}") from exc
         self.seal_agent_dir(agent_dir)
@@ -241,22 +270,27 @@ class NsjailBackend(AgentBackend[JailSandbox]):
         if handle.agent is not None:
             await handle.agent.close()
         process = handle.process
-        if process is not None and process.returncode is None:
-            # SIGTERM: nsjail kills the jail's PID 1, which takes the whole pid namespace along.
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), STOP_GRACE_SEC)
-            except TimeoutError:
-                for pid in (process.pid, handle.jail_pid):
-                    if pid:
-                        with contextlib.suppress(ProcessLookupError):
-                            os.kill(pid, signal.SIGKILL)
-                await process.wait()
+        if process is not None:
+            await anyio.to_thread.run_sync(freezer.remove, handle.sandbox_id)  # frozen tasks take no signal
+            await self._end_jail(process, handle.jail_pid)
+            process.close()
         handle.close_workspace_acl()
         workspaces.release(self.settings.data_dir, handle.key, remove=not keep_workspace)
         if handle.state_dir is not None:
             host_mounts.remove_tree(handle.state_dir)
+
+    @staticmethod
+    async def _end_jail(process: JailProcess, jail_pid: int | None) -> None:
+        if not process.running:
+            return
+        # SIGTERM: nsjail kills the jail's PID 1, which takes the whole pid namespace along.
+        process.signal(signal.SIGTERM)
+        if not await process.wait(STOP_GRACE_SEC):
+            process.signal(signal.SIGKILL)
+            if jail_pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(jail_pid, signal.SIGKILL)
+            await process.wait(STOP_GRACE_SEC)
 
     def known_alive(self, handle: JailSandbox) -> bool:
         return self._jail_running(handle) and super().known_alive(handle)
@@ -266,8 +300,104 @@ class NsjailBackend(AgentBackend[JailSandbox]):
 
     @staticmethod
     def _jail_running(handle: JailSandbox) -> bool:
-        return handle.process is not None and handle.process.returncode is None
+        return handle.process is not None and handle.process.running
 
-    async def cleanup_orphans(self) -> list[str]:
-        # Jails die with their daemon (parent-death signal); what remains is their state.
-        return await anyio.to_thread.run_sync(self.remove_dead_instances_state)
+    # ── a successor's take-over, and freezing ────────────────────────────
+
+    def survives_daemon(self) -> bool:
+        return self.settings.readopt
+
+    def describe(self, handle: JailSandbox) -> dict[str, Any]:
+        process = handle.process
+        return {
+            **super().describe(handle),
+            "nsjail_pid": process.pid if process else None,
+            "nsjail_started": process.started if process else None,
+            "jail_pid": handle.jail_pid,
+            "oom_seen": handle.oom_seen,
+        }
+
+    async def recover(self, spec: BoxSpec, key: str, described: Mapping[str, Any]) -> JailSandbox | None:
+        name, pid, started = described.get("sandbox_id"), described.get("nsjail_pid"), described.get("nsjail_started")
+        if not isinstance(name, str) or not isinstance(pid, int):
+            return None
+        state = self.claim_state(described)
+        process = JailProcess.found(pid, started if isinstance(started, int) else None)
+        jail_pid = described.get("jail_pid")
+        handle = JailSandbox(
+            backend=self.name,
+            sandbox_id=name,
+            key=key,
+            state_dir=state,
+            process=process,
+            jail_pid=jail_pid if isinstance(jail_pid, int) else None,
+            oom_seen=described.get("oom_seen"),
+        )
+        usable = process is not None and state is not None
+        if usable:
+            await anyio.to_thread.run_sync(freezer.thaw, name)
+            usable = await self.finish_recovery(handle, spec, key)
+        if not usable:
+            with anyio.CancelScope(shield=True):
+                await self.stop(handle, keep_workspace=True)
+            return None
+        return handle
+
+    def can_freeze(self) -> bool:
+        return freezer.supported()
+
+    def _jail_processes(self, handle: JailSandbox) -> list[int]:
+        jail_pid = handle.jail_pid
+        if jail_pid is None:
+            return []
+        for controller in ("pids", "memory"):
+            group = self._cgroup_support().group_dir(controller, jail_pid)
+            if group is not None:
+                try:
+                    return [int(p) for p in (group / "cgroup.procs").read_text().split()]
+                except OSError:
+                    continue
+        return _descendants(jail_pid)
+
+    async def freeze(self, handle: JailSandbox) -> None:
+        await anyio.to_thread.run_sync(freezer.freeze, handle.sandbox_id, lambda: self._jail_processes(handle))
+
+    async def thaw(self, handle: JailSandbox) -> None:
+        await anyio.to_thread.run_sync(freezer.thaw, handle.sandbox_id)
+
+    async def cleanup_orphans(self, spare: Collection[str] = ()) -> list[str]:
+        """End the jails of dead daemons of this data dir that no live daemon took over (they
+        outlive their daemon with ``readopt``), then remove what is left of their state."""
+        ended = []
+        for pid, instance, key in await anyio.to_thread.run_sync(self._jails_of_data_dir):
+            name = f"nsjail-{instance}-{key}"
+            if instance == self.instance_id or name in spare or instance_alive(self.settings.data_dir, instance):
+                continue
+            process = JailProcess.found(pid, start_ticks(pid))
+            if process is None:
+                continue
+            await anyio.to_thread.run_sync(freezer.remove, name)
+            await self._end_jail(process, None)
+            process.close()
+            ended.append(name)
+        await anyio.to_thread.run_sync(self.remove_dead_instances_state)
+        return ended
+
+    def _jails_of_data_dir(self) -> list[tuple[int, str, str]]:
+        """(nsjail pid, instance, session key) of every jail whose agent directory lies under
+        this data dir (read from nsjail's own command line)."""
+        sessions = os.path.abspath(self.settings.data_dir / "sessions")
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            argv = cmdline(int(entry.name))
+            if not argv or not argv[0].endswith("nsjail"):
+                continue
+            for arg in argv:
+                host, _, target = arg.rpartition(":")
+                if target == AGENT_DIR_IN_SANDBOX and host:
+                    agent_dir = Path(os.path.abspath(host))
+                    if str(agent_dir.parent.parent.parent) == sessions:
+                        found.append((int(entry.name), agent_dir.parent.parent.name, agent_dir.parent.name))
+        return found

@@ -44,6 +44,13 @@ class InputFeed:
     def op_input(self, conn, header, body):
         proc = self.procs.get(header.get(wire.TARGET))
         token = header.get(wire.ID)
+        if proc is not None and proc.stdin_file is None and proc.keep and header.get(wire.Input.EOF) and not body:
+            # A kept process's stdin is the daemon's to write; the agent's copy (of passed
+            # pipes; none of stdio sockets) only holds it open across daemons. The daemon closed
+            # its own: close this one, and stdin ends.
+            proc.close_kept(0)
+            _reply(conn, token)
+            return
         if proc is None or proc.stdin_file is None:
             _reply(conn, token, "the command takes no more input")
             return

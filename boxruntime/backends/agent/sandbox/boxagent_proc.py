@@ -68,6 +68,10 @@ class Proc:
         self.readers = {}  # fd -> the callback that reads it
         self.listen_at = None  # when the pipes start being watched, if they are not yet
         self.handoff = None  # [stdin, stdout, stderr] files waiting for the daemon to take them
+        # A kept process's own copies of what it handed over: its stdin stays open and its output
+        # stays in the pipes (unread: the agent never reads them) while no daemon holds them, and
+        # a successor daemon takes them again (boxagent_spawn.op_take_fds).
+        self.kept = None
         self.paused = False
         # Input the agent writes for the daemon (boxagent_input): the file it goes to, what
         # waits to be written, and the requests answered once their data is written.
@@ -80,6 +84,19 @@ class Proc:
         self.acks = []  # (conn, request id, byte count it is answered at)
         self.tty_fd = None  # the terminal's master side, while the command has one
         self.kill_acks = []  # (connection, token): told once the process is gone (op signal)
+
+    def close_kept(self, which=None):
+        """Close the kept copies (all, or the one at index ``which``: 0 stdin)."""
+        kept = self.kept or []
+        for index, fileobj in enumerate(kept):
+            if fileobj is not None and which in (None, index):
+                try:
+                    fileobj.close()
+                except OSError:
+                    pass
+                kept[index] = None
+        if which is None:
+            self.kept = None
 
     def exit_frame(self, oom):
         """The exit event (header, body) of this reaped process; a collected command's output

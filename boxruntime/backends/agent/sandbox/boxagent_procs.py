@@ -249,5 +249,6 @@ class ProcessTable:
             return  # nobody to tell yet: op_attach reports it
         if self.procs.pop(proc.id, None) is None:
             return
+        proc.close_kept()  # reported: nobody takes its pipes again
         if proc.conn is not None:
             proc.conn.send(*proc.exit_frame(self.oom))

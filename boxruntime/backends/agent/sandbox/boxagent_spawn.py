@@ -93,6 +93,9 @@ class Launcher:
             # The daemon takes the pipes themselves (op take_fds): its data need not pass
             # through this process. The agent still reaps, signals and reports the exit.
             proc.handoff = [popen.stdin, popen.stdout, popen.stderr]
+            if proc.keep and master is None:
+                for pipe in (popen.stdout, popen.stderr):
+                    widen_pipe(pipe)
         elif header.get(wire.Spawn.STDIO):
             pass  # its stdio are the daemon's own sockets: nothing passes through here
         elif master is not None:
@@ -119,20 +122,57 @@ class Launcher:
                     sock.close()  # the process holds its own copies now
 
     def op_take_fds(self, conn, header, _body):
-        """Pass a handed-off process's stdin, stdout and stderr to the daemon (SCM_RIGHTS)."""
+        """Pass a handed-off process's stdin, stdout and stderr to the daemon (SCM_RIGHTS).
+
+        A kept process (``keep_on_disconnect``) keeps the agent's copies: if the daemon dies,
+        its stdin does not reach EOF, its output waits in the pipes, and the next daemon takes
+        the same pipes again. A pipe already closed by the daemon (stdin at EOF) is handed over
+        as a fresh, empty one in its place: the number of descriptors stays the same."""
         proc = self.procs.get(header.get(wire.TARGET))
         token = header.get(wire.ID)
-        if proc is None or not proc.handoff:
+        files = None if proc is None else (proc.handoff or proc.kept)
+        if not files or files[1] is None:
             conn.send({wire.EV: wire.Ev.REPLY, wire.ID: token, wire.ERROR: "no pipes to hand over"})
             return
-        files, proc.handoff = proc.handoff, None
+        first = proc.handoff is not None
+        proc.handoff = None
+        closed_stdin = None
+        if not first and files[0] is None and proc.popen.stdin is not None:
+            # stdin was closed on request; hand over a write end whose reader is already gone.
+            read_end, write_end = os.pipe()
+            os.close(read_end)
+            closed_stdin = write_end
         fds = [f.fileno() for f in files if f is not None]
-        conn.send_fds({wire.EV: wire.Ev.REPLY, wire.ID: token, wire.TakeFds.STDIN: files[0] is not None}, fds)
-        for f in files:
-            if f is not None:
-                f.close()  # the daemon holds its own copies now
+        if closed_stdin is not None:
+            fds.insert(0, closed_stdin)
+        has_stdin = files[0] is not None or closed_stdin is not None
+        conn.send_fds({wire.EV: wire.Ev.REPLY, wire.ID: token, wire.TakeFds.STDIN: has_stdin}, fds)
+        if closed_stdin is not None:
+            os.close(closed_stdin)
+        if proc.keep:
+            proc.kept = list(files)
+        else:
+            for f in files:
+                if f is not None:
+                    f.close()  # the daemon holds its own copies now
         if proc.status is not None:
             self.procs.finish(proc)
+
+
+PIPE_KEEP_BYTES = 1 << 20  # what a kept process's pipe holds while no daemon reads it
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def widen_pipe(pipe):
+    """Let a kept process's output pipe hold ``PIPE_KEEP_BYTES`` (best effort: an unprivileged
+    user over the kernel's pipe budget keeps the default 64 KiB). A process that fills it while
+    no daemon reads waits, and loses nothing."""
+    if pipe is None:
+        return
+    try:
+        fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, PIPE_KEEP_BYTES)
+    except OSError:
+        pass
 
 
 def fresh_spawn(base_env, header, body, cwd, stdio=None):
