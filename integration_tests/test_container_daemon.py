@@ -213,7 +213,7 @@ async def test_stopping_the_stack_removes_its_sandboxes(
         stack.remove_sandboxes()  # a failed run's leftovers; the assertions above judge
 
 
-async def test_a_crashed_daemon_is_restarted_and_clears_its_orphans(
+async def test_a_crashed_daemon_is_restarted_and_takes_over_its_sessions(
     daemon_image: str, docker_engine: docker.DockerClient, tmp_path: Path
 ) -> None:
     stack = ComposeStack.create(tmp_path, f"boxruntime-it-{os.getpid()}-crash")
@@ -221,18 +221,22 @@ async def test_a_crashed_daemon_is_restarted_and_clears_its_orphans(
         with get_docker_services(stack.command(), str(COMPOSE_FILE), stack.project, ["up -d"], ["down -v"]) as services:
             daemon = wait_for_daemon(services, stack)
             async with remote_box(daemon) as box:
-                orphan = await sandbox_running(box, docker_engine, daemon, "orphan")
-            dead_instance = orphan.labels["boxruntime.instance"]
+                kept = await sandbox_running(box, docker_engine, daemon, "kept")
+                await box.exec(BoxSpec(session_id="kept", persistent=True, cmd="echo before > note.txt"))
+            dead_instance = kept.labels["boxruntime.instance"]
             # SIGKILL: no chance to clean up. tini exits with it, and the restart policy runs a
-            # new daemon, which removes the sandboxes of the dead one on the same data dir.
+            # new daemon, which takes over the dead one's session (the same container, its
+            # files) and removes the rest of what it left (its warm pool).
             os.kill(daemon_pid(daemon_container(stack.project)), signal.SIGKILL)
             restarted = wait_for_daemon(services, stack, min_restarts=1)
-            assert orphan.name not in stack.sandboxes()
-            assert containers_of(stack.data_dir, dead_instance) == []  # its warm pool too
+            assert containers_of(stack.data_dir, dead_instance) == [kept.name]
             async with remote_box(restarted) as box:
-                assert [s.session_id for s in await box.list_sessions()] == []
-                result = await box.exec(BoxSpec(session_id="after-restart", cmd="echo alive"))
-                assert result.stdout == "alive"
+                assert [s.session_id for s in await box.list_sessions()] == ["kept"]
+                result = await box.exec(
+                    BoxSpec(session_id="kept", persistent=True, cmd="cat note.txt; cat /etc/hostname")
+                )
+                assert result.stdout.split() == ["before", kept.attrs["Config"]["Hostname"]]
+                await box.delete_session("kept")
         assert stack.sandboxes() == []
     finally:
         stack.remove_sandboxes()  # a failed run's leftovers; the assertions above judge

@@ -126,8 +126,10 @@ async def test_selected_when_no_docker_engine_is_reachable(data_dir: Path) -> No
     assert jails_of(data_dir) == []
 
 
-async def test_jails_die_with_a_killed_daemon(data_dir: Path) -> None:
-    daemon = start_daemon(data_dir, "--backend", "nsjail")
+async def test_without_readopt_jails_die_with_a_killed_daemon(data_dir: Path) -> None:
+    """With re-adoption off, jails keep nsjail's parent-death signal (with it on, they outlive
+    their daemon for a successor to take over: test_readopt.py)."""
+    daemon = start_daemon(data_dir, "--backend", "nsjail", env={"BOXRUNTIME_READOPT": "false"})
     async with connect(daemon) as peer:
         await run(peer, "echo up")
         assert len(jails_of(data_dir)) == 1
@@ -136,7 +138,7 @@ async def test_jails_die_with_a_killed_daemon(data_dir: Path) -> None:
     daemon.stop(signal.SIGKILL)
     await eventually(lambda: not jails_of(data_dir))
     # The next daemon on this data dir clears the dead one's state.
-    successor = start_daemon(data_dir, "--backend", "nsjail")
+    successor = start_daemon(data_dir, "--backend", "nsjail", env={"BOXRUNTIME_READOPT": "false"})
     try:
         await eventually(lambda: not (data_dir / "sessions" / dead).exists())
         async with connect(successor) as peer:
