@@ -76,6 +76,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._ended: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         r = self.registry
         self.session_creations = Counter(
             "boxruntime_session_creations",
@@ -139,8 +140,16 @@ class Metrics:
         self.session_creations.labels(backend, "hit" if pooled else "miss").inc()
 
     def exec_ended(self, backend: str, reason: str, seconds: float) -> None:
-        self.execs.labels(backend, reason).inc()
-        self.exec_seconds.labels(backend).observe(seconds)
+        # On every exec: the labelled children are looked up once (``labels`` takes a lock and
+        # checks its values each time), from closed sets of labels.
+        ended = self._ended.get((backend, reason))
+        if ended is None:
+            ended = self._ended[backend, reason] = (
+                self.execs.labels(backend, reason),
+                self.exec_seconds.labels(backend),
+            )
+        ended[0].inc()
+        ended[1].observe(seconds)
 
     def relayed(self, direction: str, size: int) -> None:
         self.relay_bytes.labels(direction).inc(size)
