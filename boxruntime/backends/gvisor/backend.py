@@ -57,7 +57,7 @@ from boxruntime.security import resolve_mounts
 PIDS_PER_PROCESS = 8
 PIDS_BASE = 128
 MEMORY_HEADROOM_MB = 128
-OOM_VERDICT_WAIT_SEC = 3.0
+OOM_VERDICT_WAIT_SEC = 10.0  # only when the agent was lost; a loaded engine takes seconds to record the stop
 HOST_UDS_ARGS = ("--host-uds=create", "--host-uds=all")
 REGISTER_HINT = (
     "install runsc (apt-get install runsc) and register it in /etc/docker/daemon.json as "
