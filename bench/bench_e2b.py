@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import statistics
 import sys
 import tempfile
 import threading
@@ -44,7 +42,7 @@ from typing import Any
 from bench_breakdown import agent_socket_dir
 from bench_daemons import OURS_DATA, DaemonProc, free_port, preflight, start_ours
 from bench_harness import DEFAULT_IMAGE, OURS, BenchError, Side, connect, disconnect, log, pool_status
-from bench_report import pct
+from bench_report import pct, write_medians
 
 from boxruntime.backends.agent.backend import sandbox_env
 from boxruntime.backends.agent.client import AgentClient
@@ -344,10 +342,7 @@ def main() -> int:
     print(f"backend {args.backend}, {args.warm} warm execs and {args.create} creates per client")
     print(table(samples))
     if args.json:
-        summary = {k: {kind: statistics.median(v) for kind, v in samples[k].items()} for k in samples}
-        args.json.write_text(
-            json.dumps({"args": vars(args) | {"json": str(args.json)}, "p50": summary, "samples": samples})
-        )
+        write_medians(args, samples)
     return 0
 
 

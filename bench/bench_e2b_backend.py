@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +40,7 @@ from typing import Any
 
 from bench_daemons import DaemonProc, clean_env, free_port, preflight
 from bench_harness import DEFAULT_IMAGE, ROOT, BenchError, Side, connect, disconnect, log
-from bench_report import pct
+from bench_report import pct, write_medians
 
 BLOCK = 20
 SETTLE_SEC = 0.5
@@ -212,10 +210,7 @@ def main() -> int:
     print(f"B on {args.backend}; {args.warm} runs of `echo hi` per kind")
     print(report(samples))
     if args.json:
-        summary = {k: {kind: statistics.median(v) for kind, v in samples[k].items()} for k in samples}
-        args.json.write_text(
-            json.dumps({"args": vars(args) | {"json": str(args.json)}, "p50": summary, "samples": samples})
-        )
+        write_medians(args, samples)
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 from dataclasses import dataclass, field
 
@@ -83,3 +85,11 @@ def render_table(rows: list[Row]) -> str:
         return "| " + " | ".join(r[c].ljust(widths[c]) if c == 0 else r[c].rjust(widths[c]) for c in range(4)) + " |"
 
     return "\n".join([line, fmt(header), line, *(fmt(r) for r in body), line])
+
+
+def write_medians(args: argparse.Namespace, samples: dict[str, dict[str, list[float]]]) -> None:
+    """``--json``: the run's arguments, each kind's median per metric, and every sample."""
+    summary = {k: {kind: statistics.median(v) for kind, v in samples[k].items()} for k in samples}
+    args.json.write_text(
+        json.dumps({"args": vars(args) | {"json": str(args.json)}, "p50": summary, "samples": samples})
+    )
